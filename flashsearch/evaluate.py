@@ -1,0 +1,71 @@
+"""One candidate -> {loss, latency, latency_source, metrics}. Runs inside a Ray task (or in-process).
+
+The evaluator is a small picklable object holding the run's config; the quality proxy and latency predictor are
+built lazily once per worker process, so a Ray worker pays their construction (corpus load, device profile)
+once, not per trial.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flashsearch.config import RunConfig
+from flashsearch.errors import TrialFailed
+from flashsearch.genome import Genome
+
+_WORKER_CACHE: dict[int, tuple[Any, Any]] = {}
+
+
+@dataclass(frozen=True)
+class CandidateEvaluator:
+    cfg: RunConfig
+
+    def _objectives(self) -> tuple[Any, Any]:
+        key = hash(repr(self.cfg))
+        if key not in _WORKER_CACHE:
+            from flashsearch.builders import build_latency, build_quality
+
+            _WORKER_CACHE[key] = (build_quality(self.cfg), build_latency(self.cfg))
+        return _WORKER_CACHE[key]
+
+    def __call__(self, genome_json: str) -> dict[str, Any]:
+        from flashsearch.proxies.base import Budget, Workload, latency_source
+
+        genome = Genome.from_json(genome_json)
+        quality, latency = self._objectives()
+        w = self.cfg.workload
+        workload = Workload(device=w.device, batch=w.batch, prompt_len=w.prompt_len, decode_tokens=w.decode_tokens)
+
+        t0 = time.perf_counter()
+        seconds = float(latency.predict(genome, workload))
+        t_latency = time.perf_counter() - t0
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise TrialFailed(f"latency predictor returned {seconds!r} seconds")
+
+        t0 = time.perf_counter()
+        result = quality.evaluate(genome, Budget(tokens=self.cfg.budget.tokens,
+                                                 time_limit_s=self.cfg.budget.time_limit_s))
+        t_quality = time.perf_counter() - t0
+        loss = float(result.loss)
+        if not math.isfinite(loss):
+            raise TrialFailed(f"quality proxy returned a non-finite loss ({loss})")
+
+        from flashsearch.model import count_parameters
+
+        return {
+            "loss": loss,
+            "latency": seconds,
+            "latency_source": latency_source(latency),
+            "metrics": {
+                "quality_metric": result.metric,
+                "params": count_parameters(genome),
+                "proxy_params": int(result.proxy_params),
+                "train_tokens": int(result.tokens),
+                "quality_seconds": round(t_quality, 3),
+                "latency_seconds": round(t_latency, 3),
+                "curve": [[int(s), float(v)] for s, v in result.curve],
+            },
+        }

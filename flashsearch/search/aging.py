@@ -1,0 +1,257 @@
+"""Aging evolution (Algorithm 1 of Nemotron-Flash) as a stateless Optuna sampler.
+
+Every decision is recomputed from the study on each call: the population is the newest P COMPLETE trials
+(ordered by completion time), a tournament of S members picks the parent, the child is the parent with exactly
+one factor mutated, then repaired. Nothing lives in the sampler between calls, so a resumed study (or a second
+sampler instance on the same storage) continues exactly where the first stopped.
+
+Objectives are the study's two values: values[0] = loss (minimize), values[1] = latency in seconds (minimize).
+
+What the sampler decided for a trial is written to the trial's system attributes:
+    aging:origin    "random" | "mutation" | "random-dedup"  (why the params look the way they do)
+    aging:parent    parent trial number (mutations only)
+    aging:mutation  the mutated parameter name (mutations only)
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from flashsearch.errors import FlashsearchError
+from flashsearch.genome import Genome
+from flashsearch.space import SearchSpace
+
+ATTR_ORIGIN = "aging:origin"
+ATTR_PARENT = "aging:parent"
+ATTR_MUTATION = "aging:mutation"
+
+# The driver stores the evaluated genome's id under this user attribute (read here for dedup).
+GENOME_ID_ATTR = "genome_id"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One population member as the selection rules see it."""
+
+    number: int
+    loss: float
+    latency: float
+    params: Mapping[str, Any]
+
+
+# ---- selection rules (pure functions, tested directly) ---------------------------------------------------
+def select_parent_constrained(members: Sequence[Member], target_latency: float) -> Member:
+    """Lowest loss among members with latency <= target; if none meets it, the lowest-latency member."""
+    if not members:
+        raise ValueError("empty tournament")
+    feasible = [m for m in members if m.latency <= target_latency]
+    if feasible:
+        return min(feasible, key=lambda m: (m.loss, m.latency, m.number))
+    return min(members, key=lambda m: (m.latency, m.loss, m.number))
+
+
+def dominates(a: Member, b: Member) -> bool:
+    return a.loss <= b.loss and a.latency <= b.latency and (a.loss < b.loss or a.latency < b.latency)
+
+
+def non_dominated(members: Sequence[Member]) -> list[Member]:
+    """The first non-dominated front (rank 0) of `members`; O(n^2), n is a tournament (tens)."""
+    return [m for m in members if not any(dominates(o, m) for o in members if o is not m)]
+
+
+def crowding_distance(front: Sequence[Member]) -> dict[int, float]:
+    """NSGA-II crowding distance per member number; the extremes of each objective get +inf."""
+    dist = {m.number: 0.0 for m in front}
+    if len(front) <= 2:
+        return {k: math.inf for k in dist}
+    for key in (lambda m: m.loss, lambda m: m.latency):
+        ordered = sorted(front, key=lambda m: (key(m), m.number))
+        lo, hi = key(ordered[0]), key(ordered[-1])
+        dist[ordered[0].number] = dist[ordered[-1].number] = math.inf
+        if hi == lo:
+            continue
+        for i in range(1, len(ordered) - 1):
+            dist[ordered[i].number] += (key(ordered[i + 1]) - key(ordered[i - 1])) / (hi - lo)
+    return dist
+
+
+def select_parent_pareto(members: Sequence[Member]) -> Member:
+    """Best non-dominated rank in the tournament; ties -> larger crowding distance, then lower loss."""
+    if not members:
+        raise ValueError("empty tournament")
+    front = non_dominated(members)
+    crowd = crowding_distance(front)
+    return min(front, key=lambda m: (-crowd[m.number], m.loss, m.latency, m.number))
+
+
+def newest_population(trials: Iterable[FrozenTrial], size: int) -> list[FrozenTrial]:
+    """The newest `size` COMPLETE trials by completion time (ties by number): aging drops the oldest."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) >= 2]
+    done.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+    return done[-size:] if size > 0 else []
+
+
+# ---- the sampler ------------------------------------------------------------------------------------------
+class AgingEvolutionSampler(BaseSampler):
+    """Aging evolution over a SearchSpace: random until the population is full, then tournament + mutation.
+
+    target_latency set  -> constrained mode (the paper): parent = lowest loss meeting the target; width is not
+                           mutated but solved: the largest width whose `latency_fn` meets the target.
+    target_latency None -> Pareto mode: parent = non-dominated in the tournament, crowding then loss as ties.
+    seed: each trial's choices come from an RNG seeded by (seed, trial number), so the same study state gives
+    the same child whichever sampler instance (or process) asks.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        population: int,
+        sample_size: int,
+        target_latency: float | None = None,
+        seed: int | None = None,
+        latency_fn: Callable[[Genome], float] | None = None,
+        max_dedup_tries: int = 20,
+    ) -> None:
+        if population < 1:
+            raise FlashsearchError(f"search.population must be >= 1, got {population}")
+        if not 1 <= sample_size <= population:
+            raise FlashsearchError(
+                f"search.sample_size must be in [1, population={population}], got {sample_size}")
+        if target_latency is not None and not (math.isfinite(target_latency) and target_latency > 0):
+            raise FlashsearchError(f"target latency must be a positive number of seconds, got {target_latency}")
+        self.space = space
+        self.population = int(population)
+        self.sample_size = int(sample_size)
+        self.target_latency = None if target_latency is None else float(target_latency)
+        self.seed = seed
+        self.latency_fn = latency_fn
+        self.max_dedup_tries = max(1, int(max_dedup_tries))
+        self._entropy = random.Random()  # only used when seed is None
+        # Pure cache (trial number -> genome id) for trials that lack the driver's genome_id attribute;
+        # finished trials never change, so caching cannot alter any decision.
+        self._id_cache: dict[int, str | None] = {}
+
+    # ---- Optuna hooks -------------------------------------------------------------------------------------
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return self.space.distributions()
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space or "fixed_params" in trial.system_attrs:
+            return {}  # enqueued trial (seed / retry): its params are given
+        rng = self._rng(trial.number)
+        trials = study._get_trials(deepcopy=False, states=None)  # one read per call
+        others = [t for t in trials if t.number != trial.number]
+        alive = [t for t in others if t.state != TrialState.FAIL]
+        seen = self._known_ids(alive)
+
+        members = newest_population(alive, self.population)
+        if len(alive) < self.population or not members:
+            # Seeding: running and waiting trials count, so W parallel workers do not over-seed.
+            params, _ = self._random_unique(rng, seen)
+            self._record(study, trial, {ATTR_ORIGIN: "random"})
+            return params
+
+        tournament = rng.sample(members, min(self.sample_size, len(members)))
+        pool = [Member(t.number, float(t.values[0]), float(t.values[1]), t.params) for t in tournament]
+        if self.target_latency is not None:
+            parent = select_parent_constrained(pool, self.target_latency)
+        else:
+            parent = select_parent_pareto(pool)
+
+        child: dict[str, Any] | None = None
+        factor = ""
+        for _ in range(self.max_dedup_tries):
+            child, factor = self.space.mutate(dict(parent.params), rng, include_width=self.target_latency is None)
+            child = self.space.repair(child)
+            child = self._solve_width(child)
+            if self.space.decode(child).id not in seen:
+                break
+        else:
+            # Every mutation of this parent is already in the study: explore instead of re-proposing a
+            # duplicate (the driver would only replay its cached result and burn a trial).
+            fresh, unique = self._random_unique(rng, seen)
+            if unique:
+                self._record(study, trial, {ATTR_ORIGIN: "random-dedup", ATTR_PARENT: parent.number})
+                return fresh
+        assert child is not None
+        self._record(study, trial, {ATTR_ORIGIN: "mutation", ATTR_PARENT: parent.number, ATTR_MUTATION: factor})
+        return child
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        # Only reached for parameters outside the space (or missing from an enqueued trial): plain random.
+        seed = self._rng(trial.number).randrange(2**31)
+        return RandomSampler(seed=seed).sample_independent(study, trial, param_name, param_distribution)
+
+    def reseed_rng(self) -> None:
+        self._entropy = random.Random()
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+    def _rng(self, number: int) -> random.Random:
+        if self.seed is None:
+            return random.Random(self._entropy.getrandbits(64))
+        return random.Random(f"aging/{self.seed}/{number}")  # str seeds hash with sha512: stable across runs
+
+    def _solve_width(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Constrained mode: the largest width whose predicted latency meets the target (else the smallest)."""
+        if self.target_latency is None or self.latency_fn is None:
+            return params
+        widths = sorted(self.space.widths)
+        for w in reversed(widths):
+            candidate = self.space.repair(self.space.with_width(params, w))
+            if self.latency_fn(self.space.decode(candidate)) <= self.target_latency:
+                return candidate
+        return self.space.repair(self.space.with_width(params, widths[0]))
+
+    def _random_unique(self, rng: random.Random, seen: set[str]) -> tuple[dict[str, Any], bool]:
+        """A random point not yet in the study if one turns up within max_dedup_tries; (params, is_new)."""
+        params = self.space.sample(rng)
+        for _ in range(self.max_dedup_tries):
+            if self.space.decode(params).id not in seen:
+                return params, True
+            params = self.space.sample(rng)
+        return params, False
+
+    def _known_ids(self, trials: Iterable[FrozenTrial]) -> set[str]:
+        """Genome ids of non-failed trials: the driver's attribute, else decoded from (fixed) params."""
+        ids: set[str] = set()
+        for t in trials:
+            gid = t.user_attrs.get(GENOME_ID_ATTR)
+            if gid is None:
+                gid = self._id_cache.get(t.number) if t.number in self._id_cache else self._decode_id(t)
+            if gid is not None:
+                ids.add(gid)
+        return ids
+
+    def _decode_id(self, t: FrozenTrial) -> str | None:
+        params = t.system_attrs.get("fixed_params") if t.state == TrialState.WAITING else t.params
+        gid: str | None
+        try:
+            gid = self.space.decode(self.space.repair(dict(params or {}))).id
+        except (KeyError, ValueError, TypeError, FlashsearchError):
+            gid = None  # params from another space or half-written: nothing to dedup against
+        if t.state.is_finished():
+            self._id_cache[t.number] = gid
+        return gid
+
+    @staticmethod
+    def _record(study: Study, trial: FrozenTrial, attrs: Mapping[str, Any]) -> None:
+        for key, value in attrs.items():
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+
+
+__all__ = [
+    "AgingEvolutionSampler", "Member", "select_parent_constrained", "select_parent_pareto", "non_dominated",
+    "crowding_distance", "dominates", "newest_population", "ATTR_ORIGIN", "ATTR_PARENT", "ATTR_MUTATION",
+]

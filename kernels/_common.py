@@ -1,0 +1,173 @@
+"""Small building blocks shared by the operators: RMSNorm, short causal conv, RoPE, option checks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashsearch.errors import FlashsearchError
+
+from .base import DecodeCost
+
+
+# ---- option validation ---------------------------------------------------------------------------------
+def option_error(op: str, key: str, value: Any, why: str) -> FlashsearchError:
+    """One-line user error naming the operator and the option (what, where, how to fix)."""
+    return FlashsearchError(f"operator {op!r} option {key}={value!r} (in op_options.{op}) {why}")
+
+
+def int_option(op: str, opts: Mapping[str, Any], key: str, minimum: int = 1) -> int:
+    """opts[key] as an int >= minimum, or a FlashsearchError naming operator and option."""
+    value = opts[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise option_error(op, key, value, f"must be an integer >= {minimum}")
+    return value
+
+
+def float_option(op: str, opts: Mapping[str, Any], key: str, positive: bool = True) -> float:
+    value = opts[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+            positive and value <= 0):
+        raise option_error(op, key, value, "must be a positive finite number" if positive else "must be a number")
+    return float(value)
+
+
+# ---- normalization ---------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dim with a learned gain (no bias)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+class GatedRMSNorm(nn.Module):
+    """Mamba2's output norm: RMSNorm(y * silu(z)) computed per group of `group_size` channels.
+
+    Per-group statistics (mamba_ssm's RMSNormGated with group_size = d_inner / n_groups) keep the groups
+    independent, which is what lets tensor parallelism split them.
+    """
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.group_size = group_size
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = y * F.silu(z)                                               # [..., dim]
+        shape = h.shape
+        h = h.reshape(*shape[:-1], shape[-1] // self.group_size, self.group_size)
+        h = F.rms_norm(h, (self.group_size,), None, self.eps).reshape(shape)
+        return h * self.weight
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / ||x|| over the last dim (rsqrt form, matches fla's l2norm up to eps placement)."""
+    return x * torch.rsqrt(x.square().sum(-1, keepdim=True) + eps)
+
+
+# ---- short causal depthwise convolution --------------------------------------------------------------------
+class ShortConv(nn.Module):
+    """Causal depthwise conv over time, weight [C, 1, K] (nn.Conv1d's layout, so checkpoints map 1:1).
+
+    forward takes channels-last [B, T, C] (what the projections produce) and an optional cache holding the
+    previous K-1 inputs [B, C, K-1]; it returns the output and the new cache.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, bias: bool):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))
+        self.bias = nn.Parameter(torch.empty(channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv1d's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = K for a depthwise conv.
+        bound = 1.0 / math.sqrt(self.kernel_size)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, C] -> y [B, T, C] (pre-activation). cache [B, C, K-1] = inputs before x (zeros if None)."""
+        B, T, C = x.shape
+        xt = x.transpose(1, 2)                                          # [B, C, T]
+        if cache is None:
+            # padding=K-1 on both sides, keep the first T outputs: output t sees inputs t-K+1 .. t.
+            return F.conv1d(xt, self.weight, self.bias, padding=self.kernel_size - 1, groups=C)[..., :T].transpose(1, 2)
+        xt = torch.cat([cache.to(x.dtype), xt], dim=-1)                 # [B, C, K-1+T]
+        return F.conv1d(xt, self.weight, self.bias, groups=C).transpose(1, 2)
+
+    def new_cache(self, x: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
+        """The cache after consuming x [B, T, C]: the last K-1 inputs, [B, C, K-1]."""
+        B, T, C = x.shape
+        k1 = self.kernel_size - 1
+        prev = cache if cache is not None else x.new_zeros(B, C, k1)
+        return torch.cat([prev.to(x.dtype), x.transpose(1, 2)], dim=-1)[..., prev.shape[-1] + T - k1:]
+
+    def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token: x [B, C], cache [B, C, K-1] -> (y [B, C] pre-activation, new cache)."""
+        window = torch.cat([cache, x.unsqueeze(-1).to(cache.dtype)], dim=-1)  # [B, C, K]
+        y = (window * self.weight[:, 0]).sum(-1)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.to(x.dtype), window[..., 1:]
+
+
+# ---- rotary position embedding ---------------------------------------------------------------------------
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, head_dim/2] for integer positions [T] (angles in fp32, then cast)."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]     # [T, hd/2]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate halves (Llama / HF convention). x [B, H, T, hd]; cos, sin [T, hd/2]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+# ---- misc ------------------------------------------------------------------------------------------------
+def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> list[torch.Tensor]:
+    """Apply several bias-free Linears to the same input as ONE matmul, then split.
+
+    On CPU at proxy widths the per-op overhead dominates, so one [D, sum(out)] GEMM beats three small ones;
+    the parameters stay separate (checkpoint names and per-matrix weight normalization are unchanged).
+    """
+    if len(linears) == 1:
+        return [F.linear(x, linears[0].weight)]
+    w = torch.cat([lin.weight for lin in linears], dim=0)
+    return list(F.linear(x, w).split([lin.out_features for lin in linears], dim=-1))
+
+
+def pad_time(x: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:
+    """Zero-pad dim `dim` up to a multiple of `multiple` (at the end)."""
+    pad = (-x.shape[dim]) % multiple
+    if pad == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = pad
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def layer_cost(d_model: int, weight_elems: int, state_read: int, state_write: int, flops: float,
+               launches: int) -> DecodeCost:
+    """DecodeCost of one residual layer: the operator's own work plus the layer's fused add + pre-RMSNorm.
+
+    The pre-norm (one kernel fusing the residual add, D gain elements, ~4 flops/element) is part of every
+    layer, so it is counted here once rather than by each predictor.
+    """
+    return DecodeCost(weight_elems=int(weight_elems + d_model), state_read_elems=int(state_read),
+                      state_write_elems=int(state_write), flops=float(flops + 4 * d_model),
+                      launches=int(launches + 1))

@@ -1,0 +1,47 @@
+"""SwiGLU feed-forward (channel mixer): down(silu(gate(x)) * up(x)), hidden = genome.ffn_hidden."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashsearch.genome import Genome
+
+from ._common import fused_linear, layer_cost
+from .base import DecodeCost, Operator
+
+
+class FFN(Operator):
+    """SwiGLU MLP. Stateless: step is forward on one token."""
+
+    name: ClassVar[str] = "ffn"
+    defaults: ClassVar[Mapping[str, Any]] = {}
+    readers: ClassVar[tuple[str, ...]] = ("gate_proj", "up_proj")
+    writers: ClassVar[tuple[str, ...]] = ("down_proj",)
+
+    def __init__(self, genome: Genome):
+        super().__init__(genome)
+        d, f = genome.d_model, genome.ffn_hidden
+        self.gate_proj = nn.Linear(d, f, bias=False)
+        self.up_proj = nn.Linear(d, f, bias=False)
+        self.down_proj = nn.Linear(f, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = fused_linear(x, self.gate_proj, self.up_proj)       # [B, T, F] each
+        return self.down_proj(F.silu(gate) * up)                        # [B, T, D]
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self.forward(x), state
+
+    def prefill(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        return self.forward(x), state
+
+    @classmethod
+    def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
+        d, f = genome.d_model, genome.ffn_hidden
+        weights = 3 * d * f
+        # Fused gate|up GEMM, silu*mul, down GEMM.
+        return layer_cost(d, weights, 0, 0, flops=2 * weights + 3 * f, launches=3)

@@ -1,0 +1,74 @@
+"""The two objective plug-in protocols and the small value types they exchange.
+
+Any class with these methods works in a search when named by `_target_` in the YAML; nothing needs to inherit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from flashsearch.genome import Genome
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What latency is asked about: batch-`batch` decoding of `decode_tokens` tokens after a `prompt_len` prompt."""
+
+    device: str = "h100"
+    batch: int = 1
+    prompt_len: int = 128
+    decode_tokens: int = 8192
+    dtype: str = "bf16"
+
+
+@dataclass(frozen=True)
+class LatencyEstimate:
+    """A latency in seconds and where it came from (`source` goes to the trials table as latency_source)."""
+
+    seconds: float
+    source: str
+
+
+@runtime_checkable
+class LatencyPredictor(Protocol):
+    """Predicts (or measures) end-to-end decode latency of the FULL-size genome, in seconds."""
+
+    def predict(self, genome: Genome, workload: Workload) -> float: ...
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much a quality proxy may spend on one candidate."""
+
+    tokens: int = 200_000          # training tokens
+    time_limit_s: float | None = None
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    """Outcome of a quality proxy. `loss` is the objective the search minimizes (lower is better)."""
+
+    loss: float                                   # e.g. validation bits per byte
+    metric: str = "val_bpb"
+    curve: tuple[tuple[int, float], ...] = ()     # (step, training loss) pairs
+    proxy_params: int = 0                         # parameters of the model actually trained
+    tokens: int = 0
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class QualityProxy(Protocol):
+    """Estimates the quality of a genome cheaply. Raises flashsearch.errors.TrialFailed when it cannot."""
+
+    def evaluate(self, genome: Genome, budget: Budget) -> QualityResult: ...
+
+
+def latency_source(predictor: object) -> str:
+    """The `latency_source` string for a predictor: its `source` attribute, else its class path."""
+    src = getattr(predictor, "source", None)
+    if isinstance(src, str) and src:
+        return src
+    cls = type(predictor)
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,215 @@
+"""Byte-level training data for quality proxies: an embedded default corpus, user-file loaders, a window sampler.
+
+Vocabulary is the 256 byte values, so no tokenizer is needed and bits-per-byte (bpb) is comparable across
+candidates and corpora.
+
+Default corpus: the Python language reference text that every CPython installs as `pydoc_data.topics`
+(~470 KB of English prose with code, 79 documents). It needs no download and is identical on every machine
+with the same Python minor version.
+
+Train / validation split is by documents and fixed: documents keep their deterministic order (sorted topic
+names; sorted file names in a directory; line order in a JSONL file) and the trailing documents holding at
+least `val_fraction` of the bytes form the validation split. A source with a single document (one .txt file)
+is split at the byte position instead, moved forward to the next line break when one is close.
+
+User data (`data.path`): a .txt file (one document, read as raw bytes), a .jsonl file (one JSON object per
+line, text in field `text` by default), or a directory holding such files (searched recursively, sorted).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from flashsearch.errors import FlashsearchError
+
+VOCAB_SIZE = 256
+TEXT_SUFFIXES: tuple[str, ...] = (".txt",)
+JSONL_SUFFIXES: tuple[str, ...] = (".jsonl",)
+DOC_SEPARATOR = b"\n\n"
+EMBEDDED_NAME = "embedded:pydoc_data.topics"
+
+
+@dataclass(frozen=True)
+class ByteCorpus:
+    """Train and validation byte streams (uint8, 1-D) and a short description of where they came from."""
+
+    train: torch.Tensor        # [N_train] uint8
+    validation: torch.Tensor   # [N_val] uint8
+    source: str
+    n_documents: int
+
+    def __repr__(self) -> str:
+        return (f"ByteCorpus(source={self.source!r}, documents={self.n_documents}, "
+                f"train={self.train.numel()} B, validation={self.validation.numel()} B)")
+
+
+# ---- reading documents -------------------------------------------------------------------------------------
+
+def embedded_documents() -> list[bytes]:
+    """The default corpus: Python reference topics, one document per topic, in sorted-key order."""
+    from pydoc_data import topics  # stdlib; imported lazily, it is a 0.5 MB module
+
+    return [topics.topics[key].encode("utf-8") for key in sorted(topics.topics)]
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[bytes]:
+    docs: list[bytes] = []
+    with path.open("r", encoding="utf-8", errors="strict") as fh:
+        try:
+            lines = list(fh)
+        except UnicodeDecodeError as exc:
+            raise FlashsearchError(f"{path} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
+                                   "JSONL data must be UTF-8 text") from None
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FlashsearchError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") \
+                from None
+        if not isinstance(record, dict) or text_field not in record:
+            raise FlashsearchError(
+                f"{path}:{lineno}: no field {text_field!r} in this JSON line; set data.text_field to the field "
+                "that holds the text")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise FlashsearchError(f"{path}:{lineno}: field {text_field!r} must be a string, "
+                                   f"got {type(text).__name__}")
+        if text:
+            docs.append(text.encode("utf-8"))
+    return docs
+
+
+def _read_file(path: Path, text_field: str) -> list[bytes]:
+    suffix = path.suffix.lower()
+    if suffix in TEXT_SUFFIXES:
+        data = path.read_bytes()
+        return [data] if data else []
+    if suffix in JSONL_SUFFIXES:
+        return _read_jsonl(path, text_field)
+    raise FlashsearchError(
+        f"unsupported data file {path} (extension {path.suffix or 'none'!r}); use "
+        f"{', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files or a directory of them")
+
+
+def read_documents(path: str | Path, text_field: str = "text") -> list[bytes]:
+    """Documents (raw bytes) from a .txt / .jsonl file or a directory of them, in a deterministic order."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FlashsearchError(f"data path {str(path)!r} does not exist; give a .txt/.jsonl file or a directory "
+                               "of them, or leave data.path unset to use the embedded corpus")
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*")
+                       if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + JSONL_SUFFIXES
+                       and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        if not files:
+            raise FlashsearchError(f"data directory {p} has no {', '.join(TEXT_SUFFIXES + JSONL_SUFFIXES)} files")
+        docs = [d for f in files for d in _read_file(f, text_field)]
+    else:
+        docs = _read_file(p, text_field)
+    if not docs:
+        raise FlashsearchError(f"data path {p} holds no text (empty files / no non-empty records)")
+    return docs
+
+
+# ---- splitting ------------------------------------------------------------------------------------------------
+
+def split_documents(docs: Sequence[bytes], val_fraction: float = 0.1) -> tuple[bytes, bytes]:
+    """(train bytes, validation bytes): trailing documents holding >= val_fraction of all bytes go to validation."""
+    if not 0.0 < val_fraction < 1.0:
+        raise FlashsearchError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    docs = [d for d in docs if d]
+    if not docs:
+        raise FlashsearchError("no text to split: all documents are empty")
+    total = sum(len(d) for d in docs)
+    if len(docs) >= 2:
+        n_val, val_bytes = 0, 0
+        # Always leave at least one document for training.
+        while n_val < len(docs) - 1 and val_bytes < val_fraction * total:
+            n_val += 1
+            val_bytes += len(docs[-n_val])
+        return DOC_SEPARATOR.join(docs[:-n_val]), DOC_SEPARATOR.join(docs[-n_val:])
+    # One document: split by position, preferring a line break within 1% of the cut.
+    data = docs[0]
+    cut = int(len(data) * (1.0 - val_fraction))
+    nl = data.find(b"\n", cut, cut + max(1, len(data) // 100))
+    if nl != -1:
+        cut = nl + 1
+    return data[:cut], data[cut:]
+
+
+def _to_tensor(data: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _embedded_corpus(val_fraction: float) -> ByteCorpus:
+    docs = embedded_documents()
+    train, val = split_documents(docs, val_fraction)
+    return ByteCorpus(_to_tensor(train), _to_tensor(val), EMBEDDED_NAME, len(docs))
+
+
+def load_corpus(path: str | Path | None = None, text_field: str = "text", val_fraction: float = 0.1) -> ByteCorpus:
+    """The embedded corpus (path=None) or the user's data at `path`, split into train / validation.
+
+    Returned tensors are shared and must not be modified (the embedded corpus is cached per process).
+    """
+    if path is None:
+        return _embedded_corpus(float(val_fraction))
+    docs = read_documents(path, text_field)
+    train, val = split_documents(docs, val_fraction)
+    return ByteCorpus(_to_tensor(train), _to_tensor(val), str(Path(path).expanduser()), len(docs))
+
+
+# ---- sampling windows -------------------------------------------------------------------------------------
+
+def _check_length(data: torch.Tensor, seq_len: int, what: str) -> None:
+    if data.numel() < seq_len + 1:
+        raise FlashsearchError(f"the {what} split has {data.numel()} bytes, fewer than seq_len+1={seq_len + 1}; "
+                               "give more data or a shorter seq_len")
+
+
+class WindowSampler:
+    """Random training windows [batch, seq_len+1] (int64 byte ids) from a fixed-seed torch.Generator.
+
+    Inputs are window[:, :-1], targets window[:, 1:]. The same seed yields the same sequence of batches.
+    """
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seq_len: int, seed: int = 0):
+        if data.dim() != 1:
+            raise ValueError("data must be a 1-D byte tensor")
+        _check_length(data, seq_len, "training")
+        self.data = data
+        self.batch_size = int(batch_size)
+        self.seq_len = int(seq_len)
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._offsets = torch.arange(self.seq_len + 1)
+
+    def sample(self) -> torch.Tensor:  # [B, T+1] int64
+        starts = torch.randint(0, self.data.numel() - self.seq_len, (self.batch_size, 1), generator=self.generator)
+        return self.data[starts + self._offsets].long()
+
+    def __iter__(self) -> "WindowSampler":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return self.sample()
+
+
+def validation_windows(data: torch.Tensor, seq_len: int, n_windows: int) -> torch.Tensor:
+    """A fixed evaluation set [n, seq_len+1]: up to `n_windows` windows evenly spaced over the validation split.
+
+    Deterministic (no randomness), non-overlapping when the split is long enough.
+    """
+    _check_length(data, seq_len, "validation")
+    last_start = data.numel() - (seq_len + 1)
+    n = max(1, min(int(n_windows), last_start + 1))
+    starts = torch.linspace(0, last_start, n).round().long().unique()
+    return data[starts[:, None] + torch.arange(seq_len + 1)].long()

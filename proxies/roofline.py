@@ -1,0 +1,259 @@
+"""Analytic (roofline) latency of batch-B autoregressive decoding on a GPU, from a device profile.
+
+Model. Decoding `N = workload.decode_tokens` tokens after a `P = workload.prompt_len` prompt runs N sequential
+steps; step s (s = 0..N-1) sees context c_s = P + s tokens already in every layer's state. Each layer of
+operator type `op` does the work `flashsearch.kernels.decode_cost(genome, op, c)` (batch-1 element counts:
+weights read, state read/written, FLOPs, kernel launches). With b_w / b_s the weight / state dtype sizes, BW and
+F the achievable bandwidth and FLOP/s of the device (datasheet peak x efficiency) and t_l the per-kernel fixed
+cost (CUDA-graph launch), one layer takes
+
+    t_layer(c) = max( (W * b_w + B * (S_read(c) + S_write(c)) * b_s) / BW ,  B * FLOPs(c) / F ) + launches * t_l
+
+(weights are read once per step whatever the batch; state and FLOPs scale with the batch). Every layer also has
+a fused residual-add + RMSNorm before it (d_model gain + 3 * B * d_model activations, one kernel), and each step
+has a head: embedding gather, final RMSNorm, LM head (reads vocab x d_model, the tied embedding matrix or
+not, 2 * B * vocab * d_model FLOPs, writes the logits) and a sampling kernel over the logits, one launch each.
+
+    latency = sum_s [ sum_layers t_layer(c_s) + t_norms + t_head ]
+
+Full attention's KV read grows linearly with c, sliding-window attention is capped at its window, recurrent
+operators (Mamba2, DeltaNet, ...) read a constant state; all of that lives in the operators' decode_cost.
+
+Vectorization: decode_cost is called per distinct operator type on a coarse grid of contexts and refined by
+bisection wherever the counts are not linear between grid points (a piecewise-linear cost such as min(c, window)
+is recovered exactly); the per-step times are then numpy arrays over all N steps. A Flash-1B prediction costs a
+few hundred decode_cost calls, not N x layers.
+
+Not modelled: prefill (the workload times decoding), kernel fusion beyond the add+norm, L2-cache reuse, and
+tensor-parallel communication. The efficiency and launch factors of the shipped profiles are calibrated against
+the Nemotron-Flash paper's H100 table (see proxies/devices/*.yaml).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from flashsearch.errors import FlashsearchError
+from flashsearch.genome import Genome
+from flashsearch.proxies.base import Workload
+from flashsearch.proxies.devices import DTYPE_BYTES, DeviceProfile, canonical_dtype, load_device
+
+# Column order of a cost table row.
+_FIELDS = ("weight_elems", "state_read_elems", "state_write_elems", "flops", "launches")
+_GRID_POINTS = 33                         # coarse grid over the context range before bisection refinement
+HEAD = "embedding+lm_head"
+NORM = "norm"
+
+
+def _decode_cost_vector(genome: Genome, op: str, context: int) -> np.ndarray:
+    from flashsearch import kernels  # lazy: the kernels package imports torch modules
+
+    cost = kernels.decode_cost(genome, op, int(context))
+    return np.array([float(getattr(cost, f)) for f in _FIELDS], dtype=np.float64)
+
+
+def piecewise_linear_table(f: Callable[[int], np.ndarray], lo: int, hi: int,
+                           grid_points: int = _GRID_POINTS) -> np.ndarray:
+    """Rows f(c) for every integer c in [lo, hi], from few calls of f.
+
+    Exact when f is linear between the points where it changes slope (one kink per grid cell is always found,
+    because a single kink moves the cell midpoint off the chord); each non-linear cell is bisected.
+    """
+    n = hi - lo + 1
+    seen: dict[int, np.ndarray] = {}
+
+    def at(c: int) -> np.ndarray:
+        if c not in seen:
+            seen[c] = np.asarray(f(c), dtype=np.float64)
+        return seen[c]
+
+    first = at(lo)
+    out = np.empty((n, first.shape[0]), dtype=np.float64)
+
+    def fill(a: int, b: int) -> None:
+        fa, fb = at(a), at(b)
+        if b - a <= 1:
+            out[a - lo], out[b - lo] = fa, fb
+            return
+        m = (a + b) // 2
+        chord_m = fa + (fb - fa) * ((m - a) / (b - a))
+        if np.allclose(at(m), chord_m, rtol=1e-9, atol=1e-6):
+            t = (np.arange(a, b + 1, dtype=np.float64) - a) / (b - a)
+            out[a - lo:b - lo + 1] = fa + t[:, None] * (fb - fa)
+        else:
+            fill(a, m)
+            fill(m, b)
+
+    if n == 1:
+        out[0] = first
+        return out
+    grid = np.unique(np.linspace(lo, hi, min(n, grid_points)).round().astype(np.int64))
+    for a, b in zip(grid[:-1].tolist(), grid[1:].tolist()):
+        fill(a, b)
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _cost_table(genome: Genome, op: str, first_context: int, n_steps: int, exact: bool) -> np.ndarray:
+    """[n_steps, 5] decode costs of one `op` layer for contexts first_context .. first_context+n_steps-1."""
+    f = functools.partial(_decode_cost_vector, genome, op)
+    hi = first_context + n_steps - 1
+    if exact:
+        table = np.stack([f(c) for c in range(first_context, hi + 1)])
+    else:
+        table = piecewise_linear_table(f, first_context, hi)
+    table.setflags(write=False)  # shared through the cache
+    return table
+
+
+@dataclass(frozen=True)
+class OpLatency:
+    """Share of the predicted latency spent in one operator type (all its layers, all decode steps)."""
+
+    op: str
+    layers: int
+    seconds: float
+    share: float                  # of the total
+    launch_seconds: float         # part of `seconds` that is per-kernel fixed cost
+    launches_per_step: float      # all layers of this type
+    weight_bytes: float           # read per step, all layers of this type
+    mean_state_bytes: float       # state read + written per step, averaged over steps
+    memory_bound_share: float     # fraction of (layer, step) pairs where bytes, not FLOPs, set the time
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_workload(workload: Workload) -> None:
+    for name, minimum in (("batch", 1), ("prompt_len", 0), ("decode_tokens", 1)):
+        v = getattr(workload, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise FlashsearchError(f"workload.{name} must be an integer >= {minimum}, got {v!r}")
+
+
+class RooflinePredictor:
+    """Predicted decode latency (seconds) of the full-size genome on a GPU described by a device profile.
+
+    device: shipped profile name (h100, a100, h200) or a profile .yaml path; it decides the number (Workload's
+    own device/dtype fields are not consulted, so one predictor gives one consistent `source`).
+    dtype: weight dtype; state_dtype: KV-cache / recurrent-state dtype (default: dtype).
+    cuda_graphs: per-kernel cost with CUDA graphs (default) or eager launches.
+    exact: call decode_cost at every context instead of the piecewise-linear sampling (slow; for checking).
+    """
+
+    def __init__(self, device: str = "h100", dtype: str = "bf16", state_dtype: str | None = None,
+                 cuda_graphs: bool = True, exact: bool = False):
+        self.profile: DeviceProfile = load_device(device)
+        self.device = self.profile.name
+        self.dtype = canonical_dtype(dtype)
+        self.state_dtype = canonical_dtype(state_dtype) if state_dtype is not None else self.dtype
+        self.cuda_graphs = bool(cuda_graphs)
+        self.exact = bool(exact)
+        self._bw = self.profile.bandwidth()
+        self._flops = self.profile.flops(self.dtype)  # also rejects a dtype the device lacks
+        self._launch = self.profile.launch_seconds(self.cuda_graphs)
+        self.source = f"roofline:{self.device}"
+
+    def __repr__(self) -> str:
+        return (f"RooflinePredictor(device={self.device!r}, dtype={self.dtype!r}, state_dtype={self.state_dtype!r}, "
+                f"cuda_graphs={self.cuda_graphs})")
+
+    # ---- public API -----------------------------------------------------------------------------------------
+    def predict(self, genome: Genome, workload: Workload) -> float:
+        """End-to-end decode seconds for `workload` (sum over the decode steps)."""
+        return float(sum(r.seconds for r in self.breakdown(genome, workload)))
+
+    def step_seconds(self, genome: Genome, workload: Workload) -> np.ndarray:
+        """Seconds of each decode step, [decode_tokens] (grows with context when the genome has full attention)."""
+        _check_workload(workload)
+        total = np.zeros(workload.decode_tokens)
+        for per_step, _ in self._terms(genome, workload).values():
+            total += per_step
+        return total
+
+    def breakdown(self, genome: Genome, workload: Workload) -> list[OpLatency]:
+        """Latency per operator type, in order of first appearance, then norms and the embedding/LM head."""
+        _check_workload(workload)
+        terms = self._terms(genome, workload)
+        total = sum(float(t.sum()) for t, _ in terms.values()) or 1.0
+        rows = []
+        for op, (per_step, info) in terms.items():
+            secs = float(per_step.sum())
+            rows.append(OpLatency(op=op, seconds=secs, share=secs / total, **info))
+        return rows
+
+    # ---- the model --------------------------------------------------------------------------------------------
+    def _layer_times(self, table: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seconds per step, launch part, memory-bound mask) of ONE layer from its [N, 5] cost table."""
+        weight, s_read, s_write, flops, launches = table.T
+        nbytes = weight * DTYPE_BYTES[self.dtype] + batch * (s_read + s_write) * DTYPE_BYTES[self.state_dtype]
+        t_mem = nbytes / self._bw
+        t_comp = batch * flops / self._flops
+        t_launch = launches * self._launch
+        return np.maximum(t_mem, t_comp) + t_launch, t_launch, t_mem >= t_comp
+
+    def _terms(self, genome: Genome, workload: Workload) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+        n, b, d = workload.decode_tokens, workload.batch, genome.d_model
+        wb, ab = DTYPE_BYTES[self.dtype], DTYPE_BYTES[self.dtype]
+        terms: dict[str, tuple[np.ndarray, dict[str, Any]]] = {}
+        for op in dict.fromkeys(genome.layer_types):  # distinct, in order
+            count = genome.count(op)
+            table = _cost_table(genome, op, workload.prompt_len, n, self.exact)
+            per_layer, launch, mem_bound = self._layer_times(table, b)
+            terms[op] = (per_layer * count, dict(
+                layers=count,
+                launch_seconds=float(launch.sum()) * count,
+                launches_per_step=float(table[0, 4]) * count,
+                weight_bytes=float(table[0, 0]) * wb * count,
+                mean_state_bytes=float((table[:, 1] + table[:, 2]).mean()) * b * DTYPE_BYTES[self.state_dtype]
+                * count,
+                memory_bound_share=float(mem_bound.mean()),
+            ))
+        # Fused residual add + RMSNorm before every layer: gain vector + read x, read residual, write out.
+        norm_bytes = d * wb + 3 * b * d * ab
+        norm_step = (norm_bytes / self._bw + self._launch) * genome.n_layers
+        terms[NORM] = (np.full(n, norm_step), dict(
+            layers=genome.n_layers, launch_seconds=self._launch * genome.n_layers * n,
+            launches_per_step=float(genome.n_layers), weight_bytes=float(d * wb * genome.n_layers),
+            mean_state_bytes=0.0, memory_bound_share=1.0))
+        # Head: embedding gather, final norm, LM head (vocab x d_model read, logits written), sampling.
+        v = genome.vocab_size
+        head_kernels = [
+            (b * d * wb + b * d * ab, 0.0),                          # embedding rows for B tokens
+            (d * wb + 2 * b * d * ab, 0.0),                          # final RMSNorm
+            (v * d * wb + b * v * ab, 2.0 * b * v * d),              # LM head GEMV/GEMM
+            (b * v * ab, 0.0),                                       # sampling / argmax over logits
+        ]
+        head_step = sum(max(nb / self._bw, fl / self._flops) for nb, fl in head_kernels) \
+            + len(head_kernels) * self._launch
+        terms[HEAD] = (np.full(n, head_step), dict(
+            layers=0, launch_seconds=len(head_kernels) * self._launch * n,
+            launches_per_step=float(len(head_kernels)), weight_bytes=float((v * d + d) * wb),
+            mean_state_bytes=0.0,
+            memory_bound_share=float(all(nb / self._bw >= fl / self._flops for nb, fl in head_kernels))))
+        return terms
+
+
+def bandwidth_floor_seconds(genome_weight_bytes: float, device: str, decode_tokens: int) -> float:
+    """Physical floor: every weight byte read once per token at the datasheet bandwidth."""
+    profile = load_device(device)
+    return genome_weight_bytes * decode_tokens / (profile.memory_bandwidth_gbs * 1e9)
+
+
+def format_breakdown(rows: list[OpLatency]) -> str:
+    """A small text table for `flashsearch describe`."""
+    lines = [f"{'operator':<18}{'layers':>7}{'seconds':>10}{'share':>8}{'launch s':>10}{'kernels/step':>13}"
+             f"{'weights MB':>12}{'state MB':>10}"]
+    for r in rows:
+        lines.append(f"{r.op:<18}{r.layers:>7}{r.seconds:>10.3f}{r.share:>8.1%}{r.launch_seconds:>10.3f}"
+                     f"{r.launches_per_step:>13.0f}{r.weight_bytes / 1e6:>12.1f}{r.mean_state_bytes / 1e6:>10.2f}")
+    total = sum(r.seconds for r in rows)
+    lines.append(f"{'total':<18}{'':>7}{total:>10.3f}")
+    if not math.isfinite(total):
+        lines.append("(non-finite total: check the device profile)")
+    return "\n".join(lines)

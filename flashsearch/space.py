@@ -89,6 +89,13 @@ class SearchSpace(ABC):
         child[factor] = options[rng.randrange(len(options))]
         return child, factor
 
+    @abstractmethod
+    def cheapest(self) -> list[Params]:
+        """Candidates that bound the space's lowest latency from below (one per mixer, fewest layers, min width).
+
+        Used to refuse a latency target that no genome of the space can meet, before any training starts.
+        """
+
     def with_width(self, params: Mapping[str, Any], d_model: int) -> Params:
         if d_model not in self.widths:
             raise FlashsearchError(f"width {d_model} is not one of the space's widths {list(self.widths)}")
@@ -209,10 +216,9 @@ class StagedSpace(SearchSpace):
                         break
                 else:
                     for s in order:
-                        shorter = [r for r in self.ratios if sum(map(int, r.split(":"))) <
-                                   sum(map(int, p[f"s{s}_ratio"].split(":")))]
+                        shorter = [r for r in self.ratios if _ratio_len(r) < _ratio_len(p[f"s{s}_ratio"])]
                         if shorter:
-                            p[f"s{s}_ratio"] = max(shorter, key=lambda r: sum(map(int, r.split(":"))))
+                            p[f"s{s}_ratio"] = max(shorter, key=_ratio_len)
                             break
                     else:
                         raise FlashsearchError(
@@ -246,6 +252,16 @@ class StagedSpace(SearchSpace):
             params.update({f"s{s}_{k}": v for k, v in sp.items()})
         params["d_model"] = genome.d_model
         return params
+
+    def cheapest(self) -> list[Params]:
+        out = []
+        for op in self.operators:
+            p: Params = {"d_model": min(self.widths)}
+            for s in range(self.n_stages):
+                p.update({f"s{s}_a": op, f"s{s}_b": op, f"s{s}_ratio": min(self.ratios, key=_ratio_len),
+                          f"s{s}_ffn": min(self.ffn_choices), f"s{s}_blocks": 1})
+            out.append(p)
+        return out
 
     def _stage_candidates(self) -> list[tuple[dict, list[str]]]:
         out = []
@@ -312,6 +328,14 @@ class LayerwiseSpace(SearchSpace):
             p["layer_0"] = next(o for o in self.operators if o in MIXERS)
         return p
 
+    def cheapest(self) -> list[Params]:
+        out = []
+        for op in (o for o in self.operators if o in MIXERS):
+            p: Params = {"n_layers": self.min_layers, "d_model": min(self.widths)}
+            p.update({f"layer_{i}": op for i in range(self.max_layers)})
+            out.append(p)
+        return out
+
     def encode(self, genome: Genome) -> Params | None:
         n = genome.n_layers
         if (genome.d_model not in self.widths or not self.min_layers <= n <= self.max_layers
@@ -324,6 +348,10 @@ class LayerwiseSpace(SearchSpace):
             params[f"layer_{i}"] = genome.layer_types[i] if i < n else filler
         params["d_model"] = genome.d_model
         return params
+
+
+def _ratio_len(ratio: str) -> int:
+    return sum(int(x) for x in ratio.split(":"))
 
 
 def _check_positive(**values: int) -> None:

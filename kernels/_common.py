@@ -76,12 +76,40 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 # ---- short causal depthwise convolution --------------------------------------------------------------------
-class ShortConv(nn.Module):
-    """Causal depthwise conv over time, weight [C, 1, K] (nn.Conv1d's layout, so checkpoints map 1:1).
+def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  cache: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal depthwise conv, channels-last. x [B, T, C]; weight [C, 1, K]; cache [B, C, K-1] holds the inputs
+    before x (zeros if None). Returns the pre-activation output [B, T, C]; output t sees inputs t-K+1 .. t."""
+    B, T, C = x.shape
+    k1 = weight.shape[-1] - 1
+    xt = x.transpose(1, 2)                                              # [B, C, T]
+    if cache is None:
+        # Symmetric padding then keep the first T outputs (F.conv1d has no one-sided padding).
+        return F.conv1d(xt, weight, bias, padding=k1, groups=C)[..., :T].transpose(1, 2)
+    xt = torch.cat([cache.to(x.dtype), xt], dim=-1)                     # [B, C, K-1+T]
+    return F.conv1d(xt, weight, bias, groups=C).transpose(1, 2)
 
-    forward takes channels-last [B, T, C] (what the projections produce) and an optional cache holding the
-    previous K-1 inputs [B, C, K-1]; it returns the output and the new cache.
-    """
+
+def conv_cache(x: torch.Tensor, cache: torch.Tensor | None, kernel_size: int) -> torch.Tensor:
+    """The conv cache after consuming x [B, T, C]: its last K-1 inputs, [B, C, K-1]."""
+    B, T, C = x.shape
+    k1 = kernel_size - 1
+    prev = cache.to(x.dtype) if cache is not None else x.new_zeros(B, C, k1)
+    return torch.cat([prev, x.transpose(1, 2)], dim=-1)[..., T:]
+
+
+def conv_step(x: torch.Tensor, cache: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: x [B, C], cache [B, C, K-1] -> (pre-activation y [B, C], new cache)."""
+    window = torch.cat([cache, x.unsqueeze(-1).to(cache.dtype)], dim=-1)   # [B, C, K]
+    y = (window * weight[:, 0]).sum(-1)
+    if bias is not None:
+        y = y + bias
+    return y.to(x.dtype), window[..., 1:]
+
+
+class ShortConv(nn.Module):
+    """Causal depthwise conv module, weight [C, 1, K] (nn.Conv1d's layout, so checkpoints map 1:1)."""
 
     def __init__(self, channels: int, kernel_size: int, bias: bool):
         super().__init__()
@@ -98,29 +126,13 @@ class ShortConv(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, C] -> y [B, T, C] (pre-activation). cache [B, C, K-1] = inputs before x (zeros if None)."""
-        B, T, C = x.shape
-        xt = x.transpose(1, 2)                                          # [B, C, T]
-        if cache is None:
-            # padding=K-1 on both sides, keep the first T outputs: output t sees inputs t-K+1 .. t.
-            return F.conv1d(xt, self.weight, self.bias, padding=self.kernel_size - 1, groups=C)[..., :T].transpose(1, 2)
-        xt = torch.cat([cache.to(x.dtype), xt], dim=-1)                 # [B, C, K-1+T]
-        return F.conv1d(xt, self.weight, self.bias, groups=C).transpose(1, 2)
+        return causal_conv1d(x, self.weight, self.bias, cache)
 
     def new_cache(self, x: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
-        """The cache after consuming x [B, T, C]: the last K-1 inputs, [B, C, K-1]."""
-        B, T, C = x.shape
-        k1 = self.kernel_size - 1
-        prev = cache if cache is not None else x.new_zeros(B, C, k1)
-        return torch.cat([prev.to(x.dtype), x.transpose(1, 2)], dim=-1)[..., prev.shape[-1] + T - k1:]
+        return conv_cache(x, cache, self.kernel_size)
 
     def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token: x [B, C], cache [B, C, K-1] -> (y [B, C] pre-activation, new cache)."""
-        window = torch.cat([cache, x.unsqueeze(-1).to(cache.dtype)], dim=-1)  # [B, C, K]
-        y = (window * self.weight[:, 0]).sum(-1)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.to(x.dtype), window[..., 1:]
+        return conv_step(x, cache, self.weight, self.bias)
 
 
 # ---- rotary position embedding ---------------------------------------------------------------------------

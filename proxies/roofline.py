@@ -9,12 +9,13 @@ cost (CUDA-graph launch), one layer takes
 
     t_layer(c) = max( (W * b_w + B * (S_read(c) + S_write(c)) * b_s) / BW ,  B * FLOPs(c) / F ) + launches * t_l
 
-(weights are read once per step whatever the batch; state and FLOPs scale with the batch). Every layer also has
-a fused residual-add + RMSNorm before it (d_model gain + 3 * B * d_model activations, one kernel), and each step
-has a head: embedding gather, final RMSNorm, LM head (reads vocab x d_model, the tied embedding matrix or
-not, 2 * B * vocab * d_model FLOPs, writes the logits) and a sampling kernel over the logits, one launch each.
+(weights are read once per step whatever the batch; state and FLOPs scale with the batch). decode_cost includes
+each layer's fused residual-add + pre-RMSNorm kernel. Each step also has a head: embedding gather, final RMSNorm,
+LM head (reads vocab x d_model, whether the embedding is tied or not, 2 * B * vocab * d_model FLOPs, writes the
+logits) and a sampling kernel over the logits, one launch each:
 
-    latency = sum_s [ sum_layers t_layer(c_s) + t_norms + t_head ]
+    t_head = sum_k max(bytes_k / BW, flops_k / F) + 4 * t_l
+    latency = sum_s [ sum_layers t_layer(c_s) + t_head ]
 
 Full attention's KV read grows linearly with c, sliding-window attention is capped at its window, recurrent
 operators (Mamba2, DeltaNet, ...) read a constant state; all of that lives in the operators' decode_cost.
@@ -47,7 +48,6 @@ from flashsearch.proxies.devices import DTYPE_BYTES, DeviceProfile, canonical_dt
 _FIELDS = ("weight_elems", "state_read_elems", "state_write_elems", "flops", "launches")
 _GRID_POINTS = 33                         # coarse grid over the context range before bisection refinement
 HEAD = "embedding+lm_head"
-NORM = "norm"
 
 
 def _decode_cost_vector(genome: Genome, op: str, context: int) -> np.ndarray:
@@ -177,7 +177,7 @@ class RooflinePredictor:
         return total
 
     def breakdown(self, genome: Genome, workload: Workload) -> list[OpLatency]:
-        """Latency per operator type, in order of first appearance, then norms and the embedding/LM head."""
+        """Latency per operator type (norms included), in order of first appearance, then the embedding/LM head."""
         _check_workload(workload)
         terms = self._terms(genome, workload)
         total = sum(float(t.sum()) for t, _ in terms.values()) or 1.0
@@ -214,13 +214,6 @@ class RooflinePredictor:
                 * count,
                 memory_bound_share=float(mem_bound.mean()),
             ))
-        # Fused residual add + RMSNorm before every layer: gain vector + read x, read residual, write out.
-        norm_bytes = d * wb + 3 * b * d * ab
-        norm_step = (norm_bytes / self._bw + self._launch) * genome.n_layers
-        terms[NORM] = (np.full(n, norm_step), dict(
-            layers=genome.n_layers, launch_seconds=self._launch * genome.n_layers * n,
-            launches_per_step=float(genome.n_layers), weight_bytes=float(d * wb * genome.n_layers),
-            mean_state_bytes=0.0, memory_bound_share=1.0))
         # Head: embedding gather, final norm, LM head (vocab x d_model read, logits written), sampling.
         v = genome.vocab_size
         head_kernels = [

@@ -1,0 +1,206 @@
+"""Causal softmax attention with GQA and RoPE: full (`attention`) and sliding-window (`swa`).
+
+Full attention keeps a KV cache preallocated to max_len; sliding-window attention keeps a ring buffer of the
+last `window` keys/values, so its decode state (and cost) stops growing once the context exceeds the window.
+Keys are rotated (RoPE) at their absolute position *before* they are cached, so the order of the entries in
+the cache does not matter to softmax attention; that is what makes the ring buffer valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashsearch.errors import FlashsearchError
+from flashsearch.genome import Genome
+
+from ._common import apply_rope, float_option, fused_linear, int_option, layer_cost, rope_cos_sin
+from .base import DecodeCost, Operator, resolve_options
+
+
+@dataclass
+class KVCache:
+    """Decode state of one attention layer. k, v: [B, Hkv, S, hd] (S = max_len, or the window for swa);
+    pos: tokens consumed so far (all sequences in the batch advance together)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: int = 0
+
+
+class Attention(Operator):
+    """Full causal attention, GQA (n_heads query heads share n_kv_heads key/value heads), RoPE."""
+
+    name: ClassVar[str] = "attention"
+    defaults: ClassVar[Mapping[str, Any]] = {"rope_theta": 10000.0}
+    readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
+    writers: ClassVar[tuple[str, ...]] = ("o_proj",)
+
+    def __init__(self, genome: Genome):
+        super().__init__(genome)
+        self.rope_theta = float_option(self.name, self.opts, "rope_theta")
+        if genome.head_dim % 2:
+            raise FlashsearchError(f"operator {self.name!r} needs an even head_dim for RoPE, got "
+                                   f"head_dim={genome.head_dim} (genome.head_dim); use an even value")
+        self.n_heads, self.n_kv_heads, self.head_dim = genome.n_heads, genome.n_kv_heads, genome.head_dim
+        d = genome.d_model
+        self.q_proj = nn.Linear(d, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
+
+    # Sliding-window size (tokens visible to a query, itself included); None = unlimited.
+    @property
+    def window(self) -> int | None:
+        return None
+
+    def _qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project and rotate. x [B, T, D] at absolute positions start.. -> q [B, H, T, hd], k, v [B, Hkv, T, hd]."""
+        B, T, _ = x.shape
+        q, k, v = fused_linear(x, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        pos = torch.arange(start, start + T, device=x.device)
+        cos, sin = rope_cos_sin(pos, self.head_dim, self.rope_theta, q.dtype)   # [T, hd/2]
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None = None,
+                k_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """SDPA with GQA. Without positions: plain causal over aligned q/k (the training path).
+        With absolute positions q_pos [Tq], k_pos [Tk]: causal (and windowed) mask built from them."""
+        gqa = self.n_heads != self.n_kv_heads
+        if q_pos is None or k_pos is None:
+            Tq = q.shape[-2]
+            if self.window is None or Tq <= self.window:
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            idx = torch.arange(Tq, device=q.device)
+            q_pos, k_pos = idx, idx
+        mask = k_pos[None, :] <= q_pos[:, None]                             # [Tq, Tk], True = attend
+        if self.window is not None:
+            mask = mask & (k_pos[None, :] > q_pos[:, None] - self.window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = y.shape                                                # [B, H, T, hd]
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._qkv(x, 0)
+        return self._out(self._attend(q, k, v))
+
+    # ---- decoding --------------------------------------------------------------------------------------
+    def _cache_len(self, max_len: int) -> int:
+        return max_len
+
+    def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> KVCache:
+        shape = (batch, self.n_kv_heads, self._cache_len(max_len), self.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def _check_room(self, state: KVCache, n: int) -> None:
+        if self.window is None and state.pos + n > state.k.shape[2]:
+            raise FlashsearchError(f"operator {self.name!r}: decoding past max_len={state.k.shape[2]} tokens; "
+                                   "call init_state with a larger max_len")
+
+    def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """x [B, 1, D]: append this token's k/v to the cache, attend over everything cached."""
+        self._check_room(state, 1)
+        q, k, v = self._qkv(x, state.pos)                                   # q [B, H, 1, hd]
+        state.k[:, :, state.pos] = k[:, :, 0]
+        state.v[:, :, state.pos] = v[:, :, 0]
+        state.pos += 1
+        y = self._attend_cached(q, state)
+        return self._out(y), state
+
+    def _attend_cached(self, q: torch.Tensor, state: KVCache) -> torch.Tensor:
+        n = state.pos
+        return F.scaled_dot_product_attention(q, state.k[:, :, :n], state.v[:, :, :n],
+                                              enable_gqa=self.n_heads != self.n_kv_heads)
+
+    def prefill(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """x [B, T, D] continuing from state.pos: fill the cache and return the outputs (== T steps)."""
+        T = x.shape[1]
+        self._check_room(state, T)
+        start = state.pos
+        q, k, v = self._qkv(x, start)
+        state.k[:, :, start:start + T] = k
+        state.v[:, :, start:start + T] = v
+        state.pos += T
+        pos = torch.arange(start + T, device=x.device)
+        y = self._attend(q, state.k[:, :, :start + T], state.v[:, :, :start + T], pos[start:], pos)
+        return self._out(y), state
+
+    @classmethod
+    def _kv_len(cls, genome: Genome, context: int) -> int:
+        """Cache rows one decode step reads: the `context` earlier tokens plus the one just appended."""
+        return context + 1
+
+    @classmethod
+    def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
+        d, h, hkv, hd = genome.d_model, genome.n_heads, genome.n_kv_heads, genome.head_dim
+        weights = 2 * d * h * hd + 2 * d * hkv * hd
+        kv = cls._kv_len(genome, context)
+        attn_flops = 4 * h * hd * kv                    # q.k and p.v over the attended keys
+        # Fused QKV GEMM, RoPE + cache append, flash-decoding attention, o_proj GEMM.
+        return layer_cost(d, weights, state_read=2 * hkv * hd * kv, state_write=2 * hkv * hd,
+                          flops=2 * weights + attn_flops, launches=4)
+
+
+class SlidingWindowAttention(Attention):
+    """Causal attention where each query sees only the last `window` tokens (itself included)."""
+
+    name: ClassVar[str] = "swa"
+    defaults: ClassVar[Mapping[str, Any]] = {"rope_theta": 10000.0, "window": 512}
+
+    def __init__(self, genome: Genome):
+        super().__init__(genome)
+        self._window = int_option(self.name, self.opts, "window")
+
+    @property
+    def window(self) -> int | None:
+        return self._window
+
+    def _cache_len(self, max_len: int) -> int:
+        return min(self._window, max_len)
+
+    def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """x [B, 1, D]: overwrite the oldest ring slot with this token, attend over the filled slots."""
+        q, k, v = self._qkv(x, state.pos)
+        slot = state.pos % state.k.shape[2]
+        state.k[:, :, slot] = k[:, :, 0]
+        state.v[:, :, slot] = v[:, :, 0]
+        state.pos += 1
+        return self._out(self._attend_cached(q, state)), state
+
+    def _attend_cached(self, q: torch.Tensor, state: KVCache) -> torch.Tensor:
+        n = min(state.pos, state.k.shape[2])     # slot order is irrelevant: keys carry their RoPE positions
+        return F.scaled_dot_product_attention(q, state.k[:, :, :n], state.v[:, :, :n],
+                                              enable_gqa=self.n_heads != self.n_kv_heads)
+
+    def prefill(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """x [B, T, D] continuing from state.pos: attend over (ring contents + x) with the band mask, then keep
+        the last `window` tokens in the ring."""
+        T, ring = x.shape[1], state.k.shape[2]
+        start = state.pos
+        q, k, v = self._qkv(x, start)
+        old_pos = torch.arange(max(0, start - ring + 1), start, device=x.device)    # still-visible past tokens
+        slots = old_pos % ring
+        keys = torch.cat([state.k[:, :, slots], k], dim=2)                          # [B, Hkv, n_old + T, hd]
+        vals = torch.cat([state.v[:, :, slots], v], dim=2)
+        new_pos = torch.arange(start, start + T, device=x.device)
+        y = self._attend(q, keys, vals, new_pos, torch.cat([old_pos, new_pos]))
+        keep = min(T, ring)
+        state.k[:, :, new_pos[-keep:] % ring] = k[:, :, -keep:]
+        state.v[:, :, new_pos[-keep:] % ring] = v[:, :, -keep:]
+        state.pos += T
+        return self._out(y), state
+
+    @classmethod
+    def _kv_len(cls, genome: Genome, context: int) -> int:
+        window = int_option(cls.name, resolve_options(cls, genome), "window")
+        return min(context + 1, window)             # the ring never holds more than `window` rows

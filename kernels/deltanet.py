@@ -1,0 +1,169 @@
+"""DeltaNet (as used in Nemotron-Flash): linear attention with the delta-rule state update.
+
+Per head, with state S [dk, dv], L2-normalized key k_t, query q_t and write strength beta_t in (0, 1):
+    S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T         (replace what S stores under k_t)
+    o_t = S_t^T (scale * q_t)
+Training uses the chunked WY / UT-transform form: inside a chunk of L tokens the corrected values
+u = beta (v - S_0^T k - earlier in-chunk corrections) solve one unit lower-triangular system, so the chunk
+reduces to a few batched matmuls; only S is carried from chunk to chunk (a loop over chunks, not tokens).
+Layer: q/k/v projections -> short causal conv + SiLU -> L2-norm(q, k); beta = sigmoid(b_proj x);
+per-head output RMSNorm; o_proj. No output gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashsearch.genome import Genome
+
+from ._common import (RMSNorm, ShortConv, causal_conv1d, conv_cache, conv_step, fused_linear, int_option, l2norm,
+                      layer_cost, pad_time)
+from .base import DecodeCost, Operator, resolve_options
+
+
+# ---- the delta-rule core -----------------------------------------------------------------------------------
+def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, chunk_size: int = 64,
+                       scale: float | None = None, initial_state: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked delta rule. q, k [b, h, t, dk] (k normalized by the caller); v [b, h, t, dv]; beta [b, h, t];
+    scale defaults to dk**-0.5 (applied to q); initial_state [b, h, dk, dv] or None.
+    Returns o [b, h, t, dv] and the final state [b, h, dk, dv]. Same layout and scale as
+    fla.ops.delta_rule.naive.delta_rule_recurrence."""
+    b, h, t, dk = q.shape
+    dv = v.shape[-1]
+    L = chunk_size
+    q = q * (dk ** -0.5 if scale is None else scale)
+    # Zero padding at the end is exact: k = 0 and beta = 0 leave S unchanged; padded outputs are dropped.
+    q, k, v, beta = (pad_time(z, L, 2) for z in (q, k, v, beta))
+    nc = q.shape[2] // L
+    q, k, v = (z.view(b, h, nc, L, z.shape[-1]) for z in (q, k, v))         # [b, h, nc, L, d]
+    beta = beta.view(b, h, nc, L, 1)
+    kb, vb = k * beta, v * beta
+
+    # UT transform: (I + strict_tril(diag(beta) K K^T)) [W | U] = [diag(beta) K | diag(beta) V]
+    # gives u_c = U_c - W_c S for the state S entering chunk c.
+    ones = torch.ones(L, L, dtype=torch.bool, device=q.device)
+    A = (kb @ k.transpose(-1, -2)).masked_fill(~ones.tril(-1), 0.0)          # [b, h, nc, L, L]
+    WU = torch.linalg.solve_triangular(A, torch.cat([kb, vb], dim=-1), upper=False, unitriangular=True)
+    W, U = WU.split([dk, dv], dim=-1)                                         # [b, h, nc, L, dk], [.., dv]
+    qk = (q @ k.transpose(-1, -2)).masked_fill(~ones.tril(), 0.0)            # [b, h, nc, L, L] causal
+
+    S = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(q.dtype)
+    outs = []
+    for c in range(nc):                                                      # sequential over chunks only
+        u = U[:, :, c] - W[:, :, c] @ S                                      # [b, h, L, dv]
+        outs.append(q[:, :, c] @ S + qk[:, :, c] @ u)                        # [b, h, L, dv]
+        S = S + k[:, :, c].transpose(-1, -2) @ u                             # [b, h, dk, dv]
+    o = torch.stack(outs, dim=2).view(b, h, nc * L, dv)[:, :, :t]
+    return o, S
+
+
+def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
+                    scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One recurrent step. q, k [b, h, dk]; v [b, h, dv]; beta [b, h]; state [b, h, dk, dv]."""
+    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    old = (k.unsqueeze(-2) @ state).squeeze(-2)                              # S^T k: [b, h, dv]
+    u = beta[..., None] * (v - old)
+    state = state + k[..., :, None] * u[..., None, :]                        # rank-1 update
+    o = (q.unsqueeze(-2) @ state).squeeze(-2)                                # [b, h, dv]
+    return o, state
+
+
+# ---- the layer -------------------------------------------------------------------------------------------------
+@dataclass
+class DeltaNetState:
+    """conv: last conv_size-1 inputs of the q|k|v convs, [B, 3*H*hd, K-1]; S: [B, H, hd, hd] (fp32)."""
+
+    conv: torch.Tensor
+    S: torch.Tensor
+
+
+class DeltaNet(Operator):
+    """DeltaNet token mixer with n_heads x head_dim from the genome."""
+
+    name: ClassVar[str] = "deltanet"
+    defaults: ClassVar[Mapping[str, Any]] = {"conv_size": 4, "chunk_size": 64}
+    readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
+    writers: ClassVar[tuple[str, ...]] = ("o_proj",)
+
+    def __init__(self, genome: Genome):
+        super().__init__(genome)
+        self.conv_size = int_option(self.name, self.opts, "conv_size")
+        self.chunk_size = int_option(self.name, self.opts, "chunk_size")
+        self.n_heads, self.head_dim = genome.n_heads, genome.head_dim
+        d, inner = genome.d_model, genome.n_heads * genome.head_dim
+        self.q_proj = nn.Linear(d, inner, bias=False)
+        self.k_proj = nn.Linear(d, inner, bias=False)
+        self.v_proj = nn.Linear(d, inner, bias=False)
+        self.b_proj = nn.Linear(d, self.n_heads, bias=False)
+        self.q_conv1d = ShortConv(inner, self.conv_size, bias=False)
+        self.k_conv1d = ShortConv(inner, self.conv_size, bias=False)
+        self.v_conv1d = ShortConv(inner, self.conv_size, bias=False)
+        self.o_norm = RMSNorm(self.head_dim)
+        self.o_proj = nn.Linear(inner, d, bias=False)
+
+    def _conv_weight(self) -> torch.Tensor:
+        # The three convs run as one depthwise conv over the concatenated q|k|v channels (fewer kernels).
+        return torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
+
+    def _qkvb(self, x: torch.Tensor, conv: torch.Tensor | None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, D] -> q, k, v [B, H, T, hd] (conv+SiLU, q/k L2-normed), beta [B, H, T], raw q|k|v [B, T, 3*H*hd]."""
+        B, T, _ = x.shape
+        q, k, v, b = fused_linear(x, self.q_proj, self.k_proj, self.v_proj, self.b_proj)
+        qkv_raw = torch.cat([q, k, v], dim=-1)                                  # [B, T, 3*H*hd]
+        qkv = F.silu(causal_conv1d(qkv_raw, self._conv_weight(), None, conv))
+        qkv = qkv.view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hd]
+        q, k, v = qkv.unbind(0)
+        return l2norm(q), l2norm(k), v, torch.sigmoid(b).transpose(1, 2), qkv_raw
+
+    def _out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        B, _, T, _ = o.shape                                                   # [B, H, T, hd]
+        o = self.o_norm(o.to(dtype).transpose(1, 2))                           # per-head RMSNorm
+        return self.o_proj(o.reshape(B, T, self.n_heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, beta, _ = self._qkvb(x, None)
+        o, _ = delta_rule_chunked(q.float(), k.float(), v.float(), beta.float(), self.chunk_size)
+        return self._out(o, x.dtype)
+
+    def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> DeltaNetState:
+        inner = self.n_heads * self.head_dim
+        return DeltaNetState(
+            conv=torch.zeros(batch, 3 * inner, self.conv_size - 1, device=device, dtype=dtype),
+            S=torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=torch.float32))
+
+    def prefill(self, x: torch.Tensor, state: DeltaNetState) -> tuple[torch.Tensor, DeltaNetState]:
+        q, k, v, beta, raw = self._qkvb(x, state.conv)
+        o, S = delta_rule_chunked(q.float(), k.float(), v.float(), beta.float(), self.chunk_size,
+                                  initial_state=state.S)
+        return self._out(o, x.dtype), DeltaNetState(conv=conv_cache(raw, state.conv, self.conv_size), S=S)
+
+    def step(self, x: torch.Tensor, state: DeltaNetState) -> tuple[torch.Tensor, DeltaNetState]:
+        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one delta-rule update."""
+        B = x.shape[0]
+        q, k, v, b = fused_linear(x[:, 0], self.q_proj, self.k_proj, self.v_proj, self.b_proj)
+        qkv, conv = conv_step(torch.cat([q, k, v], dim=-1), state.conv, self._conv_weight(), None)
+        q, k, v = F.silu(qkv).view(B, 3, self.n_heads, self.head_dim).unbind(1)  # [B, H, hd] each
+        o, S = delta_rule_step(l2norm(q).float(), l2norm(k).float(), v.float(), torch.sigmoid(b).float(), state.S)
+        return self._out(o[:, :, None], x.dtype), DeltaNetState(conv=conv, S=S)
+
+    @classmethod
+    def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
+        opts = resolve_options(cls, genome)
+        k = int_option(cls.name, opts, "conv_size")
+        d, h, hd = genome.d_model, genome.n_heads, genome.head_dim
+        inner = h * hd
+        gemm = 4 * d * inner + d * h
+        weights = gemm + 3 * inner * k + hd
+        state = h * hd * hd + 3 * inner * (k - 1)
+        flops = 2 * gemm + 2 * k * 3 * inner + 6 * h * hd * hd + 12 * inner  # S^T k, rank-1 update, S^T q; norms
+        # Fused q|k|v|beta GEMM, conv update + SiLU, fused recurrent delta rule (l2norm, sigmoid inside),
+        # output RMSNorm, o_proj.
+        return layer_cost(d, weights, state, state, flops, launches=5)

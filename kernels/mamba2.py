@@ -1,0 +1,210 @@
+"""Mamba2: selective state space model computed in its chunked state-space-duality (SSD) form.
+
+Per head h (scalar decay A_h < 0) and time t, with B_t, C_t shared by the heads of a group:
+    h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T          h: [P, N]  (head_dim x d_state)
+    y_t = h_t C_t + D x_t
+Training uses the chunked form: inside a chunk of L tokens the recurrence is a masked "attention" matrix
+(C B^T weighted by decays), across chunks only the [P, N] states are carried. Decoding uses the recurrence.
+Parameter layout follows mamba_ssm's Mamba2 (in_proj -> [z, x, B, C, dt], conv1d over [x, B, C] with bias,
+dt_bias, A_log, D, gated RMSNorm `norm`, out_proj), so parameter counts and checkpoints line up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashsearch.genome import Genome
+
+from ._common import GatedRMSNorm, ShortConv, int_option, layer_cost, option_error, pad_time
+from .base import DecodeCost, Operator, resolve_options
+
+
+# ---- the SSD core ------------------------------------------------------------------------------------------
+def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                chunk_size: int, initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked SSD scan (no D skip). Computes in the inputs' dtype; pass fp32 for accuracy.
+
+    x [b, t, h, p]; dt [b, t, h] (positive, after softplus); A [h] (negative); B, C [b, t, g, n] with g | h
+    (heads h*g/h .. share group g); initial_state [b, h, p, n] or None.
+    Returns y [b, t, h, p] and the final state [b, h, p, n].
+    """
+    b, t, h, p = x.shape
+    g, n = B.shape[2], B.shape[3]
+    r = h // g                                                          # heads per group
+    L = chunk_size
+    # Zero padding at the end is exact: dt = 0 means no decay and no input, so the final state is unchanged.
+    x, dt, B, C = (pad_time(z, L, 1) for z in (x, dt, B, C))
+    nc = x.shape[1] // L
+
+    xd = (x * dt[..., None]).view(b, nc, L, g, r, p).permute(0, 3, 4, 1, 2, 5)  # [b, g, r, nc, L, p]
+    a = (dt * A).view(b, nc, L, g, r).permute(0, 3, 4, 1, 2)                 # [b, g, r, nc, L] log-decay
+    Bc = B.view(b, nc, L, g, n).permute(0, 3, 1, 2, 4).unsqueeze(2)          # [b, g, 1, nc, L, n]
+    Cc = C.view(b, nc, L, g, n).permute(0, 3, 1, 2, 4).unsqueeze(2)          # [b, g, 1, nc, L, n]
+    a_cum = a.cumsum(-1)                                                     # [b, g, r, nc, L]
+
+    # 1) intra-chunk: y_l = sum_{s<=l} (C_l . B_s) exp(a_cum_l - a_cum_s) xd_s
+    causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
+    seg = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, -math.inf)
+    scores = (Cc @ Bc.transpose(-1, -2)) * seg.exp()                         # [b, g, r, nc, L, L]
+    y = scores @ xd                                                          # [b, g, r, nc, L, p]
+
+    # 2) state each chunk adds, decayed to the chunk's end: sum_s exp(a_cum_end - a_cum_s) xd_s B_s^T
+    to_end = (a_cum[..., -1:] - a_cum).exp()                                 # [b, g, r, nc, L]
+    states = (xd * to_end[..., None]).transpose(-1, -2) @ Bc                 # [b, g, r, nc, p, n]
+
+    # 3) carry states across chunks: a tiny (nc+1)x(nc+1) decay matrix instead of a sequential loop.
+    if initial_state is None:
+        init = states.new_zeros(b, g, r, 1, p, n)
+    else:
+        init = initial_state.to(states.dtype).view(b, g, r, 1, p, n)
+    states = torch.cat([init, states], dim=3)                                # [b, g, r, nc+1, p, n]
+    chunk_cum = F.pad(a_cum[..., -1], (1, 0)).cumsum(-1)                      # [b, g, r, nc+1]
+    causal_c = torch.ones(nc + 1, nc + 1, dtype=torch.bool, device=x.device).tril()
+    carry = (chunk_cum[..., :, None] - chunk_cum[..., None, :]).masked_fill(~causal_c, -math.inf).exp()
+    states = (carry @ states.flatten(-2)).view(b, g, r, nc + 1, p, n)        # state at each chunk boundary
+    start_states, final_state = states[..., :-1, :, :], states[..., -1, :, :]
+
+    # 4) contribution of the state entering each chunk: exp(a_cum_l) C_l h_start
+    y = y + (Cc @ start_states.transpose(-1, -2)) * a_cum.exp()[..., None]   # [b, g, r, nc, L, p]
+
+    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, nc * L, h, p)[:, :t]
+    return y, final_state.reshape(b, h, p, n)
+
+
+def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One recurrent step (no D skip). x [b, h, p]; dt [b, h]; A [h]; B, C [b, g, n]; state [b, h, p, n]."""
+    r = x.shape[1] // B.shape[1]
+    Bh = B.repeat_interleave(r, dim=1)                                       # [b, h, n]
+    Ch = C.repeat_interleave(r, dim=1)
+    decay = (dt * A).exp()[..., None, None]                                  # [b, h, 1, 1]
+    state = state * decay + (x * dt[..., None])[..., None] * Bh[:, :, None, :]
+    y = (state @ Ch[..., None]).squeeze(-1)                                  # [b, h, p]
+    return y, state
+
+
+# ---- the layer -------------------------------------------------------------------------------------------------
+@dataclass
+class Mamba2State:
+    """conv: last d_conv-1 inputs of the conv, [B, d_inner + 2*G*N, d_conv-1]; ssm: [B, H, P, N] (fp32)."""
+
+    conv: torch.Tensor
+    ssm: torch.Tensor
+
+
+class Mamba2(Operator):
+    """Mamba2 block (without its own norm/residual, which the model adds)."""
+
+    name: ClassVar[str] = "mamba2"
+    defaults: ClassVar[Mapping[str, Any]] = {"d_state": 128, "expand": 2, "head_dim": 64, "n_groups": 1,
+                                             "d_conv": 4, "chunk_size": 64}
+    readers: ClassVar[tuple[str, ...]] = ("in_proj",)
+    writers: ClassVar[tuple[str, ...]] = ("out_proj",)
+
+    @classmethod
+    def dims(cls, genome: Genome) -> dict[str, int]:
+        """Validated sizes: d_inner, n_heads, head_dim, d_state, n_groups, d_conv, chunk_size, conv_dim."""
+        opts = resolve_options(cls, genome)
+        op = cls.name
+        d_state, head_dim = int_option(op, opts, "d_state"), int_option(op, opts, "head_dim")
+        n_groups, d_conv = int_option(op, opts, "n_groups"), int_option(op, opts, "d_conv")
+        chunk_size = int_option(op, opts, "chunk_size")
+        expand = opts["expand"]
+        if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0 or \
+                float(expand * genome.d_model) != int(expand * genome.d_model):
+            raise option_error(op, "expand", expand, f"must be a positive number with expand * d_model "
+                                                     f"(d_model={genome.d_model}) an integer")
+        d_inner = int(expand * genome.d_model)
+        if d_inner % head_dim:
+            raise option_error(op, "head_dim", head_dim, f"must divide d_inner = expand * d_model = {d_inner}")
+        n_heads = d_inner // head_dim
+        if n_heads % n_groups:
+            raise option_error(op, "n_groups", n_groups, f"must divide the number of heads d_inner / head_dim "
+                                                         f"= {n_heads}")
+        return {"d_inner": d_inner, "n_heads": n_heads, "head_dim": head_dim, "d_state": d_state,
+                "n_groups": n_groups, "d_conv": d_conv, "chunk_size": chunk_size,
+                "conv_dim": d_inner + 2 * n_groups * d_state}
+
+    def __init__(self, genome: Genome, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
+        super().__init__(genome)
+        dims = self.dims(genome)
+        self.d_inner, self.n_heads, self.head_dim = dims["d_inner"], dims["n_heads"], dims["head_dim"]
+        self.d_state, self.n_groups, self.chunk_size = dims["d_state"], dims["n_groups"], dims["chunk_size"]
+        self.conv_dim = dims["conv_dim"]
+        d = genome.d_model
+        self.in_proj = nn.Linear(d, self.d_inner + self.conv_dim + self.n_heads, bias=False)  # -> z, xBC, dt
+        self.conv1d = ShortConv(self.conv_dim, dims["d_conv"], bias=True)
+        # mamba_ssm's init: dt log-uniform in [dt_min, dt_max], stored as its inverse softplus; A in [1, 16].
+        dt = torch.exp(torch.rand(self.n_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.empty(self.n_heads).uniform_(1, 16).log())
+        self.D = nn.Parameter(torch.ones(self.n_heads))
+        self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // self.n_groups)
+        self.out_proj = nn.Linear(self.d_inner, d, bias=False)
+
+    def _mix(self, x: torch.Tensor, state: Mamba2State | None) -> tuple[torch.Tensor, Mamba2State | None]:
+        """Chunked forward from an optional state; returns the output and (if a state was given) the new state."""
+        Bsz, T, _ = x.shape
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        xBC_act = F.silu(self.conv1d(xBC, None if state is None else state.conv))  # [B, T, conv_dim]
+        xs, Bm, Cm = xBC_act.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
+        xs = xs.view(Bsz, T, self.n_heads, self.head_dim)                       # [B, T, H, P]
+        dt = F.softplus(dt.float() + self.dt_bias.float())                      # [B, T, H]
+        A = -self.A_log.float().exp()                                           # [H]
+        y, final = ssd_chunked(xs.float(), dt, A, Bm.float().view(Bsz, T, self.n_groups, self.d_state),
+                               Cm.float().view(Bsz, T, self.n_groups, self.d_state), self.chunk_size,
+                               None if state is None else state.ssm)
+        y = (y + xs.float() * self.D.float()[:, None]).to(x.dtype)              # [B, T, H, P]
+        out = self.out_proj(self.norm(y.reshape(Bsz, T, self.d_inner), z))
+        if state is None:
+            return out, None
+        return out, Mamba2State(conv=self.conv1d.new_cache(xBC, state.conv), ssm=final)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, None)[0]
+
+    def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> Mamba2State:
+        k1 = self.conv1d.kernel_size - 1
+        return Mamba2State(conv=torch.zeros(batch, self.conv_dim, k1, device=device, dtype=dtype),
+                           ssm=torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device,
+                                           dtype=torch.float32))
+
+    def prefill(self, x: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
+        y, new = self._mix(x, state)
+        assert new is not None
+        return y, new
+
+    def step(self, x: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
+        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one SSM recurrence step."""
+        Bsz = x.shape[0]
+        z, xBC, dt = self.in_proj(x[:, 0]).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
+        xBC, conv = self.conv1d.step(xBC, state.conv)
+        xs, Bm, Cm = F.silu(xBC).split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
+        xs = xs.view(Bsz, self.n_heads, self.head_dim).float()                 # [B, H, P]
+        dt = F.softplus(dt.float() + self.dt_bias.float())                      # [B, H]
+        A = -self.A_log.float().exp()
+        y, ssm = ssd_step(xs, dt, A, Bm.float().view(Bsz, self.n_groups, self.d_state),
+                          Cm.float().view(Bsz, self.n_groups, self.d_state), state.ssm)
+        y = (y + xs * self.D.float()[:, None]).to(x.dtype)
+        out = self.out_proj(self.norm(y.reshape(Bsz, 1, self.d_inner), z[:, None]))
+        return out, Mamba2State(conv=conv, ssm=ssm)
+
+    @classmethod
+    def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
+        m = cls.dims(genome)
+        d, di, h, p, n, k = genome.d_model, m["d_inner"], m["n_heads"], m["head_dim"], m["d_state"], m["d_conv"]
+        cd = m["conv_dim"]
+        gemm = d * (di + cd + h) + di * d
+        weights = gemm + cd * (k + 1) + 3 * h + di                  # + conv weight/bias, A_log/D/dt_bias, norm
+        state = cd * (k - 1) + h * p * n                           # conv window + SSM state, read and rewritten
+        flops = 2 * gemm + 2 * k * cd + 5 * h * p * n + 8 * di     # decay*h + dt*x*B, h.C; gate + norm
+        # in_proj GEMM, causal_conv1d_update, selective_state_update (softplus, D skip fused), gated norm, out_proj.
+        return layer_cost(d, weights, state, state, flops, launches=5)

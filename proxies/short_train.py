@@ -1,0 +1,264 @@
+"""Short-training quality proxy: train a width-scaled copy of the genome on bytes, report validation bits/byte.
+
+This is the inner loop of a search, so it is tuned for CPU throughput: the proxy keeps the genome's layer
+pattern (depth and operator mix are what the search varies) but divides the width by `width_divisor`, shrinks
+the per-head sizes, uses the 256-byte vocabulary and short sequences. The fixed seed makes the score of a
+genome reproducible; every candidate sees the same batches and the same validation windows, so differences
+between candidates come from the architecture.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from flashsearch.errors import FlashsearchError, TrialFailed
+from flashsearch.genome import Genome
+from flashsearch.proxies.base import Budget, QualityResult
+from flashsearch.proxies.corpus import VOCAB_SIZE, ByteCorpus, WindowSampler, load_corpus, validation_windows
+
+LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Linear warmup to peak, then cosine decay to min_ratio x peak (as a multiplier of the peak LR)."""
+
+    steps: int
+    warmup: int
+    min_ratio: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        span = max(1, self.steps - self.warmup)
+        progress = min(1.0, (step - self.warmup) / span)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _positive_int(name: str, v: Any, minimum: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise FlashsearchError(f"short_train.{name} must be an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _number(name: str, v: Any, lo: float, hi: float, lo_open: bool = True) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or (v <= lo if lo_open else v < lo) or v > hi:
+        bracket = "(" if lo_open else "["
+        raise FlashsearchError(f"short_train.{name} must be a number in {bracket}{lo}, {hi}], got {v!r}")
+    return float(v)
+
+
+class ShortTrain:
+    """QualityProxy: validation bits-per-byte of a short-trained, width-scaled copy of the genome.
+
+    Width: proxy d_model = genome.d_model // width_divisor rounded to a multiple of head_dim (>= head_dim), so the
+    paper's widths 1024..2560 become 64..160 with the defaults. Mamba2 gets the proxy's d_state / head_dim and a
+    sliding window keeps its share of the training context: window * seq_len / swa_reference_context
+    (swa_reference_context=None keeps the genome's window).
+    Training: budget.tokens // (batch_size * seq_len) AdamW steps, linear warmup + cosine, gradient clipping,
+    optional weight normalization after every step (the Nemotron-Flash recipe, then no weight decay) and
+    meta tokens. Score: bits per byte over `eval_batches` x `batch_size` fixed validation windows.
+    """
+
+    def __init__(
+        self,
+        width_divisor: int = 16,
+        head_dim: int = 16,
+        mamba2_d_state: int = 16,
+        mamba2_head_dim: int = 16,
+        swa_reference_context: int | None = 2048,
+        seq_len: int = 128,
+        batch_size: int = 16,
+        lr: float = 3e-3,
+        min_lr_ratio: float = 0.1,
+        warmup_fraction: float = 0.1,
+        weight_decay: float | None = None,
+        weight_norm: bool = False,
+        grad_clip: float | None = 1.0,
+        meta_tokens: int = 0,
+        eval_batches: int = 8,
+        log_every: int = 5,
+        seed: int = 0,
+        data_path: str | Path | None = None,
+        text_field: str = "text",
+        val_fraction: float = 0.1,
+        threads: int | None = 1,
+    ):
+        self.width_divisor = _positive_int("width_divisor", width_divisor)
+        self.head_dim = _positive_int("head_dim", head_dim)
+        self.mamba2_d_state = _positive_int("mamba2_d_state", mamba2_d_state)
+        self.mamba2_head_dim = _positive_int("mamba2_head_dim", mamba2_head_dim)
+        self.swa_reference_context = (None if swa_reference_context is None
+                                      else _positive_int("swa_reference_context", swa_reference_context))
+        self.seq_len = _positive_int("seq_len", seq_len, 2)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.lr = _number("lr", lr, 0.0, 1e38)
+        self.min_lr_ratio = _number("min_lr_ratio", min_lr_ratio, 0.0, 1.0, lo_open=False)
+        self.warmup_fraction = _number("warmup_fraction", warmup_fraction, 0.0, 1.0, lo_open=False)
+        if not isinstance(weight_norm, bool):
+            raise FlashsearchError(f"short_train.weight_norm must be true or false, got {weight_norm!r}")
+        self.weight_norm = weight_norm
+        # Weight normalization fixes the norms of the matrices, so decay would only fight it (paper: no decay).
+        default_wd = 0.0 if weight_norm else 0.1
+        self.weight_decay = default_wd if weight_decay is None else _number("weight_decay", weight_decay, 0.0, 10.0,
+                                                                             lo_open=False)
+        self.grad_clip = None if grad_clip is None else _number("grad_clip", grad_clip, 0.0, 1e9)
+        self.meta_tokens = _positive_int("meta_tokens", meta_tokens, 0)
+        self.eval_batches = _positive_int("eval_batches", eval_batches)
+        self.log_every = _positive_int("log_every", log_every)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise FlashsearchError(f"short_train.seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.data_path = None if data_path is None else str(data_path)
+        if not isinstance(text_field, str) or not text_field:
+            raise FlashsearchError(f"short_train.text_field must be a non-empty string, got {text_field!r}")
+        self.text_field = text_field
+        self.val_fraction = _number("val_fraction", val_fraction, 0.0, 0.5)
+        self.threads = None if threads is None else _positive_int("threads", threads)
+        self._corpus: ByteCorpus | None = None
+        self._val: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return (f"ShortTrain(width_divisor={self.width_divisor}, head_dim={self.head_dim}, seq_len={self.seq_len}, "
+                f"batch_size={self.batch_size}, lr={self.lr}, weight_norm={self.weight_norm}, seed={self.seed}, "
+                f"data={self.data_path or 'embedded'})")
+
+    # ---- pieces -----------------------------------------------------------------------------------------------
+    def corpus(self) -> ByteCorpus:
+        """The data (loaded once per proxy object; errors surface as FlashsearchError on first use)."""
+        if self._corpus is None:
+            self._corpus = load_corpus(self.data_path, self.text_field, self.val_fraction)
+            self._val = validation_windows(self._corpus.validation, self.seq_len,
+                                           self.eval_batches * self.batch_size)
+        return self._corpus
+
+    def proxy_d_model(self, d_model: int) -> int:
+        hd = self.head_dim
+        return max(hd, int(round(d_model / self.width_divisor / hd)) * hd)
+
+    def proxy_genome(self, genome: Genome) -> Genome:
+        """The small genome actually trained: same layers, scaled width and heads, byte vocabulary."""
+        g = genome.scaled(self.proxy_d_model(genome.d_model), self.head_dim, vocab_size=VOCAB_SIZE)
+        if "mamba2" in g.layer_types:
+            g = g.with_options("mamba2", d_state=self.mamba2_d_state, head_dim=self.mamba2_head_dim)
+        if "swa" in g.layer_types and self.swa_reference_context is not None:
+            from flashsearch.kernels import operator_class
+            from flashsearch.kernels.base import resolve_options
+
+            window = int(resolve_options(operator_class("swa"), g)["window"])
+            scaled = max(1, round(window * self.seq_len / self.swa_reference_context))
+            g = g.with_options("swa", window=scaled)
+        return g
+
+    # ---- the proxy --------------------------------------------------------------------------------------------
+    def evaluate(self, genome: Genome, budget: Budget) -> QualityResult:
+        prev_threads = torch.get_num_threads()
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._evaluate(genome, budget)
+        finally:
+            torch.set_num_threads(prev_threads)
+
+    def _evaluate(self, genome: Genome, budget: Budget) -> QualityResult:
+        from flashsearch.model import HybridLM, weight_normalize_
+
+        t0 = time.perf_counter()
+        corpus = self.corpus()
+        assert self._val is not None
+        tokens_per_step = self.batch_size * self.seq_len
+        steps = int(budget.tokens) // tokens_per_step
+        if steps < 1:
+            raise FlashsearchError(f"budget.tokens={budget.tokens} is less than one step of short_train "
+                                   f"(batch_size x seq_len = {tokens_per_step}); raise budget.tokens")
+        limit = budget.time_limit_s
+
+        pg = self.proxy_genome(genome)
+        torch.manual_seed(self.seed)  # same init for the same genome
+        model = HybridLM(pg, meta_tokens=self.meta_tokens)
+        model.train()
+        if self.weight_norm:
+            weight_normalize_(model)
+        n_params = sum(p.numel() for p in model.parameters())
+        decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=self.lr, betas=(0.9, 0.95), eps=1e-8)
+        schedule = _Schedule(steps, max(1, round(self.warmup_fraction * steps)), self.min_lr_ratio)
+        sampler = WindowSampler(corpus.train, self.batch_size, self.seq_len, seed=self.seed)
+
+        curve: list[tuple[int, float]] = []
+        window_loss, window_n = 0.0, 0
+        t_train = time.perf_counter()
+        for step in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = self.lr * schedule(step)
+            batch = sampler.sample()                                     # [B, T+1]
+            logits = model(batch[:, :-1])                                # [B, T, 256]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrialFailed(f"loss diverged to {value} at step {step + 1}/{steps} "
+                                  f"(proxy d_model={pg.d_model}, lr={self.lr:g}); lower short_train.lr")
+            loss.backward()
+            if self.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if self.weight_norm:
+                weight_normalize_(model)
+            window_loss, window_n = window_loss + value, window_n + 1
+            if (step + 1) % self.log_every == 0 or step + 1 == steps:
+                curve.append((step + 1, window_loss / window_n / LN2))  # bits per byte, training batches
+                window_loss, window_n = 0.0, 0
+            if limit is not None:
+                self._check_time(t0, t_train, step + 1, steps, float(limit))
+        train_seconds = time.perf_counter() - t_train
+
+        val_bpb = self._validate(model)
+        if not math.isfinite(val_bpb):
+            raise TrialFailed(f"validation loss is {val_bpb} after {steps} steps (proxy d_model={pg.d_model})")
+        return QualityResult(
+            loss=val_bpb, metric="val_bpb", curve=tuple(curve), proxy_params=n_params,
+            tokens=steps * tokens_per_step, seconds=time.perf_counter() - t0,
+            extra={"steps": steps, "proxy_d_model": pg.d_model, "proxy_n_heads": pg.n_heads,
+                   "train_seconds": round(train_seconds, 3), "data": corpus.source,
+                   "final_train_bpb": curve[-1][1] if curve else float("nan")},
+        )
+
+    @staticmethod
+    def _check_time(t0: float, t_train: float, done: int, steps: int, limit: float) -> None:
+        now = time.perf_counter()
+        elapsed = now - t0
+        if elapsed > limit:
+            raise TrialFailed(f"time limit {limit:g}s exceeded after {done}/{steps} training steps "
+                              f"({elapsed:.1f}s); raise budget.time_limit_s or lower budget.tokens")
+        # Give up early on a candidate that clearly cannot finish, instead of burning the whole limit.
+        if done >= 5 and done < steps:
+            projected = elapsed + (now - t_train) / done * (steps - done)
+            if projected > 1.5 * limit:
+                raise TrialFailed(f"time limit {limit:g}s would be exceeded: {done}/{steps} steps took "
+                                  f"{now - t_train:.1f}s, projected total {projected:.0f}s; raise "
+                                  "budget.time_limit_s or lower budget.tokens")
+
+    @torch.inference_mode()
+    def _validate(self, model: torch.nn.Module) -> float:
+        assert self._val is not None
+        model.eval()
+        total, count = 0.0, 0
+        for chunk in self._val.split(self.batch_size):
+            logits = model(chunk[:, :-1])
+            total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
+                                           reduction="sum"))
+            count += chunk[:, 1:].numel()
+        model.train()
+        return total / count / LN2

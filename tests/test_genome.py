@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from flashsearch.errors import FlashsearchError
+from flashsearch.genome import Genome
+
+
+def make(**kw):
+    base = dict(layer_types=("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn"), d_model=256, n_heads=4,
+                n_kv_heads=2, head_dim=64, op_options={"mamba2": {"d_state": 16}})
+    base.update(kw)
+    return Genome(**base)
+
+
+def test_canonical_json_round_trip_and_stable_id():
+    g = make()
+    again = Genome.from_json(g.to_json())
+    assert again == g and again.id == g.id and hash(again) == hash(g)
+    # key order in op_options and aliases in layer_types do not change identity
+    h = make(layer_types=("d", "f", "m2", "f", "a", "f"), op_options={"mamba2": {"d_state": 16}})
+    assert h.id == g.id
+    assert json.loads(g.to_json())["layer_types"][0] == "deltanet"
+    assert len(g.id) == 12 and int(g.id, 16) >= 0
+
+
+def test_id_changes_with_any_field():
+    g = make()
+    ids = {g.id, make(d_model=320, n_heads=5, n_kv_heads=5).id, make(ffn_ratio=2.5).id,
+           make(op_options={"mamba2": {"d_state": 32}}).id, make(layer_types=("mamba2", "ffn")).id}
+    assert len(ids) == 5
+
+
+def test_genome_is_immutable():
+    g = make()
+    with pytest.raises(Exception):
+        g.d_model = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        g.op_options["mamba2"]["d_state"] = 3  # type: ignore[index]
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(layer_types=()), "empty"),
+    (dict(layer_types=("ffn", "ffn")), "no token mixer"),
+    (dict(layer_types=("attention", "transformer")), "unknown operator 'transformer'"),
+    (dict(d_model=0), "d_model must be a positive integer"),
+    (dict(n_heads=4, n_kv_heads=3), "not a multiple of n_kv_heads"),
+    (dict(ffn_ratio=-1.0), "ffn_ratio"),
+    (dict(op_options={"mamba3": {}}), "unknown operator 'mamba3' in op_options"),
+])
+def test_validation_messages(kw, needle):
+    with pytest.raises(FlashsearchError, match=needle):
+        make(**kw)
+
+
+def test_from_dict_rejects_unknown_keys_and_fills_heads():
+    with pytest.raises(FlashsearchError, match="unknown key"):
+        Genome.from_dict({"layer_types": ["attention"], "d_model": 64, "depth": 3})
+    g = Genome.from_dict({"layer_types": ["attention"], "d_model": 256, "head_dim": 64})
+    assert (g.n_heads, g.n_kv_heads) == (4, 4)
+
+
+def test_scaled_keeps_layers_and_gqa_group():
+    g = make(d_model=2048, n_heads=16, n_kv_heads=4, head_dim=128)
+    s = g.scaled(96, 16, vocab_size=256)
+    assert s.layer_types == g.layer_types
+    assert (s.d_model, s.n_heads, s.head_dim, s.vocab_size) == (96, 6, 16, 256)
+    assert s.n_heads % s.n_kv_heads == 0 and s.n_kv_heads < s.n_heads

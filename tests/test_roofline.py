@@ -1,0 +1,143 @@
+"""Roofline latency predictor: physical properties of the model, device profiles, vectorization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flashsearch.errors import FlashsearchError
+from flashsearch.genome import Genome
+from flashsearch.proxies.base import LatencyPredictor, Workload, latency_source
+from flashsearch.proxies.devices import known_devices, load_device
+from flashsearch.proxies.roofline import HEAD, RooflinePredictor, format_breakdown, piecewise_linear_table
+
+FLASH_1B = ("deltanet ffn mamba2 ffn attention ffn mamba2 ffn deltanet ffn mamba2 ffn attention ffn mamba2 ffn "
+            "deltanet ffn mamba2 ffn deltanet ffn mamba2 ffn").split()
+
+
+def genome(layers: list[str] | tuple[str, ...], d_model: int = 2048, **kw: object) -> Genome:
+    return Genome(layer_types=tuple(layers), d_model=d_model, n_heads=d_model // 128, n_kv_heads=max(1, d_model // 512),
+                  head_dim=128, ffn_ratio=3.0, vocab_size=131072, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def h100() -> RooflinePredictor:
+    return RooflinePredictor("h100")
+
+
+def test_protocol_and_source(h100: RooflinePredictor) -> None:
+    assert isinstance(h100, LatencyPredictor)
+    assert latency_source(h100) == "roofline:h100"
+    assert RooflinePredictor("A100").source == "roofline:a100"
+
+
+def test_flash_1b_is_in_the_papers_ballpark_and_beats_all_attention(h100: RooflinePredictor) -> None:
+    w = Workload(prompt_len=128, decode_tokens=8192)
+    flash = h100.predict(genome(FLASH_1B, op_options={"mamba2": {"d_state": 128}}), w)
+    qwen_like = Genome(layer_types=("attention", "ffn") * 28, d_model=1024, n_heads=16, n_kv_heads=8, head_dim=128,
+                       ffn_ratio=3.0, vocab_size=151936)
+    qwen = h100.predict(qwen_like, w)
+    assert 7.0 < flash < 25.0        # paper: 14.45 s; bandwidth floor ~4.7 s
+    assert qwen > flash              # paper: 27.55 s vs 14.45 s
+
+
+def test_more_full_attention_costs_more_at_long_context(h100: RooflinePredictor) -> None:
+    w = Workload(decode_tokens=8192)
+    few = genome(["mamba2", "ffn"] * 6 + ["attention", "ffn"] * 2)
+    many = genome(["mamba2", "ffn"] * 2 + ["attention", "ffn"] * 6)
+    assert h100.predict(many, w) > h100.predict(few, w)
+
+
+def test_swa_is_capped_while_attention_grows(h100: RooflinePredictor) -> None:
+    swa = genome(["swa", "ffn"] * 4, op_options={"swa": {"window": 256}})
+    attn = genome(["attention", "ffn"] * 4)
+    w = Workload(prompt_len=0, decode_tokens=4096)
+    s_swa, s_attn = h100.step_seconds(swa, w), h100.step_seconds(attn, w)
+    # Per-step time of SWA stops growing once the window is full; attention keeps growing.
+    assert s_swa[300] == pytest.approx(s_swa[-1], rel=1e-12)
+    assert s_swa[100] < s_swa[300]
+    assert s_attn[-1] > s_attn[300] * 1.05
+    # Below the window both models do the same work.
+    assert s_swa[100] == pytest.approx(s_attn[100], rel=1e-12)
+    # So the total grows linearly for SWA, super-linearly for attention.
+    short, long = Workload(prompt_len=0, decode_tokens=2048), Workload(prompt_len=0, decode_tokens=8192)
+    swa_ratio = h100.predict(swa, long) / h100.predict(swa, short)
+    attn_ratio = h100.predict(attn, long) / h100.predict(attn, short)
+    assert swa_ratio < 4.05 and attn_ratio > swa_ratio
+
+
+def test_monotone_in_width_and_decode_length(h100: RooflinePredictor) -> None:
+    layers = ["deltanet", "ffn", "attention", "ffn", "mamba2", "ffn"]
+    w = Workload(decode_tokens=1024)
+    times = [h100.predict(genome(layers, d), w) for d in (1024, 1536, 2048, 2560)]
+    assert all(a < b for a, b in zip(times, times[1:]))
+    g = genome(layers)
+    lengths = [h100.predict(g, Workload(decode_tokens=n)) for n in (128, 1024, 4096)]
+    assert all(a < b for a, b in zip(lengths, lengths[1:]))
+    # Larger batch: more state traffic and FLOPs, never faster.
+    assert h100.predict(g, Workload(batch=8, decode_tokens=1024)) > times[2]
+
+
+def test_faster_device_and_eager_launches(h100: RooflinePredictor) -> None:
+    g = genome(FLASH_1B)
+    w = Workload(decode_tokens=1024)
+    assert RooflinePredictor("h200").predict(g, w) < h100.predict(g, w) < RooflinePredictor("a100").predict(g, w)
+    assert RooflinePredictor("h100", cuda_graphs=False).predict(g, w) > h100.predict(g, w)
+
+
+def test_vectorized_equals_exact() -> None:
+    g = genome(["swa", "ffn", "attention", "ffn", "mamba2", "deltanet"], op_options={"swa": {"window": 300}})
+    w = Workload(prompt_len=17, decode_tokens=1000)
+    fast, exact = RooflinePredictor("h100"), RooflinePredictor("h100", exact=True)
+    np.testing.assert_allclose(fast.step_seconds(g, w), exact.step_seconds(g, w), rtol=1e-9)
+
+
+def test_piecewise_linear_table_finds_kinks() -> None:
+    def f(c: int) -> np.ndarray:
+        return np.array([min(c, 777), 3 * c + 1, max(0, c - 5000)], dtype=float)
+
+    table = piecewise_linear_table(f, 10, 9000)
+    expected = np.stack([f(c) for c in range(10, 9001)])
+    np.testing.assert_array_equal(table, expected)
+
+
+def test_breakdown_sums_to_predict(h100: RooflinePredictor) -> None:
+    g = genome(FLASH_1B)
+    w = Workload(decode_tokens=2048)
+    rows = h100.breakdown(g, w)
+    assert [r.op for r in rows] == ["deltanet", "ffn", "mamba2", "attention", HEAD]
+    assert sum(r.seconds for r in rows) == pytest.approx(h100.predict(g, w))
+    assert sum(r.share for r in rows) == pytest.approx(1.0)
+    assert {r.op: r.layers for r in rows}["ffn"] == 12
+    assert "total" in format_breakdown(rows)
+
+
+def test_errors(tmp_path: Path) -> None:
+    with pytest.raises(FlashsearchError, match="unknown device 'tpu9'.*a100, h100, h200"):
+        RooflinePredictor("tpu9")
+    with pytest.raises(FlashsearchError, match="unknown dtype"):
+        RooflinePredictor("h100", dtype="int3")
+    with pytest.raises(FlashsearchError, match="no fp8 peak"):
+        RooflinePredictor("a100", dtype="fp8")
+    with pytest.raises(FlashsearchError, match="decode_tokens"):
+        RooflinePredictor().predict(genome(["attention"]), Workload(decode_tokens=0))
+
+
+def test_device_profiles_are_data_and_user_files_load(tmp_path: Path) -> None:
+    assert {"h100", "a100", "h200"} <= set(known_devices())
+    for name in known_devices():
+        p = load_device(name)
+        assert p.sources and p.memory_bandwidth_gbs > 1000 and p.launch_overhead_us > 0
+    custom = tmp_path / "mygpu.yaml"
+    custom.write_text("name: mygpu\nmemory_bandwidth_gbs: 1000\npeak_tflops: {bf16: 100}\nmemory_efficiency: 0.8\n"
+                      "compute_efficiency: 0.5\nlaunch_overhead_us: 5\neager_launch_overhead_us: 10\n")
+    pred = RooflinePredictor(str(custom))
+    assert pred.source == "roofline:mygpu"
+    w = Workload(decode_tokens=256)
+    assert pred.predict(genome(FLASH_1B), w) > RooflinePredictor("h100").predict(genome(FLASH_1B), w)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nmemory_bandwidth_gbs: 1000\n")
+    with pytest.raises(FlashsearchError, match="missing"):
+        RooflinePredictor(str(bad))

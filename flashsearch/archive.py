@@ -40,6 +40,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp makes 0600 files; artifacts are meant to be shared like any other output (keep a replaced
+        # file's mode).
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -91,10 +94,19 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "metrics": json.dumps(metrics, sort_keys=True, default=str) if metrics is not None else None,
     }
     if isinstance(metrics, dict):
-        for k, v in metrics.items():  # flatten scalar metrics; lists (curves) stay in the JSON column
-            if v is None or isinstance(v, (bool, int, float, str)):
-                row[f"metrics.{k}"] = v
+        row.update(_flatten(metrics, "metrics."))
     return row
+
+
+def _flatten(d: dict, prefix: str) -> dict[str, Any]:
+    """Scalar metrics as columns (nested dicts -> dotted names); lists such as curves stay in the JSON column."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        elif v is None or isinstance(v, (bool, int, float, str)):
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
@@ -169,6 +181,17 @@ def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
     return ok[mask].sort_values(["latency", "quality", "number"]).reset_index(drop=True)
 
 
+def rank_front(df: pd.DataFrame, target_latency: float | None = None) -> pd.DataFrame:
+    """The Pareto front ranked best first: by loss; under a target, the trials meeting it come first."""
+    front = pareto_front(df)
+    if front.empty:
+        return front
+    meets = front["latency"] <= target_latency if target_latency is not None else True
+    front = front.assign(meets_target=meets)
+    return front.sort_values(["meets_target", "quality", "latency", "number"],
+                             ascending=[False, True, True, True]).reset_index(drop=True)
+
+
 def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -> float:
     """Exact hypervolume of 2-D points (both minimized) w.r.t. `reference`; points not better than it add 0."""
     rx, ry = float(reference[0]), float(reference[1])
@@ -184,5 +207,5 @@ def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -
     return float(volume)
 
 
-__all__ = ["trials_frame", "write_trials", "pareto_front", "pareto_mask", "hypervolume", "atomic_path",
+__all__ = ["trials_frame", "write_trials", "pareto_front", "pareto_mask", "rank_front", "hypervolume", "atomic_path",
            "write_text_atomic", "COLUMNS"]

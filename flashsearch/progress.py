@@ -60,22 +60,28 @@ def _num(x: float | None, digits: int = 3) -> str:
 class Progress:
     """Prints one line per finished / failed trial (and a start and end line) to `stream` (default stderr).
 
+    total: trials the search runs to, used when an event carries no target (events from run_search do).
     verbose=True also prints a line when a trial starts.
     """
 
-    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False) -> None:
+    def __init__(self, stream: TextIO | None = None, *, total: int | None = None, verbose: bool = False) -> None:
         self.stream = stream
+        self.total = total
         self.verbose = verbose
 
     def __call__(self, event: SearchEvent) -> None:
         line = self.format(event)
         if line is not None:
             out = self.stream if self.stream is not None else sys.stderr
-            print(line, file=out, flush=True)
+            try:
+                print(line, file=out, flush=True)
+            except (OSError, ValueError):
+                pass  # closed stream or broken pipe (`... | head`): progress is not worth stopping a search for
 
     def format(self, e: SearchEvent) -> str | None:
-        width = len(str(e.target))
-        head = f"[{e.complete:>{width}}/{e.target}]"
+        target = e.target if e.target or self.total is None else self.total
+        width = len(str(target))
+        head = f"[{e.complete:>{width}}/{target}]"
         status = f"running {e.running}  failed {e.failed}"
         if e.best_loss is not None:
             best = f"best loss {_num(e.best_loss)} @ {_num(e.best_latency, 2)} s"
@@ -85,7 +91,7 @@ class Progress:
         if e.kind == "start":
             return f"{head} search started: {e.message or ''}".rstrip()
         if e.kind == "end":
-            return f"{head} search finished ({e.reason or 'done'}): {e.message or ''}  | {clock}".rstrip()
+            return f"{head} search finished ({e.reason or 'done'}): {e.message or ''}".rstrip()
         if e.kind == "trial_started":
             return f"{head} #{e.number} started  | {status}" if self.verbose else None
         if e.kind in ("trial_done", "trial_cached"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -33,9 +32,11 @@ def _latency_label(df: pd.DataFrame) -> str:
 
 def _quality_label(df: pd.DataFrame) -> str:
     metric = None
-    if "metrics.metric" in df.columns:
-        names = df["metrics.metric"].dropna().unique()
-        metric = str(names[0]) if len(names) == 1 else None
+    for col in ("metrics.quality_metric", "metrics.metric"):  # the name the quality proxy reports, if any
+        if col in df.columns:
+            names = df[col].dropna().unique()
+            metric = str(names[0]) if len(names) == 1 else None
+            break
     return f"proxy loss ({_METRIC_LABELS.get(metric or 'val_bpb', metric)})"
 
 
@@ -59,9 +60,12 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
             ax.step(front["latency"], front["quality"], where="post", color="tab:red", lw=1.5, zorder=3,
                     label="Pareto front")
             ax.scatter(front["latency"], front["quality"], s=28, color="tab:red", zorder=4)
-            for _, r in front.iterrows():
-                ax.annotate(f"#{r['number']}", (r["latency"], r["quality"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color="tab:red")
+            # Different genomes can land on the same point: one label per point, listing their trials.
+            for (lat, q), grp in front.groupby(["latency", "quality"], sort=False):
+                nums = [f"#{n}" for n in grp["number"]]
+                label = ", ".join(nums[:3]) + (f" +{len(nums) - 3}" if len(nums) > 3 else "")
+                ax.annotate(label, (lat, q), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                            color="tab:red")
         if target_latency is not None:
             ax.axvline(target_latency, color="tab:blue", ls="--", lw=1, label=f"target {target_latency:g} s")
         ax.set_xlabel(_latency_label(df))
@@ -132,18 +136,4 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *,
     }
 
 
-def ranked_table(df: pd.DataFrame, target_latency: float | None = None) -> pd.DataFrame:
-    """The Pareto front ranked for humans: best loss first (under a target, those meeting it first)."""
-    front = pareto_front(df)
-    if front.empty:
-        return front
-    key: Any = ["quality", "latency", "number"]
-    if target_latency is not None:
-        front = front.assign(meets_target=front["latency"] <= target_latency)
-        front = front.sort_values(["meets_target"] + key, ascending=[False, True, True, True])
-    else:
-        front = front.sort_values(key)
-    return front.reset_index(drop=True)
-
-
-__all__ = ["write_report", "plot_png", "plot_html", "ranked_table"]
+__all__ = ["write_report", "plot_png", "plot_html"]

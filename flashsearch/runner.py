@@ -103,7 +103,8 @@ def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> 
     return study
 
 
-def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO = sys.stderr) -> RunResult:
+def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None) -> RunResult:
+    stream = stream or sys.stderr
     t0 = time.time()
     space = build_space(cfg)
     predictor = build_latency(cfg)
@@ -135,14 +136,12 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO = sys.stderr)
         study, space, CandidateEvaluator(cfg), n_trials=cfg.search.trials, workers=cfg.search.workers,
         ray_address=cfg.ray.address, num_cpus_per_trial=cfg.ray.num_cpus_per_trial,
         num_gpus_per_trial=cfg.ray.num_gpus_per_trial, seeds=seeds, progress=progress,
-        max_failures=cfg.search.max_failures)
+        max_failures=cfg.search.max_failures, target_latency=cfg.search.target_latency)
 
     from flashsearch.export import export_top
     from flashsearch.report import write_report
 
     write_report(study, out_dir, target_latency=cfg.search.target_latency)
     exported = export_top(study, out_dir / "export", cfg.export_top, target_latency=cfg.search.target_latency)
-    n_complete = getattr(summary, "n_complete", 0)
-    n_failed = getattr(summary, "n_failed", 0)
-    return RunResult(out_dir=out_dir, n_complete=n_complete, n_failed=n_failed, seconds=time.time() - t0,
+    return RunResult(out_dir=out_dir, n_complete=summary.complete, n_failed=summary.failed, seconds=time.time() - t0,
                      exported=tuple(exported))

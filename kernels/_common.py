@@ -183,3 +183,8 @@ def layer_cost(d_model: int, weight_elems: int, state_read: int, state_write: in
     return DecodeCost(weight_elems=int(weight_elems + d_model), state_read_elems=int(state_read),
                       state_write_elems=int(state_write), flops=float(flops + 4 * d_model),
                       launches=int(launches + 1))
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype for recurrent states and scans: at least fp32 (bf16/fp16 states drift), fp64 kept for tests."""
+    return torch.promote_types(dtype, torch.float32)

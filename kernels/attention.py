@@ -103,7 +103,9 @@ class Attention(Operator):
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
 
     def _check_room(self, state: KVCache, n: int) -> None:
-        if self.window is None and state.pos + n > state.k.shape[2]:
+        # A window-sized ring never runs out; a cache shorter than the window (max_len < window) does.
+        cache_len = state.k.shape[2]
+        if (self.window is None or cache_len < self.window) and state.pos + n > cache_len:
             raise FlashsearchError(f"operator {self.name!r}: decoding past max_len={state.k.shape[2]} tokens; "
                                    "call init_state with a larger max_len")
 
@@ -131,6 +133,8 @@ class Attention(Operator):
         state.k[:, :, start:start + T] = k
         state.v[:, :, start:start + T] = v
         state.pos += T
+        if start == 0:                                                      # empty cache: the training path
+            return self._out(self._attend(q, k, v)), state
         pos = torch.arange(start + T, device=x.device)
         y = self._attend(q, state.k[:, :, :start + T], state.v[:, :, :start + T], pos[start:], pos)
         return self._out(y), state
@@ -142,6 +146,7 @@ class Attention(Operator):
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
+        resolve_options(cls, genome)                                        # unknown options are errors here too
         d, h, hkv, hd = genome.d_model, genome.n_heads, genome.n_kv_heads, genome.head_dim
         weights = 2 * d * h * hd + 2 * d * hkv * hd
         kv = cls._kv_len(genome, context)
@@ -170,6 +175,7 @@ class SlidingWindowAttention(Attention):
 
     def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
         """x [B, 1, D]: overwrite the oldest ring slot with this token, attend over the filled slots."""
+        self._check_room(state, 1)
         q, k, v = self._qkv(x, state.pos)
         slot = state.pos % state.k.shape[2]
         state.k[:, :, slot] = k[:, :, 0]
@@ -186,6 +192,7 @@ class SlidingWindowAttention(Attention):
         """x [B, T, D] continuing from state.pos: attend over (ring contents + x) with the band mask, then keep
         the last `window` tokens in the ring."""
         T, ring = x.shape[1], state.k.shape[2]
+        self._check_room(state, T)
         start = state.pos
         q, k, v = self._qkv(x, start)
         old_pos = torch.arange(max(0, start - ring + 1), start, device=x.device)    # still-visible past tokens

@@ -21,7 +21,7 @@ from torch import nn
 
 from flashsearch.genome import Genome
 
-from ._common import (RMSNorm, ShortConv, causal_conv1d, conv_cache, conv_step, fused_linear, int_option, l2norm,
+from ._common import (acc_dtype, RMSNorm, ShortConv, causal_conv1d, conv_cache, conv_step, fused_linear, int_option, l2norm,
                       layer_cost, pad_time)
 from .base import DecodeCost, Operator, resolve_options
 
@@ -55,10 +55,11 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
 
     S = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(q.dtype)
     outs = []
-    for c in range(nc):                                                      # sequential over chunks only
-        u = U[:, :, c] - W[:, :, c] @ S                                      # [b, h, L, dv]
-        outs.append(q[:, :, c] @ S + qk[:, :, c] @ u)                        # [b, h, L, dv]
-        S = S + k[:, :, c].transpose(-1, -2) @ u                             # [b, h, dk, dv]
+    # unbind, not U[:, :, c]: the backward of unbind is one stack, that of each indexing a full-size zero fill.
+    for q_c, k_c, W_c, U_c, qk_c in zip(*(z.unbind(2) for z in (q, k, W, U, qk))):  # sequential over chunks only
+        u = U_c - W_c @ S                                                    # [b, h, L, dv]
+        outs.append(q_c @ S + qk_c @ u)                                      # [b, h, L, dv]
+        S = S + k_c.transpose(-1, -2) @ u                                    # [b, h, dk, dv]
     o = torch.stack(outs, dim=2).view(b, h, nc * L, dv)[:, :, :t]
     return o, S
 
@@ -77,7 +78,7 @@ def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: tor
 # ---- the layer -------------------------------------------------------------------------------------------------
 @dataclass
 class DeltaNetState:
-    """conv: last conv_size-1 inputs of the q|k|v convs, [B, 3*H*hd, K-1]; S: [B, H, hd, hd] (fp32)."""
+    """conv: last conv_size-1 inputs of the q|k|v convs, [B, 3*H*hd, K-1]; S: [B, H, hd, hd] (>= fp32)."""
 
     conv: torch.Tensor
     S: torch.Tensor
@@ -129,7 +130,8 @@ class DeltaNet(Operator):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, beta, _ = self._qkvb(x, None)
-        o, _ = delta_rule_chunked(q.float(), k.float(), v.float(), beta.float(), self.chunk_size)
+        acc = acc_dtype(x.dtype)                                                # recurrence in >= fp32
+        o, _ = delta_rule_chunked(q.to(acc), k.to(acc), v.to(acc), beta.to(acc), self.chunk_size)
         return self._out(o, x.dtype)
 
     def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
@@ -137,11 +139,12 @@ class DeltaNet(Operator):
         inner = self.n_heads * self.head_dim
         return DeltaNetState(
             conv=torch.zeros(batch, 3 * inner, self.conv_size - 1, device=device, dtype=dtype),
-            S=torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=torch.float32))
+            S=torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=acc_dtype(dtype)))
 
     def prefill(self, x: torch.Tensor, state: DeltaNetState) -> tuple[torch.Tensor, DeltaNetState]:
         q, k, v, beta, raw = self._qkvb(x, state.conv)
-        o, S = delta_rule_chunked(q.float(), k.float(), v.float(), beta.float(), self.chunk_size,
+        acc = state.S.dtype
+        o, S = delta_rule_chunked(q.to(acc), k.to(acc), v.to(acc), beta.to(acc), self.chunk_size,
                                   initial_state=state.S)
         return self._out(o, x.dtype), DeltaNetState(conv=conv_cache(raw, state.conv, self.conv_size), S=S)
 
@@ -151,7 +154,8 @@ class DeltaNet(Operator):
         q, k, v, b = fused_linear(x[:, 0], self.q_proj, self.k_proj, self.v_proj, self.b_proj)
         qkv, conv = conv_step(torch.cat([q, k, v], dim=-1), state.conv, self._conv_weight(), None)
         q, k, v = F.silu(qkv).view(B, 3, self.n_heads, self.head_dim).unbind(1)  # [B, H, hd] each
-        o, S = delta_rule_step(l2norm(q).float(), l2norm(k).float(), v.float(), torch.sigmoid(b).float(), state.S)
+        acc = state.S.dtype
+        o, S = delta_rule_step(l2norm(q).to(acc), l2norm(k).to(acc), v.to(acc), torch.sigmoid(b).to(acc), state.S)
         return self._out(o[:, :, None], x.dtype), DeltaNetState(conv=conv, S=S)
 
     @classmethod

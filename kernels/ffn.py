@@ -11,7 +11,7 @@ from torch import nn
 from flashsearch.genome import Genome
 
 from ._common import fused_linear, layer_cost
-from .base import DecodeCost, Operator
+from .base import DecodeCost, Operator, resolve_options
 
 
 class FFN(Operator):
@@ -41,6 +41,7 @@ class FFN(Operator):
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
+        resolve_options(cls, genome)                                        # unknown options are errors here too
         d, f = genome.d_model, genome.ffn_hidden
         weights = 3 * d * f
         # Fused gate|up GEMM, silu*mul, down GEMM.

@@ -21,7 +21,7 @@ from torch import nn
 
 from flashsearch.genome import Genome
 
-from ._common import GatedRMSNorm, ShortConv, int_option, layer_cost, option_error, pad_time
+from ._common import acc_dtype, GatedRMSNorm, ShortConv, int_option, layer_cost, option_error, pad_time
 from .base import DecodeCost, Operator, resolve_options
 
 
@@ -42,39 +42,45 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     x, dt, B, C = (pad_time(z, L, 1) for z in (x, dt, B, C))
     nc = x.shape[1] // L
 
-    xd = (x * dt[..., None]).view(b, nc, L, g, r, p).permute(0, 3, 4, 1, 2, 5)  # [b, g, r, nc, L, p]
+    # Matmuls that mix heads of one group run with the heads folded into the matrix dims ((r p) columns)
+    # rather than as broadcast batch dims: broadcasting in matmul materializes copies on CPU.
+    xd = (x * dt[..., None]).view(b, nc, L, g, r, p)                          # dt-scaled input
+    xh = xd.permute(0, 3, 4, 1, 2, 5)                                        # [b, g, r, nc, L, p]
     a = (dt * A).view(b, nc, L, g, r).permute(0, 3, 4, 1, 2)                 # [b, g, r, nc, L] log-decay
-    Bc = B.view(b, nc, L, g, n).permute(0, 3, 1, 2, 4).unsqueeze(2)          # [b, g, 1, nc, L, n]
-    Cc = C.view(b, nc, L, g, n).permute(0, 3, 1, 2, 4).unsqueeze(2)          # [b, g, 1, nc, L, n]
+    Bc = B.view(b, nc, L, g, n).permute(0, 3, 1, 2, 4)                       # [b, g, nc, L, n]
+    Cc = C.view(b, nc, L, g, n).permute(0, 3, 1, 2, 4)                       # [b, g, nc, L, n]
     a_cum = a.cumsum(-1)                                                     # [b, g, r, nc, L]
 
     # 1) intra-chunk: y_l = sum_{s<=l} (C_l . B_s) exp(a_cum_l - a_cum_s) xd_s
     causal = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()
     seg = (a_cum[..., :, None] - a_cum[..., None, :]).masked_fill(~causal, -math.inf)
-    scores = (Cc @ Bc.transpose(-1, -2)) * seg.exp()                         # [b, g, r, nc, L, L]
-    y = scores @ xd                                                          # [b, g, r, nc, L, p]
+    scores = (Cc @ Bc.transpose(-1, -2)).unsqueeze(2) * seg.exp()            # [b, g, r, nc, L, L]
+    y = scores @ xh                                                          # [b, g, r, nc, L, p]
 
     # 2) state each chunk adds, decayed to the chunk's end: sum_s exp(a_cum_end - a_cum_s) xd_s B_s^T
     to_end = (a_cum[..., -1:] - a_cum).exp()                                 # [b, g, r, nc, L]
-    states = (xd * to_end[..., None]).transpose(-1, -2) @ Bc                 # [b, g, r, nc, p, n]
+    xe = (xh * to_end[..., None]).permute(0, 1, 3, 4, 2, 5).reshape(b, g, nc, L, r * p)
+    states = xe.transpose(-1, -2) @ Bc                                       # [b, g, nc, r*p, n]
+    states = states.view(b, g, nc, r, p * n).transpose(2, 3)                 # [b, g, r, nc, p*n]
 
     # 3) carry states across chunks: a tiny (nc+1)x(nc+1) decay matrix instead of a sequential loop.
     if initial_state is None:
-        init = states.new_zeros(b, g, r, 1, p, n)
+        init = states.new_zeros(b, g, r, 1, p * n)
     else:
-        init = initial_state.to(states.dtype).view(b, g, r, 1, p, n)
-    states = torch.cat([init, states], dim=3)                                # [b, g, r, nc+1, p, n]
+        init = initial_state.to(states.dtype).reshape(b, g, r, 1, p * n)
+    states = torch.cat([init, states], dim=3)                                # [b, g, r, nc+1, p*n]
     chunk_cum = F.pad(a_cum[..., -1], (1, 0)).cumsum(-1)                      # [b, g, r, nc+1]
     causal_c = torch.ones(nc + 1, nc + 1, dtype=torch.bool, device=x.device).tril()
     carry = (chunk_cum[..., :, None] - chunk_cum[..., None, :]).masked_fill(~causal_c, -math.inf).exp()
-    states = (carry @ states.flatten(-2)).view(b, g, r, nc + 1, p, n)        # state at each chunk boundary
-    start_states, final_state = states[..., :-1, :, :], states[..., -1, :, :]
+    states = carry @ states                                                  # state at each chunk boundary
+    final_state = states[..., -1, :].reshape(b, h, p, n)
+    start = states[..., :-1, :].view(b, g, r, nc, p, n).permute(0, 1, 3, 5, 2, 4).reshape(b, g, nc, n, r * p)
 
     # 4) contribution of the state entering each chunk: exp(a_cum_l) C_l h_start
-    y = y + (Cc @ start_states.transpose(-1, -2)) * a_cum.exp()[..., None]   # [b, g, r, nc, L, p]
-
-    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, nc * L, h, p)[:, :t]
-    return y, final_state.reshape(b, h, p, n)
+    y_off = (Cc @ start).view(b, g, nc, L, r, p) * a_cum.permute(0, 1, 3, 4, 2).exp()[..., None]
+    y = y.permute(0, 1, 3, 4, 2, 5) + y_off                                  # [b, g, nc, L, r, p]
+    y = y.permute(0, 2, 3, 1, 4, 5).reshape(b, nc * L, h, p)[:, :t]
+    return y, final_state
 
 
 def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -92,7 +98,7 @@ def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
 # ---- the layer -------------------------------------------------------------------------------------------------
 @dataclass
 class Mamba2State:
-    """conv: last d_conv-1 inputs of the conv, [B, d_inner + 2*G*N, d_conv-1]; ssm: [B, H, P, N] (fp32)."""
+    """conv: last d_conv-1 inputs of the conv, [B, d_inner + 2*G*N, d_conv-1]; ssm: [B, H, P, N] (>= fp32)."""
 
     conv: torch.Tensor
     ssm: torch.Tensor
@@ -122,11 +128,13 @@ class Mamba2(Operator):
                                                      f"(d_model={genome.d_model}) an integer")
         d_inner = int(expand * genome.d_model)
         if d_inner % head_dim:
-            raise option_error(op, "head_dim", head_dim, f"must divide d_inner = expand * d_model = {d_inner}")
+            hint = max(h for h in range(1, head_dim) if d_inner % h == 0)
+            raise option_error(op, "head_dim", head_dim, f"must divide d_inner = expand * d_model = {d_inner}; "
+                                                         f"e.g. head_dim={hint}")
         n_heads = d_inner // head_dim
         if n_heads % n_groups:
             raise option_error(op, "n_groups", n_groups, f"must divide the number of heads d_inner / head_dim "
-                                                         f"= {n_heads}")
+                                                         f"= {n_heads}; e.g. n_groups=1")
         return {"d_inner": d_inner, "n_heads": n_heads, "head_dim": head_dim, "d_state": d_state,
                 "n_groups": n_groups, "d_conv": d_conv, "chunk_size": chunk_size,
                 "conv_dim": d_inner + 2 * n_groups * d_state}
@@ -156,12 +164,14 @@ class Mamba2(Operator):
         xBC_act = F.silu(self.conv1d(xBC, None if state is None else state.conv))  # [B, T, conv_dim]
         xs, Bm, Cm = xBC_act.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
         xs = xs.view(Bsz, T, self.n_heads, self.head_dim)                       # [B, T, H, P]
-        dt = F.softplus(dt.float() + self.dt_bias.float())                      # [B, T, H]
-        A = -self.A_log.float().exp()                                           # [H]
-        y, final = ssd_chunked(xs.float(), dt, A, Bm.float().view(Bsz, T, self.n_groups, self.d_state),
-                               Cm.float().view(Bsz, T, self.n_groups, self.d_state), self.chunk_size,
+        acc = acc_dtype(x.dtype)                                                # scan in >= fp32
+        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, T, H]
+        A = -self.A_log.to(acc).exp()                                           # [H]
+        xs = xs.to(acc)
+        y, final = ssd_chunked(xs, dt, A, Bm.to(acc).view(Bsz, T, self.n_groups, self.d_state),
+                               Cm.to(acc).view(Bsz, T, self.n_groups, self.d_state), self.chunk_size,
                                None if state is None else state.ssm)
-        y = (y + xs.float() * self.D.float()[:, None]).to(x.dtype)              # [B, T, H, P]
+        y = (y + xs * self.D.to(acc)[:, None]).to(x.dtype)                      # [B, T, H, P] + D skip
         out = self.out_proj(self.norm(y.reshape(Bsz, T, self.d_inner), z))
         if state is None:
             return out, None
@@ -175,7 +185,7 @@ class Mamba2(Operator):
         k1 = self.conv1d.kernel_size - 1
         return Mamba2State(conv=torch.zeros(batch, self.conv_dim, k1, device=device, dtype=dtype),
                            ssm=torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device,
-                                           dtype=torch.float32))
+                                           dtype=acc_dtype(dtype)))
 
     def prefill(self, x: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
         y, new = self._mix(x, state)
@@ -188,12 +198,13 @@ class Mamba2(Operator):
         z, xBC, dt = self.in_proj(x[:, 0]).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         xBC, conv = self.conv1d.step(xBC, state.conv)
         xs, Bm, Cm = F.silu(xBC).split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
-        xs = xs.view(Bsz, self.n_heads, self.head_dim).float()                 # [B, H, P]
-        dt = F.softplus(dt.float() + self.dt_bias.float())                      # [B, H]
-        A = -self.A_log.float().exp()
-        y, ssm = ssd_step(xs, dt, A, Bm.float().view(Bsz, self.n_groups, self.d_state),
-                          Cm.float().view(Bsz, self.n_groups, self.d_state), state.ssm)
-        y = (y + xs * self.D.float()[:, None]).to(x.dtype)
+        acc = state.ssm.dtype
+        xs = xs.view(Bsz, self.n_heads, self.head_dim).to(acc)                 # [B, H, P]
+        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, H]
+        A = -self.A_log.to(acc).exp()
+        y, ssm = ssd_step(xs, dt, A, Bm.to(acc).view(Bsz, self.n_groups, self.d_state),
+                          Cm.to(acc).view(Bsz, self.n_groups, self.d_state), state.ssm)
+        y = (y + xs * self.D.to(acc)[:, None]).to(x.dtype)
         out = self.out_proj(self.norm(y.reshape(Bsz, 1, self.d_inner), z[:, None]))
         return out, Mamba2State(conv=conv, ssm=ssm)
 

@@ -83,8 +83,9 @@ def piecewise_linear_table(f: Callable[[int], np.ndarray], lo: int, hi: int,
         m = (a + b) // 2
         chord_m = fa + (fb - fa) * ((m - a) / (b - a))
         if np.allclose(at(m), chord_m, rtol=1e-9, atol=1e-6):
-            t = (np.arange(a, b + 1, dtype=np.float64) - a) / (b - a)
-            out[a - lo:b - lo + 1] = fa + t[:, None] * (fb - fa)
+            c = np.arange(a, b + 1, dtype=np.float64)[:, None]
+            # Weighted form: exact for integer counts (integer numerator, exact division).
+            out[a - lo:b - lo + 1] = (fa * (b - c) + fb * (c - a)) / (b - a)
         else:
             fill(a, m)
             fill(m, b)
@@ -98,7 +99,7 @@ def piecewise_linear_table(f: Callable[[int], np.ndarray], lo: int, hi: int,
     return out
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=128)  # an 8k-step table is ~330 KB; a search re-asks recent genomes at a few widths
 def _cost_table(genome: Genome, op: str, first_context: int, n_steps: int, exact: bool) -> np.ndarray:
     """[n_steps, 5] decode costs of one `op` layer for contexts first_context .. first_context+n_steps-1."""
     f = functools.partial(_decode_cost_vector, genome, op)

@@ -66,6 +66,11 @@ class ShortTrain:
     Training: budget.tokens // (batch_size * seq_len) AdamW steps, linear warmup + cosine, gradient clipping,
     optional weight normalization after every step (the Nemotron-Flash recipe, then no weight decay) and
     meta tokens. Score: bits per byte over `eval_batches` x `batch_size` fixed validation windows.
+
+    Defaults were tuned on the embedded corpus at the default 200k-token budget (2 CPU cores): 8 x 128-byte
+    batches (195 steps) reached ~0.4 bpb lower than 16 x 128 (97 steps) for the same compute; lr 3e-3 was the
+    best of {2e-3, 3e-3, 5e-3, 1e-2} across hybrids and attention-only models (attention-only proxies stall above
+    ~5e-3); weight normalization trained slower at this scale, so it is opt-in.
     """
 
     def __init__(
@@ -76,7 +81,7 @@ class ShortTrain:
         mamba2_head_dim: int = 16,
         swa_reference_context: int | None = 2048,
         seq_len: int = 128,
-        batch_size: int = 16,
+        batch_size: int = 8,
         lr: float = 3e-3,
         min_lr_ratio: float = 0.1,
         warmup_fraction: float = 0.1,
@@ -84,8 +89,8 @@ class ShortTrain:
         weight_norm: bool = False,
         grad_clip: float | None = 1.0,
         meta_tokens: int = 0,
-        eval_batches: int = 8,
-        log_every: int = 5,
+        eval_batches: int = 16,
+        log_every: int = 10,
         seed: int = 0,
         data_path: str | Path | None = None,
         text_field: str = "text",
@@ -164,7 +169,11 @@ class ShortTrain:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         try:
-            return self._evaluate(genome, budget)
+            with torch.random.fork_rng(devices=[]):  # seeding here must not disturb the caller's RNG
+                return self._evaluate(genome, budget)
+        except MemoryError:
+            raise TrialFailed(f"out of memory training the proxy of genome {genome.id} "
+                              f"({genome.n_layers} layers); lower short_train.batch_size or seq_len") from None
         finally:
             torch.set_num_threads(prev_threads)
 
@@ -190,9 +199,11 @@ class ShortTrain:
         n_params = sum(p.numel() for p in model.parameters())
         decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=self.lr, betas=(0.9, 0.95), eps=1e-8)
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        try:  # the fused kernel is ~5x cheaper than the per-tensor loop for a few hundred small tensors
+            opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
+        except (RuntimeError, TypeError):
+            opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.95), eps=1e-8)
         schedule = _Schedule(steps, max(1, round(self.warmup_fraction * steps)), self.min_lr_ratio)
         sampler = WindowSampler(corpus.train, self.batch_size, self.seq_len, seed=self.seed)
 

@@ -44,10 +44,16 @@ def test_flash_1b_is_in_the_papers_ballpark_and_beats_all_attention(h100: Roofli
 
 
 def test_more_full_attention_costs_more_at_long_context(h100: RooflinePredictor) -> None:
-    w = Workload(decode_tokens=8192)
-    few = genome(["mamba2", "ffn"] * 6 + ["attention", "ffn"] * 2)
-    many = genome(["mamba2", "ffn"] * 2 + ["attention", "ffn"] * 6)
-    assert h100.predict(many, w) > h100.predict(few, w)
+    # Same weights (SWA and attention share projections); only the number of full-attention layers differs.
+    def model(n_full: int) -> Genome:
+        return genome(["attention", "ffn"] * n_full + ["swa", "ffn"] * (8 - n_full))
+
+    long = Workload(prompt_len=128, decode_tokens=8192)
+    times = [h100.predict(model(k), long) for k in (0, 2, 6, 8)]
+    assert all(a < b for a, b in zip(times, times[1:]))
+    # Within the window nothing differs.
+    short = Workload(prompt_len=0, decode_tokens=256)
+    assert h100.predict(model(8), short) == pytest.approx(h100.predict(model(0), short), rel=1e-12)
 
 
 def test_swa_is_capped_while_attention_grows(h100: RooflinePredictor) -> None:
@@ -58,7 +64,7 @@ def test_swa_is_capped_while_attention_grows(h100: RooflinePredictor) -> None:
     # Per-step time of SWA stops growing once the window is full; attention keeps growing.
     assert s_swa[300] == pytest.approx(s_swa[-1], rel=1e-12)
     assert s_swa[100] < s_swa[300]
-    assert s_attn[-1] > s_attn[300] * 1.05
+    assert np.all(np.diff(s_attn) > 0)
     # Below the window both models do the same work.
     assert s_swa[100] == pytest.approx(s_attn[100], rel=1e-12)
     # So the total grows linearly for SWA, super-linearly for attention.
@@ -100,7 +106,7 @@ def test_piecewise_linear_table_finds_kinks() -> None:
 
     table = piecewise_linear_table(f, 10, 9000)
     expected = np.stack([f(c) for c in range(10, 9001)])
-    np.testing.assert_array_equal(table, expected)
+    np.testing.assert_allclose(table, expected, rtol=1e-12)
 
 
 def test_breakdown_sums_to_predict(h100: RooflinePredictor) -> None:

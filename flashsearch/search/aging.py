@@ -1,9 +1,10 @@
 """Aging evolution (Algorithm 1 of Nemotron-Flash) as a stateless Optuna sampler.
 
-Every decision is recomputed from the study on each call: the population is the newest P COMPLETE trials
+Every decision is derived from the study on each call: the population is the newest P COMPLETE trials
 (ordered by completion time), a tournament of S members picks the parent, the child is the parent with exactly
-one factor mutated, then repaired. Nothing lives in the sampler between calls, so a resumed study (or a second
-sampler instance on the same storage) continues exactly where the first stopped.
+one factor mutated, then repaired. The only memory is a cache of finished trials (which never change), so a
+resumed study, or a second sampler instance on the same storage, makes exactly the choices the first would.
+Genomes already in the study (any state, failed included) are not proposed again while new ones can be found.
 
 Objectives are the study's two values: values[0] = loss (minimize), values[1] = latency in seconds (minimize).
 
@@ -15,6 +16,7 @@ What the sampler decided for a trial is written to the trial's system attributes
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from dataclasses import dataclass
@@ -44,7 +46,6 @@ class Member:
     number: int
     loss: float
     latency: float
-    params: Mapping[str, Any]
 
 
 # ---- selection rules (pure functions, tested directly) ---------------------------------------------------
@@ -99,6 +100,58 @@ def newest_population(trials: Iterable[FrozenTrial], size: int) -> list[FrozenTr
     return done[-size:] if size > 0 else []
 
 
+class _Digest:
+    """Incremental summary of a study's finished trials (immutable once finished), read trial by trial.
+
+    Trials are scanned once when they first appear; those unfinished then ("open": running or waiting) are
+    re-checked each call until they finish. Per call this costs O(new + open), not O(all trials).
+    """
+
+    def __init__(self, storage: object) -> None:
+        self.storage = storage                     # held so its id() (part of the cache key) is never reused
+        self.seen_upto = 0                         # trials numbered below this have been scanned
+        self.open: dict[int, FrozenTrial] = {}     # unfinished trials, refreshed each call
+        self.complete: list[tuple[Any, int, FrozenTrial]] = []  # sorted by (datetime_complete, number)
+        self.finished_ids: set[str] = set()
+        self.n_alive_finished = 0                  # finished and not FAIL (COMPLETE / PRUNED)
+
+    def update(self, trials: Sequence[FrozenTrial], genome_id: Callable[[FrozenTrial], str | None]) -> bool:
+        """Fold in what changed; False if the trial list does not extend the one digested (then rebuild)."""
+        if len(trials) < self.seen_upto or any(t.number != i for i, t in enumerate(trials[self.seen_upto:],
+                                                                                     self.seen_upto)):
+            return False
+        for number in list(self.open):
+            t = trials[number]
+            if t.state.is_finished():
+                del self.open[number]
+                self._add(t, genome_id)
+            else:
+                self.open[number] = t
+        for t in trials[self.seen_upto:]:
+            if t.state.is_finished():
+                self._add(t, genome_id)
+            else:
+                self.open[t.number] = t
+        self.seen_upto = len(trials)
+        return True
+
+    def _add(self, t: FrozenTrial, genome_id: Callable[[FrozenTrial], str | None]) -> None:
+        gid = genome_id(t)
+        if gid is not None:
+            self.finished_ids.add(gid)
+        if t.state == TrialState.FAIL:
+            return
+        self.n_alive_finished += 1
+        if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) >= 2:
+            bisect.insort(self.complete, (t.datetime_complete, t.number, t), key=lambda e: (e[0], e[1]))
+
+    def open_trials(self) -> list[FrozenTrial]:
+        return list(self.open.values())
+
+    def newest(self, size: int) -> list[FrozenTrial]:
+        return [e[2] for e in self.complete[-size:]] if size > 0 else []
+
+
 # ---- the sampler ------------------------------------------------------------------------------------------
 class AgingEvolutionSampler(BaseSampler):
     """Aging evolution over a SearchSpace: random until the population is full, then tournament + mutation.
@@ -135,9 +188,9 @@ class AgingEvolutionSampler(BaseSampler):
         self.latency_fn = latency_fn
         self.max_dedup_tries = max(1, int(max_dedup_tries))
         self._entropy = random.Random()  # only used when seed is None
-        # Pure cache (trial number -> genome id) for trials that lack the driver's genome_id attribute;
-        # finished trials never change, so caching cannot alter any decision.
-        self._id_cache: dict[int, str | None] = {}
+        # Cache of what finished trials say, per study. Finished trials never change, so it cannot alter a
+        # decision (a fresh instance decides the same); it only keeps the per-call cost flat as studies grow.
+        self._digests: dict[tuple[int, int], _Digest] = {}
 
     # ---- Optuna hooks -------------------------------------------------------------------------------------
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
@@ -149,29 +202,29 @@ class AgingEvolutionSampler(BaseSampler):
         if not search_space or "fixed_params" in trial.system_attrs:
             return {}  # enqueued trial (seed / retry): its params are given
         rng = self._rng(trial.number)
-        trials = study._get_trials(deepcopy=False, states=None)  # one read per call
-        others = [t for t in trials if t.number != trial.number]
-        alive = [t for t in others if t.state != TrialState.FAIL]
-        seen = self._known_ids(alive)
-
-        members = newest_population(alive, self.population)
-        if len(alive) < self.population or not members:
+        digest = self._digest(study)
+        open_trials = [t for t in digest.open_trials() if t.number != trial.number]
+        # Every genome already in the study (failed ones too: re-proposing them would fail again).
+        seen = digest.finished_ids | {gid for t in open_trials if (gid := self._genome_id(t)) is not None}
+        members = digest.newest(self.population)
+        if digest.n_alive_finished + len(open_trials) < self.population or not members:
             # Seeding: running and waiting trials count, so W parallel workers do not over-seed.
             params, _ = self._random_unique(rng, seen)
             self._record(study, trial, {ATTR_ORIGIN: "random"})
             return params
 
         tournament = rng.sample(members, min(self.sample_size, len(members)))
-        pool = [Member(t.number, float(t.values[0]), float(t.values[1]), t.params) for t in tournament]
+        pool = [Member(t.number, float(t.values[0]), float(t.values[1])) for t in tournament]
         if self.target_latency is not None:
             parent = select_parent_constrained(pool, self.target_latency)
         else:
             parent = select_parent_pareto(pool)
 
+        parent_params = dict(next(t for t in tournament if t.number == parent.number).params)
         child: dict[str, Any] | None = None
         factor = ""
         for _ in range(self.max_dedup_tries):
-            child, factor = self.space.mutate(dict(parent.params), rng, include_width=self.target_latency is None)
+            child, factor = self.space.mutate(parent_params, rng, include_width=self.target_latency is None)
             child = self.space.repair(child)
             child = self._solve_width(child)
             if self.space.decode(child).id not in seen:
@@ -223,27 +276,26 @@ class AgingEvolutionSampler(BaseSampler):
             params = self.space.sample(rng)
         return params, False
 
-    def _known_ids(self, trials: Iterable[FrozenTrial]) -> set[str]:
-        """Genome ids of non-failed trials: the driver's attribute, else decoded from (fixed) params."""
-        ids: set[str] = set()
-        for t in trials:
-            gid = t.user_attrs.get(GENOME_ID_ATTR)
-            if gid is None:
-                gid = self._id_cache.get(t.number) if t.number in self._id_cache else self._decode_id(t)
-            if gid is not None:
-                ids.add(gid)
-        return ids
-
-    def _decode_id(self, t: FrozenTrial) -> str | None:
+    def _genome_id(self, t: FrozenTrial) -> str | None:
+        """The driver's genome_id attribute, else decoded from the (enqueued) params; None if undecodable."""
+        gid = t.user_attrs.get(GENOME_ID_ATTR)
+        if gid is not None:
+            return gid
         params = t.system_attrs.get("fixed_params") if t.state == TrialState.WAITING else t.params
-        gid: str | None
         try:
-            gid = self.space.decode(self.space.repair(dict(params or {}))).id
+            return self.space.decode(self.space.repair(dict(params or {}))).id
         except (KeyError, ValueError, TypeError, FlashsearchError):
-            gid = None  # params from another space or half-written: nothing to dedup against
-        if t.state.is_finished():
-            self._id_cache[t.number] = gid
-        return gid
+            return None  # params from another space or half-written: nothing to dedup against
+
+    def _digest(self, study: Study) -> "_Digest":
+        trials = study._get_trials(deepcopy=False, states=None)  # the one storage read per call
+        key = (id(study._storage), study._study_id)
+        digest = self._digests.get(key)
+        if digest is None or not digest.update(trials, self._genome_id):
+            digest = _Digest(study._storage)
+            digest.update(trials, self._genome_id)
+            self._digests[key] = digest
+        return digest
 
     @staticmethod
     def _record(study: Study, trial: FrozenTrial, attrs: Mapping[str, Any]) -> None:

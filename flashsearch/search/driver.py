@@ -18,6 +18,7 @@ import json
 import math
 import time
 import traceback
+import warnings
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol, Sequence
@@ -28,7 +29,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
-from flashsearch.progress import EventKind, ProgressListener, SearchEvent
+from flashsearch.progress import EventKind, ProgressListener, SearchEvent, format_duration
 from flashsearch.space import SearchSpace
 
 Evaluator = Callable[[str], Mapping[str, Any]]
@@ -58,9 +59,15 @@ class SearchSummary:
     def ok(self) -> bool:
         return self.stopped == "completed"
 
-    def line(self) -> str:
-        from flashsearch.progress import format_duration
+    @property
+    def n_complete(self) -> int:
+        return self.complete
 
+    @property
+    def n_failed(self) -> int:
+        return self.failed
+
+    def line(self) -> str:
         s = (f"{self.complete}/{self.n_trials} complete ({self.evaluated} evaluated, {self.cached} cached, "
              f"{self.failed} failed) in {format_duration(self.elapsed_s)}")
         if self.best_number is not None:
@@ -231,11 +238,17 @@ class _Run:
         if self.progress is None:
             return
         b = self.best
-        self.progress(SearchEvent(
+        event = SearchEvent(
             kind=kind, complete=self.complete, target=self.n_trials, running=self.running, failed=self.failed,
             elapsed_s=self.elapsed(), eta_s=self.eta(), best_number=b.number,
             best_loss=None if b.number is None else b.loss, best_latency=None if b.number is None else b.latency,
-            **kw))
+            **kw)
+        try:
+            self.progress(event)
+        except Exception as e:  # a broken progress callback must not abort hours of search: warn, go silent
+            warnings.warn(f"progress callback failed ({type(e).__name__}: {e}); progress output disabled",
+                          RuntimeWarning, stacklevel=2)
+            self.progress = None
 
 
 def run_search(
@@ -415,12 +428,23 @@ def _tell(study: optuna.Study, run: _Run, pending: _Pending, outcome: Mapping[st
     loss, latency = float(result["loss"]), float(result["latency"])
     source = str(result["latency_source"])
     trial.set_user_attr("latency_source", source)
-    trial.set_user_attr("metrics", jsonable({k: v for k, v in result.items() if k not in _RESERVED}))
+    trial.set_user_attr("metrics", jsonable(_extras(result)))
     trial.set_user_attr("eval_seconds", seconds)
     frozen = study.tell(trial, [loss, latency])
     run.evaluated += 1
     _remember(run, frozen)
     run.emit("trial_done", number=trial.number, loss=loss, latency=latency, latency_source=source)
+
+
+def _extras(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything but loss/latency/latency_source; a nested "metrics" mapping is merged in (both styles work)."""
+    extras = {k: v for k, v in result.items() if k not in _RESERVED and k != "metrics"}
+    nested = result.get("metrics")
+    if isinstance(nested, Mapping):
+        extras.update(nested)
+    elif nested is not None:
+        extras["metrics"] = nested
+    return extras
 
 
 def _check_result(result: Any) -> str | None:

@@ -1,0 +1,170 @@
+"""HybridLM: a decoder-only language model built from a Genome's layer list.
+
+embed (tied with the LM head) -> [optional meta tokens prepended] -> for each layer_type: x + op(RMSNorm(x))
+-> final RMSNorm -> logits. Training uses each operator's chunked `forward`; decoding uses `step` with
+per-layer states, and `prefill` for a whole prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashsearch.errors import FlashsearchError
+from flashsearch.genome import Genome
+from flashsearch.kernels import Operator, build_operator
+from flashsearch.kernels._common import RMSNorm
+
+INIT_STD = 0.02
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + op(norm(x))."""
+
+    def __init__(self, op: Operator, d_model: int):
+        super().__init__()
+        self.norm = RMSNorm(d_model)
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.op(self.norm(x))
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        y, state = self.op.step(self.norm(x), state)
+        return x + y, state
+
+    def prefill(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        op_prefill = getattr(self.op, "prefill", None)
+        h = self.norm(x)
+        if op_prefill is not None:
+            y, state = op_prefill(h, state)
+        else:  # operators without a parallel prefill fall back to stepping (correct, just slower)
+            ys = []
+            for t in range(h.shape[1]):
+                yt, state = self.op.step(h[:, t:t + 1], state)
+                ys.append(yt)
+            y = torch.cat(ys, dim=1)
+        return x + y, state
+
+
+class HybridLM(nn.Module):
+    """Language model for one genome. meta_tokens > 0 prepends that many learned vectors to every sequence."""
+
+    def __init__(self, genome: Genome, meta_tokens: int = 0):
+        super().__init__()
+        if isinstance(meta_tokens, bool) or not isinstance(meta_tokens, int) or meta_tokens < 0:
+            raise FlashsearchError(f"meta_tokens must be a non-negative integer, got {meta_tokens!r}")
+        self.genome = genome
+        self.meta_tokens = meta_tokens
+        d = genome.d_model
+        self.embed = nn.Embedding(genome.vocab_size, d)
+        self.meta = nn.Parameter(torch.zeros(meta_tokens, d)) if meta_tokens else None
+        self.layers = nn.ModuleList(Block(build_operator(t, genome), d) for t in genome.layer_types)
+        self.norm = RMSNorm(d)
+        self.reset_parameters()
+
+    # ---- init ------------------------------------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        """normal(0, 0.02) for embeddings and linears; residual writers get 0.02 / sqrt(number of residual
+        writes) (GPT-2's scheme: its 2 writes per layer are our 2 blocks) so the residual stream's variance does
+        not grow with depth. Operator-specific parameters (Mamba2's A_log, dt_bias, D; conv weights; norm gains)
+        keep the operator's own init."""
+        nn.init.normal_(self.embed.weight, std=INIT_STD)
+        if self.meta is not None:
+            nn.init.normal_(self.meta, std=INIT_STD)
+        writer_std = INIT_STD / math.sqrt(len(self.layers))
+        for block in self.layers:
+            op = block.op
+            writers = set(getattr(op, "writers", ()))
+            for name, module in op.named_children():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, std=writer_std if name in writers else INIT_STD)
+
+    # ---- training / scoring ------------------------------------------------------------------------------
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids)                                               # [B, T, D]
+        if self.meta is not None:
+            x = torch.cat([self.meta.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)  # [B, M+T, D]
+        return x
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(x), self.embed.weight)                       # tied LM head: [B, T, V]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V] (meta-token positions are dropped)."""
+        x = self._embed(input_ids)
+        for block in self.layers:
+            x = block(x)
+        return self._logits(x[:, self.meta_tokens:])
+
+    # ---- decoding --------------------------------------------------------------------------------------------
+    def init_state(self, batch: int, max_len: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> list[Any]:
+        """Per-layer decode states for `batch` sequences of up to `max_len` tokens (meta tokens not counted:
+        they are prefilled here, so the first `step` continues after them exactly as `forward` does)."""
+        ref = self.embed.weight
+        device = ref.device if device is None else device
+        dtype = ref.dtype if dtype is None else dtype
+        state = [b.op.init_state(batch, max_len + self.meta_tokens, device, dtype) for b in self.layers]
+        if self.meta is not None:
+            x = self.meta.to(device=device, dtype=dtype).expand(batch, -1, -1)
+            with torch.no_grad():
+                for i, block in enumerate(self.layers):
+                    x, state[i] = block.prefill(x, state[i])
+        return state
+
+    def prefill(self, input_ids: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+        """Consume a prompt input_ids [B, T] in parallel, continuing from `state` -> (logits [B, T, V], state)."""
+        x = self.embed(input_ids)
+        for i, block in enumerate(self.layers):
+            x, state[i] = block.prefill(x, state[i])
+        return self._logits(x), state
+
+    def step(self, input_ids: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+        """One decode step: input_ids [B, 1] -> (logits [B, 1, V], state). For inference (run under
+        torch.no_grad()): KV caches are written in place."""
+        x = self.embed(input_ids)                                               # [B, 1, D]
+        for i, block in enumerate(self.layers):
+            x, state[i] = block.step(x, state[i])
+        return self._logits(x), state
+
+
+# ---- training recipe -------------------------------------------------------------------------------------------
+@torch.no_grad()
+def weight_normalize_(model: nn.Module, eps: float = 1e-8) -> nn.Module:
+    """Nemotron-Flash weight normalization, applied after every optimizer step (in place).
+
+    Rows of matrices that read the hidden stream (an operator's `readers`: q/k/v, in_proj, FFN gate/up) and
+    columns of matrices that write into the residual (`writers`: o_proj, out_proj, FFN down) get unit L2 norm.
+    A Linear's weight is [out, in]: a row (dim 1) is one output's read direction, a column (dim 0) is the
+    direction one input writes into the residual. Works on any module containing operators.
+    """
+    for module in model.modules():
+        if not isinstance(module, Operator):
+            continue
+        for names, dim in ((getattr(module, "readers", ()), 1), (getattr(module, "writers", ()), 0)):
+            for name in names:
+                w = getattr(module, name).weight
+                w.div_(w.norm(dim=dim, keepdim=True).clamp_min(eps))
+    return model
+
+
+def _build_meta(genome: Genome, meta_tokens: int) -> HybridLM:
+    # On the meta device nothing is allocated or initialised for real, so a 1B model "builds" in milliseconds.
+    with torch.device("meta"):
+        return HybridLM(genome, meta_tokens=meta_tokens)
+
+
+def count_parameters(genome: Genome, meta_tokens: int = 0) -> int:
+    """Exact parameter count of HybridLM(genome) (tied embedding counted once), without allocating it."""
+    return sum(p.numel() for p in _build_meta(genome, meta_tokens).parameters())
+
+
+def layer_parameters(genome: Genome) -> list[int]:
+    """Parameters of each layer (its operator plus its pre-norm gain), in layer order."""
+    model = _build_meta(genome, 0)
+    return [sum(p.numel() for p in block.parameters()) for block in model.layers]

@@ -166,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("WANDB_MODE", "offline")
     args = _parser().parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines replace Optuna's per-trial logs
     try:
         return COMMANDS[args.command](args)
     except FlashsearchError as e:

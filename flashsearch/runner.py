@@ -10,6 +10,7 @@ import json
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -94,7 +95,9 @@ def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> 
     theirs = study.user_attrs.get(FINGERPRINT_ATTR)
     if theirs is None:
         study.set_user_attr(FINGERPRINT_ATTR, mine)
-        study.set_metric_names(["loss", "latency_s"])
+        with warnings.catch_warnings():  # set_metric_names is marked experimental; only optuna-dashboard reads it
+            warnings.simplefilter("ignore")
+            study.set_metric_names(["loss", "latency_s"])
     elif theirs != mine:
         changed = sorted(k for k in mine if mine.get(k) != theirs.get(k))
         raise FlashsearchError(

@@ -31,7 +31,7 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     """Chunked SSD scan (no D skip). Computes in the inputs' dtype; pass fp32 for accuracy.
 
     x [b, t, h, p]; dt [b, t, h] (positive, after softplus); A [h] (negative); B, C [b, t, g, n] with g | h
-    (heads h*g/h .. share group g); initial_state [b, h, p, n] or None.
+    (head i uses group i // (h/g), as in mamba_ssm); initial_state [b, h, p, n] or None.
     Returns y [b, t, h, p] and the final state [b, h, p, n].
     """
     b, t, h, p = x.shape

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch import kernels as K
-from flashsearch.kernels import (Attention, DeltaNet, FFN, Mamba2, SlidingWindowAttention, delta_rule_chunked,
-                                 delta_rule_step, ssd_chunked, ssd_step)
+from flashsearch.kernels import (Attention, FFN, Mamba2, delta_rule_chunked, delta_rule_step, ssd_chunked,
+                                 ssd_step)
 from flashsearch.kernels._common import l2norm
 
 MIXERS = ("attention", "swa", "mamba2", "deltanet")

@@ -145,3 +145,8 @@ def test_adamw_steps_reduce_loss():
         losses.append(loss.item())
     assert all(map(torch.isfinite, map(torch.tensor, losses)))
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+def test_unimplemented_operator_in_genome_is_a_clear_error():
+    with pytest.raises(FlashsearchError, match="operator 'gla' is not implemented yet"):
+        HybridLM(small(["gla", "ffn"]))

@@ -1,15 +1,23 @@
-"""Export the best searched architectures as Hugging Face style model folders.
+"""Export the best searched architectures as Hugging Face model folders.
 
     export_top(study, run_dir / "export", top=3)
       -> export/1-<genome_id>/config.json, export/2-<genome_id>/config.json, ...
 
-config.json speaks transformers' language (hidden_size, num_attention_heads, layer_types, ...) with
-model_type "flashsearch_hybrid"; flashsearch.model registers that type with transformers' Auto classes.
+config.json is exactly what `FlashsearchConfig.save_pretrained` writes (model_type "flashsearch_hybrid",
+hidden_size, num_attention_heads, layer_types, ...) plus a `flashsearch` block with the search result (rank, loss,
+latency, genome). After `import flashsearch`, transformers' Auto classes know the model type:
+
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config)        # config-only folder: randomly initialized model
+    model = AutoModelForCausalLM.from_pretrained(folder)    # needs weights: export_top(..., weights=True)
+
+A search trains only small proxies, so there are no trained full-size weights to export: `weights=True` writes
+the freshly initialized full-size model (HybridLM's own init, seeded by the genome id) as model.safetensors, a
+ready-to-train checkpoint that `from_pretrained` loads. It costs 4 bytes per parameter per folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -22,46 +30,50 @@ import pandas as pd
 from flashsearch.archive import rank_front, trials_frame, write_text_atomic
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
+from flashsearch.model.hf_config import ARCHITECTURES, MODEL_TYPE, FlashsearchConfig
 
-MODEL_TYPE = "flashsearch_hybrid"
-ARCHITECTURES = ["FlashsearchForCausalLM"]
 _EXPORT_DIR = re.compile(r"^\d+-[0-9a-f]{12}$")  # folders this module writes (and may replace)
 
 
 def hf_config_dict(genome: Genome) -> dict[str, Any]:
-    """The Hugging Face config fields of a genome (without flashsearch metadata); JSON-ready."""
-    g = genome.to_dict()
-    return {
-        "model_type": MODEL_TYPE,
-        "architectures": list(ARCHITECTURES),
-        "hidden_size": genome.d_model,
-        "num_attention_heads": genome.n_heads,
-        "num_key_value_heads": genome.n_kv_heads,
-        "head_dim": genome.head_dim,
-        "intermediate_size": genome.ffn_hidden,
-        "ffn_ratio": genome.ffn_ratio,  # kept so the genome round-trips exactly (intermediate_size is rounded)
-        "vocab_size": genome.vocab_size,
-        "layer_types": list(genome.layer_types),
-        "num_hidden_layers": genome.n_layers,
-        "tie_word_embeddings": True,
-        "op_options": g["op_options"],
-    }
+    """The Hugging Face config of a genome, as config.json holds it (without flashsearch metadata); JSON-ready.
+
+    Built by FlashsearchConfig itself, so this dict and the config class cannot disagree.
+    """
+    return FlashsearchConfig.from_genome(genome).to_diff_dict()
 
 
-def genome_from_hf_config(config: Mapping[str, Any]) -> Genome:
-    """Inverse of hf_config_dict (accepts a dict or anything with the same keys)."""
-    ratio = config.get("ffn_ratio")
-    if ratio is None:
-        ratio = float(config["intermediate_size"]) / float(config["hidden_size"])
-    return Genome(layer_types=tuple(config["layer_types"]), d_model=int(config["hidden_size"]),
-                  n_heads=int(config["num_attention_heads"]), n_kv_heads=int(config["num_key_value_heads"]),
-                  head_dim=int(config["head_dim"]), ffn_ratio=float(ratio), vocab_size=int(config["vocab_size"]),
-                  op_options=dict(config.get("op_options") or {}))
+def genome_from_hf_config(config: Mapping[str, Any] | FlashsearchConfig) -> Genome:
+    """Inverse of hf_config_dict: a config.json dict (extra keys such as the flashsearch block are ignored) or a
+    FlashsearchConfig -> Genome."""
+    if not isinstance(config, FlashsearchConfig):
+        fields = set(FlashsearchConfig.__dataclass_fields__)
+        config = FlashsearchConfig(**{k: v for k, v in dict(config).items() if k in fields})
+    return config.to_genome()
+
+
+def _write_weights(config: FlashsearchConfig, genome: Genome, folder: Path) -> None:
+    """Save a freshly initialized full-size model into folder (model.safetensors, config.json,
+    generation_config.json), written beside it first and moved in, so a folder never holds half a checkpoint."""
+    import torch
+
+    from flashsearch.model.hf import FlashsearchForCausalLM
+
+    staging = folder / ".weights-tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(genome.id, 16) % 2**31)  # same genome -> same checkpoint
+        model = FlashsearchForCausalLM(config)
+    model.save_pretrained(staging)
+    for f in sorted(staging.iterdir(), key=lambda p: p.name == "config.json"):  # config.json last
+        os.replace(f, folder / f.name)
+    staging.rmdir()
 
 
 def export_top(study_or_df: optuna.Study | pd.DataFrame, out_dir: str | os.PathLike, top: int, *,
-               target_latency: float | None = None) -> list[Path]:
-    """Write config.json for the `top` best Pareto-front trials into out_dir/<rank>-<genome_id>/.
+               target_latency: float | None = None, weights: bool = False) -> list[Path]:
+    """Write config.json for the `top` best Pareto-front trials into out_dir/<rank>-<genome_id>/
+    (with weights=True also model.safetensors of the randomly initialized full-size model, see module doc).
 
     Ranking: lowest loss first; with a latency target, trials meeting it come first. Earlier exports in
     out_dir (folders named <rank>-<genome_id>) are replaced, so ranks never mix two runs.
@@ -88,8 +100,7 @@ def export_top(study_or_df: optuna.Study | pd.DataFrame, out_dir: str | os.PathL
     written: list[Path] = []
     for rank, row in enumerate(ranked.itertuples(index=False), start=1):
         genome = Genome.from_json(row.genome_json)
-        config = hf_config_dict(genome)
-        config["flashsearch"] = {
+        meta = {
             "rank": rank,
             "trial_number": int(row.number),
             "loss": float(row.quality),
@@ -99,10 +110,15 @@ def export_top(study_or_df: optuna.Study | pd.DataFrame, out_dir: str | os.PathL
             "target_latency": target_latency,
             "genome_id": genome.id,
             "genome": genome.to_dict(),
+            "weights": "random init" if weights else None,
         }
+        config = FlashsearchConfig.from_genome(genome, flashsearch=meta)
         folder = out / f"{rank}-{genome.id}"
         folder.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if weights:
+            _write_weights(config, genome, folder)
+        else:  # the same text config.save_pretrained would write, but atomically
+            write_text_atomic(folder / "config.json", config.to_json_string(use_diff=True))
         written.append(folder)
     return written
 

@@ -23,7 +23,7 @@ from flashsearch.genome import Genome
 # Columns always present in trials_frame (metric columns "metrics.<name>" follow them).
 COLUMNS: tuple[str, ...] = (
     "number", "state", "genome_id", "summary", "n_layers", "d_model", "quality", "latency", "latency_source",
-    "error", "cached_from", "origin", "parent", "mutation", "eval_seconds", "datetime_start",
+    "error", "error_kind", "retry_of", "attempt", "cached_from", "origin", "parent", "mutation", "eval_seconds", "datetime_start",
     "datetime_complete", "duration_s", "genome_json", "params", "metrics",
 )
 
@@ -81,6 +81,9 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "latency": float(values[1]) if values and len(values) > 1 else math.nan,
         "latency_source": ua.get("latency_source"),
         "error": ua.get("error"),
+        "error_kind": ua.get("error_kind"),
+        "retry_of": ua.get("retry_of"),
+        "attempt": ua.get("attempt", 1),
         "cached_from": ua.get("cached_from"),
         "origin": t.system_attrs.get("aging:origin", "enqueued" if "fixed_params" in t.system_attrs else None),
         "parent": t.system_attrs.get("aging:parent"),
@@ -118,7 +121,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             df[col] = pd.Series(dtype=float if col in ("quality", "latency", "duration_s") else object)
     extra = sorted(c for c in df.columns if c not in COLUMNS)
     df = df[list(COLUMNS) + extra]
-    for col in ("cached_from", "parent", "n_layers", "d_model"):
+    for col in ("cached_from", "parent", "n_layers", "d_model", "retry_of", "attempt"):
         df[col] = df[col].astype("Int64")
     for col in ("eval_seconds", "quality", "latency", "duration_s"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)

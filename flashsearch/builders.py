@@ -18,6 +18,8 @@ from flashsearch.space import SPACE_KINDS, ArchDefaults, LayerwiseSpace, SearchS
 LATENCY_PREDICTORS = {
     "roofline": "flashsearch.proxies.roofline.RooflinePredictor",
     "measured": "flashsearch.proxies.measured.MeasuredPredictor",
+    "lut": "flashsearch.proxies.lut.LutPredictor",
+    "learned": "flashsearch.proxies.learned.LearnedPredictor",
 }
 QUALITY_PROXIES = {
     "short_train": "flashsearch.proxies.short_train.ShortTrain",

@@ -1,4 +1,4 @@
-"""Command line: `flashsearch run | describe | report | export`.
+"""Command line: `flashsearch run | describe | report | export | profile | latency {validate,fit}`.
 
 Bad input never shows a traceback: it prints one `error: ...` line on stderr and exits with code 2.
 """
@@ -40,6 +40,41 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--top", type=int, default=3)
     e.add_argument("--out", default=None, help="destination (default RUN_DIR/export)")
+
+    pr = sub.add_parser("profile", help="profile per-operator decode-step latency on this machine (a LUT table)")
+    pr.add_argument("--device", default="cpu", help="device to profile (only cpu is supported today)")
+    pr.add_argument("--widths", default="32,64,96,128,160,192", help="comma-separated d_model values")
+    pr.add_argument("--contexts", default="0,128,512,2048,4096", help="comma-separated context lengths")
+    pr.add_argument("--ops", default=None, help="comma-separated operators (default: all)")
+    pr.add_argument("--vocabs", default="256,1024", help="comma-separated vocab sizes for the LM head")
+    pr.add_argument("--steps", type=int, default=24, help="decode steps per timing sample")
+    pr.add_argument("--layers", type=int, default=8, help="distinct layers per timed stack (cache realism)")
+    pr.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (median kept)")
+    pr.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
+    pr.add_argument("--out", default="lut_cpu.json", help="table file to write (JSON)")
+
+    lat = sub.add_parser("latency", help="latency predictor tools: validate against measurement, fit `learned`")
+    lsub = lat.add_subparsers(dest="latency_command", required=True, metavar="ACTION")
+    v = lsub.add_parser("validate", help="rank/error statistics of predictors vs measured CPU decode latency")
+    v.add_argument("--predictor", action="append", required=True,
+                   help="predictor short name or dotted path (repeat for several): lut, roofline, learned, ...")
+    v.add_argument("--n", type=int, default=30, help="validation genomes (default 30)")
+    v.add_argument("--n-train", type=int, default=40, help="separate genomes measured to fit `learned` (default 40)")
+    v.add_argument("--space", default=None, help="search YAML whose space is sampled (default hybrid_1b.yaml)")
+    v.add_argument("--widths", default="64,96,128,160,192", help="small widths the sampled genomes are scaled to")
+    v.add_argument("--vocab", type=int, default=1024, help="vocab size of the scaled genomes (default 1024)")
+    v.add_argument("--prompt-len", type=int, default=32)
+    v.add_argument("--decode-tokens", type=int, default=128)
+    v.add_argument("--repeats", type=int, default=3, help="interleaved measurement rounds (median kept)")
+    v.add_argument("--table", default=None, help="LUT table for `lut` (default: the shipped CPU table)")
+    v.add_argument("--roofline-device", default="cpu", help="device profile for `roofline` (default cpu)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", action="store_true", help="print machine-readable results")
+    v.add_argument("--out", default=None, help="directory for scatter.png, results.json, measurements.csv")
+    f = lsub.add_parser("fit", help="fit the `learned` predictor on a CSV/JSON/parquet of measurements")
+    f.add_argument("measurements", help="table with columns genome_json, prompt_len, decode_tokens, seconds")
+    f.add_argument("--out", required=True, help="model JSON to write")
+    f.add_argument("--alpha", type=float, default=1e-3, help="ridge strength (relative)")
     return p
 
 
@@ -159,13 +194,58 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "describe": _cmd_describe, "report": _cmd_report, "export": _cmd_export}
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise FlashsearchError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from flashsearch.proxies.profile import profile_table, progress_to_stderr, write_table
+
+    if str(args.device).strip().lower() != "cpu":
+        raise FlashsearchError(f"profile --device {args.device!r}: only cpu can be profiled today; run on the "
+                               "target machine with --device cpu, or use latency=roofline for GPUs")
+    ops = [o for o in args.ops.split(",") if o.strip()] if args.ops else None
+    table = profile_table(widths=_int_list(args.widths, "--widths"), contexts=_int_list(args.contexts, "--contexts"),
+                          ops=ops, vocabs=_int_list(args.vocabs, "--vocabs"), steps=args.steps,
+                          repeats=args.repeats, layers=args.layers, threads=args.threads,
+                          command="flashsearch " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
+                          progress=progress_to_stderr)
+    path = write_table(table, args.out)
+    print(f"wrote {path} ({len(table['ops'])} operators x {len(table['widths'])} widths x "
+          f"{len(table['contexts'])} contexts, device {table['meta']['device_name']})")
+    return 0
+
+
+def _cmd_latency(args: argparse.Namespace) -> int:
+    if args.latency_command == "fit":
+        from flashsearch.proxies.learned import LearnedPredictor, read_measurements
+
+        model = LearnedPredictor.fit(read_measurements(args.measurements), alpha=args.alpha)
+        model.save(args.out)
+        print(f"wrote {args.out} ({model.n_train} measurements, train MAPE {model.train_mape:.1%})")
+        return 0
+    from flashsearch.proxies.validate import print_report, validate_cli
+
+    result = validate_cli(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "describe": _cmd_describe, "report": _cmd_report, "export": _cmd_export,
+            "profile": _cmd_profile, "latency": _cmd_latency}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("WANDB_MODE", "offline")
     args = _parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)  # recorded by `profile` as the command that made a table
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines replace Optuna's per-trial logs

@@ -68,6 +68,8 @@ class SearchConfig:
     workers: int = 2                               # trials in flight
     seeds: List[str] = field(default_factory=list)  # genome YAMLs (relative to the config file) seeded first
     max_failures: Optional[int] = None
+    trial_timeout_s: Optional[float] = None        # a trial running longer is cancelled and FAILED "timeout after N s"
+    retries: int = 0                               # re-runs of a trial failed by a transient fault (timeout, OOM, ...)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,9 @@ def validate(cfg: RunConfig) -> None:
          f"search.target_latency must be a positive number of seconds, got {s.target_latency}")
     need(cfg.budget.time_limit_s is None or cfg.budget.time_limit_s > 0,
          f"budget.time_limit_s must be positive, got {cfg.budget.time_limit_s}")
+    need(s.trial_timeout_s is None or s.trial_timeout_s > 0,
+         f"search.trial_timeout_s must be a positive number of seconds, got {s.trial_timeout_s}")
+    need(s.retries >= 0, f"search.retries must be >= 0, got {s.retries}")
     need(cfg.ray.num_cpus_per_trial >= 0 and cfg.ray.num_gpus_per_trial >= 0,
          "ray.num_cpus_per_trial and ray.num_gpus_per_trial must be >= 0")
     need(cfg.logger in LOGGERS, f"logger={cfg.logger!r}; choose one of {', '.join(LOGGERS)}")

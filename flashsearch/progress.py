@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from typing import Literal, Protocol, TextIO
+from typing import Any, Literal, Mapping, Protocol, TextIO
 
 EventKind = Literal["start", "trial_started", "trial_done", "trial_cached", "trial_failed", "end"]
 
@@ -34,6 +34,14 @@ class SearchEvent:
     best_loss: float | None = None
     best_latency: float | None = None
     message: str | None = None       # free text for "start" / "end"
+    # about the trial's candidate (trial events only), for loggers such as flashsearch.logging_wandb
+    genome_id: str | None = None
+    summary: str | None = None       # layer pattern in the paper's letters
+    params: Mapping[str, Any] | None = None  # the search space's parameters
+    d_model: int | None = None
+    n_layers: int | None = None
+    metrics: Mapping[str, Any] | None = None  # extra metrics of a finished evaluation ("trial_done")
+    error_kind: str | None = None    # "trial_failed": rejected | invalid_result | error | oom | timeout | worker_died
 
 
 class ProgressListener(Protocol):

@@ -25,6 +25,7 @@ from flashsearch.space import SearchSpace
 
 STUDY_FILE = "study.journal"
 FINGERPRINT_ATTR = "flashsearch_fingerprint"
+CONTROLLER_LOCK = ".controller.lock"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,83 @@ def make_sampler(cfg: RunConfig, space: SearchSpace, predictor: Any) -> Any:
                                  target_latency=s.target_latency, seed=cfg.seed, latency_fn=latency_fn)
 
 
+class ControllerLock:
+    """One controller per out_dir: an exclusive flock on OUT_DIR/.controller.lock, held for the whole run.
+
+    The kernel drops a flock when its process dies, however it dies (kill -9 included), so a lock that can be
+    taken is never held by a live controller; only then are the study journal's leftovers repaired.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / CONTROLLER_LOCK
+        self._fd: int | None = None
+
+    def acquire(self) -> "ControllerLock":
+        import fcntl
+        import os
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise FlashsearchError(
+                f"{self.path.parent} is in use by another flashsearch run (pid {holder}); wait for it to finish, "
+                "stop it, or choose another out_dir=...") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        import os
+
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock; the file stays (harmless, reused next time)
+            self._fd = None
+
+    def __enter__(self) -> "ControllerLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def repair_journal(path: Path) -> list[str]:
+    """Make a journal left by a killed controller safe to append to; returns notes on what was repaired.
+
+    Call only while holding the ControllerLock (no other writer). Two leftovers are possible:
+    - Optuna's writer lock (`<journal>.lock`, a symlink or file) if the process died inside append_logs:
+      Optuna would wait its 30 s grace period and then break it; nobody holds it, so it is removed now.
+    - a last line without its newline if the process died mid-write: Optuna skips it on read but a later
+      append would glue onto it and corrupt the journal, so the partial line (an unfinished write, never
+      acknowledged) is cut off.
+    """
+    import os
+
+    notes: list[str] = []
+    lock = Path(str(path) + ".lock")
+    if lock.is_symlink() or lock.exists():
+        lock.unlink()
+        notes.append(f"removed a stale journal lock {lock.name} left by a stopped run")
+    for leftover in path.parent.glob(path.name + ".lock*.rename"):
+        leftover.unlink(missing_ok=True)
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 1))
+            if f.read(1) != b"\n":
+                f.seek(0)
+                data = f.read()
+                keep = data.rfind(b"\n") + 1
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+                notes.append(f"cut an unfinished last write ({size - keep} bytes) from {path.name}")
+    return notes
+
+
 def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> Any:
     import optuna
     from optuna.storages import JournalStorage
@@ -88,9 +166,17 @@ def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> 
     path = out_dir / STUDY_FILE
     if force_new and path.exists():
         path.unlink()
-    storage = JournalStorage(JournalFileBackend(str(path)))
-    study = optuna.create_study(study_name=cfg.name, storage=storage, directions=["minimize", "minimize"],
-                                sampler=sampler, load_if_exists=True)
+    try:
+        storage = JournalStorage(JournalFileBackend(str(path)))
+        if cfg.name in optuna.get_all_study_names(storage):  # load first: create_study would append a no-op
+            study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
+        else:
+            study = optuna.create_study(study_name=cfg.name, storage=storage, directions=["minimize", "minimize"],
+                                        sampler=sampler)
+    except (ValueError, UnicodeDecodeError) as e:  # a line that is not JSON: damaged by hand or by the disk
+        raise FlashsearchError(
+            f"{path} is damaged and cannot be read ({type(e).__name__}: {e}); move it away, or pass --force-new "
+            "to start this out_dir over") from None
     mine = json.loads(json.dumps(fingerprint(cfg)))
     theirs = study.user_attrs.get(FINGERPRINT_ATTR)
     if theirs is None:
@@ -118,28 +204,60 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         print(f"note: {note}", file=stream)
     sampler = make_sampler(cfg, space, predictor)
 
+    if cfg.logger == "wandb":
+        from flashsearch.logging_wandb import require_wandb
+
+        require_wandb()  # a missing package is a user error before anything is written
+
     out_dir = Path(cfg.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise FlashsearchError(f"out_dir {out_dir} exists and is not a directory; choose another out_dir=...")
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = ControllerLock(out_dir)
     try:
+        lock.acquire()
+        for note in repair_journal(out_dir / STUDY_FILE):
+            print(f"note: {note}", file=stream)
         study = open_study(cfg, out_dir, sampler, force_new)
     except FlashsearchError:
+        lock.release()
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    try:
+        return _search(cfg, study, space, seeds, out_dir, stream, t0)
+    finally:
+        lock.release()
+
+
+def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir: Path, stream: TextIO,
+            t0: float) -> RunResult:
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     from flashsearch.progress import Progress
     from flashsearch.search.driver import run_search
 
-    progress = Progress(total=cfg.search.trials, stream=stream)
-    summary = run_search(
-        study, space, CandidateEvaluator(cfg), n_trials=cfg.search.trials, workers=cfg.search.workers,
-        ray_address=cfg.ray.address, num_cpus_per_trial=cfg.ray.num_cpus_per_trial,
-        num_gpus_per_trial=cfg.ray.num_gpus_per_trial, seeds=seeds, progress=progress,
-        max_failures=cfg.search.max_failures, target_latency=cfg.search.target_latency)
+    progress: Any = Progress(total=cfg.search.trials, stream=stream)
+    logger = None
+    if cfg.logger == "wandb":
+        from flashsearch.logging_wandb import Tee, WandbLogger
+
+        logger = WandbLogger(name=cfg.name, out_dir=out_dir, config=to_dict(cfg))
+        progress = Tee(progress, logger)
+    try:
+        summary = run_search(
+            study, space, CandidateEvaluator(cfg), n_trials=cfg.search.trials, workers=cfg.search.workers,
+            ray_address=cfg.ray.address, num_cpus_per_trial=cfg.ray.num_cpus_per_trial,
+            num_gpus_per_trial=cfg.ray.num_gpus_per_trial, seeds=seeds, progress=progress,
+            max_failures=cfg.search.max_failures, target_latency=cfg.search.target_latency,
+            trial_timeout_s=cfg.search.trial_timeout_s, retries=cfg.search.retries)
+    except BaseException:
+        if logger is not None:
+            logger.finish(exit_code=1)
+        raise
+    if logger is not None:
+        logger.finish(study, target_latency=cfg.search.target_latency)
 
     from flashsearch.export import export_top
     from flashsearch.report import write_report

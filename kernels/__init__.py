@@ -14,10 +14,12 @@ from .attention import Attention, KVCache, SlidingWindowAttention
 from .base import DecodeCost, Operator, resolve_options
 from .deltanet import DeltaNet, DeltaNetState, delta_rule_chunked, delta_rule_step
 from .ffn import FFN
+from .gated_deltanet import GatedDeltaNet, GatedDeltaNetState, gated_delta_rule_chunked, gated_delta_rule_step
+from .gla import GLA, GLAState, gla_chunked, gla_step
 from .mamba2 import Mamba2, Mamba2State, ssd_chunked, ssd_step
 
 OPERATOR_CLASSES: dict[str, type[Operator]] = {
-    cls.name: cls for cls in (Attention, SlidingWindowAttention, Mamba2, DeltaNet, FFN)
+    cls.name: cls for cls in (Attention, SlidingWindowAttention, Mamba2, DeltaNet, GatedDeltaNet, GLA, FFN)
 }
 
 
@@ -48,5 +50,7 @@ def decode_cost(genome: Genome, layer_type: str, context: int) -> DecodeCost:
 __all__ = [
     "OPERATORS", "OPERATOR_CLASSES", "operator_class", "build_operator", "decode_cost", "resolve_options",
     "Operator", "DecodeCost", "Attention", "SlidingWindowAttention", "KVCache", "Mamba2", "Mamba2State",
-    "ssd_chunked", "ssd_step", "DeltaNet", "DeltaNetState", "delta_rule_chunked", "delta_rule_step", "FFN",
+    "ssd_chunked", "ssd_step", "DeltaNet", "DeltaNetState", "delta_rule_chunked", "delta_rule_step",
+    "GatedDeltaNet", "GatedDeltaNetState", "gated_delta_rule_chunked", "gated_delta_rule_step", "GLA", "GLAState",
+    "gla_chunked", "gla_step", "FFN",
 ]

@@ -99,11 +99,12 @@ def test_failed_evaluations_are_recorded_and_the_search_goes_on():
     assert states(study)["COMPLETE"] == 10
     assert failed and summary.failed == len(failed)
     reasons = {t.user_attrs["error"] for t in failed}
-    assert reasons <= {"loss diverged (nan) at step 12", "RuntimeError: CUDA out of memory."}
+    assert reasons <= {"loss diverged (nan) at step 12", "out of memory: RuntimeError: CUDA out of memory."}
     for t in failed:
         assert "\n" not in t.user_attrs["error"]
         assert t.values is None
-        if t.user_attrs["error"].startswith("RuntimeError"):
+        if t.user_attrs["error"].startswith("out of memory"):
+            assert t.user_attrs["error_kind"] == "oom"
             assert "Traceback" in t.user_attrs["error_detail"]
 
 

@@ -10,6 +10,17 @@ threads in this process when `ray_address="local"` (for tests and debugging; no 
 
 One controller per study: on start, trials left RUNNING by a controller that died are failed as
 "interrupted (controller stopped)" and their params re-enqueued, so they run again.
+
+Faults never stop the search; each becomes a FAILED trial whose `error` says why and whose `error_kind` is one of
+    rejected        the evaluator raised TrialFailed (it judged the candidate unusable)
+    invalid_result  non-finite / missing loss or latency
+    error           any other exception in the evaluator (first line kept, traceback in `error_detail`)
+    oom             MemoryError, torch's OutOfMemoryError / "CUDA out of memory", Ray's memory monitor
+    timeout         the trial ran past `trial_timeout_s` and was cancelled (the Ray worker is killed)
+    worker_died     the worker process died (killed, segfault, node lost)
+With `retries=N`, a trial that failed for a transient kind (error, oom, timeout, worker_died) is enqueued again
+with the same params, at most N times per genome; the new trial records `retry_of` (the failed trial number) and
+`attempt` (1 = first try). rejected / invalid_result are deterministic verdicts and are not retried.
 """
 
 from __future__ import annotations
@@ -19,7 +30,8 @@ import math
 import time
 import traceback
 import warnings
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Mapping, Protocol, Sequence
 
@@ -38,6 +50,7 @@ LOCAL = "local"  # ray_address value that runs workers as threads in this proces
 SEEDS_ATTR = "flashsearch:seeds_enqueued"
 INTERRUPTED = "interrupted (controller stopped)"
 _RESERVED = ("loss", "latency", "latency_source")
+RETRYABLE = frozenset({"error", "oom", "timeout", "worker_died"})
 
 
 @dataclass
@@ -48,6 +61,7 @@ class SearchSummary:
     cached: int = 0                 # completed from an identical genome's result in this run
     failed: int = 0                 # failed in this run
     recovered: int = 0              # orphaned RUNNING trials failed and re-enqueued at start
+    retried: int = 0                # failed trials re-enqueued (search.retries) in this run
     stopped: str = "completed"      # completed | max_failures | timeout | interrupted
     elapsed_s: float = 0.0
     best_number: int | None = None
@@ -88,17 +102,30 @@ def one_line(text: str, limit: int = 300) -> str:
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
+def is_oom(exc: BaseException) -> bool:
+    """MemoryError, torch.cuda.OutOfMemoryError (any *OutOfMemoryError), or a RuntimeError saying so."""
+    if isinstance(exc, MemoryError) or type(exc).__name__.endswith("OutOfMemoryError"):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+
 def _run_evaluator(evaluator: Evaluator, genome_json: str) -> dict[str, Any]:
     """Runs on the worker. Never raises: failures come back as data, so nothing depends on pickling exceptions."""
     t0 = time.perf_counter()
     try:
         result = evaluator(genome_json)
+        if not isinstance(result, Mapping):
+            return {"ok": True, "result": result, "seconds": time.perf_counter() - t0}
         return {"ok": True, "result": dict(result), "seconds": time.perf_counter() - t0}
     except TrialFailed as e:
-        return {"ok": False, "error": one_line(e.reason) or "TrialFailed", "seconds": time.perf_counter() - t0}
+        return {"ok": False, "kind": "rejected", "error": one_line(e.reason) or "TrialFailed",
+                "seconds": time.perf_counter() - t0}
     except Exception as e:  # any evaluator bug or resource error is this trial's failure, not the search's
-        return {"ok": False, "error": one_line(f"{type(e).__name__}: {e}"), "seconds": time.perf_counter() - t0,
-                "detail": traceback.format_exc()[-2000:]}
+        oom = is_oom(e)
+        text = one_line(f"{type(e).__name__}: {e}")
+        return {"ok": False, "kind": "oom" if oom else "error", "error": f"out of memory: {text}" if oom else text,
+                "seconds": time.perf_counter() - t0, "detail": traceback.format_exc()[-2000:]}
 
 
 # ---- worker backends -------------------------------------------------------------------------------------
@@ -110,14 +137,30 @@ class _Backend(Protocol):
 
 
 class _ThreadBackend:
-    """Workers as threads of this process (ray_address="local")."""
+    """Workers as threads of this process (ray_address="local").
+
+    One daemon thread per task (the driver keeps at most W in flight): a thread cannot be killed, so a trial
+    that times out is failed and its thread abandoned; it no longer counts against W and cannot block exit.
+    """
 
     def __init__(self, evaluator: Evaluator, workers: int) -> None:
         self._evaluator = evaluator
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flashsearch-worker")
+        self._n = 0
 
     def submit(self, genome_json: str) -> Future:
-        return self._pool.submit(_run_evaluator, self._evaluator, genome_json)
+        fut: Future = Future()
+        fut.set_running_or_notify_cancel()
+
+        def work() -> None:
+            try:
+                fut.set_result(_run_evaluator(self._evaluator, genome_json))
+            except BaseException as e:  # noqa: BLE001 - _run_evaluator never raises; belt and braces
+                fut.set_result({"ok": False, "kind": "error", "error": one_line(f"{type(e).__name__}: {e}"),
+                                "seconds": 0.0})
+
+        self._n += 1
+        threading.Thread(target=work, name=f"flashsearch-worker-{self._n}", daemon=True).start()
+        return fut
 
     def wait_one(self, handles: Sequence[Future], timeout: float | None) -> tuple[Future, dict] | None:
         done, _ = wait(handles, timeout=timeout, return_when=FIRST_COMPLETED)
@@ -127,10 +170,10 @@ class _ThreadBackend:
         return fut, fut.result()
 
     def cancel(self, handle: Future) -> None:
-        handle.cancel()  # a running thread cannot be stopped; its result is ignored
+        pass  # a running thread cannot be stopped; its result is ignored
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        pass
 
 
 class _RayBackend:
@@ -166,7 +209,7 @@ class _RayBackend:
         try:
             return ref, self._ray.get(ref)
         except Exception as e:  # worker died, out of memory, task cancelled, node lost ...
-            return ref, {"ok": False, "error": one_line(f"worker error: {type(e).__name__}: {e}"), "seconds": 0.0}
+            return ref, ray_failure(e)
 
     def cancel(self, handle: Any) -> None:
         try:
@@ -179,12 +222,30 @@ class _RayBackend:
             self._ray.shutdown()
 
 
+def ray_failure(exc: BaseException) -> dict[str, Any]:
+    """A Ray-level failure (the task never returned) as an outcome: worker died / out of memory / other."""
+    from ray import exceptions as rx
+
+    name = type(exc).__name__
+    died = tuple(getattr(rx, n) for n in ("WorkerCrashedError", "LocalRayletDiedError", "NodeDiedError",
+                                          "ActorDiedError", "RaySystemError") if hasattr(rx, n))
+    if isinstance(exc, getattr(rx, "OutOfMemoryError", ())) or is_oom(exc):
+        return {"ok": False, "kind": "oom", "seconds": 0.0,
+                "error": one_line(f"out of memory: the worker was killed ({name}: {exc})")}
+    if isinstance(exc, died):
+        return {"ok": False, "kind": "worker_died", "seconds": 0.0,
+                "error": one_line(f"worker died ({name}): {exc}")}
+    return {"ok": False, "kind": "error", "seconds": 0.0, "error": one_line(f"worker error: {name}: {exc}")}
+
+
 # ---- the driver ------------------------------------------------------------------------------------------
 @dataclass
 class _Pending:
     trial: Trial
     genome: Genome
     started: float
+    deadline: float = math.inf      # monotonic time after which the trial is cancelled (trial_timeout_s)
+    attempt: int = 1                # 1 = first try; retries count up
 
 
 @dataclass
@@ -223,7 +284,10 @@ class _Run:
     cached: int = 0
     failed: int = 0
     running: int = 0
+    retried: int = 0
     last_error: str | None = None
+    trial_timeout_s: float | None = None
+    retries: int = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -266,6 +330,8 @@ def run_search(
     max_failures: int | None = None,
     timeout_s: float | None = None,
     target_latency: float | None = None,
+    trial_timeout_s: float | None = None,
+    retries: int = 0,
 ) -> SearchSummary:
     """Run until the study holds `n_trials` COMPLETE trials (earlier runs count), W=`workers` in flight.
 
@@ -273,6 +339,8 @@ def run_search(
     anything) on failure. seeds: space params enqueued once per study (ahead of sampled trials).
     max_failures: failures in this run before stopping early (default max(10, n_trials)).
     timeout_s: no new trials after this many seconds; trials in flight are finished.
+    trial_timeout_s: a trial running longer is cancelled (its Ray worker killed) and FAILED "timeout after N s".
+    retries: re-run a trial that failed for a transient reason (see module doc) up to this many times.
     target_latency: only for the "best so far" shown in progress (defaults to the sampler's target, if any).
     """
     _check_study(study)
@@ -284,12 +352,17 @@ def run_search(
             space.validate(p)
         except FlashsearchError as e:
             raise FlashsearchError(f"seed {i}: {e}") from None
+    if trial_timeout_s is not None and not (trial_timeout_s > 0):
+        raise FlashsearchError(f"search.trial_timeout_s must be a positive number of seconds, got {trial_timeout_s}")
+    if retries < 0:
+        raise FlashsearchError(f"search.retries must be >= 0, got {retries}")
     budget = max(10, n_trials) if max_failures is None else int(max_failures)
     if target_latency is None:
         target_latency = getattr(study.sampler, "target_latency", None)
 
-    run = _Run(n_trials=n_trials, t0=time.monotonic(), progress=progress, best=_Best(target_latency))
-    recovered = recover_orphans(study)
+    run = _Run(n_trials=n_trials, t0=time.monotonic(), progress=progress, best=_Best(target_latency),
+               trial_timeout_s=None if trial_timeout_s is None else float(trial_timeout_s), retries=int(retries))
+    recovered = recover_orphans(study, space)
     enqueue_seeds(study, seeds)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         _remember(run, t)
@@ -325,15 +398,26 @@ def run_search(
                 run.running = 0
             if not in_flight:
                 break
-            wait_s = None if deadline is None or stopped else max(0.0, deadline - time.monotonic())
+            wake = min([p.deadline for p in in_flight.values()]
+                       + ([deadline] if deadline is not None and not stopped else []))
+            wait_s = None if wake == math.inf else max(0.0, wake - time.monotonic())
             got = backend.wait_one(list(in_flight), wait_s)
             if got is None:
-                stopped = "timeout"  # deadline passed while waiting: finish what is in flight, ask nothing new
-                continue
-            handle, outcome = got
-            pending = in_flight.pop(handle)
-            run.running = len(in_flight)
-            _tell(study, run, pending, outcome)
+                now = time.monotonic()
+                expired = [(h, p) for h, p in in_flight.items() if p.deadline <= now]
+                for handle, p in expired:  # per-trial timeout: kill the task, fail the trial, go on
+                    backend.cancel(handle)
+                    del in_flight[handle]
+                    run.running = len(in_flight)
+                    _tell(study, run, p, {"ok": False, "kind": "timeout", "seconds": now - p.started,
+                                          "error": f"timeout after {run.trial_timeout_s:g} s (search.trial_timeout_s)"})
+                if not expired and deadline is not None and now >= deadline:
+                    stopped = "timeout"  # deadline passed while waiting: finish what is in flight, ask nothing new
+            else:
+                handle, outcome = got
+                pending = in_flight.pop(handle)
+                run.running = len(in_flight)
+                _tell(study, run, pending, outcome)
             if run.failed > budget:
                 stopped = "max_failures"
     except KeyboardInterrupt:
@@ -359,6 +443,7 @@ def _check_study(study: optuna.Study) -> None:
 def _finish(run: _Run, summary: SearchSummary, stopped: str) -> SearchSummary:
     summary.complete, summary.evaluated, summary.cached = run.complete, run.evaluated, run.cached
     summary.failed, summary.last_error, summary.stopped = run.failed, run.last_error, stopped
+    summary.retried = run.retried
     summary.elapsed_s = run.elapsed()
     if run.best.number is not None:
         summary.best_number, summary.best_loss, summary.best_latency = (
@@ -387,7 +472,8 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: _
         # Baseline samplers (TPE, NSGA-II, random) may propose points outside the space's limits: repair.
         genome = space.decode(space.repair(dict(trial.params)))
     except Exception as e:
-        _fail(study, run, trial, one_line(f"cannot decode params into a genome: {type(e).__name__}: {e}"))
+        _fail(study, run, trial, one_line(f"cannot decode params into a genome: {type(e).__name__}: {e}"),
+              "invalid_params")
         return
     trial.set_user_attr("genome", genome.to_json())
     trial.set_user_attr("genome_id", genome.id)
@@ -403,27 +489,39 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: _
         run.cached += 1
         _remember(run, frozen)
         run.emit("trial_cached", number=trial.number, loss=hit.values[0], latency=hit.values[1],
-                 latency_source=hit.latency_source, cached_from=hit.number)
+                 latency_source=hit.latency_source, cached_from=hit.number, **_about(genome, trial.params))
         return
-    in_flight[backend.submit(genome.to_json())] = _Pending(trial, genome, time.monotonic())
+    attempt = int(trial.user_attrs.get("attempt", 1))
+    started = time.monotonic()
+    deadline = math.inf if run.trial_timeout_s is None else started + run.trial_timeout_s
+    in_flight[backend.submit(genome.to_json())] = _Pending(trial, genome, started, deadline, attempt)
     run.running = len(in_flight)
-    run.emit("trial_started", number=trial.number)
+    run.emit("trial_started", number=trial.number, **_about(genome, trial.params))
+
+
+def _about(genome: Genome, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What progress listeners (the W&B logger) get to know about a trial's candidate."""
+    return {"genome_id": genome.id, "summary": genome.summary(), "params": dict(params),
+            "d_model": genome.d_model, "n_layers": genome.n_layers}
 
 
 def _tell(study: optuna.Study, run: _Run, pending: _Pending, outcome: Mapping[str, Any]) -> None:
     trial = pending.trial
     seconds = float(outcome.get("seconds", time.monotonic() - pending.started))
+    about = _about(pending.genome, trial.params)
     if not outcome.get("ok"):
         if outcome.get("detail"):
             trial.set_user_attr("error_detail", str(outcome["detail"]))
         trial.set_user_attr("eval_seconds", seconds)
-        _fail(study, run, trial, str(outcome.get("error") or "unknown error"))
+        kind = str(outcome.get("kind") or "error")
+        _fail(study, run, trial, str(outcome.get("error") or "unknown error"), kind, about)
+        _maybe_retry(study, run, pending, kind)
         return
     result = outcome["result"]
     problem = _check_result(result)
     if problem is not None:
         trial.set_user_attr("eval_seconds", seconds)
-        _fail(study, run, trial, problem)
+        _fail(study, run, trial, problem, "invalid_result", about)
         return
     loss, latency = float(result["loss"]), float(result["latency"])
     source = str(result["latency_source"])
@@ -433,7 +531,8 @@ def _tell(study: optuna.Study, run: _Run, pending: _Pending, outcome: Mapping[st
     frozen = study.tell(trial, [loss, latency])
     run.evaluated += 1
     _remember(run, frozen)
-    run.emit("trial_done", number=trial.number, loss=loss, latency=latency, latency_source=source)
+    run.emit("trial_done", number=trial.number, loss=loss, latency=latency, latency_source=source,
+             metrics=_extras(result), **about)
 
 
 def _extras(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -463,35 +562,57 @@ def _check_result(result: Any) -> str | None:
     return None
 
 
-def _fail(study: optuna.Study, run: _Run, trial: Trial, reason: str) -> None:
+def _fail(study: optuna.Study, run: _Run, trial: Trial, reason: str, kind: str = "error",
+          about: Mapping[str, Any] | None = None) -> None:
     trial.set_user_attr("error", reason)
+    trial.set_user_attr("error_kind", kind)
     study.tell(trial, state=TrialState.FAIL)
     run.failed += 1
     run.last_error = reason
-    run.emit("trial_failed", number=trial.number, reason=reason)
+    run.emit("trial_failed", number=trial.number, reason=reason, error_kind=kind, **(about or {}))
 
 
-def _abandon(study: optuna.Study, trial_id: int, reason: str) -> bool:
-    """FAIL an unfinished trial with `reason` and enqueue its params again so a later run re-evaluates it."""
+def _maybe_retry(study: optuna.Study, run: _Run, pending: _Pending, kind: str) -> None:
+    """Enqueue the failed trial's params again (retry_of, attempt + 1) if retries are left for this kind."""
+    if kind not in RETRYABLE or pending.attempt > run.retries:
+        return
+    number = pending.trial.number
+    study.enqueue_trial(dict(pending.trial.params), user_attrs={"retry_of": number, "attempt": pending.attempt + 1})
+    run.retried += 1
+
+
+def _abandon(study: optuna.Study, trial_id: int, reason: str, expected: Iterable[str] | None = None) -> bool:
+    """FAIL an unfinished trial with `reason` and enqueue its params again so a later run re-evaluates it
+    (unless it was stopped while being asked: then its params may be half-written; `expected` = the space's
+    parameter names, to recognise complete params of a trial whose genome attribute was not yet written)."""
     t = study._storage.get_trial(trial_id)
     if t.state.is_finished():
         return False
     study._storage.set_trial_user_attr(trial_id, "error", reason)
+    study._storage.set_trial_user_attr(trial_id, "error_kind", "interrupted")
     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     params = t.system_attrs.get("fixed_params") or t.params
-    if params:
-        study.enqueue_trial(dict(params), user_attrs={"retry_of": t.number})
+    complete = "genome" in t.user_attrs or "fixed_params" in t.system_attrs or (
+        expected is not None and set(expected) <= set(params or {}))
+    if not complete:
+        # Stopped while being asked (before its genome was decided, params possibly half-written): nothing to
+        # re-run; the sampler proposes afresh.
+        return True
+    if params:  # an interrupted attempt does not count as one: keep its attempt number
+        study.enqueue_trial(dict(params), user_attrs={"retry_of": t.number,
+                                                      "attempt": int(t.user_attrs.get("attempt", 1))})
     return True
 
 
-def recover_orphans(study: optuna.Study) -> int:
+def recover_orphans(study: optuna.Study, space: SearchSpace | None = None) -> int:
     """Fail trials left RUNNING by a controller that stopped, and re-enqueue them; returns how many.
 
     Assumes one controller per study (the run dir's): a RUNNING trial at start has nobody working on it.
     WAITING trials (enqueued seeds / retries) need nothing: the next ask pops them.
     """
     orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    return sum(_abandon(study, t._trial_id, INTERRUPTED) for t in orphans)
+    expected = None if space is None else list(space.distributions())
+    return sum(_abandon(study, t._trial_id, INTERRUPTED, expected) for t in orphans)
 
 
 def enqueue_seeds(study: optuna.Study, seeds: Sequence[Mapping[str, Any]]) -> int:

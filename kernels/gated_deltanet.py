@@ -1,0 +1,278 @@
+"""Gated DeltaNet (Yang, Kautz, Hatamizadeh 2024): the delta rule with a data-dependent scalar decay per head.
+
+Per head, with state S [dk, dv], L2-normalized key k_t, query q_t, write strength beta_t in (0, 1) and
+log-decay g_t <= 0 (alpha_t = exp(g_t)):
+    S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T
+        = alpha_t S_{t-1} + beta_t k_t (v_t - alpha_t S_{t-1}^T k_t)^T
+    o_t = S_t^T (scale * q_t)
+Training uses the chunked WY / UT form with the decay folded in. Inside a chunk with entering state S_0 and
+inclusive cumulative log-decay G_i = g_1 + ... + g_i, the corrected values u solve one unit lower-triangular
+system whose off-diagonal entries carry exp(G_i - G_j) <= 1, so the whole chunk is a few batched matmuls and
+only S is carried from chunk to chunk (a loop over chunks, never over tokens). Every exponent is a
+difference G_i - G_j with j <= i, or G_i itself, so nothing can overflow however strong the decay.
+
+Layer (as fla's GatedDeltaNet): q/k/v projections -> short causal conv + SiLU -> L2-norm(q, k);
+beta = sigmoid(b_proj x); g = -exp(A_log) * softplus(a_proj x + dt_bias); output RMSNorm per head times
+SiLU(g_proj x) (use_output_gate); o_proj. On CUDA, fla's chunk kernel replaces the torch core when it imports.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashsearch.genome import Genome
+
+from ._common import (RMSNorm, ShortConv, acc_dtype, causal_conv1d, conv_cache, conv_step, fused_linear, int_option,
+                      l2norm, layer_cost, option_error, pad_time)
+from .base import DecodeCost, Operator, resolve_options
+
+
+# ---- option helpers shared with gla.py ---------------------------------------------------------------------
+def bool_option(op: str, opts: Mapping[str, Any], key: str) -> bool:
+    """opts[key] as a bool (a real bool, not 0/1 or "true"), or a FlashsearchError naming operator and option."""
+    value = opts[key]
+    if not isinstance(value, bool):
+        raise option_error(op, key, value, "must be true or false")
+    return value
+
+
+def ratio_option(op: str, opts: Mapping[str, Any], key: str, base: int, base_name: str) -> int:
+    """int(opts[key] * base) for a positive ratio whose product with `base` is a whole number."""
+    value = opts[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise option_error(op, key, value, "must be a positive number")
+    n = value * base
+    if not math.isclose(n, round(n), rel_tol=0, abs_tol=1e-6):
+        raise option_error(op, key, value, f"must make {key} * {base_name} (= {value} * {base}) a whole number")
+    return int(round(n))
+
+
+@functools.lru_cache(maxsize=None)
+def fla_kernel(module: str, fn: str) -> Callable[..., Any] | None:
+    """fla's Triton kernel `module.fn`, or None without CUDA or without fla (the torch form is the fallback)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return getattr(__import__(module, fromlist=[fn]), fn)
+    except Exception:  # noqa: BLE001 - any import problem (no fla, no triton, ABI mismatch) means "no fast path"
+        return None
+
+
+# ---- the gated delta-rule core ---------------------------------------------------------------------------------
+def gated_delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                             chunk_size: int = 64, scale: float | None = None,
+                             initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked gated delta rule. q, k [b, h, t, dk] (k L2-normalized by the caller); v [b, h, t, dv];
+    g [b, h, t] log-decay (<= 0); beta [b, h, t]; scale defaults to dk**-0.5 (applied to q);
+    initial_state [b, h, dk, dv] or None. Returns o [b, h, t, dv] and the final state [b, h, dk, dv].
+    Same maths as fla.ops.gated_delta_rule.naive (which takes [b, t, h, d])."""
+    b, h, t, dk = q.shape
+    dv = v.shape[-1]
+    L = chunk_size
+    q = q * (dk ** -0.5 if scale is None else scale)
+    # Zero padding at the end is exact: g = 0 (no decay), k = 0 and beta = 0 leave S unchanged.
+    q, k, v, g, beta = (pad_time(z, L, 2) for z in (q, k, v, g, beta))
+    nc = q.shape[2] // L
+    q, k, v = (z.view(b, h, nc, L, z.shape[-1]) for z in (q, k, v))          # [b, h, nc, L, d]
+    # Inclusive log-decay in the chunk, in fp64: exponents are differences G_i - G_j of nearby tokens, small
+    # while G itself grows with every token of strong decay; in fp32 each would lose |G| * 6e-8.
+    G = g.view(b, h, nc, L).to(torch.float64).cumsum(-1)
+    beta = beta.view(b, h, nc, L, 1)
+
+    # decay[i, j] = exp(G_i - G_j) for j <= i, else 0. Mask before exp: G_i - G_j > 0 above the diagonal.
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    decay = (G[..., :, None] - G[..., None, :]).masked_fill(~causal, -math.inf).to(q.dtype).exp()  # [b,h,nc,L,L]
+    gamma = G.to(q.dtype).exp()[..., None]                                     # [b, h, nc, L, 1], since chunk start
+
+    # UT transform with decay: (I + strict_tril(diag(beta) K K^T * decay)) [W | U] = [diag(beta gamma) K | diag(beta) V]
+    # gives the corrected values u_c = U_c - W_c S for the state S entering chunk c.
+    kb = k * beta
+    A = (kb @ k.transpose(-1, -2)) * decay                                     # diagonal ignored (unitriangular)
+    WU = torch.linalg.solve_triangular(A, torch.cat([kb * gamma, v * beta], dim=-1), upper=False,
+                                       unitriangular=True)
+    W, U = WU.split([dk, dv], dim=-1)                                          # [b, h, nc, L, dk], [.., dv]
+    qk = (q @ k.transpose(-1, -2)) * decay                                     # [b, h, nc, L, L] causal, decayed
+    q_in = q * gamma                                                           # queries reading the entering S
+    k_out = k * (G[..., -1:] - G).to(q.dtype).exp()[..., None]                 # keys decayed to the chunk end
+    chunk_decay = G[..., -1].to(q.dtype).exp()[..., None, None]                # [b, h, nc, 1, 1]
+
+    S = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(q.dtype)
+    outs = []
+    for q_c, k_c, W_c, U_c, qk_c, a_c in zip(*(z.unbind(2) for z in (q_in, k_out, W, U, qk, chunk_decay))):
+        u = U_c - W_c @ S                                                      # [b, h, L, dv]
+        outs.append(q_c @ S + qk_c @ u)                                        # [b, h, L, dv]
+        S = a_c * S + k_c.transpose(-1, -2) @ u                                # [b, h, dk, dv]
+    o = torch.stack(outs, dim=2).view(b, h, nc * L, dv)[:, :, :t]
+    return o, S
+
+
+def gated_delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                          state: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One recurrent step. q, k [b, h, dk]; v [b, h, dv]; g, beta [b, h]; state [b, h, dk, dv]."""
+    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    state = state * g.exp()[..., None, None]                                  # decay first
+    old = (k.unsqueeze(-2) @ state).squeeze(-2)                                # S^T k: [b, h, dv]
+    u = beta[..., None] * (v - old)
+    state = state + k[..., :, None] * u[..., None, :]                          # rank-1 update
+    o = (q.unsqueeze(-2) @ state).squeeze(-2)                                  # [b, h, dv]
+    return o, state
+
+
+# ---- the layer -------------------------------------------------------------------------------------------------
+@dataclass
+class GatedDeltaNetState:
+    """conv: last conv_size-1 inputs of the q|k|v convs, [B, 2*H*dk + H*dv, K-1]; S: [B, H, dk, dv] (>= fp32)."""
+
+    conv: torch.Tensor
+    S: torch.Tensor
+
+
+class GatedDeltaNet(Operator):
+    """Gated DeltaNet token mixer: n_heads x head_dim keys/queries, head_dim * expand_v values per head."""
+
+    name: ClassVar[str] = "gated_deltanet"
+    defaults: ClassVar[Mapping[str, Any]] = {"conv_size": 4, "chunk_size": 64, "expand_v": 1.0,
+                                             "use_output_gate": True}
+    readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
+    writers: ClassVar[tuple[str, ...]] = ("o_proj",)
+
+    @classmethod
+    def dims(cls, genome: Genome) -> dict[str, Any]:
+        """Validated sizes and flags: n_heads, head_k_dim, head_v_dim, conv_size, chunk_size, use_output_gate."""
+        opts = resolve_options(cls, genome)
+        return {"n_heads": genome.n_heads, "head_k_dim": genome.head_dim,
+                "head_v_dim": ratio_option(cls.name, opts, "expand_v", genome.head_dim, "head_dim"),
+                "conv_size": int_option(cls.name, opts, "conv_size"),
+                "chunk_size": int_option(cls.name, opts, "chunk_size"),
+                "use_output_gate": bool_option(cls.name, opts, "use_output_gate")}
+
+    def __init__(self, genome: Genome, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
+        super().__init__(genome)
+        m = self.dims(genome)
+        self.n_heads, self.head_k_dim, self.head_v_dim = m["n_heads"], m["head_k_dim"], m["head_v_dim"]
+        self.conv_size, self.chunk_size, self.use_output_gate = m["conv_size"], m["chunk_size"], m["use_output_gate"]
+        d = genome.d_model
+        self.key_dim, self.value_dim = self.n_heads * self.head_k_dim, self.n_heads * self.head_v_dim
+        self.q_proj = nn.Linear(d, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.value_dim, bias=False)
+        self.a_proj = nn.Linear(d, self.n_heads, bias=False)                  # -> decay rate
+        self.b_proj = nn.Linear(d, self.n_heads, bias=False)                  # -> beta
+        # Mamba2-style decay parameters: A in [1, 16] (fla draws (0, 16]; 1 keeps log finite), dt log-uniform.
+        self.A_log = nn.Parameter(torch.empty(self.n_heads).uniform_(1, 16).log())
+        dt = torch.exp(torch.rand(self.n_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))        # inverse softplus of dt
+        self.q_conv1d = ShortConv(self.key_dim, self.conv_size, bias=False)
+        self.k_conv1d = ShortConv(self.key_dim, self.conv_size, bias=False)
+        self.v_conv1d = ShortConv(self.value_dim, self.conv_size, bias=False)
+        if self.use_output_gate:
+            self.g_proj = nn.Linear(d, self.value_dim, bias=False)
+        self.o_norm = RMSNorm(self.head_v_dim)
+        self.o_proj = nn.Linear(self.value_dim, d, bias=False)
+        # The CUDA fast path is resolved once here; forward uses it for CUDA inputs (set False to force torch).
+        self.use_fast_path = fla_kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule") is not None
+
+    def _conv_weight(self) -> torch.Tensor:
+        # The three convs run as one depthwise conv over the concatenated q|k|v channels (fewer kernels).
+        return torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
+
+    def _linears(self) -> tuple[nn.Linear, ...]:
+        gate = (self.g_proj,) if self.use_output_gate else ()
+        return (self.q_proj, self.k_proj, self.v_proj, self.a_proj, self.b_proj) + gate
+
+    def _gate(self, a: torch.Tensor) -> torch.Tensor:
+        """Log-decay g = -exp(A_log) * softplus(a + dt_bias) in >= fp32; a [..., H]."""
+        acc = acc_dtype(a.dtype)
+        return -self.A_log.to(acc).exp() * F.softplus(a.to(acc) + self.dt_bias.to(acc))
+
+    def _inputs(self, x: torch.Tensor, conv: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """x [B, T, D] -> q, k [B, T, H, dk] (conv+SiLU, L2-normed), v [B, T, H, dv], g, beta [B, T, H],
+        output gate [B, T, H, dv] or None, raw q|k|v [B, T, conv channels] (for the conv cache)."""
+        B, T, _ = x.shape
+        q, k, v, a, b, *z = fused_linear(x, *self._linears())
+        raw = torch.cat([q, k, v], dim=-1)
+        qkv = F.silu(causal_conv1d(raw, self._conv_weight(), None, conv))
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q = l2norm(q.view(B, T, self.n_heads, self.head_k_dim))
+        k = l2norm(k.view(B, T, self.n_heads, self.head_k_dim))
+        v = v.view(B, T, self.n_heads, self.head_v_dim)
+        gate = z[0].view(B, T, self.n_heads, self.head_v_dim) if z else None
+        return q, k, v, self._gate(a), torch.sigmoid(b), gate, raw
+
+    def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+              S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, T, H, d] inputs -> o [B, T, H, dv], final state [B, H, dk, dv] (>= fp32; None if S0 is None
+        on the fast path, which then skips writing it)."""
+        if self.use_fast_path and q.is_cuda:
+            fn = fla_kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
+            assert fn is not None
+            # Same [B, T, H, d] layout; fla accumulates in fp32 whatever q/k/v are.
+            return fn(q, k, v, g.float(), beta.to(q.dtype), initial_state=S0, output_final_state=S0 is not None)
+        acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
+        o, S = gated_delta_rule_chunked(*(z.transpose(1, 2).to(acc) for z in (q, k, v, g, beta)),
+                                        chunk_size=self.chunk_size, initial_state=S0)
+        return o.transpose(1, 2), S
+
+    def _out(self, o: torch.Tensor, gate: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """o [B, T, H, dv] -> [B, T, D]: per-head RMSNorm, times SiLU(gate) (fla's norm-then-gate), o_proj."""
+        B, T = o.shape[:2]
+        o = self.o_norm(o.to(dtype))
+        if gate is not None:
+            o = o * F.silu(gate)
+        return self.o_proj(o.reshape(B, T, self.value_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v, g, beta, gate, _ = self._inputs(x, None)
+        o, _ = self._core(q, k, v, g, beta, None)
+        return self._out(o, gate, x.dtype)
+
+    def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> GatedDeltaNetState:
+        return GatedDeltaNetState(
+            conv=torch.zeros(batch, 2 * self.key_dim + self.value_dim, self.conv_size - 1, device=device, dtype=dtype),
+            S=torch.zeros(batch, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
+                          dtype=acc_dtype(dtype)))
+
+    def prefill(self, x: torch.Tensor, state: GatedDeltaNetState) -> tuple[torch.Tensor, GatedDeltaNetState]:
+        q, k, v, g, beta, gate, raw = self._inputs(x, state.conv)
+        o, S = self._core(q, k, v, g, beta, state.S)
+        assert S is not None
+        return (self._out(o, gate, x.dtype),
+                GatedDeltaNetState(conv=conv_cache(raw, state.conv, self.conv_size), S=S.to(state.S.dtype)))
+
+    def step(self, x: torch.Tensor, state: GatedDeltaNetState) -> tuple[torch.Tensor, GatedDeltaNetState]:
+        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one decay + delta-rule update."""
+        B = x.shape[0]
+        q, k, v, a, b, *z = fused_linear(x[:, 0], *self._linears())
+        qkv, conv = conv_step(torch.cat([q, k, v], dim=-1), state.conv, self._conv_weight(), None)
+        q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        acc = state.S.dtype
+        q = l2norm(q.view(B, self.n_heads, self.head_k_dim)).to(acc)          # [B, H, dk]
+        k = l2norm(k.view(B, self.n_heads, self.head_k_dim)).to(acc)
+        v = v.view(B, self.n_heads, self.head_v_dim).to(acc)                   # [B, H, dv]
+        o, S = gated_delta_rule_step(q, k, v, self._gate(a).to(acc), torch.sigmoid(b).to(acc), state.S)
+        gate = z[0].view(B, 1, self.n_heads, self.head_v_dim) if z else None
+        return self._out(o[:, None], gate, x.dtype), GatedDeltaNetState(conv=conv, S=S)
+
+    @classmethod
+    def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
+        m = cls.dims(genome)
+        d, h, dk, dv, kc = genome.d_model, m["n_heads"], m["head_k_dim"], m["head_v_dim"], m["conv_size"]
+        key, val = h * dk, h * dv
+        conv = 2 * key + val
+        gemm = d * (conv + 2 * h) + (d * val if m["use_output_gate"] else 0) + val * d
+        weights = gemm + conv * kc + 2 * h + dv                     # + conv weights, A_log/dt_bias, norm gain
+        state = h * dk * dv + conv * (kc - 1)                      # recurrent state + conv window, read and rewritten
+        # decay S, S^T k, rank-1 update, S^T q; conv; l2norms, gate/sigmoid, gated RMSNorm.
+        flops = 2 * gemm + 2 * kc * conv + 7 * h * dk * dv + 6 * key + 8 * val + 10 * h
+        # Fused q|k|v|a|b|g GEMM, conv update + SiLU, fused recurrent gated delta rule (gate, l2norm, sigmoid
+        # inside), gated RMSNorm, o_proj.
+        return layer_cost(d, weights, state, state, flops, launches=5)

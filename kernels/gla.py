@@ -1,0 +1,294 @@
+"""Gated Linear Attention (Yang, Wang, Shen, Panda, Kim 2023): linear attention with a data-dependent decay per
+key channel.
+
+Per head, with state S [dk, dv] and log-decay vector gk_t <= 0 (alpha_t = exp(gk_t) per key channel):
+    S_t = diag(alpha_t) S_{t-1} + k_t v_t^T
+    o_t = S_t^T (scale * q_t)
+Chunked form: with G_i = gk_1 + ... + gk_i (inclusive, per channel) inside a chunk entering with state S_0,
+    o_i = (q_i * e^{G_i})^T S_0 + sum_{j<=i} [sum_c q_ic k_jc e^{G_ic - G_jc}] v_j
+    S_L = diag(e^{G_L}) S_0 + sum_j (k_j * e^{G_L - G_j}) v_j^T.
+The intra-chunk scores cannot be factored as (q e^G)(k e^{-G})^T: e^{-G} overflows under strong decay. They
+are built by halving instead (in the spirit of fla's secondary chunking): the second half of every block
+against its first half is one matmul with both sides taken relative to the boundary between them (both
+exponents <= 0), recursing down to single tokens (or to odd-sized blocks, done elementwise). Every
+exponent is <= 0, so long sequences and strong decays underflow to 0 instead of overflowing. Only the state
+recurrence loops over chunks.
+
+Layer (as fla's GatedLinearAttention): q, k (key dim = expand_k * d_model), v (expand_v * d_model), optional
+short conv + SiLU (off by default, as in fla); gk = logsigmoid(low-rank gk_proj x) / gate_logit_normalizer;
+output RMSNorm per head times SiLU(g_proj x) (use_output_gate); o_proj. On CUDA, fla's chunk_gla replaces
+the torch core when it imports.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashsearch.genome import Genome
+
+from ._common import (RMSNorm, ShortConv, acc_dtype, causal_conv1d, conv_cache, conv_step, float_option,
+                      fused_linear, int_option, layer_cost, option_error, pad_time)
+from .base import DecodeCost, Operator, resolve_options
+from .gated_deltanet import bool_option, fla_kernel, ratio_option
+
+
+# ---- the GLA core ------------------------------------------------------------------------------------------------
+def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """o_i = sum_{j<=i in the chunk} [sum_c q_ic k_jc e^{G_ic - G_jc}] v_j, computed stably.
+    q, k, G [..., L, dk] (G = inclusive cumulative log-decay); v [..., L, dv].
+
+    Halving: split every block of size m into halves; the second half's queries against the first half's keys
+    is one matmul with both sides taken relative to G at the end of the first half (q e^{G_i - G_ref} with
+    i after ref, k e^{G_ref - G_j} with j up to ref: both exponents <= 0). Then recurse into both halves, all
+    blocks of a level at once. Blocks of odd size m0 (1 when L is a power of two) are finished elementwise.
+    """
+    *lead, L, dk = q.shape
+    o = v.new_zeros(*lead, L, v.shape[-1])
+    m = L
+    while m % 2 == 0:
+        half, nb = m // 2, L // m
+        qb, kb, Gb = (z.view(*lead, nb, 2, half, dk) for z in (q, k, G))     # [.., nb, 2, half, dk]
+        vb = v.view(*lead, nb, 2, half, v.shape[-1])
+        ref = Gb[..., 0, -1:, :]                                                # [.., nb, 1, dk] end of 1st half
+        q_rel = qb[..., 1, :, :] * (Gb[..., 1, :, :] - ref).to(q.dtype).exp()  # [.., nb, half, dk]
+        k_rel = kb[..., 0, :, :] * (ref - Gb[..., 0, :, :]).to(q.dtype).exp()
+        cross = (q_rel @ k_rel.transpose(-1, -2)) @ vb[..., 0, :, :]            # [.., nb, half, dv]
+        # The cross term lands on the second halves only.
+        o = o + torch.stack([torch.zeros_like(cross), cross], dim=-3).view(o.shape)
+        m = half
+    # Remaining diagonal blocks of odd size m: materialize e^{G_i - G_j} (j <= i), masked before exp.
+    if m == 1:
+        return o + (q * k).sum(-1, keepdim=True) * v                           # e^0 = 1 on the diagonal
+    nb = L // m
+    qb, kb, Gb = (z.view(*lead, nb, m, dk) for z in (q, k, G))                # [.., nb, m, dk]
+    causal = torch.ones(m, m, dtype=torch.bool, device=q.device).tril()[:, :, None]
+    decay = (Gb[..., :, None, :] - Gb[..., None, :, :]).masked_fill(~causal, -math.inf).to(q.dtype).exp()
+    # decay: [.., nb, m, m, dk]
+    scores = (qb[..., :, None, :] * kb[..., None, :, :] * decay).sum(-1)      # [.., nb, m, m]
+    return o + (scores @ v.view(*lead, nb, m, v.shape[-1])).view(o.shape)
+
+
+def gla_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor, chunk_size: int = 64,
+                scale: float | None = None, initial_state: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked GLA. q, k, gk [b, h, t, dk] (gk = log-decay <= 0); v [b, h, t, dv]; scale defaults to dk**-0.5
+    (applied to q); initial_state [b, h, dk, dv] or None. Returns o [b, h, t, dv] and the final state
+    [b, h, dk, dv]. Same maths as fla.ops.gla.naive.naive_recurrent_gla (which takes [b, t, h, d])."""
+    b, h, t, dk = q.shape
+    dv = v.shape[-1]
+    L = chunk_size
+    q = q * (dk ** -0.5 if scale is None else scale)
+    # Zero padding at the end is exact: gk = 0 (no decay) and k = 0 leave S unchanged.
+    q, k, v, gk = (pad_time(z, L, 2) for z in (q, k, v, gk))
+    nc = q.shape[2] // L
+    q, k, v, gk = (z.view(b, h, nc, L, z.shape[-1]) for z in (q, k, v, gk))  # [b, h, nc, L, d]
+    # Inclusive per-channel log-decay, in fp64: exponents are differences G_i - G_j of nearby tokens, small
+    # while G itself grows with every token of strong decay; in fp32 each would lose |G| * 6e-8.
+    G = gk.to(torch.float64).cumsum(-2)
+
+    o = _intra_chunk(q, k, v, G)                                               # [b, h, nc, L, dv]
+
+    # -- inter-chunk: only the state recurrence is sequential ----------------------------------------------------
+    q_in = q * G.to(q.dtype).exp()                                             # queries reading the entering S
+    kv = (k * (G[..., -1:, :] - G).to(q.dtype).exp()).transpose(-1, -2) @ v    # [b, h, nc, dk, dv] chunk's writes
+    chunk_decay = G[..., -1, :].to(q.dtype).exp()[..., None]                   # [b, h, nc, dk, 1]
+    S = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(q.dtype)
+    entering = []
+    for kv_c, a_c in zip(kv.unbind(2), chunk_decay.unbind(2)):
+        entering.append(S)
+        S = a_c * S + kv_c
+    o = o + q_in @ torch.stack(entering, dim=2)                                # [b, h, nc, L, dv]
+    return o.view(b, h, nc * L, dv)[:, :, :t], S
+
+
+def gla_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor, state: torch.Tensor,
+             scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One recurrent step. q, k, gk [b, h, dk]; v [b, h, dv]; state [b, h, dk, dv]."""
+    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
+    state = state * gk.exp()[..., None] + k[..., :, None] * v[..., None, :]   # decay per key channel + write
+    o = (q.unsqueeze(-2) @ state).squeeze(-2)                                  # [b, h, dv]
+    return o, state
+
+
+# ---- the layer -------------------------------------------------------------------------------------------------
+@dataclass
+class GLAState:
+    """conv: last conv_size-1 inputs of the q|k|v convs, [B, 2*key_dim + value_dim, K-1] ([B, 0, K-1] without
+    short conv); S: [B, H, dk, dv] (>= fp32)."""
+
+    conv: torch.Tensor
+    S: torch.Tensor
+
+
+class GLA(Operator):
+    """GLA token mixer: n_heads heads over key dim expand_k * d_model and value dim expand_v * d_model."""
+
+    name: ClassVar[str] = "gla"
+    defaults: ClassVar[Mapping[str, Any]] = {"expand_k": 0.5, "expand_v": 1.0, "gate_low_rank_dim": 16,
+                                             "gate_logit_normalizer": 16, "use_output_gate": True,
+                                             "use_short_conv": False, "conv_size": 4, "chunk_size": 64}
+    readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
+    writers: ClassVar[tuple[str, ...]] = ("o_proj",)
+
+    @classmethod
+    def dims(cls, genome: Genome) -> dict[str, Any]:
+        """Validated sizes and flags (key_dim, value_dim, head_k_dim, head_v_dim, ... and the options)."""
+        opts = resolve_options(cls, genome)
+        op, d, h = cls.name, genome.d_model, genome.n_heads
+        m: dict[str, Any] = {"n_heads": h}
+        for key, dim in (("expand_k", "key_dim"), ("expand_v", "value_dim")):
+            m[dim] = ratio_option(op, opts, key, d, "d_model")
+            if m[dim] % h:
+                raise option_error(op, key, opts[key], f"gives {dim} = {key} * d_model = {m[dim]}, which n_heads={h} "
+                                                       f"(genome.n_heads) does not divide")
+        m["head_k_dim"], m["head_v_dim"] = m["key_dim"] // h, m["value_dim"] // h
+        m["rank"] = int_option(op, opts, "gate_low_rank_dim")
+        m["normalizer"] = float_option(op, opts, "gate_logit_normalizer")
+        m["use_output_gate"] = bool_option(op, opts, "use_output_gate")
+        m["use_short_conv"] = bool_option(op, opts, "use_short_conv")
+        m["conv_size"] = int_option(op, opts, "conv_size")
+        m["chunk_size"] = int_option(op, opts, "chunk_size")
+        return m
+
+    def __init__(self, genome: Genome):
+        super().__init__(genome)
+        m = self.dims(genome)
+        self.n_heads, self.key_dim, self.value_dim = m["n_heads"], m["key_dim"], m["value_dim"]
+        self.head_k_dim, self.head_v_dim = m["head_k_dim"], m["head_v_dim"]
+        self.normalizer, self.chunk_size = m["normalizer"], m["chunk_size"]
+        self.use_output_gate, self.use_short_conv = m["use_output_gate"], m["use_short_conv"]
+        self.conv_size = m["conv_size"]
+        d = genome.d_model
+        self.q_proj = nn.Linear(d, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.value_dim, bias=False)
+        if self.use_output_gate:
+            self.g_proj = nn.Linear(d, self.value_dim, bias=False)
+        if self.use_short_conv:
+            self.q_conv1d = ShortConv(self.key_dim, self.conv_size, bias=False)
+            self.k_conv1d = ShortConv(self.key_dim, self.conv_size, bias=False)
+            self.v_conv1d = ShortConv(self.value_dim, self.conv_size, bias=False)
+        # Low-rank decay projection, named as fla's (gk_proj.0, gk_proj.1) so checkpoints map 1:1. Zero bias:
+        # the initial decay is about logsigmoid(0) / 16, a half-life of ~16 tokens.
+        self.gk_proj = nn.Sequential(nn.Linear(d, m["rank"], bias=False), nn.Linear(m["rank"], self.key_dim, bias=True))
+        nn.init.zeros_(self.gk_proj[1].bias)
+        # fla's names: the fused norm+gate when gated, a plain RMSNorm otherwise.
+        if self.use_output_gate:
+            self.g_norm_swish_gate = RMSNorm(self.head_v_dim)
+        else:
+            self.g_norm = RMSNorm(self.head_v_dim)
+        self.o_proj = nn.Linear(self.value_dim, d, bias=False)
+        # The CUDA fast path is resolved once here; forward uses it for CUDA inputs (set False to force torch).
+        self.use_fast_path = fla_kernel("fla.ops.gla", "chunk_gla") is not None
+
+    @property
+    def conv_channels(self) -> int:
+        return 2 * self.key_dim + self.value_dim if self.use_short_conv else 0
+
+    def _conv_weight(self) -> torch.Tensor:
+        return torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
+
+    def _linears(self) -> tuple[nn.Linear, ...]:
+        # gk_proj's first (down) projection rides along in the fused GEMM.
+        gate = (self.g_proj,) if self.use_output_gate else ()
+        return (self.q_proj, self.k_proj, self.v_proj, self.gk_proj[0]) + gate
+
+    def _split(self, x: torch.Tensor, conv: torch.Tensor | None, step: bool) -> tuple[Any, ...]:
+        """x [..., D] -> q, k [..., key_dim], v [..., value_dim] (after the optional conv + SiLU), log-decay
+        gk [..., key_dim] in >= fp32, output gate [..., value_dim] or None, raw q|k|v, new conv cache or None.
+        step=True: x is [B, D] and conv the cache to shift; else x is [B, T, D]."""
+        q, k, v, r, *z = fused_linear(x, *self._linears())
+        raw, new_conv = None, None
+        if self.use_short_conv:
+            raw = torch.cat([q, k, v], dim=-1)
+            if step:
+                assert conv is not None
+                qkv, new_conv = conv_step(raw, conv, self._conv_weight(), None)
+            else:
+                qkv = causal_conv1d(raw, self._conv_weight(), None, conv)
+            q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        acc = acc_dtype(x.dtype)
+        gk = F.logsigmoid(self.gk_proj[1](r).to(acc)) / self.normalizer
+        return q, k, v, gk, (z[0] if z else None), raw, new_conv
+
+    def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor,
+              S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, T, H, d] inputs -> o [B, T, H, dv], final state [B, H, dk, dv] (>= fp32; None if S0 is None on the
+        fast path, which then skips writing it)."""
+        if self.use_fast_path and q.is_cuda:
+            fn = fla_kernel("fla.ops.gla", "chunk_gla")
+            assert fn is not None
+            return fn(q, k, v, gk.float(), initial_state=S0, output_final_state=S0 is not None)
+        acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                    # recurrence in >= fp32
+        o, S = gla_chunked(*(z.transpose(1, 2).to(acc) for z in (q, k, v, gk)), chunk_size=self.chunk_size,
+                           initial_state=S0)
+        return o.transpose(1, 2), S
+
+    def _out(self, o: torch.Tensor, gate: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """o [B, T, H, dv] -> [B, T, D]: per-head RMSNorm, times SiLU(gate) (fla's norm-then-gate), o_proj."""
+        B, T = o.shape[:2]
+        if gate is not None:
+            o = self.g_norm_swish_gate(o.to(dtype)) * F.silu(gate.view(B, T, self.n_heads, self.head_v_dim))
+        else:
+            o = self.g_norm(o.to(dtype))
+        return self.o_proj(o.reshape(B, T, self.value_dim))
+
+    def _heads(self, *zs: torch.Tensor) -> list[torch.Tensor]:
+        """[B, T, H*d] -> [B, T, H, d] for each."""
+        return [z.view(*z.shape[:2], self.n_heads, -1) for z in zs]
+
+    def _mix(self, x: torch.Tensor, state: GLAState | None) -> tuple[torch.Tensor, GLAState | None]:
+        q, k, v, gk, gate, raw, _ = self._split(x, None if state is None else state.conv, step=False)
+        o, S = self._core(*self._heads(q, k, v, gk), None if state is None else state.S)
+        y = self._out(o, gate, x.dtype)
+        if state is None:
+            return y, None
+        assert S is not None
+        conv = conv_cache(raw, state.conv, self.conv_size) if raw is not None else state.conv
+        return y, GLAState(conv=conv, S=S.to(state.S.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, None)[0]
+
+    def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> GLAState:
+        return GLAState(
+            conv=torch.zeros(batch, self.conv_channels, self.conv_size - 1, device=device, dtype=dtype),
+            S=torch.zeros(batch, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
+                          dtype=acc_dtype(dtype)))
+
+    def prefill(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
+        y, new = self._mix(x, state)
+        assert new is not None
+        return y, new
+
+    def step(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
+        """x [B, 1, D] -> y [B, 1, D]: (conv-state shift), one decay + rank-1 write."""
+        B = x.shape[0]
+        q, k, v, gk, gate, _, conv = self._split(x[:, 0], state.conv, step=True)
+        acc = state.S.dtype
+        q, k, gk = (z.view(B, self.n_heads, self.head_k_dim).to(acc) for z in (q, k, gk))  # [B, H, dk]
+        o, S = gla_step(q, k, v.view(B, self.n_heads, self.head_v_dim).to(acc), gk, state.S)
+        y = self._out(o[:, None], None if gate is None else gate[:, None], x.dtype)
+        return y, GLAState(conv=state.conv if conv is None else conv, S=S)
+
+    @classmethod
+    def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
+        m = cls.dims(genome)
+        d, h, dk, dv, r = genome.d_model, m["n_heads"], m["head_k_dim"], m["head_v_dim"], m["rank"]
+        key, val, kc = m["key_dim"], m["value_dim"], m["conv_size"]
+        conv = (2 * key + val) if m["use_short_conv"] else 0
+        gemm = d * (2 * key + val + r) + r * key + (d * val if m["use_output_gate"] else 0) + val * d
+        weights = gemm + key + conv * kc + dv                     # + gk bias, conv weights, norm gain
+        state = h * dk * dv + conv * (kc - 1)                     # recurrent state (+ conv window), read and rewritten
+        # decay S, k v^T write, S^T q; conv; logsigmoid gate, gated RMSNorm.
+        flops = 2 * gemm + 2 * kc * conv + 5 * h * dk * dv + 6 * key + 8 * val
+        # Fused q|k|v|gk_down|g GEMM, gk up-projection GEMM, (conv update + SiLU), fused recurrent GLA
+        # (logsigmoid inside), gated RMSNorm, o_proj.
+        return layer_cost(d, weights, state, state, flops, launches=5 + (1 if conv else 0))

@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--layers", type=int, default=8, help="distinct layers per timed stack (cache realism)")
     pr.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (median kept)")
     pr.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
+    pr.add_argument("--clock", choices=("thread", "wall"), default="thread",
+                    help="thread CPU time (robust on a shared machine, default) or wall clock")
     pr.add_argument("--out", default="lut_cpu.json", help="table file to write (JSON)")
 
     lat = sub.add_parser("latency", help="latency predictor tools: validate against measurement, fit `learned`")
@@ -69,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--table", default=None, help="LUT table for `lut` (default: the shipped CPU table)")
     v.add_argument("--roofline-device", default="cpu", help="device profile for `roofline` (default cpu)")
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--clock", choices=("thread", "wall"), default="thread",
+                   help="measure in thread CPU time (robust on a shared machine, default) or wall clock")
+    v.add_argument("--measurements", default=None,
+                   help="re-score on a previous run's measurements.csv instead of measuring again")
     v.add_argument("--json", action="store_true", help="print machine-readable results")
     v.add_argument("--out", default=None, help="directory for scatter.png, results.json, measurements.csv")
     f = lsub.add_parser("fit", help="fit the `learned` predictor on a CSV/JSON/parquet of measurements")
@@ -176,8 +182,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from flashsearch.report import write_report
 
     study = _load_study(args.run_dir)
-    write_report(study, Path(args.run_dir), target_latency=_target_of(study))
-    print(f"wrote {Path(args.run_dir) / 'trials.parquet'}, pareto.png, pareto.html")
+    paths = write_report(study, Path(args.run_dir), target_latency=_target_of(study))
+    print(f"wrote {Path(args.run_dir)}/: " + ", ".join(p.name for p in paths.values()))
     return 0
 
 
@@ -211,6 +217,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     table = profile_table(widths=_int_list(args.widths, "--widths"), contexts=_int_list(args.contexts, "--contexts"),
                           ops=ops, vocabs=_int_list(args.vocabs, "--vocabs"), steps=args.steps,
                           repeats=args.repeats, layers=args.layers, threads=args.threads,
+                          clock=args.clock,
                           command="flashsearch " + " ".join(sys.argv[1:] if args.argv is None else args.argv),
                           progress=progress_to_stderr)
     path = write_table(table, args.out)

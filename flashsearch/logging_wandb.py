@@ -99,12 +99,12 @@ class WandbLogger:
                 front = rank_front(trials_frame(study), target_latency)
                 cols = ["rank", "trial", "loss", "latency_s", "pattern", "d_model", "params_b", "genome_id"]
                 data = []
-                for rank, r in enumerate(front.itertuples(index=False), start=1):
-                    params = getattr(r, "_asdict")().get("metrics.params")
-                    data.append([rank, int(r.number), float(r.quality), float(r.latency), r.summary,
-                                 None if r.d_model is None else int(r.d_model),
+                for rank, r in enumerate(front.to_dict("records"), start=1):
+                    params, width = r.get("metrics.params"), r.get("d_model")
+                    data.append([rank, int(r["number"]), float(r["quality"]), float(r["latency"]), r["summary"],
+                                 None if width is None or width != width else int(width),
                                  None if params is None or params != params else float(params) / 1e9,
-                                 r.genome_id])
+                                 r["genome_id"]])
                 self.run.log({"pareto": wandb.Table(columns=cols, data=data)})
                 if data:
                     self.run.summary["pareto_size"] = len(data)

@@ -1,6 +1,11 @@
-"""Report of a search: the trials table (parquet), a static Pareto plot (PNG) and an interactive one (HTML).
+"""Report of a search, rebuilt from the study alone:
 
-    write_report(study, out_dir)  ->  out_dir/trials.parquet, out_dir/pareto.png, out_dir/pareto.html
+    write_report(study, out_dir)  ->  out_dir/trials.parquet    one row per trial
+                                      out_dir/pareto.png        Pareto plot (static)
+                                      out_dir/pareto.html       Pareto plot (interactive, offline)
+                                      out_dir/hypervolume.png   hypervolume of the front after each evaluation
+                                      out_dir/hypervolume.csv   the same numbers
+                                      out_dir/ranking.md        complete trials ranked (non-dominated sorting)
 
 Every file is written atomically (temp file + rename), so a report is either the old one or the new one.
 """
@@ -8,6 +13,7 @@ Every file is written atomically (temp file + rename), so a report is either the
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -18,7 +24,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from flashsearch.archive import atomic_path, pareto_front, trials_frame, write_text_atomic, write_trials  # noqa: E402
+import numpy as np  # noqa: E402
+
+from flashsearch.archive import (  # noqa: E402
+    atomic_path,
+    hypervolume,
+    pareto_front,
+    pareto_mask,
+    trials_frame,
+    write_text_atomic,
+    write_trials,
+)
 
 _METRIC_LABELS = {"val_bpb": "val bits/byte", "bpb": "bits/byte", "val_loss": "val loss", "ppl": "perplexity"}
 
@@ -119,9 +135,123 @@ def plot_html(df: pd.DataFrame, path: str | os.PathLike, target_latency: float |
     return Path(path)
 
 
+# ---- hypervolume over evaluations -------------------------------------------------------------------------
+def reference_point(df: pd.DataFrame) -> tuple[float, float] | None:
+    """(loss, latency) reference for the hypervolume, from the study alone: the worst value of each objective
+    among COMPLETE trials plus 10% of its range (so the extreme front points count too). None if no trials."""
+    ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])]
+    if ok.empty:
+        return None
+    ref = []
+    for col in ("quality", "latency"):
+        lo, hi = float(ok[col].min()), float(ok[col].max())
+        ref.append(hi + 0.1 * (hi - lo) if hi > lo else hi + 0.1 * abs(hi) + 1e-12)
+    return ref[0], ref[1]
+
+
+def hypervolume_curve(df: pd.DataFrame, reference: tuple[float, float] | None = None) -> pd.DataFrame:
+    """Hypervolume of the (loss, latency) front after each evaluation, in trial-number order.
+
+    An evaluation = a trial a worker ran (COMPLETE or FAIL); cached replays of an identical genome cost nothing
+    and are not counted. Columns: evaluations, trial, hypervolume (w.r.t. `reference`, default
+    reference_point(df)), normalized (hypervolume / the area of the box ideal..reference).
+    """
+    ref = reference or reference_point(df)
+    rows: list[dict] = []
+    if ref is None:
+        return pd.DataFrame(columns=["evaluations", "trial", "hypervolume", "normalized"])
+    ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])]
+    box = (ref[0] - float(ok["quality"].min())) * (ref[1] - float(ok["latency"].min()))
+    evaluated = df[df["state"].isin(["COMPLETE", "FAIL"]) & df["cached_from"].isna()].sort_values("number")
+    points: list[tuple[float, float]] = []
+    hv = 0.0
+    for i, r in enumerate(evaluated.itertuples(index=False), start=1):
+        if r.state == "COMPLETE" and math.isfinite(r.quality) and math.isfinite(r.latency):
+            points.append((float(r.quality), float(r.latency)))
+            hv = hypervolume(points, ref)
+        rows.append({"evaluations": i, "trial": int(r.number), "hypervolume": hv,
+                     "normalized": hv / box if box > 0 else 0.0})
+    return pd.DataFrame(rows)
+
+
+def plot_hypervolume(curve: pd.DataFrame, path: str | os.PathLike,
+                     reference: tuple[float, float] | None = None) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    try:
+        if curve.empty:
+            ax.text(0.5, 0.5, "no evaluations yet", ha="center", va="center", transform=ax.transAxes)
+        else:
+            ax.plot(curve["evaluations"], curve["normalized"], color="tab:red", lw=1.5, drawstyle="steps-post")
+            ax.set_ylim(0, max(1e-9, float(curve["normalized"].max())) * 1.05)
+        ax.set_xlabel("evaluations (trials run by a worker, failed included)")
+        ax.set_ylabel("hypervolume (fraction of the ideal..reference box)")
+        ref = "" if reference is None else f"; reference = loss {reference[0]:.4g}, latency {reference[1]:.4g} s"
+        ax.set_title(f"Hypervolume of the loss-latency front{ref}", fontsize=9)
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
+# ---- ranking -------------------------------------------------------------------------------------------------
+def nondominated_ranks(points: np.ndarray) -> np.ndarray:
+    """Front index per point (0 = Pareto front, 1 = front once those are removed, ...), 2-D minimization."""
+    ranks = np.full(len(points), -1, dtype=int)
+    remaining = np.arange(len(points))
+    front = 0
+    while len(remaining):
+        mask = pareto_mask(points[remaining])
+        ranks[remaining[mask]] = front
+        remaining = remaining[~mask]
+        front += 1
+    return ranks
+
+
+def ranking_table(df: pd.DataFrame, target_latency: float | None = None, top: int = 50) -> pd.DataFrame:
+    """COMPLETE trials (one per genome) ranked by non-dominated front, then by loss; under a latency target,
+    the trials meeting it come first."""
+    ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])]
+    ok = ok.sort_values("number")
+    if "genome_id" in ok.columns:
+        ok = pd.concat([ok[ok["genome_id"].notna()].drop_duplicates("genome_id"), ok[ok["genome_id"].isna()]])
+    if ok.empty:
+        return ok.assign(front=pd.Series(dtype=int), meets_target=pd.Series(dtype=bool))
+    ok = ok.assign(front=nondominated_ranks(ok[["quality", "latency"]].to_numpy(dtype=float)),
+                   meets_target=(ok["latency"] <= target_latency) if target_latency is not None else True)
+    ok = ok.sort_values(["meets_target", "front", "quality", "latency", "number"],
+                        ascending=[False, True, True, True, True])
+    return ok.head(top).reset_index(drop=True)
+
+
+def ranking_markdown(df: pd.DataFrame, target_latency: float | None = None, top: int = 50) -> str:
+    table = ranking_table(df, target_latency, top)
+    n_done = int((df["state"] == "COMPLETE").sum())
+    lines = [f"# Ranking ({len(table)} of {n_done} complete trials)", "",
+             "Ranked by non-dominated front (1 = Pareto front), then loss"
+             + (f"; trials meeting the {target_latency:g} s target first." if target_latency is not None else ".")
+             + " Loss = the quality proxy's (lower is better); latency = " + _latency_label(df) + ".", ""]
+    head = ["rank", "front", "trial", "loss", "latency (s)", "params (B)", "d_model", "layers", "pattern"]
+    if target_latency is not None:
+        head.append("meets target")
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rank, r in enumerate(table.to_dict("records"), start=1):
+        params = r.get("metrics.params")
+        cells = [rank, int(r["front"]) + 1, f"#{r['number']}", f"{r['quality']:.4f}", f"{r['latency']:.3f}",
+                 "-" if params is None or params != params else f"{float(params) / 1e9:.3f}",
+                 "-" if pd.isna(r["d_model"]) else int(r["d_model"]),
+                 "-" if pd.isna(r["n_layers"]) else int(r["n_layers"]), f"`{r['summary'] or '-'}`"]
+        if target_latency is not None:
+            cells.append("yes" if r["meets_target"] else "no")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(study: optuna.Study, out_dir: str | os.PathLike, *,
                  target_latency: float | None = None) -> dict[str, Path]:
-    """Write trials.parquet, pareto.png and pareto.html into out_dir; returns their paths by kind.
+    """Write trials.parquet, pareto.png/html, hypervolume.png/csv and ranking.md into out_dir; returns paths by kind.
 
     target_latency defaults to the study user attribute "target_latency" when set.
     """
@@ -129,11 +259,19 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *,
     out.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
     target = _target(study, target_latency)
+    ref = reference_point(df)
+    curve = hypervolume_curve(df, ref)
+    with atomic_path(out / "hypervolume.csv") as tmp:
+        curve.to_csv(tmp, index=False)
     return {
         "trials": write_trials(df, out / "trials.parquet"),
         "png": plot_png(df, out / "pareto.png", target),
         "html": plot_html(df, out / "pareto.html", target),
+        "hypervolume": plot_hypervolume(curve, out / "hypervolume.png", ref),
+        "hypervolume_csv": out / "hypervolume.csv",
+        "ranking": write_text_atomic(out / "ranking.md", ranking_markdown(df, target)),
     }
 
 
-__all__ = ["write_report", "plot_png", "plot_html"]
+__all__ = ["write_report", "plot_png", "plot_html", "plot_hypervolume", "hypervolume_curve", "reference_point",
+           "ranking_table", "ranking_markdown", "nondominated_ranks"]

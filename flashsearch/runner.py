@@ -160,14 +160,14 @@ def repair_journal(path: Path) -> list[str]:
 
 def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> Any:
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
+
+    from flashsearch.search.storage import journal_storage
 
     path = out_dir / STUDY_FILE
     if force_new and path.exists():
         path.unlink()
     try:
-        storage = JournalStorage(JournalFileBackend(str(path)))
+        storage = journal_storage(path)
         if cfg.name in optuna.get_all_study_names(storage):  # load first: create_study would append a no-op
             study = optuna.load_study(study_name=cfg.name, storage=storage, sampler=sampler)
         else:

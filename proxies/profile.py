@@ -9,6 +9,10 @@ profiled per (vocab, width). Genomes are built with one fixed small-width recipe
 GQA group, FFN ratio, operator options) that is stored in the table, so a predictor can tell when a genome
 differs from what was profiled.
 
+Clock: by default the CPU time of the timing thread (`clock="thread"`, torch limited to 1 thread), because on a
+shared machine wall-clock samples of the same cell varied 2x while thread CPU time varied ~20%; `clock="wall"`
+times what a user waits on an idle machine.
+
 Noise: every cell is timed `repeats` times in interleaved rounds (round r times all cells before round r+1), and
 the median per-step time is kept, so a burst of load from other processes hits one sample of many cells rather
 than all samples of one cell.
@@ -83,11 +87,25 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown cpu"
 
 
+# Clocks: "thread" = CPU time of the calling thread (with 1 torch thread all work runs on it), robust when other
+# processes share the cores (time spent descheduled is not counted); "wall" = perf_counter, what a user waits.
+CLOCKS: dict[str, Callable[[], float]] = {"thread": time.thread_time, "wall": time.perf_counter}
+
+
+def _clock(name: str) -> Callable[[], float]:
+    if name not in CLOCKS:
+        raise FlashsearchError(f"clock {name!r} is not one of {', '.join(CLOCKS)}")
+    return CLOCKS[name]
+
+
+_now: Callable[[], float] = time.thread_time  # set by profile_table for the cells it times
+
+
 def _median_step(fn: Callable[[], None], steps: int) -> float:
-    t0 = time.perf_counter()
+    t0 = _now()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - t0) / steps
+    return (_now() - t0) / steps
 
 
 class _LayerCell:
@@ -158,9 +176,11 @@ class _HeadCell:
 def profile_table(widths: Sequence[int] = DEFAULT_WIDTHS, contexts: Sequence[int] = DEFAULT_CONTEXTS,
                   ops: Sequence[str] | None = None, vocabs: Sequence[int] = DEFAULT_VOCABS,
                   recipe: ProfileRecipe | None = None, steps: int = 24, repeats: int = 5, layers: int = 8,
-                  threads: int | None = 1, command: str = "", progress: Callable[[str], None] | None = None
-                  ) -> dict[str, Any]:
+                  threads: int | None = 1, clock: str = "thread", command: str = "",
+                  progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Profile every (op, width, context) cell and the head per (vocab, width); returns the table dict."""
+    global _now
+    _now = _clock(clock)
     recipe = recipe or ProfileRecipe()
     ops = [canonical_operator(o, where="--ops") for o in (ops or OPERATORS)]
     widths = sorted({int(w) for w in widths})
@@ -209,6 +229,7 @@ def profile_table(widths: Sequence[int] = DEFAULT_WIDTHS, contexts: Sequence[int
             "batch": 1,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "command": command,
+            "clock": clock,
             "steps_per_sample": steps,
             "layers_per_stack": layers,
             "repeats": repeats,

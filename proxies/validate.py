@@ -74,11 +74,24 @@ def sample_small_genomes(space: Any, n: int, seed: int, widths: Sequence[int], v
 
 
 def measure_all(genomes: Sequence[Genome], workload: Workload, repeats: int = 3, threads: int = 1,
-                progress: Callable[[str], None] | None = None) -> list[float]:
-    """Median measured seconds per genome over `repeats` interleaved rounds."""
-    from flashsearch.proxies.measured import MeasuredPredictor
+                clock: str = "thread", progress: Callable[[str], None] | None = None) -> list[float]:
+    """Median measured seconds per genome over `repeats` interleaved rounds.
 
-    meter = MeasuredPredictor(device="cpu", warmup=4, repeats=1, threads=threads)
+    clock="thread" times the decode loop in CPU time of the calling thread (MeasuredPredictor's loop, its clock
+    swapped; see proxies/profile.py for why), clock="wall" is MeasuredPredictor unchanged.
+    """
+    from flashsearch.proxies.measured import MeasuredPredictor
+    from flashsearch.proxies.profile import _clock
+
+    now = _clock(clock)
+
+    class _Meter(MeasuredPredictor):
+        def _time(self, fn: Any) -> float:
+            t0 = now()
+            fn()
+            return now() - t0
+
+    meter = _Meter(device="cpu", warmup=4, repeats=1, threads=threads)
     samples: list[list[float]] = [[] for _ in genomes]
     t0 = time.perf_counter()
     for r in range(repeats):
@@ -228,34 +241,44 @@ def validate_cli(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    genomes = sample_small_genomes(space, args.n, args.seed, widths, args.vocab)
-    train_genomes: list[Genome] = []
-    if "learned" in args.predictor and args.n_train > 0:
-        train_genomes = sample_small_genomes(space, args.n_train, args.seed + 1000, widths, args.vocab,
-                                             exclude={g.id for g in genomes})
-    # One measurement pass over both sets, interleaved, so both see the same machine conditions.
-    say(f"validate: measuring {len(genomes)} validation + {len(train_genomes)} training genomes "
-        f"({args.decode_tokens} decode tokens after {args.prompt_len}, {args.repeats} rounds)")
-    seconds = measure_all(list(genomes) + train_genomes, workload, repeats=args.repeats, progress=say)
-    measured, train_s = seconds[:len(genomes)], seconds[len(genomes):]
+    if args.measurements:
+        # Re-score predictors on earlier measurements (a previous run's measurements.csv), without re-timing.
+        df = pd.read_csv(args.measurements)
+        val, tr = df[df["split"] == "validation"], df[df["split"] == "train"]
+        genomes = [Genome.from_json(j) for j in val["genome_json"]]
+        train_genomes = [Genome.from_json(j) for j in tr["genome_json"]]
+        measured, train_s = [float(x) for x in val["seconds"]], [float(x) for x in tr["seconds"]]
+        workload = Workload(device="cpu", batch=1, prompt_len=int(df["prompt_len"].iloc[0]),
+                            decode_tokens=int(df["decode_tokens"].iloc[0]))
+    else:
+        genomes = sample_small_genomes(space, args.n, args.seed, widths, args.vocab)
+        train_genomes = []
+        if "learned" in args.predictor and args.n_train > 0:
+            train_genomes = sample_small_genomes(space, args.n_train, args.seed + 1000, widths, args.vocab,
+                                                 exclude={g.id for g in genomes})
+        # One measurement pass over both sets, interleaved, so both see the same machine conditions.
+        say(f"validate: measuring {len(genomes)} validation + {len(train_genomes)} training genomes "
+            f"({args.decode_tokens} decode tokens after {args.prompt_len}, {args.repeats} rounds, {args.clock} clock)")
+        seconds = measure_all(list(genomes) + train_genomes, workload, repeats=args.repeats, clock=args.clock,
+                              progress=say)
+        measured, train_s = seconds[:len(genomes)], seconds[len(genomes):]
     ctx = _Ctx(workload=workload, table=args.table, roofline_device=args.roofline_device,
                train=list(zip(train_genomes, train_s)), out=out)
     result: dict[str, Any] = {
         "meta": {"space": space_path, "n": len(genomes), "n_train": len(train_genomes), "widths": widths,
                  "vocab": args.vocab, "prompt_len": args.prompt_len, "decode_tokens": args.decode_tokens,
                  "repeats": args.repeats, "seed": args.seed, "device_name": cpu_name(), "threads": 1,
+                 "clock": args.clock, "measurements_from": args.measurements,
                  "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")},
         "measured": measured,
         "genomes": [g.to_json() for g in genomes],
         "predictors": validate(args.predictor, genomes, measured, ctx),
     }
     if out is not None:
-        rows = [{"split": "validation", "genome_json": g.to_json(), "prompt_len": args.prompt_len,
-                 "decode_tokens": args.decode_tokens, "device": "cpu", "seconds": s}
-                for g, s in zip(genomes, measured)]
-        rows += [{"split": "train", "genome_json": g.to_json(), "prompt_len": args.prompt_len,
-                  "decode_tokens": args.decode_tokens, "device": "cpu", "seconds": s}
-                 for g, s in zip(train_genomes, train_s)]
+        rows = [{"split": split, "genome_json": g.to_json(), "prompt_len": workload.prompt_len,
+                 "decode_tokens": workload.decode_tokens, "device": "cpu", "seconds": s}
+                for split, gs, ss in (("validation", genomes, measured), ("train", train_genomes, train_s))
+                for g, s in zip(gs, ss)]
         pd.DataFrame(rows).to_csv(out / "measurements.csv", index=False)
         result["files"] = {"scatter": str(scatter_plot(result, out / "scatter.png")),
                            "measurements": str(out / "measurements.csv"), "results": str(out / "results.json")}

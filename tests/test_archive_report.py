@@ -136,7 +136,8 @@ def test_write_report_files(tmp_path, study):
     assert f"trial #{front['number'].iloc[0]}" in html
     assert "predicted decode latency (s) [roofline:h100]" in html
     assert len(pd.read_parquet(paths["trials"])) == len(study.trials)
-    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["pareto.html", "pareto.png", "trials.parquet"]
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == [
+        "hypervolume.csv", "hypervolume.png", "pareto.html", "pareto.png", "ranking.md", "trials.parquet"]
 
 
 def test_write_report_on_empty_study(tmp_path):

@@ -84,6 +84,27 @@ def test_save_pretrained_from_pretrained_gives_identical_logits(model, tmp_path)
         assert torch.equal(loaded(ids).logits, model(ids).logits)
 
 
+def test_tensors_missing_from_a_checkpoint_get_hybridlm_init(model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    a_log = next(k for k in weights if k.endswith("op.A_log"))                # a Mamba2 layer's own parameter
+    writer = "model.layers.0.op.o_proj.weight"                                 # a residual writer (depth-scaled)
+    dropped = {a_log, writer, "model.meta"}
+    save_file({k: v for k, v in weights.items() if k not in dropped}, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pt"})
+    loaded, info = FlashsearchForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == dropped
+    ours, theirs = dict(model.named_parameters()), dict(loaded.named_parameters())
+    for name, p in theirs.items():
+        assert torch.equal(p, ours[name]) != (name in dropped), name          # loaded kept, missing re-drawn
+    assert ((theirs[a_log] > 0) & (theirs[a_log] < 2.78)).all()               # Mamba2: A in [1, 16]
+    n_layers = len(loaded.model.layers)
+    assert theirs[writer].std().item() == pytest.approx(0.02 / n_layers ** 0.5, rel=0.2)
+    assert theirs["model.meta"].std().item() == pytest.approx(0.02, rel=0.5)
+
+
 def test_forward_loss_and_cache_paths_agree(model):
     ids = torch.randint(0, VOCAB, (2, 40))
     with torch.no_grad():

@@ -137,8 +137,9 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=10000)
-    ap.add_argument("--storages", default="memory,journal")
-    ap.add_argument("--journal-trials", type=int, default=None, help="cap for the journal run (default --trials)")
+    ap.add_argument("--storages", default="memory,journal,journal-fsync-all")
+    ap.add_argument("--fsync-all-trials", type=int, default=1000,
+                    help="trials for 'journal-fsync-all' (Optuna's backend, ~25 fsyncs per trial: slow)")
     ap.add_argument("--workers", default="1,2,4,8")
     ap.add_argument("--sleep", type=float, default=0.5)
     ap.add_argument("--per-worker", type=int, default=6, help="trials per worker in the Ray throughput runs")
@@ -146,13 +147,15 @@ def main() -> None:
     args = ap.parse_args()
 
     lines = ["# Controller overhead and Ray throughput", "",
-             f"Command: `python experiments/controller_overhead.py {' '.join(sys.argv[1:])}`".replace("  ", " "),
+             f"Command: `{' '.join(['python experiments/controller_overhead.py', *sys.argv[1:]])}`",
              f"Machine: {machine()}", ""]
     lines += ["## Controller cost per trial (no-op evaluator, in-process, aging sampler P=100 S=25)", "",
-              "Goal: < 20 ms/trial. Each value is the mean over the window that ends at that trial count.", ""]
+              "Goal: < 20 ms/trial. Each value is the mean over the window that ends at that trial count. "
+              "journal = flashsearch.search.storage.JournalFile as `flashsearch run` uses it (fsync on trial state "
+              "changes only); journal-fsync-all = Optuna's JournalFileBackend (fsync on every append).", ""]
     results = {}
     for kind in [s for s in args.storages.split(",") if s]:
-        n = args.trials if kind != "journal" or args.journal_trials is None else args.journal_trials
+        n = min(args.trials, args.fsync_all_trials) if kind == "journal-fsync-all" else args.trials
         print(f"controller cost, {kind} storage, {n} trials", file=sys.stderr)
         results[kind] = controller_cost(kind, n)
     marks = sorted({m for r in results.values() for m, _, _ in r})

@@ -42,6 +42,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from flashsearch.genome import Genome
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "experiments" / "results" / "kernel_bench_cpu.md"
 LINEAR_TIME = ("deltanet", "gated_deltanet", "gla", "mamba2")   # chunked operators with a >= 3x target
@@ -96,7 +98,6 @@ class Result:
     ours_tps: float = math.nan
     ref_tps: float = math.nan
     max_diff: float = math.nan
-    note: str = ""
     repeats: int = 0
     samples: dict[str, list[float]] = field(default_factory=dict)
 
@@ -185,16 +186,14 @@ def _to_bthd(xs: Tensors) -> Tensors:
     return tuple(x.transpose(1, 2).contiguous() for x in xs)
 
 
-def _genome(shape: Shape, op: str, **options):
-    from flashsearch.genome import Genome
-
+def _genome(shape: Shape, op: str, **options: object) -> Genome:
     mixer = "attention" if op == "ffn" else op                             # a genome needs a token mixer
     return Genome(layer_types=(mixer, "ffn"), d_model=shape.H * shape.d, n_heads=shape.H,
                   n_kv_heads=max(1, shape.H // 2), head_dim=shape.d, ffn_ratio=3.0, vocab_size=256,
                   op_options={op: options} if options else {})
 
 
-# ---- the cases -------------------------------------------------------------------------------------------------------
+# ---- the cases ------------------------------------------------------------------------------------------------
 def build_cases(shape: Shape) -> tuple[list[Case], list[str]]:
     """The comparisons available in this checkout, and a note for each operator that had to be skipped."""
     from flashsearch import kernels as K
@@ -279,7 +278,7 @@ def build_cases(shape: Shape) -> tuple[list[Case], list[str]]:
     return cases, notes
 
 
-# ---- timing ----------------------------------------------------------------------------------------------------------
+# ---- timing ---------------------------------------------------------------------------------------------------
 def _fwd_bwd(fn: Callable[..., torch.Tensor], inputs: Tensors, grad_out: torch.Tensor,
              out_map: Callable[[torch.Tensor], torch.Tensor]) -> None:
     for x in inputs:
@@ -372,7 +371,7 @@ def measure_layers(shape: Shape, repeats: int, min_seconds: float) -> list[tuple
     return out
 
 
-# ---- report ------------------------------------------------------------------------------------------------------------
+# ---- report ---------------------------------------------------------------------------------------------------
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -403,8 +402,8 @@ def render(results: list[Result], layers: dict[str, list[tuple[str, float, str]]
     lines += ["", "Core-op level: the recurrence / attention itself on the same q, k, v (same inputs for both "
               "sides). tokens/s = B*T / median time of one forward + backward; repeats interleaved, order "
               "alternating. `max |diff|` compares the two forward outputs (fp32).", ""]
-    lines += ["| operator | shape | ours | ours tok/s | reference | ref tok/s | speedup | 3x target | n | max abs diff |",
-              "|---|---|---|---:|---|---:|---:|---|---:|---:|"]
+    lines += ["| operator | shape | ours | ours tok/s | reference | ref tok/s | speedup | 3x target | n "
+              "| max abs diff |", "|---|---|---|---:|---|---:|---:|---|---:|---:|"]
     for r in results:
         ratio = r.ours_tps / r.ref_tps
         # The target is for chunked linear-time operators against their per-token reference.

@@ -47,9 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--contexts", default="0,128,512,2048,4096", help="comma-separated context lengths")
     pr.add_argument("--ops", default=None, help="comma-separated operators (default: all)")
     pr.add_argument("--vocabs", default="256,1024", help="comma-separated vocab sizes for the LM head")
-    pr.add_argument("--steps", type=int, default=24, help="decode steps per timing sample")
-    pr.add_argument("--layers", type=int, default=8, help="distinct layers per timed stack (cache realism)")
-    pr.add_argument("--repeats", type=int, default=7, help="interleaved timing rounds (median kept)")
+    pr.add_argument("--steps", type=int, default=16, help="decode steps per timing sample")
+    pr.add_argument("--layers", type=int, default=24, help="distinct layers per timed stack (cache realism)")
+    pr.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (median kept)")
     pr.add_argument("--threads", type=int, default=1, help="torch CPU threads while timing (default 1)")
     pr.add_argument("--clock", choices=("thread", "wall"), default="thread",
                     help="thread CPU time (robust on a shared machine, default) or wall clock")

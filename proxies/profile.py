@@ -175,7 +175,7 @@ class _HeadCell:
 
 def profile_table(widths: Sequence[int] = DEFAULT_WIDTHS, contexts: Sequence[int] = DEFAULT_CONTEXTS,
                   ops: Sequence[str] | None = None, vocabs: Sequence[int] = DEFAULT_VOCABS,
-                  recipe: ProfileRecipe | None = None, steps: int = 24, repeats: int = 5, layers: int = 8,
+                  recipe: ProfileRecipe | None = None, steps: int = 16, repeats: int = 5, layers: int = 24,
                   threads: int | None = 1, clock: str = "thread", command: str = "",
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Profile every (op, width, context) cell and the head per (vocab, width); returns the table dict."""

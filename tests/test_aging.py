@@ -342,3 +342,11 @@ def test_digest_matches_a_full_recompute():
         assert digest.n_alive_finished + len(digest.open) == sum(t.state != TrialState.FAIL for t in trials)
         ids = digest.finished_ids | {sampler._genome_id(t) for t in digest.open_trials()}
         assert ids == {t.user_attrs["genome_id"] for t in trials}
+
+
+def test_pareto_ties_on_crowding_are_broken_at_random_with_an_rng():
+    """Both extremes of a front have infinite crowding: with the sampler's RNG either can be the parent (NSGA-II's
+    crowded tournament), so the population does not drift to the low-loss corner."""
+    front = [Member(0, 1.0, 9.0), Member(1, 2.0, 5.0), Member(2, 3.0, 1.0), Member(3, 3.5, 9.5)]
+    picks = {select_parent_pareto(front, random.Random(i)).number for i in range(50)}
+    assert picks == {0, 2}  # never the middle (finite crowding) nor the dominated one

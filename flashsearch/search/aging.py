@@ -84,13 +84,23 @@ def crowding_distance(front: Sequence[Member]) -> dict[int, float]:
     return dist
 
 
-def select_parent_pareto(members: Sequence[Member]) -> Member:
-    """Best non-dominated rank in the tournament; ties -> larger crowding distance, then lower loss."""
+def select_parent_pareto(members: Sequence[Member], rng: random.Random | None = None) -> Member:
+    """Best non-dominated rank in the tournament; ties -> larger crowding distance, then (NSGA-II's crowded
+    tournament) a uniformly random pick among the tied when `rng` is given, else lower loss.
+
+    The random tie-break matters: both extremes of a front have infinite crowding, and breaking that tie by
+    loss always picks the low-loss (slow) end, so the population drifts to one corner of the front instead of
+    covering it (measured in experiments/searcher_benchmark.py).
+    """
     if not members:
         raise ValueError("empty tournament")
     front = non_dominated(members)
     crowd = crowding_distance(front)
-    return min(front, key=lambda m: (-crowd[m.number], m.loss, m.latency, m.number))
+    best = max(crowd[m.number] for m in front)
+    tied = sorted((m for m in front if crowd[m.number] == best), key=lambda m: (m.loss, m.latency, m.number))
+    if rng is not None and len(tied) > 1:
+        return tied[rng.randrange(len(tied))]
+    return tied[0]
 
 
 def newest_population(trials: Iterable[FrozenTrial], size: int) -> list[FrozenTrial]:
@@ -218,7 +228,7 @@ class AgingEvolutionSampler(BaseSampler):
         if self.target_latency is not None:
             parent = select_parent_constrained(pool, self.target_latency)
         else:
-            parent = select_parent_pareto(pool)
+            parent = select_parent_pareto(pool, rng)
 
         parent_params = dict(next(t for t in tournament if t.number == parent.number).params)
         child: dict[str, Any] | None = None
@@ -268,9 +278,12 @@ class AgingEvolutionSampler(BaseSampler):
         return self.space.repair(self.space.with_width(params, widths[0]))
 
     def _random_unique(self, rng: random.Random, seen: set[str]) -> tuple[dict[str, Any], bool]:
-        """A random point not yet in the study if one turns up within max_dedup_tries; (params, is_new)."""
+        """A random point not yet in the study if one turns up within 5 x max_dedup_tries; (params, is_new).
+
+        Random draws are cheap (no latency solve) and are the last resort when mutations only find known
+        genomes, so they get more tries: in a space with one unseen genome in 10 they miss it with p ~ 1e-5."""
         params = self.space.sample(rng)
-        for _ in range(self.max_dedup_tries):
+        for _ in range(5 * self.max_dedup_tries):
             if self.space.decode(params).id not in seen:
                 return params, True
             params = self.space.sample(rng)

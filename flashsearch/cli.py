@@ -69,7 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--decode-tokens", type=int, default=128)
     v.add_argument("--repeats", type=int, default=3, help="interleaved measurement rounds (median kept)")
     v.add_argument("--table", default=None, help="LUT table for `lut` (default: the shipped CPU table)")
-    v.add_argument("--roofline-device", default="cpu", help="device profile for `roofline` (default cpu)")
+    v.add_argument("--roofline-device", default="cpu",
+                   help="device profile for `roofline`: cpu (proxies/tables/roofline_cpu.yaml) or a profile path")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--clock", choices=("thread", "wall"), default="thread",
                    help="measure in thread CPU time (robust on a shared machine, default) or wall clock")

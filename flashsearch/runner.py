@@ -231,6 +231,31 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         lock.release()
 
 
+def _graceful_stop() -> tuple[Any, Any]:
+    """While searching, SIGTERM (`kill PID`, a scheduler stopping the job) and Ctrl-C set a flag that the driver
+    checks between storage operations: trials in flight are cancelled, failed as interrupted and re-queued, and
+    a rerun resumes cleanly. (An exception raised from the handler could land inside Optuna's journal lock
+    handling and leave it half done.) A second signal interrupts at once. Returns (event, undo)."""
+    import signal
+    import threading
+
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return event, lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        if event.is_set():
+            raise KeyboardInterrupt
+        event.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def undo() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    return event, undo
+
+
 def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir: Path, stream: TextIO,
             t0: float) -> RunResult:
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -245,17 +270,20 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
 
         logger = WandbLogger(name=cfg.name, out_dir=out_dir, config=to_dict(cfg))
         progress = Tee(progress, logger)
+    stop, restore = _graceful_stop()
     try:
         summary = run_search(
             study, space, CandidateEvaluator(cfg), n_trials=cfg.search.trials, workers=cfg.search.workers,
             ray_address=cfg.ray.address, num_cpus_per_trial=cfg.ray.num_cpus_per_trial,
             num_gpus_per_trial=cfg.ray.num_gpus_per_trial, seeds=seeds, progress=progress,
             max_failures=cfg.search.max_failures, target_latency=cfg.search.target_latency,
-            trial_timeout_s=cfg.search.trial_timeout_s, retries=cfg.search.retries)
+            trial_timeout_s=cfg.search.trial_timeout_s, retries=cfg.search.retries, stop=stop)
     except BaseException:
         if logger is not None:
             logger.finish(exit_code=1)
         raise
+    finally:
+        restore()
     if logger is not None:
         logger.finish(study, target_latency=cfg.search.target_latency)
 

@@ -98,14 +98,11 @@ def _clock(name: str) -> Callable[[], float]:
     return CLOCKS[name]
 
 
-_now: Callable[[], float] = time.thread_time  # set by profile_table for the cells it times
-
-
-def _median_step(fn: Callable[[], None], steps: int) -> float:
-    t0 = _now()
+def _mean_step(fn: Callable[[], None], steps: int, now: Callable[[], float]) -> float:
+    t0 = now()
     for _ in range(steps):
         fn()
-    return (_now() - t0) / steps
+    return (now() - t0) / steps
 
 
 class _LayerCell:
@@ -116,14 +113,15 @@ class _LayerCell:
     by 10-40% at widths >= 128 on this CPU. The per-layer time is the stack's time / `layers`.
     """
 
-    def __init__(self, op: str, genome: Genome, context: int, steps: int, dtype: torch.dtype, layers: int = 8):
+    def __init__(self, op: str, genome: Genome, context: int, steps: int, dtype: torch.dtype, layers: int = 8,
+                 now: Callable[[], float] = time.thread_time):
         from flashsearch.kernels import build_operator
         from flashsearch.model.hybrid import Block
 
         torch.manual_seed(0)
         d = genome.d_model
         self.blocks = [Block(build_operator(op, genome), d).to(dtype).eval() for _ in range(layers)]
-        self.steps = steps
+        self.steps, self.now = steps, now
         self.x = torch.randn(1, 1, d, dtype=dtype)
         self.prefilled = []
         for block in self.blocks:
@@ -144,20 +142,21 @@ class _LayerCell:
                 x, states[i] = block.step(x, states[i])
 
         one()  # warm this state (first touch of copied memory)
-        return _median_step(one, self.steps - 1) / len(blocks)
+        return _mean_step(one, self.steps - 1, self.now) / len(blocks)
 
 
 class _HeadCell:
     """Embedding gather + final norm + tied LM head + argmax for one token: the per-step cost outside layers."""
 
-    def __init__(self, d_model: int, vocab: int, steps: int, dtype: torch.dtype):
+    def __init__(self, d_model: int, vocab: int, steps: int, dtype: torch.dtype,
+                 now: Callable[[], float] = time.thread_time):
         from flashsearch.kernels._common import RMSNorm
 
         torch.manual_seed(0)
         self.embed = torch.nn.Embedding(vocab, d_model).to(dtype)
         self.norm = RMSNorm(d_model).to(dtype)
         self.token = torch.zeros(1, 1, dtype=torch.long)
-        self.steps = steps
+        self.steps, self.now = steps, now
 
     def time_step(self) -> float:
         emb, norm = self.embed, self.norm
@@ -170,7 +169,7 @@ class _HeadCell:
             token = logits.argmax(-1)
 
         one()
-        return _median_step(one, self.steps)
+        return _mean_step(one, self.steps, self.now)
 
 
 def profile_table(widths: Sequence[int] = DEFAULT_WIDTHS, contexts: Sequence[int] = DEFAULT_CONTEXTS,
@@ -179,8 +178,7 @@ def profile_table(widths: Sequence[int] = DEFAULT_WIDTHS, contexts: Sequence[int
                   threads: int | None = 1, clock: str = "thread", command: str = "",
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Profile every (op, width, context) cell and the head per (vocab, width); returns the table dict."""
-    global _now
-    _now = _clock(clock)
+    now = _clock(clock)
     recipe = recipe or ProfileRecipe()
     ops = [canonical_operator(o, where="--ops") for o in (ops or OPERATORS)]
     widths = sorted({int(w) for w in widths})
@@ -202,9 +200,9 @@ def profile_table(widths: Sequence[int] = DEFAULT_WIDTHS, contexts: Sequence[int
                     # A genome must hold a mixer; the extra layer is never built, only `op` is.
                     g = recipe.genome([op] if op != "ffn" else ["ffn", "attention"], w, vocabs[0])
                     for c in contexts:
-                        cells[("op", op, str(w), str(c))] = _LayerCell(op, g, c, steps, torch.float32, layers)
+                        cells[("op", op, str(w), str(c))] = _LayerCell(op, g, c, steps, torch.float32, layers, now)
                 for v in vocabs:
-                    cells[("head", str(v), str(w))] = _HeadCell(w, v, steps, torch.float32)
+                    cells[("head", str(v), str(w))] = _HeadCell(w, v, steps, torch.float32, now)
             samples: dict[tuple[str, ...], list[float]] = {k: [] for k in cells}
             t_start = time.perf_counter()
             for r in range(repeats):  # interleaved rounds: each round times every cell once

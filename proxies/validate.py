@@ -20,6 +20,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -158,7 +159,10 @@ def build_predictor(name: str, ctx: _Ctx) -> Any:
     if name == "roofline":
         from flashsearch.proxies.roofline import RooflinePredictor
 
-        return RooflinePredictor(device=ctx.roofline_device, dtype="fp32")  # the CPU measures fp32
+        device = ctx.roofline_device
+        if device == "cpu":  # the shipped CPU fit lives with the other CPU tables, not among the GPU profiles
+            device = str(resources.files("flashsearch.proxies").joinpath("tables").joinpath("roofline_cpu.yaml"))
+        return RooflinePredictor(device=device, dtype="fp32")  # the CPU measures fp32
     if name == "learned":
         from flashsearch.proxies.learned import LearnedPredictor, Measurement
 

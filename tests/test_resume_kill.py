@@ -134,6 +134,31 @@ def test_kill_9_then_rerun_completes_exactly_without_re_evaluating(tmp_path, plu
     assert (out_dir / "trials.parquet").is_file() and (out_dir / "pareto.png").is_file()
 
 
+def test_sigterm_stops_like_ctrl_c_and_requeues_in_flight_trials(tmp_path, plugin_path):
+    config = write_config(tmp_path)
+    out_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "flashsearch.cli", "run", str(config)], env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while n_complete(out_dir) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and b"run the same command again to resume" in err, err.decode()[-3000:]
+    trials = load(out_dir).get_trials()
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped and all(t.user_attrs["error"] == INTERRUPTED for t in stopped)
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    evaluating = [t.number for t in stopped if "genome" in t.user_attrs]  # not those stopped mid-ask
+    assert evaluating and sorted(t.user_attrs["retry_of"] for t in queued) == sorted(evaluating)
+
+
 def test_leftovers_of_a_kill_mid_write_are_repaired(tmp_path, plugin_path, capsys):
     """A controller killed inside Optuna's append leaves the writer lock and maybe a line without its newline:
     the next run removes the lock (instead of waiting Optuna's 30 s grace period) and cuts the partial line

@@ -82,8 +82,9 @@ class SearchSummary:
         return self.failed
 
     def line(self) -> str:
+        retried = f", {self.retried} retried" if self.retried else ""
         s = (f"{self.complete}/{self.n_trials} complete ({self.evaluated} evaluated, {self.cached} cached, "
-             f"{self.failed} failed) in {format_duration(self.elapsed_s)}")
+             f"{self.failed} failed{retried}) in {format_duration(self.elapsed_s)}")
         if self.best_number is not None:
             s += f"; best loss {self.best_loss:.4g} @ {self.best_latency:.3g} s (trial #{self.best_number})"
         if self.stopped == "max_failures":
@@ -332,6 +333,7 @@ def run_search(
     target_latency: float | None = None,
     trial_timeout_s: float | None = None,
     retries: int = 0,
+    stop: threading.Event | None = None,
 ) -> SearchSummary:
     """Run until the study holds `n_trials` COMPLETE trials (earlier runs count), W=`workers` in flight.
 
@@ -341,6 +343,9 @@ def run_search(
     timeout_s: no new trials after this many seconds; trials in flight are finished.
     trial_timeout_s: a trial running longer is cancelled (its Ray worker killed) and FAILED "timeout after N s".
     retries: re-run a trial that failed for a transient reason (see module doc) up to this many times.
+    stop: when set (e.g. by a signal handler), stop at the next safe point as on KeyboardInterrupt: trials in
+        flight are cancelled, failed as interrupted and re-queued, then KeyboardInterrupt is raised. Unlike an
+        exception raised by a handler, it never lands inside a storage write.
     target_latency: only for the "best so far" shown in progress (defaults to the sampler's target, if any).
     """
     _check_study(study)
@@ -384,6 +389,8 @@ def run_search(
     try:
         while True:
             while stopped is None and len(in_flight) < workers and run.complete + len(in_flight) < n_trials:
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped = "timeout"
                     break
@@ -401,6 +408,10 @@ def run_search(
             wake = min([p.deadline for p in in_flight.values()]
                        + ([deadline] if deadline is not None and not stopped else []))
             wait_s = None if wake == math.inf else max(0.0, wake - time.monotonic())
+            if stop is not None:
+                if stop.is_set():
+                    raise KeyboardInterrupt
+                wait_s = 0.2 if wait_s is None else min(wait_s, 0.2)  # poll the stop flag
             got = backend.wait_one(list(in_flight), wait_s)
             if got is None:
                 now = time.monotonic()
@@ -425,6 +436,7 @@ def run_search(
             backend.cancel(handle)
             _abandon(study, p.trial._trial_id, INTERRUPTED)
         in_flight.clear()
+        recover_orphans(study, space)  # a trial interrupted while being asked (one controller per study)
         run.running = 0
         _finish(run, summary, "interrupted")
         raise

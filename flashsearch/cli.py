@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--top", type=int, default=3)
     e.add_argument("--out", default=None, help="destination (default RUN_DIR/export)")
+    e.add_argument("--weights", action="store_true",
+                   help="also write model.safetensors of a freshly initialised full-size model (4 bytes/param)")
 
     pr = sub.add_parser("profile", help="profile per-operator decode-step latency on this machine (a LUT table)")
     pr.add_argument("--device", default="cpu", help="device to profile (only cpu is supported today)")
@@ -195,7 +197,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise FlashsearchError(f"--top must be positive, got {args.top}")
     study = _load_study(args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "export"
-    paths = export_top(study, out, args.top, target_latency=_target_of(study))
+    paths = export_top(study, out, args.top, target_latency=_target_of(study), weights=args.weights)
     for p in paths:
         print(p)
     return 0

@@ -54,7 +54,8 @@ def genome_from_hf_config(config: Mapping[str, Any] | FlashsearchConfig) -> Geno
 
 def _write_weights(config: FlashsearchConfig, genome: Genome, folder: Path) -> None:
     """Save a freshly initialized full-size model into folder (model.safetensors, config.json,
-    generation_config.json), written beside it first and moved in, so a folder never holds half a checkpoint."""
+    generation_config.json): written to a staging subfolder, then moved in file by file, config.json last, so a
+    folder never pairs a config with half a checkpoint."""
     import torch
 
     from flashsearch.model.hf import FlashsearchForCausalLM

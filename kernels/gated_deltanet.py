@@ -32,6 +32,7 @@ from flashsearch.genome import Genome
 from ._common import (RMSNorm, ShortConv, acc_dtype, causal_conv1d, conv_cache, conv_step, fused_linear, int_option,
                       l2norm, layer_cost, option_error, pad_time)
 from .base import DecodeCost, Operator, resolve_options
+from .deltanet import delta_rule_step
 
 
 # ---- option helpers shared with gla.py ---------------------------------------------------------------------
@@ -115,14 +116,10 @@ def gated_delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 def gated_delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                           state: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step. q, k [b, h, dk]; v [b, h, dv]; g, beta [b, h]; state [b, h, dk, dv]."""
-    q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
-    state = state * g.exp()[..., None, None]                                  # decay first
-    old = (k.unsqueeze(-2) @ state).squeeze(-2)                                # S^T k: [b, h, dv]
-    u = beta[..., None] * (v - old)
-    state = state + k[..., :, None] * u[..., None, :]                          # rank-1 update
-    o = (q.unsqueeze(-2) @ state).squeeze(-2)                                  # [b, h, dv]
-    return o, state
+    """One recurrent step. q, k [b, h, dk]; v [b, h, dv]; g, beta [b, h]; state [b, h, dk, dv].
+
+    The gated rule is the delta rule applied to the decayed state: S <- exp(g) S, then the rank-1 correction."""
+    return delta_rule_step(q, k, v, beta, state * g.exp()[..., None, None], scale)
 
 
 # ---- the layer -------------------------------------------------------------------------------------------------

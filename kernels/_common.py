@@ -1,9 +1,12 @@
-"""Small building blocks shared by the operators: RMSNorm, short causal conv, RoPE, option checks."""
+"""Small building blocks shared by the operators: RMSNorm, short causal conv, RoPE, option checks, and the
+lookup of the optional CUDA kernels (fast paths)."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +15,39 @@ from torch import nn
 from flashsearch.errors import FlashsearchError
 
 from .base import DecodeCost
+
+log = logging.getLogger(__name__)
+
+
+# ---- optional CUDA kernels (the fast paths) ---------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def cuda_kernel(module: str, fn: str) -> Callable[..., Any] | None:
+    """The fused kernel `module.fn` (fla, mamba_ssm, causal_conv1d), or None without CUDA or without the package;
+    the torch form is then the fallback. Cached: operators resolve their fast path once, at construction.
+    When CUDA is present but the package does not import, says so once per package (logging, INFO)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return getattr(__import__(module, fromlist=[fn]), fn)
+    except Exception as exc:  # noqa: BLE001 - any import problem (missing, no triton, ABI mismatch) = no fast path
+        _note_missing(module.split(".")[0], exc)
+        return None
+
+
+_NOTED_MISSING: set[str] = set()
+
+
+def _note_missing(package: str, exc: BaseException) -> None:
+    if package in _NOTED_MISSING:
+        return
+    _NOTED_MISSING.add(package)
+    log.info("CUDA is available but %s does not import (%s: %s); its operators use the torch form "
+             "(install flashsearch[gpu] for the fused kernels)", package, type(exc).__name__, exc)
+
+
+def on_cuda(x: torch.Tensor) -> bool:
+    """Whether a fast path may run on x (one predicate, so tests can force it on CPU to check the glue)."""
+    return x.is_cuda
 
 
 # ---- option validation ---------------------------------------------------------------------------------
@@ -152,15 +188,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ---- misc ------------------------------------------------------------------------------------------------
 def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> list[torch.Tensor]:
-    """Apply several bias-free Linears to the same input as ONE matmul, then split.
+    """Apply several bias-free Linears that read the same input.
 
-    On CPU at proxy widths the per-op overhead dominates, so one [D, sum(out)] GEMM beats three small ones;
-    the parameters stay separate (checkpoint names and per-matrix weight normalization are unchanged).
+    Deliberately NOT one concatenated GEMM: concatenating the weights copies them on every call, which on a GPU
+    decode step re-reads every projection matrix (decode is memory-bound) and on CPU measured 0.9x of separate
+    matmuls (experiments/results/kernel_bench_cpu.md). Kept as one call site so a fused kernel can slot in here.
     """
-    if len(linears) == 1:
-        return [F.linear(x, linears[0].weight)]
-    w = torch.cat([lin.weight for lin in linears], dim=0)
-    return list(F.linear(x, w).split([lin.out_features for lin in linears], dim=-1))
+    return [F.linear(x, lin.weight) for lin in linears]
 
 
 def pad_time(x: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:

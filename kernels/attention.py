@@ -39,6 +39,9 @@ class Attention(Operator):
     defaults: ClassVar[Mapping[str, Any]] = {"rope_theta": 10000.0}
     readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
     writers: ClassVar[tuple[str, ...]] = ("o_proj",)
+    # Always torch SDPA, which itself dispatches to flash / memory-efficient attention on CUDA (no torch-form
+    # fallback to choose): reported like the other operators' fast paths.
+    fast_path: ClassVar[str] = "sdpa"
 
     def __init__(self, genome: Genome):
         super().__init__(genome)

@@ -7,7 +7,8 @@ Training uses the chunked WY / UT-transform form: inside a chunk of L tokens the
 u = beta (v - S_0^T k - earlier in-chunk corrections) solve one unit lower-triangular system, so the chunk
 reduces to a few batched matmuls; only S is carried from chunk to chunk (a loop over chunks, not tokens).
 Layer: q/k/v projections -> short causal conv + SiLU -> L2-norm(q, k); beta = sigmoid(b_proj x);
-per-head output RMSNorm; o_proj. No output gate.
+per-head output RMSNorm; o_proj. No output gate. On CUDA, fla's chunk_delta_rule replaces the torch core for
+bf16/fp16 inputs when it imports (fla refuses fp32, so fp32 stays on the torch form).
 """
 
 from __future__ import annotations
@@ -21,9 +22,14 @@ from torch import nn
 
 from flashsearch.genome import Genome
 
-from ._common import (acc_dtype, RMSNorm, ShortConv, causal_conv1d, conv_cache, conv_step, fused_linear, int_option, l2norm,
-                      layer_cost, pad_time)
+from ._common import (acc_dtype, RMSNorm, ShortConv, causal_conv1d, conv_cache, conv_step, cuda_kernel, fused_linear,
+                      int_option, l2norm, layer_cost, on_cuda, pad_time)
 from .base import DecodeCost, Operator, resolve_options
+
+
+# fla's Triton delta-rule kernel and the dtypes it accepts (chunk_delta_rule asserts q is not fp32).
+FLA_DELTA_RULE = ("fla.ops.delta_rule", "chunk_delta_rule")
+FLA_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
 
 
 # ---- the delta-rule core -----------------------------------------------------------------------------------
@@ -107,6 +113,14 @@ class DeltaNet(Operator):
         self.v_conv1d = ShortConv(inner, self.conv_size, bias=False)
         self.o_norm = RMSNorm(self.head_dim)
         self.o_proj = nn.Linear(inner, d, bias=False)
+        # The CUDA fast path is resolved once here; forward/prefill use it for CUDA bf16/fp16 inputs (set False to
+        # force the torch form).
+        self.use_fast_path = cuda_kernel(*FLA_DELTA_RULE) is not None
+
+    @property
+    def fast_path(self) -> str | None:
+        """The fused backend forward/prefill use on CUDA ("fla"), or None (torch form everywhere)."""
+        return "fla" if self.use_fast_path else None
 
     def _conv_weight(self) -> torch.Tensor:
         # The three convs run as one depthwise conv over the concatenated q|k|v channels (fewer kernels).
@@ -114,24 +128,39 @@ class DeltaNet(Operator):
 
     def _qkvb(self, x: torch.Tensor, conv: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, D] -> q, k, v [B, H, T, hd] (conv+SiLU, q/k L2-normed), beta [B, H, T], raw q|k|v [B, T, 3*H*hd]."""
+        """x [B, T, D] -> q, k, v [B, T, H, hd] (conv+SiLU, q/k L2-normed), beta [B, T, H], raw q|k|v [B, T, 3*H*hd]."""
         B, T, _ = x.shape
         q, k, v, b = fused_linear(x, self.q_proj, self.k_proj, self.v_proj, self.b_proj)
         qkv_raw = torch.cat([q, k, v], dim=-1)                                  # [B, T, 3*H*hd]
         qkv = F.silu(causal_conv1d(qkv_raw, self._conv_weight(), None, conv))
-        qkv = qkv.view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [3, B, H, T, hd]
-        q, k, v = qkv.unbind(0)
-        return l2norm(q), l2norm(k), v, torch.sigmoid(b).transpose(1, 2), qkv_raw
+        q, k, v = qkv.view(B, T, 3, self.n_heads, self.head_dim).unbind(2)     # [B, T, H, hd] each
+        return l2norm(q), l2norm(k), v, torch.sigmoid(b), qkv_raw
+
+    def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+              S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[B, T, H, d] inputs, beta [B, T, H] -> o [B, T, H, dv], final state [B, H, dk, dv] (>= fp32; None if S0
+        is None on the fast path, which then skips writing it)."""
+        if self.use_fast_path and on_cuda(q) and q.dtype in FLA_DTYPES:
+            fn = cuda_kernel(*FLA_DELTA_RULE)
+            assert fn is not None
+            # fla's layout is ours here ([B, T, H, d]); q, k are L2-normed above, so not again in the kernel; same
+            # default scale dk**-0.5, passed explicitly. fla accumulates in fp32 whatever q/k/v are.
+            o, S = fn(q, k, v, beta.to(q.dtype), scale=self.head_dim ** -0.5, initial_state=S0,
+                      output_final_state=S0 is not None, use_qk_l2norm_in_kernel=False)
+            return o, (None if S is None or S0 is None else S.to(S0.dtype))
+        acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
+        o, S = delta_rule_chunked(*(z.transpose(1, 2).to(acc) for z in (q, k, v, beta)), self.chunk_size,
+                                  initial_state=S0)
+        return o.transpose(1, 2), S
 
     def _out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        B, _, T, _ = o.shape                                                   # [B, H, T, hd]
-        o = self.o_norm(o.to(dtype).transpose(1, 2))                           # per-head RMSNorm
+        B, T = o.shape[:2]                                                     # [B, T, H, hd]
+        o = self.o_norm(o.to(dtype))                                           # per-head RMSNorm
         return self.o_proj(o.reshape(B, T, self.n_heads * self.head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v, beta, _ = self._qkvb(x, None)
-        acc = acc_dtype(x.dtype)                                                # recurrence in >= fp32
-        o, _ = delta_rule_chunked(q.to(acc), k.to(acc), v.to(acc), beta.to(acc), self.chunk_size)
+        o, _ = self._core(q, k, v, beta, None)
         return self._out(o, x.dtype)
 
     def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
@@ -143,9 +172,8 @@ class DeltaNet(Operator):
 
     def prefill(self, x: torch.Tensor, state: DeltaNetState) -> tuple[torch.Tensor, DeltaNetState]:
         q, k, v, beta, raw = self._qkvb(x, state.conv)
-        acc = state.S.dtype
-        o, S = delta_rule_chunked(q.to(acc), k.to(acc), v.to(acc), beta.to(acc), self.chunk_size,
-                                  initial_state=state.S)
+        o, S = self._core(q, k, v, beta, state.S)
+        assert S is not None
         return self._out(o, x.dtype), DeltaNetState(conv=conv_cache(raw, state.conv, self.conv_size), S=S)
 
     def step(self, x: torch.Tensor, state: DeltaNetState) -> tuple[torch.Tensor, DeltaNetState]:
@@ -156,7 +184,7 @@ class DeltaNet(Operator):
         q, k, v = F.silu(qkv).view(B, 3, self.n_heads, self.head_dim).unbind(1)  # [B, H, hd] each
         acc = state.S.dtype
         o, S = delta_rule_step(l2norm(q).to(acc), l2norm(k).to(acc), v.to(acc), torch.sigmoid(b).to(acc), state.S)
-        return self._out(o[:, :, None], x.dtype), DeltaNetState(conv=conv, S=S)
+        return self._out(o[:, None], x.dtype), DeltaNetState(conv=conv, S=S)
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:

@@ -18,10 +18,9 @@ SiLU(g_proj x) (use_output_gate); o_proj. On CUDA, fla's chunk kernel replaces t
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +30,7 @@ from flashsearch.genome import Genome
 
 from ._common import (RMSNorm, ShortConv, acc_dtype, causal_conv1d, conv_cache, conv_step, fused_linear, int_option,
                       l2norm, layer_cost, option_error, pad_time)
+from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator, resolve_options
 from .deltanet import delta_rule_step
 
@@ -53,17 +53,6 @@ def ratio_option(op: str, opts: Mapping[str, Any], key: str, base: int, base_nam
     if not math.isclose(n, round(n), rel_tol=0, abs_tol=1e-6):
         raise option_error(op, key, value, f"must make {key} * {base_name} (= {value} * {base}) a whole number")
     return int(round(n))
-
-
-@functools.lru_cache(maxsize=None)
-def fla_kernel(module: str, fn: str) -> Callable[..., Any] | None:
-    """fla's Triton kernel `module.fn`, or None without CUDA or without fla (the torch form is the fallback)."""
-    if not torch.cuda.is_available():
-        return None
-    try:
-        return getattr(__import__(module, fromlist=[fn]), fn)
-    except Exception:  # noqa: BLE001 - any import problem (no fla, no triton, ABI mismatch) means "no fast path"
-        return None
 
 
 # ---- the gated delta-rule core ---------------------------------------------------------------------------------

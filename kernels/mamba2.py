@@ -7,6 +7,8 @@ Training uses the chunked form: inside a chunk of L tokens the recurrence is a m
 (C B^T weighted by decays), across chunks only the [P, N] states are carried. Decoding uses the recurrence.
 Parameter layout follows mamba_ssm's Mamba2 (in_proj -> [z, x, B, C, dt], conv1d over [x, B, C] with bias,
 dt_bias, A_log, D, gated RMSNorm `norm`, out_proj), so parameter counts and checkpoints line up.
+On CUDA, forward/prefill use mamba_ssm's Triton SSD kernel (mamba_chunk_scan_combined) for the scan and Tri Dao's
+causal_conv1d for the short conv when they import (`Mamba2.fast_path` names what is active); else the torch form.
 """
 
 from __future__ import annotations
@@ -21,8 +23,15 @@ from torch import nn
 
 from flashsearch.genome import Genome
 
-from ._common import acc_dtype, GatedRMSNorm, ShortConv, int_option, layer_cost, option_error, pad_time
+from ._common import (acc_dtype, GatedRMSNorm, ShortConv, causal_conv1d, cuda_kernel, int_option, layer_cost, on_cuda,
+                      option_error, pad_time)
 from .base import DecodeCost, Operator, resolve_options
+
+
+# The fused CUDA kernels (optional: pip install flashsearch[gpu]).
+SSD_KERNEL = ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
+CONV_KERNEL = ("causal_conv1d", "causal_conv1d_fn")
+CONV_KERNEL_WIDTHS = (2, 3, 4)                                               # what causal_conv1d_fn implements
 
 
 # ---- the SSD core ------------------------------------------------------------------------------------------
@@ -156,23 +165,68 @@ class Mamba2(Operator):
         self.D = nn.Parameter(torch.ones(self.n_heads))
         self.norm = GatedRMSNorm(self.d_inner, group_size=self.d_inner // self.n_groups)
         self.out_proj = nn.Linear(self.d_inner, d, bias=False)
+        # The CUDA fast path is resolved once here: "mamba_ssm" (SSD scan), "causal_conv1d" (short conv), both
+        # joined by "+", or None. forward/prefill use the named kernels for CUDA inputs; set None to force torch.
+        backends = []
+        if cuda_kernel(*SSD_KERNEL) is not None:
+            backends.append("mamba_ssm")
+        if dims["d_conv"] in CONV_KERNEL_WIDTHS and cuda_kernel(*CONV_KERNEL) is not None:
+            backends.append("causal_conv1d")
+        self.fast_path: str | None = "+".join(backends) or None
+
+    def _uses(self, backend: str, x: torch.Tensor) -> bool:
+        return self.fast_path is not None and backend in self.fast_path.split("+") and on_cuda(x)
+
+    def _conv(self, xBC: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
+        """SiLU(causal depthwise conv) of xBC [B, T, C] after the inputs in cache [B, C, K-1] (zeros if None)."""
+        if not self._uses("causal_conv1d", xBC):
+            return F.silu(causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, cache))
+        fn = cuda_kernel(*CONV_KERNEL)
+        assert fn is not None
+        # causal_conv1d_fn: x [B, C, T], weight [C, K], bias [C], zero left padding, SiLU fused. A cache is
+        # prepended to the sequence and its K-1 outputs dropped (exact: each output sees K inputs), which keeps
+        # x contiguous channels-first (its initial_states argument needs channels-last strides that are multiples
+        # of 8).
+        xt = xBC.transpose(1, 2)
+        k1 = self.conv1d.kernel_size - 1
+        if cache is not None:
+            xt = torch.cat([cache.to(xt.dtype), xt], dim=-1)
+        y = fn(xt.contiguous(), self.conv1d.weight.view(self.conv_dim, k1 + 1), self.conv1d.bias, activation="silu")
+        return (y if cache is None else y[..., k1:]).transpose(1, 2)
+
+    def _scan(self, xs: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+              S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SSD scan with the D skip. xs [B, T, H, P]; dt [B, T, H] before softplus and dt_bias; Bm, Cm [B, T, G, N];
+        S0 [B, H, P, N] or None. Returns y [B, T, H, P] (xs's dtype) and the final state (None if S0 is None)."""
+        if self._uses("mamba_ssm", xs):
+            fn = cuda_kernel(*SSD_KERNEL)
+            assert fn is not None
+            # Same [b, l, h, p] / [b, l, g, n] layout; softplus(dt + dt_bias) and the D skip happen in the kernel;
+            # z=None because the gate is applied by the grouped RMSNorm afterwards (as mamba_ssm's Mamba2 does).
+            A = -self.A_log.to(acc_dtype(self.A_log.dtype)).exp()                # [H], >= fp32 as the kernel wants
+            out = fn(xs, dt, A, Bm, Cm, self.chunk_size, D=self.D, z=None, dt_bias=self.dt_bias,
+                     initial_states=S0, dt_softplus=True, return_final_states=S0 is not None)
+            if S0 is None:
+                return out, None
+            y, final = out
+            return y, final.to(S0.dtype)
+        acc = acc_dtype(xs.dtype)                                               # scan in >= fp32
+        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, T, H]
+        A = -self.A_log.to(acc).exp()                                           # [H]
+        x32 = xs.to(acc)
+        y, final = ssd_chunked(x32, dt, A, Bm.to(acc), Cm.to(acc), self.chunk_size, S0)
+        return (y + x32 * self.D.to(acc)[:, None]).to(xs.dtype), final
 
     def _mix(self, x: torch.Tensor, state: Mamba2State | None) -> tuple[torch.Tensor, Mamba2State | None]:
         """Chunked forward from an optional state; returns the output and (if a state was given) the new state."""
         Bsz, T, _ = x.shape
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC_act = F.silu(self.conv1d(xBC, None if state is None else state.conv))  # [B, T, conv_dim]
+        xBC_act = self._conv(xBC, None if state is None else state.conv)       # [B, T, conv_dim]
         xs, Bm, Cm = xBC_act.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
-        xs = xs.view(Bsz, T, self.n_heads, self.head_dim)                       # [B, T, H, P]
-        acc = acc_dtype(x.dtype)                                                # scan in >= fp32
-        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, T, H]
-        A = -self.A_log.to(acc).exp()                                           # [H]
-        xs = xs.to(acc)
-        y, final = ssd_chunked(xs, dt, A, Bm.to(acc).view(Bsz, T, self.n_groups, self.d_state),
-                               Cm.to(acc).view(Bsz, T, self.n_groups, self.d_state), self.chunk_size,
-                               None if state is None else state.ssm)
-        y = (y + xs * self.D.to(acc)[:, None]).to(x.dtype)                      # [B, T, H, P] + D skip
-        out = self.out_proj(self.norm(y.reshape(Bsz, T, self.d_inner), z))
+        y, final = self._scan(xs.view(Bsz, T, self.n_heads, self.head_dim),   # [B, T, H, P]
+                              dt, Bm.view(Bsz, T, self.n_groups, self.d_state),
+                              Cm.view(Bsz, T, self.n_groups, self.d_state), None if state is None else state.ssm)
+        out = self.out_proj(self.norm(y.to(x.dtype).reshape(Bsz, T, self.d_inner), z))
         if state is None:
             return out, None
         return out, Mamba2State(conv=self.conv1d.new_cache(xBC, state.conv), ssm=final)

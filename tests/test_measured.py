@@ -8,7 +8,7 @@ import torch
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import LatencyPredictor, Workload, latency_source
-from flashsearch.proxies.measured import MeasuredPredictor
+from flashsearch.proxies.measured import LatencyStats, MeasuredPredictor, StaticDecoder, ThroughputResult
 
 WORKLOAD = Workload(device="cpu", prompt_len=8, decode_tokens=24)
 
@@ -58,9 +58,152 @@ def test_gpu_name_without_cuda_points_to_roofline() -> None:
     assert MeasuredPredictor(device="auto").source == "measured:cpu"
 
 
+def _reference_logits(model, prompt, n):
+    """Greedy decode with HybridLM.prefill/step (the eager, Python-position path)."""
+    state = model.init_state(prompt.shape[0], prompt.shape[1] + n)
+    logits, state = model.prefill(prompt, state)
+    token, out = logits[:, -1:].argmax(-1), []
+    for _ in range(n):
+        logits, state = model.step(token, state)
+        out.append(logits)
+        token = logits.argmax(-1)
+    return torch.cat(out, dim=1)
+
+
+@pytest.mark.parametrize("bucket", [1, 4])
+def test_static_decoder_matches_model_step(bucket: int) -> None:
+    """The capturable static step (device position, in-place caches, masked fixed-length attention over a
+    bucketed number of rows) reproduces HybridLM.step, including an SWA ring that wraps."""
+    from flashsearch.model import HybridLM
+
+    g = Genome(layer_types=("swa", "ffn", "mamba2", "attention", "deltanet", "gla", "gated_deltanet", "ffn"),
+               d_model=64, n_heads=4,
+               n_kv_heads=2, head_dim=16, ffn_ratio=2.0, vocab_size=128,
+               op_options={"mamba2": {"d_state": 16, "head_dim": 16}, "swa": {"window": 6}})
+    torch.manual_seed(0)
+    model = HybridLM(g).eval()
+    prompt = torch.randint(0, 128, (2, 5))
+    n = 11
+    with torch.inference_mode():
+        ref = _reference_logits(model, prompt, n)
+        dec = StaticDecoder(model, 2, 5 + n, torch.device("cpu"), torch.float32)
+        for _ in range(2):                       # reset really resets
+            dec.reset(prompt)
+            got = []
+            for _ in range(n):
+                dec.step(dec.kv_len(bucket))
+                dec.pos_host += 1
+                got.append(dec.logits.clone())
+            torch.testing.assert_close(torch.cat(got, dim=1), ref, rtol=1e-4, atol=1e-4)
+        assert int(dec.pos) == dec.pos_host == 5 + n
+        assert dec.kv_len(4) == 5 + n            # capped at the cache size
+
+
+def test_measure_stats() -> None:
+    pred = MeasuredPredictor(device="cpu", warmup=1, repeats=3, threads=1)
+    stats = pred.measure(tiny(("mamba2", "ffn", "attention")), WORKLOAD)
+    assert isinstance(stats, LatencyStats) and pred.last_stats == stats
+    assert 0 < stats.min_s <= stats.median_s <= stats.max_s and stats.repeats == 3
+    assert stats.per_token_ms == pytest.approx(stats.median_s / WORKLOAD.decode_tokens * 1e3)
+    assert stats.spread >= 0 and stats.source == "measured:cpu"
+    with pytest.raises(Exception):
+        stats.median_s = 1.0                     # frozen
+    t = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1, clock="thread").predict(
+        tiny(("attention",)), WORKLOAD)
+    assert t > 0
+    with pytest.raises(FlashsearchError, match="clock"):
+        MeasuredPredictor(clock="cycles")
+
+
+def test_throughput_cpu_bounded_by_max_batch() -> None:
+    pred = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1)
+    w = Workload(device="cpu", prompt_len=4, decode_tokens=4)
+    tps = pred.max_batch_throughput(tiny(("attention", "ffn")), w, max_batch=6)
+    r = pred.last_throughput
+    assert isinstance(r, ThroughputResult) and r.batch == 6 and r.limited_by == "max_batch"
+    assert tps == pytest.approx(6 * 4 / r.seconds) and tps > 0
+
+
+def test_throughput_search_stops_at_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Doubling then bisection: with 'memory' for at most 11 sequences the search lands on 11."""
+    pred = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1)
+    tried: list[int] = []
+    real_fits = MeasuredPredictor._fits
+
+    def fake_fits(self, model, genome, workload, batch):
+        tried.append(batch)
+        if batch > 11:
+            return False                         # what _fits returns after catching OutOfMemoryError
+        return real_fits(self, model, genome, workload, batch)
+
+    monkeypatch.setattr(MeasuredPredictor, "_fits", fake_fits)
+    pred.max_batch_throughput(tiny(("mamba2",)), Workload(prompt_len=2, decode_tokens=2), max_batch=1000)
+    assert pred.last_throughput.batch == 11 and pred.last_throughput.limited_by == "memory"
+    assert tried[:5] == [1, 2, 4, 8, 16] and len(tried) <= 9
+
+
+def test_fits_catches_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    pred = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1)
+
+    def boom(self, *a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(StaticDecoder, "__init__", boom)
+    with torch.inference_mode():
+        assert pred._fits(None, tiny(("mamba2",)), WORKLOAD, 4) is False
+
+
+def test_throughput_refuses_too_large_models() -> None:
+    big = Genome(layer_types=("attention", "ffn") * 12, d_model=2048, n_heads=16, n_kv_heads=4, head_dim=128)
+    with pytest.raises(FlashsearchError, match="max_params"):
+        MeasuredPredictor(device="cpu").max_batch_throughput(big, WORKLOAD, max_batch=2)
+    with pytest.raises(FlashsearchError, match="max_batch"):
+        MeasuredPredictor(device="cpu").max_batch_throughput(tiny(("mamba2",)), WORKLOAD, max_batch=0)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_events_path() -> None:
-    pred = MeasuredPredictor(device="cuda", repeats=2)
-    assert pred.source.startswith("measured:cuda:")
-    assert pred.predict(tiny(("attention", "ffn")), WORKLOAD) > 0
+def test_cuda_graph_path() -> None:
+    pred = MeasuredPredictor(device="cuda", repeats=3, bucket=8)
+    genome = tiny(("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn", "swa", "ffn"))
+    stats = pred.measure(genome, WORKLOAD)
+    assert pred.capture_error is None, pred.capture_error
+    assert stats.source.startswith("measured:cuda:") and 0 < stats.min_s <= stats.median_s <= stats.max_s
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replay_matches_eager_step() -> None:
+    from flashsearch.model import HybridLM
+
+    g = tiny(("swa", "ffn", "mamba2", "attention", "deltanet", "ffn"))
+    torch.manual_seed(0)
+    model = HybridLM(g).cuda().eval()
+    prompt = torch.randint(0, 256, (2, 5), device="cuda")
+    n, bucket = 12, 4
+    with torch.inference_mode():
+        ref = _reference_logits(model, prompt, n)
+        pred = MeasuredPredictor(device="cuda", bucket=bucket, dtype="fp32")
+        dec = StaticDecoder(model, 2, 5 + n, torch.device("cuda"), torch.float32)
+        graphs = pred._capture(dec, prompt, n)
+        assert graphs is not None, pred.capture_error
+        dec.reset(prompt)
+        got = []
+        for _ in range(n):
+            graphs[dec.kv_len(bucket)].replay()
+            dec.pos_host += 1
+            got.append(dec.logits.clone())
+    torch.testing.assert_close(torch.cat(got, dim=1), ref, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_eager_fallback_and_throughput(monkeypatch: pytest.MonkeyPatch) -> None:
+    pred = MeasuredPredictor(device="cuda", repeats=1)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: (_ for _ in ()).throw(RuntimeError("no graphs")))
+    pred.predict(tiny(("attention", "ffn")), WORKLOAD)
+    assert pred.source.startswith("measured:cuda-eager:") and "no graphs" in pred.capture_error
+    monkeypatch.undo()
+    tps = MeasuredPredictor(device="cuda", repeats=1).max_batch_throughput(
+        tiny(("attention", "ffn")), WORKLOAD, max_batch=64)
+    assert tps > 0

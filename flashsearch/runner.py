@@ -227,6 +227,16 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         raise
     try:
         return _search(cfg, study, space, seeds, out_dir, stream, t0)
+    except FlashsearchError:
+        # Bad input found only once searching starts (e.g. an unreachable ray.address): leave nothing behind
+        # if this run created the directory and no trial was recorded.
+        import optuna
+
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+        if created and not study.get_trials(deepcopy=False, states=done):  # queued seeds are not results
+            lock.release()
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         lock.release()
 

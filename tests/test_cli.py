@@ -113,3 +113,17 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     assert (out_dir / "pareto.png").is_file()
     code, out, _ = run_cli(["export", str(out_dir), "--top", "1", "--out", str(tmp_path / "exp")], capsys)
     assert code == 0 and len(list((tmp_path / "exp").glob("*/config.json"))) == 1
+
+
+def test_unreachable_ray_cluster_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:9999")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(["run", HYBRID, "ray.address=10.0.0.1:9999", f"out_dir={out_dir}"], capsys)
+    assert code == 2 and "cannot join the Ray cluster" in err and err.count("\n") == 1
+    assert not out_dir.exists()

@@ -190,7 +190,13 @@ class _RayBackend:
         self._started = False
         if not ray.is_initialized():
             if address:
-                ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+                try:
+                    ray.init(address=address, log_to_driver=True, logging_level=logging.WARNING)
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    raise FlashsearchError(
+                        f"cannot join the Ray cluster at ray.address={address!r} ({detail}); start it with "
+                        "`ray start --head`, fix the address, or drop ray.address to run locally") from None
             else:
                 ray.init(num_cpus=max(int(math.ceil(workers * num_cpus)), 1), include_dashboard=False,
                          log_to_driver=False, logging_level=logging.WARNING)

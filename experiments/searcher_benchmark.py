@@ -278,7 +278,7 @@ def run_one(name: str, seed: int, budget: int, evaluator: Surrogate, population:
 
 def hv_curve(points: np.ndarray, ref: tuple[float, float], box: float, step: int = 5) -> np.ndarray:
     xs = list(range(step, len(points) + 1, step))
-    if xs[-1] != len(points):
+    if not xs or xs[-1] != len(points):
         xs.append(len(points))
     return np.array([hypervolume(points[:n], ref) / box for n in xs]), np.array(xs)
 
@@ -286,6 +286,19 @@ def hv_curve(points: np.ndarray, ref: tuple[float, float], box: float, step: int
 def evals_to_reach(curve: np.ndarray, xs: np.ndarray, level: float) -> float:
     hit = np.nonzero(curve >= level - 1e-12)[0]
     return float(xs[hit[0]]) if len(hit) else math.nan
+
+
+_EVALUATOR = None
+
+
+def _run_task(task: tuple) -> tuple:
+    name, seed, budget, population, sample_size = task
+    ev = _EVALUATOR
+    before = (getattr(ev, "hits", 0), getattr(ev, "misses", 0), getattr(ev, "train_seconds", 0.0))
+    t0 = time.perf_counter()
+    pts, n_trials = run_one(name, seed, budget, ev, population, sample_size)
+    after = (getattr(ev, "hits", 0), getattr(ev, "misses", 0), getattr(ev, "train_seconds", 0.0))
+    return name, seed, pts, n_trials, time.perf_counter() - t0, tuple(a - b for a, b in zip(after, before))
 
 
 def main() -> None:
@@ -300,6 +313,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=None, help="ridge penalty (default: chosen by CV)")
     ap.add_argument("--eval-batches", type=int, default=8,
                     help="real objective: ShortTrain eval_batches (must match the collection's)")
+    ap.add_argument("--jobs", type=int, default=1, help="(sampler, seed) runs in parallel processes")
     ap.add_argument("--out", default=None, help="default experiments/results/searcher_<objective>.md")
     args = ap.parse_args()
     names = [s for s in args.samplers.split(",") if s]
@@ -355,14 +369,28 @@ def main() -> None:
                       "evaluation budget: read the numbers as indicative only.", "", *data_lines[:1]]
     runs: dict[tuple[str, int], np.ndarray] = {}
     seconds: dict[str, float] = {n: 0.0 for n in names}
-    for seed in range(args.seeds):
-        for name in names:
-            t0 = time.perf_counter()
-            pts, n_trials = run_one(name, seed, args.budget, evaluator, args.population, args.sample_size)
-            seconds[name] += time.perf_counter() - t0
-            runs[(name, seed)] = pts
-            print(f"{name:7s} seed {seed}: {len(pts)} evaluations ({n_trials} trials), "
-                  f"{time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    global _EVALUATOR
+    _EVALUATOR = evaluator
+    tasks = [(name, seed, args.budget, args.population, args.sample_size) for seed in range(args.seeds)
+             for name in names]
+    if args.jobs > 1:
+        import multiprocessing as mp
+
+        pool = mp.get_context("fork").Pool(args.jobs)
+        results = pool.imap_unordered(_run_task, tasks)
+    else:
+        results = map(_run_task, tasks)
+    for name, seed, pts, n_trials, secs, stats in results:
+        seconds[name] += secs
+        runs[(name, seed)] = pts
+        if isinstance(evaluator, RealShortTrain):  # counts from the worker's copy of the evaluator
+            evaluator.hits += stats[0]
+            evaluator.misses += stats[1]
+            evaluator.train_seconds += stats[2]
+        print(f"{name:7s} seed {seed}: {len(pts)} evaluations ({n_trials} trials), {secs:.1f} s",
+              file=sys.stderr, flush=True)
+    if args.jobs > 1:
+        pool.close()
 
     if isinstance(evaluator, RealShortTrain):
         header += ["", f"Evaluations: {evaluator.hits} answered from the collected CSV, {evaluator.misses} newly "

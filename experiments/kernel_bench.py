@@ -372,21 +372,7 @@ def measure_layers(shape: Shape, repeats: int, min_seconds: float) -> list[tuple
 
 
 # ---- report ---------------------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+from flashsearch.proxies.profile import cpu_name as _cpu_model, load_average as _load  # noqa: E402
 
 
 def _fmt_tps(x: float) -> str:

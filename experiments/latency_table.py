@@ -26,7 +26,6 @@ A benchmark, not a test: nothing here asserts.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -80,21 +79,7 @@ def reduce_genome(g, div: int, vocab: int, decode_scale: float):
                   vocab_size=vocab, op_options=opts)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+from flashsearch.proxies.profile import cpu_name as _cpu_model, load_average as _load  # noqa: E402
 
 
 def _fmt_s(x: float | None, digits: int = 2) -> str:

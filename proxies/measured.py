@@ -439,8 +439,7 @@ class MeasuredPredictor:
         for _ in range(self.repeats):
             dec.reset(prompt)
             times.append(self._time(lambda: decode(n)))
-        del graphs, dec
-        return times
+        return times  # the decoder and its graphs are freed with this frame
 
     def _capture(self, dec: StaticDecoder, prompt: torch.Tensor, n: int) -> dict[int, Any] | None:
         """One CUDA graph of `dec.step` per attended-length bucket reached by an n-token decode; None on failure."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import os
 import platform
 import statistics
 import sys
@@ -85,6 +86,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def load_average() -> str:
+    """1/5/15-minute load averages, recorded with timings so a reader can tell a busy machine's numbers."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 # Clocks: "thread" = CPU time of the calling thread (with 1 torch thread all work runs on it), robust when other

@@ -16,6 +16,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -56,6 +57,13 @@ def _quality_label(df: pd.DataFrame) -> str:
     return f"proxy loss ({_METRIC_LABELS.get(metric or 'val_bpb', metric)})"
 
 
+def _save_png(fig: Any, path: str | os.PathLike) -> None:
+    """Lay out and write a figure atomically (a reader never sees half a PNG)."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
 def _target(study: optuna.Study, target_latency: float | None) -> float | None:
     if target_latency is not None:
         return float(target_latency)
@@ -92,9 +100,7 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
         ax.grid(True, alpha=0.3)
         if not done.empty or target_latency is not None:
             ax.legend(fontsize=8, loc="upper right")
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        _save_png(fig, path)
     finally:
         plt.close(fig)
     return Path(path)
@@ -188,9 +194,7 @@ def plot_hypervolume(curve: pd.DataFrame, path: str | os.PathLike,
         ref = "" if reference is None else f"; reference = loss {reference[0]:.4g}, latency {reference[1]:.4g} s"
         ax.set_title(f"Hypervolume of the loss-latency front{ref}", fontsize=9)
         ax.grid(True, alpha=0.3)
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png")
+        _save_png(fig, path)
     finally:
         plt.close(fig)
     return Path(path)

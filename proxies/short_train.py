@@ -65,7 +65,7 @@ class ShortTrain:
     (swa_reference_context=None keeps the genome's window).
     Training: budget.tokens // (batch_size * seq_len) AdamW steps, linear warmup + cosine, gradient clipping,
     optional weight normalization after every step (the Nemotron-Flash recipe, then no weight decay) and
-    meta tokens. Score: bits per byte over `eval_batches` x `batch_size` fixed validation windows.
+    meta tokens. `device="cuda"` trains on a GPU (the studies' --scale runs); the default search stays on CPU. Score: bits per byte over `eval_batches` x `batch_size` fixed validation windows.
 
     Defaults were tuned on the embedded corpus (2 CPU cores). CPU cost per token does not depend on the batch
     size here, so for a given token budget more, smaller steps win: at 100k tokens 4 x 128-byte batches
@@ -97,6 +97,7 @@ class ShortTrain:
         text_field: str = "text",
         val_fraction: float = 0.1,
         threads: int | None = 1,
+        device: str = "cpu",
     ):
         self.width_divisor = _positive_int("width_divisor", width_divisor)
         self.head_dim = _positive_int("head_dim", head_dim)
@@ -129,6 +130,9 @@ class ShortTrain:
         self.text_field = text_field
         self.val_fraction = _number("val_fraction", val_fraction, 0.0, 0.5)
         self.threads = None if threads is None else _positive_int("threads", threads)
+        if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
+            raise FlashsearchError(f"short_train.device must be 'cpu' or 'cuda[:N]', got {device!r}")
+        self.device = device
         self._corpus: ByteCorpus | None = None
         self._val: torch.Tensor | None = None
 
@@ -193,7 +197,7 @@ class ShortTrain:
 
         pg = self.proxy_genome(genome)
         torch.manual_seed(self.seed)  # same init for the same genome
-        model = HybridLM(pg, meta_tokens=self.meta_tokens)
+        model = HybridLM(pg, meta_tokens=self.meta_tokens).to(self.device)
         model.train()
         if self.weight_norm:
             weight_normalize_(model)
@@ -214,7 +218,7 @@ class ShortTrain:
         for step in range(steps):
             for group in opt.param_groups:
                 group["lr"] = self.lr * schedule(step)
-            batch = sampler.sample()                                     # [B, T+1]
+            batch = sampler.sample().to(self.device)                     # [B, T+1]
             logits = model(batch[:, :-1])                                # [B, T, 256]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
             value = float(loss.detach())
@@ -268,6 +272,7 @@ class ShortTrain:
         model.eval()
         total, count = 0.0, 0
         for chunk in self._val.split(self.batch_size):
+            chunk = chunk.to(self.device)
             logits = model(chunk[:, :-1])
             total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
                                            reduction="sum"))

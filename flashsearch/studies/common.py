@@ -1,0 +1,46 @@
+"""Pieces the study scripts share: sampling genomes from a shipped search space and the proxy it configures."""
+
+from __future__ import annotations
+
+import argparse
+import random
+from typing import Any
+
+from flashsearch.genome import Genome
+
+
+def sample_genomes(config_path: str, n: int, seed: int = 0) -> list[Genome]:
+    """n distinct genomes drawn uniformly from the search space of a flashsearch YAML."""
+    from flashsearch.builders import build_space
+    from flashsearch.config import load_config
+
+    space = build_space(load_config(config_path))
+    rng = random.Random(seed)
+    out: dict[str, Genome] = {}
+    for _ in range(100 * n):
+        g = space.decode(space.sample(rng))
+        out.setdefault(g.id, g)
+        if len(out) == n:
+            return list(out.values())
+    raise ValueError(f"{config_path}: could only draw {len(out)} distinct genomes, asked for {n}")
+
+
+def default_proxy(config_path: str) -> tuple[dict[str, Any], int]:
+    """(ShortTrain keyword arguments, budget.tokens) that a search with this YAML uses per candidate."""
+    from flashsearch.config import load_config
+
+    cfg = load_config(config_path)
+    spec = cfg.quality if isinstance(cfg.quality, dict) else {"_target_": cfg.quality}
+    if spec.get("_target_") not in ("short_train", "flashsearch.proxies.short_train.ShortTrain"):
+        raise ValueError(f"{config_path}: the studies need quality: short_train, got {spec.get('_target_')!r}")
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    kwargs.setdefault("seed", cfg.seed)
+    return kwargs, int(cfg.budget.tokens)
+
+
+def add_common_args(ap: argparse.ArgumentParser, workers: int = 2) -> None:
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="multiply every token budget by this (the same study, bigger; use with --device cuda)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (ShortTrain's device)")
+    ap.add_argument("--workers", type=int, default=workers, help="parallel trainings (1 per CPU core; 1 on a GPU)")
+    ap.add_argument("--out", default="experiments/results", help="folder for the CSV, markdown and figure")

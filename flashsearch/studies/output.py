@@ -1,0 +1,50 @@
+"""The header every study result carries, so each number can be traced to a command, a runtime and a machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS_DIR = Path("experiments") / "results"
+
+
+def machine_line() -> str:
+    from flashsearch.proxies.profile import cpu_name
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu_name()}, {os.cpu_count()} CPU cores, {gpu}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+def command_line() -> str:
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return " ".join(["python", str(script), *sys.argv[1:]])
+
+
+def header(title: str, started: float) -> str:
+    """Markdown header: title, command, date, wall time since `started` (time.perf_counter()), machine."""
+    minutes = (time.perf_counter() - started) / 60
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"# {title}\n\n"
+            f"- command: `{command_line()}`\n"
+            f"- finished: {date}, wall time {minutes:.1f} min (training results are cached in the CSV next to "
+            "this file; a rerun only trains what is missing)\n"
+            f"- machine: {machine_line()}\n")
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -2,7 +2,8 @@
 
 D is depth (blocks), W width (d_model), N non-embedding parameters. The fit minimises squared relative error
 with scipy's least_squares from a grid of starting exponents (the loss surface has several basins; one start
-often lands in a poor one). Amplitudes are fitted as logs so they stay positive, and D, W, N are divided by
+often lands in a poor one). L0 is bounded to [0, min observed loss] (an irreducible loss), exponents to
+[0.05, 3]. Amplitudes are fitted as logs so they stay positive, and D, W, N are divided by
 their geometric means inside the fit so the three terms start on the same scale.
 """
 
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EXPONENT_STARTS = (0.1, 0.5, 1.0, 2.0)
+EXPONENT_STARTS = (0.2, 0.6, 1.5)
+MIN_EXPONENT = 0.05  # below this a power term is a second constant and trades off freely against L0
 
 
 @dataclass(frozen=True)
@@ -57,21 +59,29 @@ def fit_depth_width_law(D, W, N, L, max_exponent: float = 3.0) -> DepthWidthLaw:
     d, w, n = D / scale[0], W / scale[1], N / scale[2]
     spread = float(L.max() - L.min()) or float(abs(L.mean())) or 1.0
 
-    def model(theta: np.ndarray) -> np.ndarray:
-        L0, la, al, lb, be, lc, ga = theta
-        return L0 + np.exp(la) * d ** -al + np.exp(lb) * w ** -be + np.exp(lc) * n ** -ga
+    logs = (np.log(d), np.log(w), np.log(n))
+
+    def terms(theta: np.ndarray) -> list[np.ndarray]:
+        _, la, al, lb, be, lc, ga = theta
+        return [np.exp(la) * d ** -al, np.exp(lb) * w ** -be, np.exp(lc) * n ** -ga]
 
     def residuals(theta: np.ndarray) -> np.ndarray:
-        return (model(theta) - L) / L
+        return (theta[0] + sum(terms(theta)) - L) / L
 
-    lower = [-np.inf, -30, 0.0, -30, 0.0, -30, 0.0]
+    def jacobian(theta: np.ndarray) -> np.ndarray:
+        cols = [np.ones_like(L)]
+        for t, lg in zip(terms(theta), logs):  # d/d(log amp) = term, d/d(exponent) = -term * log(x)
+            cols += [t, -t * lg]
+        return np.stack(cols, axis=1) / L[:, None]
+
+    lower = [0.0, -30, MIN_EXPONENT, -30, MIN_EXPONENT, -30, MIN_EXPONENT]
     upper = [float(L.min()), 30, max_exponent, 30, max_exponent, 30, max_exponent]
     best = None
     for al, be, ga in itertools.product(EXPONENT_STARTS, repeat=3):
         amp = np.log(spread / 3)
-        x0 = np.array([float(L.min()) - spread, amp, al, amp, be, amp, ga])
-        x0[0] = min(x0[0], upper[0] - 1e-6)
-        sol = least_squares(residuals, x0, bounds=(lower, upper), x_scale="jac", max_nfev=4000)
+        x0 = np.array([max(0.0, float(L.min()) - spread), amp, al, amp, be, amp, ga])
+        x0[0] = min(x0[0], upper[0] * (1 - 1e-6))
+        sol = least_squares(residuals, x0, jac=jacobian, bounds=(lower, upper), x_scale="jac", max_nfev=2000)
         if best is None or sol.cost < best.cost:
             best = sol
     L0, la, al, lb, be, lc, ga = best.x

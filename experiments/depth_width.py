@@ -2,7 +2,7 @@
 
 Llama-style genomes (D blocks of attention + FFN, GQA group 4, head 128, SwiGLU x3, width W) over a grid of
 depths and widths are short-trained with the default CPU proxy (width / 16, so W = 1024..4096 trains at
-64..256) at 2x the demo's tokens. N is the proxy's non-embedding parameter count. The law is fitted on the
+64..256) at 98k tokens. N is the proxy's non-embedding parameter count. The law is fitted on the
 smaller models and scored on the largest ones (extrapolation in N), and again with the deepest models held
 out (extrapolation in D); paper: within 5.3%. Then, with the H100 roofline predictor (batch-1 decode of 8k
 tokens, as hybrid_1b.yaml), the law picks the best depth and width under several latency budgets: deeper
@@ -28,7 +28,7 @@ from flashsearch.proxies.base import Workload
 from flashsearch.proxies.roofline import RooflinePredictor
 from flashsearch.studies.common import add_common_args, default_proxy
 from flashsearch.studies.jobs import TrainJob, run_jobs
-from flashsearch.studies.output import header, write_atomic
+from flashsearch.studies.output import header, pyplot, save_figure, write_atomic
 from flashsearch.studies.scaling_law import DepthWidthLaw, fit_depth_width_law, relative_errors
 
 DEPTHS = (2, 3, 4, 6, 8, 12, 16)
@@ -77,15 +77,15 @@ def best_under_budgets(law: DepthWidthLaw, proxy_width_of, params_of, predictor:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="source of the default proxy")
-    ap.add_argument("--token-mult", type=float, default=2.0, help="x the YAML's budget.tokens")
+    ap.add_argument("--tokens", type=int, default=98_304, help="training tokens per model (x --scale)")
     add_common_args(ap)
     args = ap.parse_args()
     started = time.perf_counter()
     out = Path(args.out)
 
-    kwargs, base_tokens = default_proxy(args.config)
+    kwargs, _ = default_proxy(args.config)
     kwargs = {**kwargs, "device": args.device}
-    tokens = int(round(base_tokens * args.token_mult * args.scale))
+    tokens = int(round(args.tokens * args.scale))
     jobs = [TrainJob(key=f"t{tokens}-{args.device}|D{d}-W{w}", genome=llama_genome(d, w), tokens=tokens,
                      proxy=kwargs, tags={"D": d, "W_full": w}) for d in DEPTHS for w in WIDTHS]
     print(f"depth vs width: {len(jobs)} Llama-style models at {tokens:,} tokens, {args.workers} workers", flush=True)
@@ -119,7 +119,7 @@ def main() -> None:
                       f"{abs(r.predicted - r.loss) / r.loss * 100:.1f}% | {r.role} |" for r in df.itertuples())
     budgets = "\n".join(f"| {b:g} | {d} | {w} | {lat:.2f} | {loss:.4f} |" if d else f"| {b:g} | none fits | | | |"
                         for b, d, w, lat, loss in budget_rows)
-    md = header("Depth vs width", started) + f"""
+    md = header("Depth vs width", started, float(rows["seconds"].sum())) + f"""
 {len(df)} Llama-style models (D blocks of attention + FFN) trained with the default proxy at {tokens:,} tokens
 (`{args.config}`'s ShortTrain, width / 16). W is the full width (proxy width in brackets); N the proxy's
 non-embedding parameters; losses are validation bits per byte.
@@ -177,11 +177,7 @@ def _best_depth_per_params(law: DepthWidthLaw, proxy_width_of) -> str:
 
 
 def plot(path: Path, df, law_n, law_all, proxy_width_of, budget_rows, cands) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
     a1, a2, a3 = axes
     for w, grp in df.groupby("W_full"):
@@ -211,11 +207,7 @@ def plot(path: Path, df, law_n, law_all, proxy_width_of, budget_rows, cands) -> 
     a3.set_xlabel("H100 decode latency, 8k tokens (s, roofline)")
     a3.set_ylabel("law-predicted loss")
     a3.set_title("best depth under latency budgets")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- **measured columns: {mode}.**",
         f"- latency: median of {args.repeats} timed decodes [min-max], each after a fresh prefill, after "
         f"{pred.warmup} warm-up steps; ms/tok = median / decode tokens.",
-        f"- throughput: largest batch that fits (doubling then bisection; "
+        "- throughput: largest batch that fits (doubling then bisection; "
         + ("bounded by --max-batch " + str(max_batch) + " on CPU, memory not probed" if not device.startswith("cuda")
            else f"CUDA out-of-memory or --max-batch {max_batch}")
         + f"), prompt {prompt} + decode {tp_tokens} tokens, tokens/s = batch x decode tokens / time.",

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flashsearch.studies.common import add_common_args, default_proxy, sample_genomes
+from flashsearch.studies.common import add_common_args, default_proxy, describe_proxy, sample_genomes
 from flashsearch.studies.jobs import TrainJob, run_jobs
-from flashsearch.studies.output import header, write_atomic
+from flashsearch.studies.output import header, pyplot, save_figure, write_atomic
 from flashsearch.studies.ranking import rank_agreement
 
 FIDELITY_BAR = 0.8  # the issue's bar for the demo's default proxy
@@ -118,9 +118,9 @@ def main() -> None:
                   + (f"{passing[0][1]} ({passing[0][0] / default_cost:.2f}x the default's cost)." if passing
                      else "none; a longer proxy than this ladder holds is needed.")))
 
-    md = header("Proxy fidelity", started) + f"""
+    md = header("Proxy fidelity", started, float(rows["seconds"].sum())) + f"""
 Genomes: {len(keep)} drawn uniformly from `{args.config}` (seed {args.seed}). Default proxy: that YAML's
-`quality` ({base_kwargs or 'ShortTrain defaults'}) at `budget.tokens` = {base_tokens:,}{' x scale ' + str(args.scale) if args.scale != 1 else ''}.
+`quality` ({describe_proxy(base_kwargs)}) at `budget.tokens` = {base_tokens:,}{' x scale ' + str(args.scale) if args.scale != 1 else ''}.
 Reference: the same proxy with {REFERENCE.token_mult:g}x the tokens ({plan[REFERENCE][0].tokens:,};
 {ref_cost:.0f} CPU-s per genome). Losses are validation bits per byte on the embedded corpus; lower is better.
 Spearman's interval is a 5-95% bootstrap over genomes. Cost is CPU seconds per genome (one core each).
@@ -139,11 +139,7 @@ Spearman's interval is a 5-95% bootstrap over genomes. Cost is CPU seconds per g
 
 
 def plot(path: Path, default_loss, ref, ladder_points, default_ag) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
     a1.scatter(default_loss, ref, s=22)
     a1.set_xlabel("default proxy loss (bits/byte)")
@@ -157,11 +153,7 @@ def plot(path: Path, default_loss, ref, ladder_points, default_ag) -> None:
     a2.set_xlabel("CPU seconds per genome")
     a2.set_ylabel("Spearman vs reference")
     a2.set_title("proxy ladder: fidelity vs cost")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,6 @@ def layer_params(op: str, g: Genome) -> float:
 
 def synthetic_loss(g: Genome) -> float:
     """SYNTHETIC quality (lower is better); see the module doc. Deterministic in the genome."""
-    n_params = sum(layer_params(op, g) for op in g.layer_types)               # non-embedding parameters
     mixers = [op for op in g.layer_types if op != "ffn"]
     quality = sum(MIXER_QUALITY.get(op, 0.85) * layer_params(op, g) for op in mixers)
     quality += sum(layer_params(op, g) for op in g.layer_types if op == "ffn")
@@ -401,7 +400,6 @@ def main() -> None:
     ref = (float(hi[0] + 0.1 * (hi[0] - lo[0])), float(hi[1] + 0.1 * (hi[1] - lo[1])))
     box = (ref[0] - lo[0]) * (ref[1] - lo[1])
     curves = {k: hv_curve(v, ref, box) for k, v in runs.items()}
-    xs = next(iter(curves.values()))[1]
 
     rows = []
     for (name, seed), (c, x) in curves.items():

@@ -31,14 +31,16 @@ def command_line() -> str:
     return " ".join(["python", str(script), *sys.argv[1:]])
 
 
-def header(title: str, started: float) -> str:
-    """Markdown header: title, command, date, wall time since `started` (time.perf_counter()), machine."""
+def header(title: str, started: float, train_seconds: float) -> str:
+    """Markdown header: title, command, date, this invocation's wall time since `started`
+    (time.perf_counter()), the summed CPU time of every training behind the table, and the machine."""
     minutes = (time.perf_counter() - started) / 60
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"# {title}\n\n"
             f"- command: `{command_line()}`\n"
-            f"- finished: {date}, wall time {minutes:.1f} min (training results are cached in the CSV next to "
-            "this file; a rerun only trains what is missing)\n"
+            f"- finished: {date}; this invocation {minutes:.1f} min wall; the trainings behind the table took "
+            f"{train_seconds / 60:.1f} CPU-min in all (one core each). They are cached in the CSV next to this "
+            "file: a rerun only trains what is missing.\n"
             f"- machine: {machine_line()}\n")
 
 
@@ -48,3 +50,25 @@ def write_atomic(path: str | Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Lay out, write atomically (a reader never sees half a PNG) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (studies run headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

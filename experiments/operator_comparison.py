@@ -6,7 +6,8 @@ found by a short aging search are all sized to the same predicted decode latency
 tokens, as hybrid_1b.yaml) and trained with the default proxy over several seeds; proxy losses side by side.
 
 Matching: a single-operator model repeats its block n times at width W; the (n, W) pair whose predicted
-latency is closest to the target wins (W a multiple of 256 in 1024..3072, so heads stay whole). The search
+latency is within 1% of the target wins, nearest the Flash-1B width 2048 (W a multiple of 256 in 1024..3072,
+so heads stay whole). The search
 runs hybrid_1b.yaml in constrained mode (search.target_latency = the target), which solves each candidate's
 width under the target.
 
@@ -45,10 +46,11 @@ FAMILIES = {  # name -> one repeated block
     "GLA + FFN": ("gla", "ffn"),
 }
 WIDTHS = range(1024, 3072 + 1, 256)
+MATCH_TOLERANCE = 0.01  # latencies within 1% of the target count as matched; then the width nearest Flash-1B's
 
 
 def matched_genome(block: tuple[str, ...], template: Genome, target: float, predictor) -> Genome:
-    """The repeat count and width whose predicted latency is closest to `target` (ties: width nearer 2048)."""
+    """The repeat count and width that match `target` within 1% (else as closely as any), width nearest 2048."""
     best = None
     for n in range(1, 61):
         for w in WIDTHS:
@@ -56,7 +58,7 @@ def matched_genome(block: tuple[str, ...], template: Genome, target: float, pred
                        n_kv_heads=template.n_kv_heads, head_dim=template.head_dim, ffn_ratio=template.ffn_ratio,
                        vocab_size=template.vocab_size, op_options=template.op_options).with_width(w)
             lat = predictor.predict(g, WORKLOAD)
-            score = (abs(lat / target - 1), abs(w - 2048))
+            score = (max(0.0, abs(lat / target - 1) - MATCH_TOLERANCE), abs(w - 2048))
             if best is None or score < best[0]:
                 best = (score, g)
     return best[1]

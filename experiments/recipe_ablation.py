@@ -2,13 +2,14 @@
 
 Paper (1B scale): weight normalization +1.20% commonsense accuracy and -0.66 Wiki PPL, at a step time of 0.46
 vs 0.43 s; 256 meta tokens +0.45% accuracy. Here each recipe is switched on and off in the short-training
-proxy for the Flash pattern, attention + FFN and Mamba2 + FFN (search_spaces/reference/) over >= 3 seeds.
+proxy (49k tokens by default) for the Flash pattern, attention + FFN and Mamba2 + FFN
+(search_spaces/reference/), over >= 3 seeds.
 Meta tokens scale with the context: the paper's 256 per 4k-token sequence become 8 per 128-byte window.
 Deltas are paired per seed (same data order and init seed), reported as mean ± std over seeds, with the
 CPU time ratio against the baseline.
 
     python experiments/recipe_ablation.py                    # ~15 min on 2 CPU cores
-    python experiments/recipe_ablation.py --token-mult 4     # longer training (~1 h)
+    python experiments/recipe_ablation.py --tokens 196608    # longer training (~1 h)
     python experiments/recipe_ablation.py --scale 8 --device cuda --workers 1
 
 Writes recipe_ablation.{csv,md,png} to --out; training rows are cached in the CSV (reruns resume).
@@ -52,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="source of the default proxy")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--token-mult", type=float, default=1.0, help="x the YAML's budget.tokens")
+    ap.add_argument("--tokens", type=int, default=49_152, help="training tokens per run (x --scale)")
     add_common_args(ap)
     args = ap.parse_args()
     if args.seeds < 2:
@@ -60,8 +61,8 @@ def main() -> None:
     started = time.perf_counter()
     out = Path(args.out)
 
-    kwargs, base_tokens = default_proxy(args.config)
-    tokens = int(round(base_tokens * args.token_mult * args.scale))
+    kwargs, _ = default_proxy(args.config)
+    tokens = int(round(args.tokens * args.scale))
     genomes = {name: load_genome(path) for name, path in ARCHS.items()}
     jobs = []
     for arch, g in genomes.items():

@@ -70,9 +70,10 @@ def search_best_hybrid(config: str, target: float, trials: int, workers: int, to
     from flashsearch.runner import run
 
     out_dir = Path("runs") / f"operator_comparison-t{tokens}"  # rerunning the same command resumes the search
+    # Ray's workers run niced; in-process threads (ray.address=local) keep the study's search at full priority
     cfg = load_config(config, [f"search.target_latency={target}", f"search.trials={trials}",
                                f"search.workers={workers}", f"budget.tokens={tokens}", f"out_dir={out_dir}",
-                               "budget.time_limit_s=null"])
+                               "budget.time_limit_s=null", "ray.address=local"])
     run(cfg)
     df = pd.read_parquet(out_dir / "trials.parquet")
     ok = df[(df.state == "COMPLETE") & (df.latency <= target * 1.001)].sort_values("quality")
@@ -107,10 +108,10 @@ def main() -> None:
     print(f"target latency {target:.2f} s; short search for the best hybrid ({args.trials} trials)", flush=True)
     models["Searched hybrid (this run)"] = search_best_hybrid(args.config, target, args.trials, args.workers, tokens)
 
-    jobs = [TrainJob(key=f"t{tokens}-s{s}-{args.device}|{g.id}", genome=g, tokens=tokens,
+    jobs = {j.key: j for j in [TrainJob(key=f"t{tokens}-s{s}-{args.device}|{g.id}", genome=g, tokens=tokens,
                      proxy={**kwargs, "seed": s, "device": args.device}, tags={"model": name})
-            for name, g in models.items() for s in range(args.seeds)]
-    rows = run_jobs(jobs, out / "operator_comparison.csv", args.workers, "operators")
+            for name, g in models.items() for s in range(args.seeds)]}.values()  # a genome listed twice trains once
+    rows = run_jobs(list(jobs), out / "operator_comparison.csv", args.workers, "operators")
     rows = rows[rows["key"].isin({j.key for j in jobs})]
 
     lines, stats = [], []
@@ -119,7 +120,9 @@ def main() -> None:
         loss = sub.loss.to_numpy(float)
         lat = predictor.predict(g, WORKLOAD)
         stats.append((name, float(np.nanmean(loss)), float(np.nanstd(loss)), lat))
-        lines.append(f"| {name} | `{g.summary()}` | {g.n_layers} | {g.d_model} | {lat:.2f} "
+        same = [n for n, o in models.items() if n != name and o.id == g.id]
+        label = name + (f" (= {same[0]})" if same else "")
+        lines.append(f"| {label} | `{g.summary()}` | {g.n_layers} | {g.d_model} | {lat:.2f} "
                      f"({(lat / target - 1) * 100:+.1f}%) | {np.nanmean(loss):.4f} ± {np.nanstd(loss):.4f} |")
     order = np.argsort([s[1] for s in stats])
     lines = [lines[i] for i in order]

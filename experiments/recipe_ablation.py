@@ -95,7 +95,8 @@ def main() -> None:
 Proxy: `{args.config}`'s ShortTrain at {tokens:,} tokens; weight norm turns weight decay off (as the paper);
 meta tokens: {META_TOKENS} learnable tokens prepended to every window. {args.seeds} seeds per cell; losses are
 validation bits per byte (lower is better); Δ is paired per seed against the baseline. Paper: weight norm
--0.66 PPL / +1.20% CR, meta tokens +0.45% CR (1B models, long training).
+-0.66 PPL / +1.20% CR, meta tokens +0.45% CR (1B models, long training). The time column is each training's
+wall time over the baseline's, taken while other jobs shared the cores: a rough cost, not a speed benchmark.
 
 | architecture | recipe | loss (mean ± std) | Δ vs baseline | CPU time vs baseline |
 |---|---|---|---|---|

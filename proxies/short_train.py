@@ -64,6 +64,7 @@ class ShortTrain:
     sliding window keeps its share of the training context: window * seq_len / swa_reference_context
     (swa_reference_context=None keeps the genome's window).
     Training: budget.tokens // (batch_size * seq_len) AdamW steps, linear warmup + cosine, gradient clipping,
+    `repeats` > 1 averages that many seeds (see _average_over_seeds);
     optional weight normalization after every step (the Nemotron-Flash recipe, then no weight decay) and
     meta tokens. `device="cuda"` trains on a GPU (the studies' --scale runs); the default search stays on CPU. Score: bits per byte over `eval_batches` x `batch_size` fixed validation windows.
 
@@ -93,6 +94,7 @@ class ShortTrain:
         eval_batches: int = 32,
         log_every: int = 10,
         seed: int = 0,
+        repeats: int = 1,
         data_path: str | Path | None = None,
         text_field: str = "text",
         val_fraction: float = 0.1,
@@ -124,6 +126,7 @@ class ShortTrain:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise FlashsearchError(f"short_train.seed must be an integer, got {seed!r}")
         self.seed = seed
+        self.repeats = _positive_int("repeats", repeats)
         self.data_path = None if data_path is None else str(data_path)
         if not isinstance(text_field, str) or not text_field:
             raise FlashsearchError(f"short_train.text_field must be a non-empty string, got {text_field!r}")
@@ -175,14 +178,32 @@ class ShortTrain:
             torch.set_num_threads(self.threads)
         try:
             with torch.random.fork_rng(devices=[]):  # seeding here must not disturb the caller's RNG
-                return self._evaluate(genome, budget)
+                if self.repeats == 1:
+                    return self._evaluate(genome, budget, self.seed)
+                return self._average_over_seeds(genome, budget)
         except MemoryError:
             raise TrialFailed(f"out of memory training the proxy of genome {genome.id} "
                               f"({genome.n_layers} layers); lower short_train.batch_size or seq_len") from None
         finally:
             torch.set_num_threads(prev_threads)
 
-    def _evaluate(self, genome: Genome, budget: Budget) -> QualityResult:
+    def _average_over_seeds(self, genome: Genome, budget: Budget) -> QualityResult:
+        """`repeats` trainings with seeds seed, seed+1, ...: mean loss. At small budgets the seed (init and data
+        order) moves a proxy's loss by up to ~0.5 bits/byte (experiments/results/recipe_ablation.md), which
+        averaging shrinks. Each repeat gets 1/repeats of budget.time_limit_s."""
+        limit = None if budget.time_limit_s is None else budget.time_limit_s / self.repeats
+        each = Budget(tokens=budget.tokens, time_limit_s=limit)
+        runs = [self._evaluate(genome, each, self.seed + r) for r in range(self.repeats)]
+        n = len(runs)
+        curve = tuple((step, sum(r.curve[i][1] for r in runs) / n) for i, (step, _) in enumerate(runs[0].curve))
+        extra = {**runs[0].extra, "seed_losses": [r.loss for r in runs], "repeats": n,
+                 "train_seconds": round(sum(r.extra["train_seconds"] for r in runs), 3),
+                 "final_train_bpb": curve[-1][1] if curve else float("nan")}
+        return QualityResult(loss=sum(r.loss for r in runs) / n, metric=runs[0].metric, curve=curve,
+                             proxy_params=runs[0].proxy_params, tokens=sum(r.tokens for r in runs),
+                             seconds=sum(r.seconds for r in runs), extra=extra)
+
+    def _evaluate(self, genome: Genome, budget: Budget, seed: int) -> QualityResult:
         from flashsearch.model import HybridLM, weight_normalize_
 
         t0 = time.perf_counter()
@@ -196,7 +217,7 @@ class ShortTrain:
         limit = budget.time_limit_s
 
         pg = self.proxy_genome(genome)
-        torch.manual_seed(self.seed)  # same init for the same genome
+        torch.manual_seed(seed)  # same init for the same genome
         model = HybridLM(pg, meta_tokens=self.meta_tokens).to(self.device)
         model.train()
         if self.weight_norm:
@@ -210,7 +231,7 @@ class ShortTrain:
         except (RuntimeError, TypeError):
             opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.95), eps=1e-8)
         schedule = _Schedule(steps, max(1, round(self.warmup_fraction * steps)), self.min_lr_ratio)
-        sampler = WindowSampler(corpus.train, self.batch_size, self.seq_len, seed=self.seed)
+        sampler = WindowSampler(corpus.train, self.batch_size, self.seq_len, seed=seed)
 
         curve: list[tuple[int, float]] = []
         window_loss, window_n = 0.0, 0

@@ -44,6 +44,14 @@ def test_deterministic_for_a_fixed_seed() -> None:
     assert c.loss != a.loss
 
 
+def test_repeats_average_consecutive_seeds() -> None:
+    budget = Budget(tokens=6 * 64 * 8)
+    singles = [small(seed=s).evaluate(HYBRID, budget).loss for s in (3, 4)]
+    r = small(seed=3, repeats=2).evaluate(HYBRID, budget)
+    assert r.loss == pytest.approx(sum(singles) / 2)
+    assert r.extra["seed_losses"] == pytest.approx(singles) and r.tokens == 2 * 6 * 64 * 8
+
+
 def test_divergence_is_a_failed_trial() -> None:
     with pytest.raises(TrialFailed, match=r"loss diverged to nan at step \d+"):
         small(lr=1e6).evaluate(HYBRID, Budget(tokens=10 * 64 * 8))
@@ -91,6 +99,8 @@ def test_recipe_options_run(tmp_path: Path) -> None:
     ({"warmup_fraction": 1.5}, "warmup_fraction"),
     ({"meta_tokens": -1}, "meta_tokens"),
     ({"threads": 0}, "threads"),
+    ({"repeats": 0}, "repeats"),
+    ({"device": "tpu"}, "device"),
 ])
 def test_bad_settings(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(FlashsearchError, match=match):

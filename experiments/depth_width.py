@@ -29,7 +29,7 @@ from flashsearch.proxies.roofline import RooflinePredictor
 from flashsearch.studies.common import add_common_args, default_proxy
 from flashsearch.studies.jobs import TrainJob, run_jobs
 from flashsearch.studies.output import header, pyplot, save_figure, write_atomic
-from flashsearch.studies.scaling_law import DepthWidthLaw, fit_depth_width_law, relative_errors
+from flashsearch.studies.scaling_law import MIN_EXPONENT, DepthWidthLaw, fit_depth_width_law, relative_errors
 
 DEPTHS = (2, 3, 4, 6, 8, 12, 16)
 WIDTHS = (1024, 1536, 2048, 3072, 4096)
@@ -115,6 +115,13 @@ def main() -> None:
                                             lambda d, w: _params(d, proxy.proxy_d_model(w)), predictor)
     per_param = _best_depth_per_params(law_all, proxy.proxy_d_model)
 
+    observed = "; ".join(f"W={w}: D={int(g.loc[g.loss.idxmin(), 'D'])}" for w, g in df.groupby("W_full"))
+    at_bound = [name for law in (law_n, law_d) for name in ("alpha", "beta", "gamma")
+                if min(abs(getattr(law, name) - b) for b in (MIN_EXPONENT, 3.0)) < 1e-3]
+    warning = ("\n**The law does not describe these data:** fitted exponents sit on their bounds "
+               f"({', '.join(sorted(set(at_bound)))}), i.e. terms are switched off or saturated. Loss is not "
+               "monotone in depth at this budget (see the lowest-loss depth per width above), which a sum of "
+               "decreasing power laws cannot express.\n" if at_bound else "")
     table = "\n".join(f"| {r.D} | {r.W_full} ({r.W}) | {r.N / 1e6:.2f} | {r.loss:.4f} | {r.predicted:.4f} | "
                       f"{abs(r.predicted - r.loss) / r.loss * 100:.1f}% | {r.role} |" for r in df.itertuples())
     budgets = "\n".join(f"| {b:g} | {d} | {w} | {lat:.2f} | {loss:.4f} |" if d else f"| {b:g} | none fits | | | |"
@@ -131,6 +138,8 @@ non-embedding parameters; losses are validation bits per byte.
 **Fitted without the deepest models (D = {max(DEPTHS)}), scored on them** (extrapolation in D):
 `{law_d.formula()}`; held-out relative error mean {err_d.mean() * 100:.1f}%, max {err_d.max() * 100:.1f}%.
 
+**Observed lowest-loss depth per width:** {observed}.
+{warning}
 **Per parameter** (law fitted on all points): at matched non-embedding parameters the best depth is
 {per_param}.
 

@@ -131,6 +131,8 @@ Target: {target:.2f} s predicted batch-1 decode of 8k tokens on an H100 (rooflin
 Every model is trained with `{args.config}`'s proxy at {tokens:,} tokens over {args.seeds} seeds (mean ± std of
 validation bits per byte; lower is better). Paper (Table 3, 1B scale, Wiki PPL at equal latency): searched
 hybrid 20.70, DeltaNet 20.90, Mamba2+FFN 21.43, Gated DeltaNet 21.98, GLA 22.67, Mamba2 23.14, SWA 23.33.
+The searched hybrid is the search's lowest-loss candidate that meets the target (latency <= target); it is
+not resized, so its latency can fall below the target (e.g. when it already has the space's largest width).
 
 | model | pattern | layers | width | latency s (vs target) | proxy loss |
 |---|---|---|---|---|---|

@@ -50,6 +50,7 @@ LADDER = (
     Rung("0.25x tokens, 2x wider", 0.25, 8, (0,)),
     Rung("0.5x tokens, 2 seeds", 0.5, None, (0, 1)),
     Rung("4x tokens", 4.0, None, (0,)),
+    Rung("6x tokens", 6.0, None, (0,)),
 )
 
 

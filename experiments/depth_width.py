@@ -28,7 +28,8 @@ from flashsearch.proxies.base import Workload
 from flashsearch.proxies.roofline import RooflinePredictor
 from flashsearch.studies.common import add_common_args, default_proxy
 from flashsearch.studies.jobs import TrainJob, run_jobs
-from flashsearch.studies.output import header, pyplot, save_figure, write_atomic
+from flashsearch.archive import write_text_atomic
+from flashsearch.studies.output import header, pyplot, save_figure
 from flashsearch.studies.scaling_law import MIN_EXPONENT, DepthWidthLaw, fit_depth_width_law, relative_errors
 
 DEPTHS = (2, 3, 4, 6, 8, 12, 16)
@@ -156,7 +157,7 @@ non-embedding parameters; losses are validation bits per byte.
 
 ![depth vs width](depth_width.png)
 """
-    write_atomic(out / "depth_width.md", md)
+    write_text_atomic(out / "depth_width.md", md)
     plot(out / "depth_width.png", df, law_n, law_all, proxy.proxy_d_model, budget_rows, cands)
     print(md, flush=True)
 

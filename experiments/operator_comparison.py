@@ -32,7 +32,8 @@ from flashsearch.proxies.base import Workload
 from flashsearch.proxies.roofline import RooflinePredictor
 from flashsearch.studies.common import add_common_args, default_proxy
 from flashsearch.studies.jobs import TrainJob, run_jobs
-from flashsearch.studies.output import header, pyplot, save_figure, write_atomic
+from flashsearch.archive import write_text_atomic
+from flashsearch.studies.output import header, pyplot, save_figure
 
 WORKLOAD = Workload(device="h100", batch=1, prompt_len=128, decode_tokens=8192)
 REFERENCE = Path("search_spaces/reference")
@@ -140,7 +141,7 @@ not resized, so its latency can fall below the target (e.g. when it already has 
 
 ![operator comparison](operator_comparison.png)
 """
-    write_atomic(out / "operator_comparison.md", md)
+    write_text_atomic(out / "operator_comparison.md", md)
     plot(out / "operator_comparison.png", [stats[i] for i in order], target)
     print(md, flush=True)
 

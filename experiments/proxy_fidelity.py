@@ -27,7 +27,8 @@ import pandas as pd
 
 from flashsearch.studies.common import add_common_args, default_proxy, describe_proxy, sample_genomes
 from flashsearch.studies.jobs import TrainJob, run_jobs
-from flashsearch.studies.output import header, pyplot, save_figure, write_atomic
+from flashsearch.archive import write_text_atomic
+from flashsearch.studies.output import header, pyplot, save_figure
 from flashsearch.studies.ranking import rank_agreement
 
 FIDELITY_BAR = 0.8  # the issue's bar for the demo's default proxy
@@ -105,7 +106,7 @@ def main() -> None:
         print(f"dropping {len(genomes) - len(keep)} genomes with a failed training", flush=True)
 
     ref, ref_cost = rung_losses(rows, plan[REFERENCE], keep)
-    _, default_cost = rung_losses(rows, plan[LADDER[2]], keep)
+    default_loss, default_cost = rung_losses(rows, plan[LADDER[2]], keep)
     table, ladder_points = [], []
     for rung in LADDER:
         loss, cost = rung_losses(rows, plan[rung], keep)
@@ -116,7 +117,7 @@ def main() -> None:
                      f"[{ag.spearman_ci[0]:.2f}, {ag.spearman_ci[1]:.2f}] | {ag.kendall:.3f} | "
                      f"{ag.top_k_overlap * ag.k:.0f}/{ag.k} | {cost:.0f} | {cost / default_cost:.2f}x |")
         ladder_points.append((rung.name, cost, ag.spearman, ag.spearman_ci))
-    default_ag = rank_agreement(rung_losses(rows, plan[LADDER[2]], keep)[0], ref, k=args.top_k)
+    default_ag = rank_agreement(default_loss, ref, k=args.top_k)
     passing = sorted((c, n) for n, c, s, _ in ladder_points if round(s, 3) >= FIDELITY_BAR)
     verdict = (f"The default proxy's Spearman is {default_ag.spearman:.3f} "
                + (f">= {FIDELITY_BAR}: it stays the default." if round(default_ag.spearman, 3) >= FIDELITY_BAR else
@@ -140,8 +141,8 @@ Spearman's interval is a 5-95% bootstrap over genomes. Cost is CPU seconds per g
 
 ![proxy fidelity](proxy_fidelity.png)
 """
-    write_atomic(out / "proxy_fidelity.md", md)
-    plot(out / "proxy_fidelity.png", rung_losses(rows, plan[LADDER[2]], keep)[0], ref, ladder_points, default_ag)
+    write_text_atomic(out / "proxy_fidelity.md", md)
+    plot(out / "proxy_fidelity.png", default_loss, ref, ladder_points, default_ag)
     print(md, flush=True)
 
 

@@ -26,7 +26,8 @@ import numpy as np
 from flashsearch.builders import load_genome
 from flashsearch.studies.common import add_common_args, default_proxy
 from flashsearch.studies.jobs import TrainJob, run_jobs
-from flashsearch.studies.output import header, pyplot, save_figure, write_atomic
+from flashsearch.archive import write_text_atomic
+from flashsearch.studies.output import header, pyplot, save_figure
 
 ARCHS = {
     "Flash pattern": "search_spaces/reference/flash_mix_staged_1b.yaml",
@@ -104,7 +105,7 @@ wall time over the baseline's, taken while other jobs shared the cores: a rough 
 
 ![recipe ablation](recipe_ablation.png)
 """
-    write_atomic(out / "recipe_ablation.md", md)
+    write_text_atomic(out / "recipe_ablation.md", md)
     plot(out / "recipe_ablation.png", plot_rows)
     print(md, flush=True)
 

@@ -9,7 +9,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS_DIR = Path("experiments") / "results"
 
 
 def machine_line() -> str:
@@ -44,24 +43,18 @@ def header(title: str, started: float, train_seconds: float) -> str:
             f"- machine: {machine_line()}\n")
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
     """Lay out, write atomically (a reader never sees half a PNG) and close a matplotlib figure."""
     import matplotlib.pyplot as plt
 
-    path = Path(path)
+    from flashsearch.archive import atomic_path
+
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def pyplot():

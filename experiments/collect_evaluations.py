@@ -82,8 +82,8 @@ def _init_worker() -> None:
     global _PROXY, _PRED
     import torch
 
-    from flashsearch.proxies.roofline import RooflinePredictor
-    from flashsearch.proxies.short_train import ShortTrain
+    from flashsearch.proxies.latency.roofline import RooflinePredictor
+    from flashsearch.proxies.quality.short_train import ShortTrain
 
     torch.set_num_threads(1)
     _PROXY = ShortTrain(threads=1, eval_batches=EVAL_BATCHES)

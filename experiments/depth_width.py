@@ -25,7 +25,7 @@ import pandas as pd
 
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.roofline import RooflinePredictor
+from flashsearch.proxies.latency.roofline import RooflinePredictor
 from flashsearch.studies.common import add_common_args, default_proxy
 from flashsearch.studies.jobs import TrainJob, run_jobs
 from flashsearch.archive import write_text_atomic
@@ -96,7 +96,7 @@ def main() -> None:
         print(f"dropping {len(bad)} failed trainings: {sorted(bad['key'])}", flush=True)
     df = rows[rows["error"] == ""].copy()
 
-    from flashsearch.proxies.short_train import ShortTrain
+    from flashsearch.proxies.quality.short_train import ShortTrain
 
     proxy = ShortTrain(**{k: v for k, v in kwargs.items() if k != "device"})
     df["W"] = [proxy.proxy_d_model(int(w)) for w in df["W_full"]]

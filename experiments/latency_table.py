@@ -5,7 +5,7 @@ unless --no-baselines, the pure single-operator 1B baselines) the table shows
 
 - the paper's H100 numbers (PAPER.md Table 6: 8k decode tokens at batch 1; tokens/s at max batch),
 - the bandwidth floor of the FULL-size model: bf16 weight bytes x decode tokens / datasheet bandwidth of the
-  device profile (proxies/devices/<device>.yaml), i.e. every weight read once per token, nothing else,
+  device profile (proxies/latency/devices/<device>.yaml), i.e. every weight read once per token, nothing else,
 - the roofline prediction of the FULL-size model (RooflinePredictor, same profile, CUDA graphs),
 - what MeasuredPredictor times on THIS machine: batch-1 decode (median, min-max over repeats, ms/token) and
   max-batch throughput (largest batch that fits, tokens/s),
@@ -79,7 +79,7 @@ def reduce_genome(g, div: int, vocab: int, decode_scale: float):
                   vocab_size=vocab, op_options=opts)
 
 
-from flashsearch.proxies.profile import cpu_name as _cpu_model, load_average as _load  # noqa: E402
+from flashsearch.proxies.latency.profile import cpu_name as _cpu_model, load_average as _load  # noqa: E402
 
 
 def _fmt_s(x: float | None, digits: int = 2) -> str:
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from flashsearch.model import count_parameters
     from flashsearch.proxies.base import Workload
     from flashsearch.proxies.measured import MeasuredPredictor
-    from flashsearch.proxies.roofline import RooflinePredictor, bandwidth_floor_seconds
+    from flashsearch.proxies.latency.roofline import RooflinePredictor, bandwidth_floor_seconds
 
     full = args.full
     device = args.device or ("cuda" if full else "cpu")

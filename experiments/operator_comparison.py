@@ -29,7 +29,7 @@ import pandas as pd
 from flashsearch.builders import load_genome
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.roofline import RooflinePredictor
+from flashsearch.proxies.latency.roofline import RooflinePredictor
 from flashsearch.studies.common import add_common_args, default_proxy
 from flashsearch.studies.jobs import TrainJob, run_jobs
 from flashsearch.archive import write_text_atomic

@@ -49,7 +49,7 @@ import pandas as pd
 from flashsearch.archive import hypervolume, trials_frame
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.roofline import RooflinePredictor
+from flashsearch.proxies.latency.roofline import RooflinePredictor
 from flashsearch.search import AgingEvolutionSampler, run_search
 from flashsearch.space import StagedSpace
 
@@ -227,7 +227,7 @@ class RealShortTrain(Surrogate):
     def __init__(self, df: pd.DataFrame, eval_batches: int) -> None:
         super().__init__()
         from flashsearch.proxies.base import Budget
-        from flashsearch.proxies.short_train import ShortTrain
+        from flashsearch.proxies.quality.short_train import ShortTrain
 
         self.budget = Budget(tokens=int(df["budget_tokens"].iloc[0]))
         self.proxy = ShortTrain(threads=1, eval_batches=eval_batches)

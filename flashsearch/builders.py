@@ -16,13 +16,13 @@ from flashsearch.space import SPACE_KINDS, ArchDefaults, LayerwiseSpace, SearchS
 
 # Short names for the shipped plug-ins; anything else in `_target_` is a dotted import path.
 LATENCY_PREDICTORS = {
-    "roofline": "flashsearch.proxies.roofline.RooflinePredictor",
+    "roofline": "flashsearch.proxies.latency.roofline.RooflinePredictor",
     "measured": "flashsearch.proxies.measured.MeasuredPredictor",
-    "lut": "flashsearch.proxies.lut.LutPredictor",
-    "learned": "flashsearch.proxies.learned.LearnedPredictor",
+    "lut": "flashsearch.proxies.latency.lut.LutPredictor",
+    "learned": "flashsearch.proxies.latency.learned.LearnedPredictor",
 }
 QUALITY_PROXIES = {
-    "short_train": "flashsearch.proxies.short_train.ShortTrain",
+    "short_train": "flashsearch.proxies.quality.short_train.ShortTrain",
 }
 
 

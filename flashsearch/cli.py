@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--repeats", type=int, default=3, help="interleaved measurement rounds (median kept)")
     v.add_argument("--table", default=None, help="LUT table for `lut` (default: the shipped CPU table)")
     v.add_argument("--roofline-device", default="cpu",
-                   help="device profile for `roofline`: cpu (proxies/tables/roofline_cpu.yaml) or a profile path")
+                   help="device profile for `roofline`: cpu (proxies/latency/tables/roofline_cpu.yaml) or a profile path")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--clock", choices=("thread", "wall"), default="thread",
                    help="measure in thread CPU time (robust on a shared machine, default) or wall clock")
@@ -91,7 +91,7 @@ def describe(path: str, device: str = "h100", decode_tokens: int = 8192, prompt_
     from flashsearch.builders import load_genome
     from flashsearch.model import count_parameters
     from flashsearch.proxies.base import Workload
-    from flashsearch.proxies.roofline import RooflinePredictor
+    from flashsearch.proxies.latency.roofline import RooflinePredictor
 
     if decode_tokens <= 0 or prompt_len < 0:
         raise FlashsearchError("--decode-tokens must be positive and --prompt-len >= 0")
@@ -211,7 +211,7 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from flashsearch.proxies.profile import profile_table, progress_to_stderr, write_table
+    from flashsearch.proxies.latency.profile import profile_table, progress_to_stderr, write_table
 
     if str(args.device).strip().lower() != "cpu":
         raise FlashsearchError(f"profile --device {args.device!r}: only cpu can be profiled today; run on the "
@@ -231,13 +231,13 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 def _cmd_latency(args: argparse.Namespace) -> int:
     if args.latency_command == "fit":
-        from flashsearch.proxies.learned import LearnedPredictor, read_measurements
+        from flashsearch.proxies.latency.learned import LearnedPredictor, read_measurements
 
         model = LearnedPredictor.fit(read_measurements(args.measurements), alpha=args.alpha)
         model.save(args.out)
         print(f"wrote {args.out} ({model.n_train} measurements, train MAPE {model.train_mape:.1%})")
         return 0
-    from flashsearch.proxies.validate import print_report, validate_cli
+    from flashsearch.proxies.latency.validate import print_report, validate_cli
 
     result = validate_cli(args)
     if args.json:

@@ -1,26 +1,49 @@
-"""flashsearch.proxies: the objective plug-ins (latency predictors and quality proxies) shipped with flashsearch.
+"""flashsearch.proxies: the objective plug-ins shipped with flashsearch.
 
-A YAML `_target_` may name a class by its short name (SHORT_NAMES) or by any dotted path; anything with
-`predict(genome, workload)` / `evaluate(genome, budget)` works (see base.py).
+  base.py    the two protocols (LatencyPredictor, QualityProxy) and the values they exchange (Workload, Budget, ...)
+  quality/   quality proxies: short_train and the byte corpus it trains on
+  latency/   latency predictors (roofline, measured, lut, learned), device profiles, the profiler, the validation
+
+Importing this package, or `flashsearch.proxies.base`, does not import torch: the names below load their module
+on first use (PEP 562), so a plug-in author can implement the protocols without paying for the model code.
+A YAML `_target_` names a shipped plug-in by its short name (flashsearch.builders) or any class by dotted path.
 """
 
 from __future__ import annotations
 
-from .base import Budget, LatencyEstimate, LatencyPredictor, QualityProxy, QualityResult, Workload, latency_source
-from .corpus import ByteCorpus, WindowSampler, load_corpus
-from .devices import DeviceProfile, known_devices, load_device
-from .measured import MeasuredPredictor
-from .roofline import OpLatency, RooflinePredictor, format_breakdown
-from .short_train import ShortTrain
+import importlib
+from typing import Any
 
-SHORT_NAMES: dict[str, str] = {
-    "roofline": "flashsearch.proxies.roofline.RooflinePredictor",
-    "measured": "flashsearch.proxies.measured.MeasuredPredictor",
-    "short_train": "flashsearch.proxies.short_train.ShortTrain",
+from .base import Budget, LatencyPredictor, QualityProxy, QualityResult, Workload, latency_source
+
+# name -> module that defines it, imported on first attribute access.
+_LAZY: dict[str, str] = {
+    "ShortTrain": "flashsearch.proxies.quality.short_train",
+    "ByteCorpus": "flashsearch.proxies.quality.corpus",
+    "WindowSampler": "flashsearch.proxies.quality.corpus",
+    "load_corpus": "flashsearch.proxies.quality.corpus",
+    "RooflinePredictor": "flashsearch.proxies.latency.roofline",
+    "OpLatency": "flashsearch.proxies.latency.roofline",
+    "format_breakdown": "flashsearch.proxies.latency.roofline",
+    "DeviceProfile": "flashsearch.proxies.latency.devices",
+    "known_devices": "flashsearch.proxies.latency.devices",
+    "load_device": "flashsearch.proxies.latency.devices",
+    "LutPredictor": "flashsearch.proxies.latency.lut",
+    "LearnedPredictor": "flashsearch.proxies.latency.learned",
 }
 
-__all__ = [
-    "SHORT_NAMES", "Budget", "ByteCorpus", "DeviceProfile", "LatencyEstimate", "LatencyPredictor",
-    "MeasuredPredictor", "OpLatency", "QualityProxy", "QualityResult", "RooflinePredictor", "ShortTrain",
-    "WindowSampler", "Workload", "format_breakdown", "known_devices", "latency_source", "load_corpus", "load_device",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: the next access is a plain lookup
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["Budget", "LatencyPredictor", "QualityProxy", "QualityResult", "Workload", "latency_source", *_LAZY]

@@ -22,14 +22,6 @@ class Workload:
     dtype: str = "bf16"
 
 
-@dataclass(frozen=True)
-class LatencyEstimate:
-    """A latency in seconds and where it came from (`source` goes to the trials table as latency_source)."""
-
-    seconds: float
-    source: str
-
-
 @runtime_checkable
 class LatencyPredictor(Protocol):
     """Predicts (or measures) end-to-end decode latency of the FULL-size genome, in seconds."""

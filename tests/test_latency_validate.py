@@ -8,7 +8,7 @@ import pytest
 
 from flashsearch.cli import main
 from flashsearch.errors import FlashsearchError
-from flashsearch.proxies.validate import rank_stats
+from flashsearch.proxies.latency.validate import rank_stats
 
 
 def test_rank_stats_known_values() -> None:

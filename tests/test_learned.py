@@ -13,9 +13,9 @@ import pytest
 from flashsearch.cli import main
 from flashsearch.errors import FlashsearchError
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.learned import (FEATURES, LearnedPredictor, LearnedRangeWarning, Measurement, features,
+from flashsearch.proxies.latency.learned import (FEATURES, LearnedPredictor, LearnedRangeWarning, Measurement, features,
                                          read_measurements)
-from flashsearch.proxies.profile import ProfileRecipe
+from flashsearch.proxies.latency.profile import ProfileRecipe
 
 RECIPE = ProfileRecipe()
 TRUE = {"const": 2e-4, "vocab_x_d": 3e-10, "n_ffn_x_d2": 4e-9, "n_attention": 6e-5, "n_mamba2_x_d": 5e-7,

@@ -12,8 +12,8 @@ import pytest
 from flashsearch.cli import main
 from flashsearch.errors import FlashsearchError
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.lut import LutExtrapolationWarning, LutPredictor
-from flashsearch.proxies.profile import TABLE_FORMAT, ProfileRecipe, profile_table
+from flashsearch.proxies.latency.lut import LutExtrapolationWarning, LutPredictor
+from flashsearch.proxies.latency.profile import TABLE_FORMAT, ProfileRecipe, profile_table
 
 RECIPE = ProfileRecipe()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from flashsearch.errors import FlashsearchError
-from flashsearch.proxies.corpus import (
+from flashsearch.proxies.quality.corpus import (
     VOCAB_SIZE,
     WindowSampler,
     embedded_documents,

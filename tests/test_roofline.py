@@ -10,8 +10,8 @@ import pytest
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import LatencyPredictor, Workload, latency_source
-from flashsearch.proxies.devices import known_devices, load_device
-from flashsearch.proxies.roofline import HEAD, RooflinePredictor, format_breakdown, piecewise_linear_table
+from flashsearch.proxies.latency.devices import known_devices, load_device
+from flashsearch.proxies.latency.roofline import HEAD, RooflinePredictor, format_breakdown, piecewise_linear_table
 
 FLASH_1B = ("deltanet ffn mamba2 ffn attention ffn mamba2 ffn deltanet ffn mamba2 ffn attention ffn mamba2 ffn "
             "deltanet ffn mamba2 ffn deltanet ffn mamba2 ffn").split()

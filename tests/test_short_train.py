@@ -10,7 +10,7 @@ import torch
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget, QualityProxy
-from flashsearch.proxies.short_train import ShortTrain
+from flashsearch.proxies.quality.short_train import ShortTrain
 
 HYBRID = Genome(layer_types=("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn"), d_model=1024, n_heads=8,
                 n_kv_heads=2, head_dim=128, op_options={"swa": {"window": 512}})

@@ -57,7 +57,7 @@ def _wire(job: TrainJob) -> tuple:
 def _run_one(wired: tuple) -> dict[str, Any]:
     from flashsearch.errors import FlashsearchError, TrialFailed
     from flashsearch.proxies.base import Budget
-    from flashsearch.proxies.short_train import ShortTrain
+    from flashsearch.proxies.quality.short_train import ShortTrain
 
     key, genome_json, tokens, kwargs, tags = wired
     genome = Genome.from_json(genome_json)

@@ -27,7 +27,7 @@ few hundred decode_cost calls, not N x layers.
 
 Not modelled: prefill (the workload times decoding), kernel fusion beyond the add+norm, L2-cache reuse, and
 tensor-parallel communication. The efficiency and launch factors of the shipped profiles are calibrated against
-the Nemotron-Flash paper's H100 table (see proxies/devices/*.yaml).
+the Nemotron-Flash paper's H100 table (see proxies/latency/devices/*.yaml).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import numpy as np
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.devices import DTYPE_BYTES, DeviceProfile, canonical_dtype, load_device
+from flashsearch.proxies.latency.devices import DTYPE_BYTES, DeviceProfile, canonical_dtype, load_device
 
 # Column order of a cost table row.
 _FIELDS = ("weight_elems", "state_read_elems", "state_write_elems", "flops", "launches")

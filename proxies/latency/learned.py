@@ -32,7 +32,7 @@ from flashsearch.genome import MIXERS, OPERATORS, Genome
 from flashsearch.proxies.base import Workload
 
 MODEL_FORMAT = "flashsearch-learned/1"
-DEFAULT_MODEL = "learned_cpu.json"          # shipped in proxies/tables/ (fitted by `flashsearch latency validate`)
+DEFAULT_MODEL = "learned_cpu.json"          # shipped in proxies/latency/tables/ (fitted by `flashsearch latency validate`)
 _RANGE_SLACK = 0.10                          # how far past the training range counts as "far outside"
 
 
@@ -158,7 +158,7 @@ class LearnedPredictor:
         else:
             key = str(model) if model is not None else DEFAULT_MODEL
             path = Path(key).expanduser()
-            shipped = resources.files("flashsearch.proxies").joinpath("tables").joinpath(key)
+            shipped = resources.files("flashsearch.proxies.latency").joinpath("tables").joinpath(key)
             if path.is_file():
                 text = path.read_text()
             elif shipped.is_file():

@@ -25,9 +25,9 @@ import numpy as np
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome, canonical_operator
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.profile import TABLE_FORMAT, ProfileRecipe
+from flashsearch.proxies.latency.profile import TABLE_FORMAT, ProfileRecipe
 
-DEFAULT_TABLE = "cpu.json"   # shipped in proxies/tables/, profiled on the development CPU (see its meta)
+DEFAULT_TABLE = "cpu.json"   # shipped in proxies/latency/tables/, profiled on the development CPU (see its meta)
 
 
 class LutExtrapolationWarning(UserWarning):
@@ -35,7 +35,7 @@ class LutExtrapolationWarning(UserWarning):
 
 
 def _shipped(name: str) -> Any:
-    return resources.files("flashsearch.proxies").joinpath("tables").joinpath(name)
+    return resources.files("flashsearch.proxies.latency").joinpath("tables").joinpath(name)
 
 
 def load_table(table: str | Path | Mapping[str, Any] | None = None) -> dict[str, Any]:

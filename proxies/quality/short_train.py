@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget, QualityResult
-from flashsearch.proxies.corpus import VOCAB_SIZE, ByteCorpus, WindowSampler, load_corpus, validation_windows
+from flashsearch.proxies.quality.corpus import VOCAB_SIZE, ByteCorpus, WindowSampler, load_corpus, validation_windows
 
 LN2 = math.log(2.0)
 

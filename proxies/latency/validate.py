@@ -29,9 +29,9 @@ import numpy as np
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload, latency_source
-from flashsearch.proxies.profile import ProfileRecipe
+from flashsearch.proxies.latency.profile import ProfileRecipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---- statistics ------------------------------------------------------------------------------------------------
@@ -79,10 +79,10 @@ def measure_all(genomes: Sequence[Genome], workload: Workload, repeats: int = 3,
     """Median measured seconds per genome over `repeats` interleaved rounds.
 
     clock="thread" times the decode loop in CPU time of the calling thread (MeasuredPredictor's loop, its clock
-    swapped; see proxies/profile.py for why), clock="wall" is MeasuredPredictor unchanged.
+    swapped; see proxies/latency/profile.py for why), clock="wall" is MeasuredPredictor unchanged.
     """
     from flashsearch.proxies.measured import MeasuredPredictor
-    from flashsearch.proxies.profile import _clock
+    from flashsearch.proxies.latency.profile import _clock
 
     now = _clock(clock)
 
@@ -108,7 +108,7 @@ def measure_all(genomes: Sequence[Genome], workload: Workload, repeats: int = 3,
 # ---- roofline calibration for a CPU ----------------------------------------------------------------------------
 def roofline_terms(genome: Genome, workload: Workload, dtype_bytes: int = 4) -> np.ndarray:
     """[bytes, flops, launches] of the whole decode (all steps, layers and head), as the roofline counts them."""
-    from flashsearch.proxies.roofline import _cost_table
+    from flashsearch.proxies.latency.roofline import _cost_table
 
     n, d, v = workload.decode_tokens, genome.d_model, genome.vocab_size
     total = np.zeros(3)
@@ -153,18 +153,18 @@ class _Ctx:
 def build_predictor(name: str, ctx: _Ctx) -> Any:
     """A predictor for validation by short name (lut, roofline, learned, measured) or dotted path."""
     if name == "lut":
-        from flashsearch.proxies.lut import LutPredictor
+        from flashsearch.proxies.latency.lut import LutPredictor
 
         return LutPredictor(table=ctx.table, device="cpu")
     if name == "roofline":
-        from flashsearch.proxies.roofline import RooflinePredictor
+        from flashsearch.proxies.latency.roofline import RooflinePredictor
 
         device = ctx.roofline_device
         if device == "cpu":  # the shipped CPU fit lives with the other CPU tables, not among the GPU profiles
-            device = str(resources.files("flashsearch.proxies").joinpath("tables").joinpath("roofline_cpu.yaml"))
+            device = str(resources.files("flashsearch.proxies.latency").joinpath("tables").joinpath("roofline_cpu.yaml"))
         return RooflinePredictor(device=device, dtype="fp32")  # the CPU measures fp32
     if name == "learned":
-        from flashsearch.proxies.learned import LearnedPredictor, Measurement
+        from flashsearch.proxies.latency.learned import LearnedPredictor, Measurement
 
         if not ctx.train:
             raise FlashsearchError("learned needs training measurements: use --n-train > 2")
@@ -231,7 +231,7 @@ def validate_cli(args: argparse.Namespace) -> dict[str, Any]:
 
     from flashsearch.builders import build_space
     from flashsearch.config import load_config
-    from flashsearch.proxies.profile import cpu_name
+    from flashsearch.proxies.latency.profile import cpu_name
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """GPU device profiles for the roofline latency predictor.
 
-Profiles are data: one YAML file per device in proxies/devices/ (installed as package data), each with its
+Profiles are data: one YAML file per device in proxies/latency/devices/ (installed as package data), each with its
 sources. `load_device("h100")` reads a shipped profile; `load_device("path/to/my_gpu.yaml")` reads a user's own
 file with the same fields, so a new device needs no code.
 """
@@ -107,7 +107,7 @@ def _profile_from_dict(data: Any, where: str) -> DeviceProfile:
 
 
 def _shipped_dir() -> Any:
-    return resources.files("flashsearch.proxies").joinpath("devices")
+    return resources.files("flashsearch.proxies.latency").joinpath("devices")
 
 
 def known_devices() -> tuple[str, ...]:

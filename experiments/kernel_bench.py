@@ -141,23 +141,24 @@ def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0) -> torch.Tenso
     return torch.randn(*shape, generator=gen) * scale
 
 
+# The linear-time cores take [b, t, h, d] (fla's layout), like their callers.
 def make_delta(s: Shape, gen: torch.Generator) -> Tensors:
-    q = _randn(gen, s.B, s.H, s.T, s.d)
-    k = F.normalize(_randn(gen, s.B, s.H, s.T, s.d), dim=-1)              # DeltaNet L2-normalizes k
-    v = _randn(gen, s.B, s.H, s.T, s.d)
-    beta = torch.rand(s.B, s.H, s.T, generator=gen)
+    q = _randn(gen, s.B, s.T, s.H, s.d)
+    k = F.normalize(_randn(gen, s.B, s.T, s.H, s.d), dim=-1)              # DeltaNet L2-normalizes k
+    v = _randn(gen, s.B, s.T, s.H, s.d)
+    beta = torch.rand(s.B, s.T, s.H, generator=gen)
     return q, k, v, beta
 
 
 def make_gated_delta(s: Shape, gen: torch.Generator) -> Tensors:
     q, k, v, beta = make_delta(s, gen)
-    g = F.logsigmoid(_randn(gen, s.B, s.H, s.T) + 4.0)                     # log-decay <= 0, mostly near 0
+    g = F.logsigmoid(_randn(gen, s.B, s.T, s.H) + 4.0)                     # log-decay <= 0, mostly near 0
     return q, k, v, g, beta
 
 
 def make_gla(s: Shape, gen: torch.Generator) -> Tensors:
-    q, k, v = (_randn(gen, s.B, s.H, s.T, s.d) for _ in range(3))
-    gk = F.logsigmoid(_randn(gen, s.B, s.H, s.T, s.d)) / 16.0               # fla's gate_logit_normalizer
+    q, k, v = (_randn(gen, s.B, s.T, s.H, s.d) for _ in range(3))
+    gk = F.logsigmoid(_randn(gen, s.B, s.T, s.H, s.d)) / 16.0               # fla's gate_logit_normalizer
     return q, k, v, gk
 
 
@@ -181,8 +182,9 @@ def make_ffn(s: Shape, gen: torch.Generator) -> Tensors:
     return (_randn(gen, s.B, s.T, D),) + w
 
 
-def _to_bthd(xs: Tensors) -> Tensors:
-    """[b, h, t, ...] -> [b, t, h, ...] (fla's naive functions take time-major heads)."""
+def _to_bhtd(xs: Tensors) -> Tensors:
+    """[b, t, h, ...] -> [b, h, t, ...] (fla's naive delta rule takes head-major inputs; its other naive
+    references take [b, t, h, ...] like ours)."""
     return tuple(x.transpose(1, 2).contiguous() for x in xs)
 
 
@@ -212,10 +214,12 @@ def build_cases(shape: Shape) -> tuple[list[Case], list[str]]:
     else:
         ours = lambda q, k, v, b: K.delta_rule_chunked(q, k, v, b, chunk_size=64)[0]  # noqa: E731
         cases.append(Case("deltanet", ours, lambda q, k, v, b: dnaive.delta_rule_recurrence(q, k, v, b)[0],
-                          make_delta, "fla naive recurrence", "delta_rule_chunked"))
+                          make_delta, "fla naive recurrence", "delta_rule_chunked",
+                          ref_inputs=_to_bhtd, ours_out=lambda o: o.transpose(1, 2)))
         if shape.T % 32 == 0:  # fla's naive chunkwise form needs whole chunks
             cases.append(Case("deltanet", ours, lambda q, k, v, b: dnaive.delta_rule_chunkwise(q, k, v, b, 32)[0],
-                              make_delta, "fla naive chunkwise (32)", "delta_rule_chunked"))
+                              make_delta, "fla naive chunkwise (32)", "delta_rule_chunked",
+                              ref_inputs=_to_bhtd, ours_out=lambda o: o.transpose(1, 2)))
 
     # Gated DeltaNet
     fn = getattr(K, "gated_delta_rule_chunked", None)
@@ -230,12 +234,10 @@ def build_cases(shape: Shape) -> tuple[list[Case], list[str]]:
             ours = lambda q, k, v, g, b: fn(q, k, v, g, b, chunk_size=64)[0]  # noqa: E731
             cases.append(Case("gated_deltanet", ours,
                               lambda q, k, v, g, b: gnaive.naive_recurrent_gated_delta_rule(q, k, v, b, g)[0],
-                              make_gated_delta, "fla naive recurrence", "gated_delta_rule_chunked",
-                              ref_inputs=_to_bthd, ours_out=lambda o: o.transpose(1, 2)))
+                              make_gated_delta, "fla naive recurrence", "gated_delta_rule_chunked"))
             cases.append(Case("gated_deltanet", ours,
                               lambda q, k, v, g, b: gnaive.naive_chunk_gated_delta_rule(q, k, v, g, b, 64)[0],
-                              make_gated_delta, "fla naive chunk (64)", "gated_delta_rule_chunked",
-                              ref_inputs=_to_bthd, ours_out=lambda o: o.transpose(1, 2)))
+                              make_gated_delta, "fla naive chunk (64)", "gated_delta_rule_chunked"))
 
     # GLA
     fn_gla = getattr(K, "gla_chunked", None)
@@ -249,8 +251,7 @@ def build_cases(shape: Shape) -> tuple[list[Case], list[str]]:
         else:
             cases.append(Case("gla", lambda q, k, v, gk: fn_gla(q, k, v, gk, chunk_size=64)[0],
                               lambda q, k, v, gk: lnaive.naive_recurrent_gla(q, k, v, gk)[0],
-                              make_gla, "fla naive recurrence", "gla_chunked",
-                              ref_inputs=_to_bthd, ours_out=lambda o: o.transpose(1, 2)))
+                              make_gla, "fla naive recurrence", "gla_chunked"))
 
     # Mamba2
     cases.append(Case("mamba2", lambda x, dt, A, B, C: K.ssd_chunked(x, dt, A, B, C, chunk_size=64)[0],

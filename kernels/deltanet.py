@@ -36,11 +36,13 @@ FLA_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
 def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, chunk_size: int = 64,
                        scale: float | None = None, initial_state: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked delta rule. q, k [b, h, t, dk] (k normalized by the caller); v [b, h, t, dv]; beta [b, h, t];
+    """Chunked delta rule. q, k [b, t, h, dk] (k normalized by the caller); v [b, t, h, dv]; beta [b, t, h];
     scale defaults to dk**-0.5 (applied to q); initial_state [b, h, dk, dv] or None.
-    Returns o [b, h, t, dv] and the final state [b, h, dk, dv]. Same layout and scale as
-    fla.ops.delta_rule.naive.delta_rule_recurrence."""
-    b, h, t, dk = q.shape
+    Returns o [b, t, h, dv] and the final state [b, h, dk, dv]. fla's layout (chunk_delta_rule); same maths and
+    scale as fla.ops.delta_rule.naive.delta_rule_recurrence (which takes [b, h, t, d])."""
+    b, t, h, dk = q.shape
+    # Per-head matmuls below want heads before time: [b, h, t, d] inside, [b, t, h, d] at the boundary.
+    q, k, v, beta = (z.transpose(1, 2) for z in (q, k, v, beta))
     dv = v.shape[-1]
     L = chunk_size
     q = q * (dk ** -0.5 if scale is None else scale)
@@ -67,12 +69,13 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
         outs.append(q_c @ S + qk_c @ u)                                      # [b, h, L, dv]
         S = S + k_c.transpose(-1, -2) @ u                                    # [b, h, dk, dv]
     o = torch.stack(outs, dim=2).view(b, h, nc * L, dv)[:, :, :t]
-    return o, S
+    return o.transpose(1, 2), S                                               # [b, t, h, dv]
 
 
 def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
                     scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step. q, k [b, h, dk]; v [b, h, dv]; beta [b, h]; state [b, h, dk, dv]."""
+    """One recurrent step on one time slice of the [b, t, h, d] layout: q, k [b, h, dk]; v [b, h, dv]; beta [b, h];
+    state [b, h, dk, dv]. Returns o [b, h, dv] and the new state."""
     q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
     old = (k.unsqueeze(-2) @ state).squeeze(-2)                              # S^T k: [b, h, dv]
     u = beta[..., None] * (v - old)
@@ -149,9 +152,7 @@ class DeltaNet(Operator):
                       output_final_state=S0 is not None, use_qk_l2norm_in_kernel=False)
             return o, (None if S is None or S0 is None else S.to(S0.dtype))
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
-        o, S = delta_rule_chunked(*(z.transpose(1, 2).to(acc) for z in (q, k, v, beta)), self.chunk_size,
-                                  initial_state=S0)
-        return o.transpose(1, 2), S
+        return delta_rule_chunked(*(z.to(acc) for z in (q, k, v, beta)), self.chunk_size, initial_state=S0)
 
     def _out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         B, T = o.shape[:2]                                                     # [B, T, H, hd]

@@ -29,7 +29,7 @@ from torch import nn
 from flashsearch.genome import Genome
 
 from ._common import (RMSNorm, ShortConv, acc_dtype, causal_conv1d, conv_cache, conv_step, fused_linear, int_option,
-                      l2norm, layer_cost, option_error, pad_time)
+                      l2norm, layer_cost, on_cuda, option_error, pad_time)
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator, resolve_options
 from .deltanet import delta_rule_step
@@ -59,11 +59,13 @@ def ratio_option(op: str, opts: Mapping[str, Any], key: str, base: int, base_nam
 def gated_delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                              chunk_size: int = 64, scale: float | None = None,
                              initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked gated delta rule. q, k [b, h, t, dk] (k L2-normalized by the caller); v [b, h, t, dv];
-    g [b, h, t] log-decay (<= 0); beta [b, h, t]; scale defaults to dk**-0.5 (applied to q);
-    initial_state [b, h, dk, dv] or None. Returns o [b, h, t, dv] and the final state [b, h, dk, dv].
-    Same maths as fla.ops.gated_delta_rule.naive (which takes [b, t, h, d])."""
-    b, h, t, dk = q.shape
+    """Chunked gated delta rule. q, k [b, t, h, dk] (k L2-normalized by the caller); v [b, t, h, dv];
+    g [b, t, h] log-decay (<= 0); beta [b, t, h]; scale defaults to dk**-0.5 (applied to q);
+    initial_state [b, h, dk, dv] or None. Returns o [b, t, h, dv] and the final state [b, h, dk, dv].
+    Same layout and maths as fla.ops.gated_delta_rule (chunk_gated_delta_rule, naive_recurrent_gated_delta_rule)."""
+    b, t, h, dk = q.shape
+    # Per-head matmuls below want heads before time: [b, h, t, d] inside, [b, t, h, d] at the boundary.
+    q, k, v, g, beta = (z.transpose(1, 2) for z in (q, k, v, g, beta))
     dv = v.shape[-1]
     L = chunk_size
     q = q * (dk ** -0.5 if scale is None else scale)
@@ -100,12 +102,13 @@ def gated_delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         outs.append(q_c @ S + qk_c @ u)                                        # [b, h, L, dv]
         S = a_c * S + k_c.transpose(-1, -2) @ u                                # [b, h, dk, dv]
     o = torch.stack(outs, dim=2).view(b, h, nc * L, dv)[:, :, :t]
-    return o, S
+    return o.transpose(1, 2), S                                                # [b, t, h, dv]
 
 
 def gated_delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                           state: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step. q, k [b, h, dk]; v [b, h, dv]; g, beta [b, h]; state [b, h, dk, dv].
+    """One recurrent step on one time slice of the [b, t, h, d] layout: q, k [b, h, dk]; v [b, h, dv]; g, beta [b, h];
+    state [b, h, dk, dv]. Returns o [b, h, dv] and the new state.
 
     The gated rule is the delta rule applied to the decayed state: S <- exp(g) S, then the rank-1 correction."""
     return delta_rule_step(q, k, v, beta, state * g.exp()[..., None, None], scale)
@@ -197,15 +200,14 @@ class GatedDeltaNet(Operator):
               S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, T, H, d] inputs -> o [B, T, H, dv], final state [B, H, dk, dv] (>= fp32; None if S0 is None
         on the fast path, which then skips writing it)."""
-        if self.use_fast_path and q.is_cuda:
+        if self.use_fast_path and on_cuda(q):
             fn = fla_kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
             assert fn is not None
             # Same [B, T, H, d] layout; fla accumulates in fp32 whatever q/k/v are.
             return fn(q, k, v, g.float(), beta.to(q.dtype), initial_state=S0, output_final_state=S0 is not None)
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
-        o, S = gated_delta_rule_chunked(*(z.transpose(1, 2).to(acc) for z in (q, k, v, g, beta)),
-                                        chunk_size=self.chunk_size, initial_state=S0)
-        return o.transpose(1, 2), S
+        return gated_delta_rule_chunked(*(z.to(acc) for z in (q, k, v, g, beta)), chunk_size=self.chunk_size,
+                                        initial_state=S0)
 
     def _out(self, o: torch.Tensor, gate: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """o [B, T, H, dv] -> [B, T, D]: per-head RMSNorm, times SiLU(gate) (fla's norm-then-gate), o_proj."""

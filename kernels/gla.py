@@ -33,7 +33,7 @@ from torch import nn
 from flashsearch.genome import Genome
 
 from ._common import (RMSNorm, ShortConv, acc_dtype, causal_conv1d, conv_cache, conv_step, float_option,
-                      fused_linear, int_option, layer_cost, option_error, pad_time)
+                      fused_linear, int_option, layer_cost, on_cuda, option_error, pad_time)
 from .base import DecodeCost, Operator, resolve_options
 from .gated_deltanet import bool_option, fla_kernel, ratio_option
 
@@ -77,10 +77,12 @@ def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, G: torch.Ten
 def gla_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor, chunk_size: int = 64,
                 scale: float | None = None, initial_state: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked GLA. q, k, gk [b, h, t, dk] (gk = log-decay <= 0); v [b, h, t, dv]; scale defaults to dk**-0.5
-    (applied to q); initial_state [b, h, dk, dv] or None. Returns o [b, h, t, dv] and the final state
-    [b, h, dk, dv]. Same maths as fla.ops.gla.naive.naive_recurrent_gla (which takes [b, t, h, d])."""
-    b, h, t, dk = q.shape
+    """Chunked GLA. q, k, gk [b, t, h, dk] (gk = log-decay <= 0); v [b, t, h, dv]; scale defaults to dk**-0.5
+    (applied to q); initial_state [b, h, dk, dv] or None. Returns o [b, t, h, dv] and the final state
+    [b, h, dk, dv]. Same layout and maths as fla.ops.gla (chunk_gla, naive_recurrent_gla)."""
+    b, t, h, dk = q.shape
+    # Per-head matmuls below want heads before time: [b, h, t, d] inside, [b, t, h, d] at the boundary.
+    q, k, v, gk = (z.transpose(1, 2) for z in (q, k, v, gk))
     dv = v.shape[-1]
     L = chunk_size
     q = q * (dk ** -0.5 if scale is None else scale)
@@ -104,12 +106,13 @@ def gla_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Ten
         entering.append(S)
         S = a_c * S + kv_c
     o = o + q_in @ torch.stack(entering, dim=2)                                # [b, h, nc, L, dv]
-    return o.view(b, h, nc * L, dv)[:, :, :t], S
+    return o.view(b, h, nc * L, dv)[:, :, :t].transpose(1, 2), S              # [b, t, h, dv]
 
 
 def gla_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor, state: torch.Tensor,
              scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step. q, k, gk [b, h, dk]; v [b, h, dv]; state [b, h, dk, dv]."""
+    """One recurrent step on one time slice of the [b, t, h, d] layout: q, k, gk [b, h, dk]; v [b, h, dv];
+    state [b, h, dk, dv]. Returns o [b, h, dv] and the new state."""
     q = q * (q.shape[-1] ** -0.5 if scale is None else scale)
     state = state * gk.exp()[..., None] + k[..., :, None] * v[..., None, :]   # decay per key channel + write
     o = (q.unsqueeze(-2) @ state).squeeze(-2)                                  # [b, h, dv]
@@ -221,14 +224,12 @@ class GLA(Operator):
               S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, T, H, d] inputs -> o [B, T, H, dv], final state [B, H, dk, dv] (>= fp32; None if S0 is None on the
         fast path, which then skips writing it)."""
-        if self.use_fast_path and q.is_cuda:
+        if self.use_fast_path and on_cuda(q):
             fn = fla_kernel("fla.ops.gla", "chunk_gla")
             assert fn is not None
             return fn(q, k, v, gk.float(), initial_state=S0, output_final_state=S0 is not None)
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                    # recurrence in >= fp32
-        o, S = gla_chunked(*(z.transpose(1, 2).to(acc) for z in (q, k, v, gk)), chunk_size=self.chunk_size,
-                           initial_state=S0)
-        return o.transpose(1, 2), S
+        return gla_chunked(*(z.to(acc) for z in (q, k, v, gk)), chunk_size=self.chunk_size, initial_state=S0)
 
     def _out(self, o: torch.Tensor, gate: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """o [B, T, H, dv] -> [B, T, D]: per-head RMSNorm, times SiLU(gate) (fla's norm-then-gate), o_proj."""

@@ -94,7 +94,8 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
 
 def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step (no D skip). x [b, h, p]; dt [b, h]; A [h]; B, C [b, g, n]; state [b, h, p, n]."""
+    """One recurrent step (no D skip) on one time slice of the [b, t, h, p] layout: x [b, h, p]; dt [b, h]; A [h];
+    B, C [b, g, n]; state [b, h, p, n]. Returns y [b, h, p] and the new state."""
     r = x.shape[1] // B.shape[1]
     Bh = B.repeat_interleave(r, dim=1)                                       # [b, h, n]
     Ch = C.repeat_interleave(r, dim=1)

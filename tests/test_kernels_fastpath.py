@@ -239,7 +239,7 @@ def test_deltanet_fast_path_glue(monkeypatch, T):
 
 
 def test_deltanet_glue_check_can_fail(monkeypatch):
-    """Negative control: a kernel fed [B, H, T, d] (the torch core's layout) instead of fla's [B, T, H, d] is
+    """Negative control: a kernel that reads dim 1 as heads ([B, H, T, d]) instead of fla's [B, T, H, d] is
     caught by the comparison above."""
     torch.manual_seed(1)
     op = K.build_operator("deltanet", small_genome()).double()

@@ -22,8 +22,8 @@ from torch import nn
 
 from flashsearch.genome import Genome
 
-from ._common import (acc_dtype, RMSNorm, ShortConv, causal_conv1d, conv_cache, conv_step, cuda_kernel, fused_linear,
-                      int_option, l2norm, layer_cost, on_cuda, pad_time)
+from ._common import (acc_dtype, RMSNorm, ShortConv, cuda_kernel, fused_linear, int_option, l2norm, layer_cost, on_cuda,
+                      pad_time)
 from .base import DecodeCost, Operator, resolve_options
 
 
@@ -111,9 +111,9 @@ class DeltaNet(Operator):
         self.k_proj = nn.Linear(d, inner, bias=False)
         self.v_proj = nn.Linear(d, inner, bias=False)
         self.b_proj = nn.Linear(d, self.n_heads, bias=False)
-        self.q_conv1d = ShortConv(inner, self.conv_size, bias=False)
-        self.k_conv1d = ShortConv(inner, self.conv_size, bias=False)
-        self.v_conv1d = ShortConv(inner, self.conv_size, bias=False)
+        # fla's separate q/k/v short convs, stored as one depthwise conv over the q|k|v channels: one kernel, and
+        # nothing to concatenate per call (an fla checkpoint's q/k/v_conv1d weights concatenate into it).
+        self.qkv_conv1d = ShortConv(3 * inner, self.conv_size, bias=False)
         self.o_norm = RMSNorm(self.head_dim)
         self.o_proj = nn.Linear(inner, d, bias=False)
         # The CUDA fast path is resolved once here; forward/prefill use it for CUDA bf16/fp16 inputs (set False to
@@ -125,17 +125,13 @@ class DeltaNet(Operator):
         """The fused backend forward/prefill use on CUDA ("fla"), or None (torch form everywhere)."""
         return "fla" if self.use_fast_path else None
 
-    def _conv_weight(self) -> torch.Tensor:
-        # The three convs run as one depthwise conv over the concatenated q|k|v channels (fewer kernels).
-        return torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
-
     def _qkvb(self, x: torch.Tensor, conv: torch.Tensor | None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B, T, D] -> q, k, v [B, T, H, hd] (conv+SiLU, q/k L2-normed), beta [B, T, H], raw q|k|v [B, T, 3*H*hd]."""
         B, T, _ = x.shape
         q, k, v, b = fused_linear(x, self.q_proj, self.k_proj, self.v_proj, self.b_proj)
         qkv_raw = torch.cat([q, k, v], dim=-1)                                  # [B, T, 3*H*hd]
-        qkv = F.silu(causal_conv1d(qkv_raw, self._conv_weight(), None, conv))
+        qkv = F.silu(self.qkv_conv1d(qkv_raw, conv))
         q, k, v = qkv.view(B, T, 3, self.n_heads, self.head_dim).unbind(2)     # [B, T, H, hd] each
         return l2norm(q), l2norm(k), v, torch.sigmoid(b), qkv_raw
 
@@ -175,13 +171,13 @@ class DeltaNet(Operator):
         q, k, v, beta, raw = self._qkvb(x, state.conv)
         o, S = self._core(q, k, v, beta, state.S)
         assert S is not None
-        return self._out(o, x.dtype), DeltaNetState(conv=conv_cache(raw, state.conv, self.conv_size), S=S)
+        return self._out(o, x.dtype), DeltaNetState(conv=self.qkv_conv1d.new_cache(raw, state.conv), S=S)
 
     def step(self, x: torch.Tensor, state: DeltaNetState) -> tuple[torch.Tensor, DeltaNetState]:
         """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one delta-rule update."""
         B = x.shape[0]
         q, k, v, b = fused_linear(x[:, 0], self.q_proj, self.k_proj, self.v_proj, self.b_proj)
-        qkv, conv = conv_step(torch.cat([q, k, v], dim=-1), state.conv, self._conv_weight(), None)
+        qkv, conv = self.qkv_conv1d.step(torch.cat([q, k, v], dim=-1), state.conv)
         q, k, v = F.silu(qkv).view(B, 3, self.n_heads, self.head_dim).unbind(1)  # [B, H, hd] each
         acc = state.S.dtype
         o, S = delta_rule_step(l2norm(q).to(acc), l2norm(k).to(acc), v.to(acc), torch.sigmoid(b).to(acc), state.S)

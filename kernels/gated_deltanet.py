@@ -28,8 +28,8 @@ from torch import nn
 
 from flashsearch.genome import Genome
 
-from ._common import (RMSNorm, ShortConv, acc_dtype, causal_conv1d, conv_cache, conv_step, fused_linear, int_option,
-                      l2norm, layer_cost, on_cuda, option_error, pad_time)
+from ._common import (RMSNorm, ShortConv, acc_dtype, fused_linear, int_option, l2norm, layer_cost, on_cuda, option_error,
+                      pad_time)
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator, resolve_options
 from .deltanet import delta_rule_step
@@ -159,19 +159,15 @@ class GatedDeltaNet(Operator):
         dt = torch.exp(torch.rand(self.n_heads) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
         dt = dt.clamp(min=dt_init_floor)
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))        # inverse softplus of dt
-        self.q_conv1d = ShortConv(self.key_dim, self.conv_size, bias=False)
-        self.k_conv1d = ShortConv(self.key_dim, self.conv_size, bias=False)
-        self.v_conv1d = ShortConv(self.value_dim, self.conv_size, bias=False)
+        # fla's separate q/k/v short convs, stored as one depthwise conv over the q|k|v channels: one kernel, and
+        # nothing to concatenate per call (an fla checkpoint's q/k/v_conv1d weights concatenate into it).
+        self.qkv_conv1d = ShortConv(2 * self.key_dim + self.value_dim, self.conv_size, bias=False)
         if self.use_output_gate:
             self.g_proj = nn.Linear(d, self.value_dim, bias=False)
         self.o_norm = RMSNorm(self.head_v_dim)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
         # The CUDA fast path is resolved once here; forward uses it for CUDA inputs (set False to force torch).
         self.use_fast_path = fla_kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule") is not None
-
-    def _conv_weight(self) -> torch.Tensor:
-        # The three convs run as one depthwise conv over the concatenated q|k|v channels (fewer kernels).
-        return torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
 
     def _linears(self) -> tuple[nn.Linear, ...]:
         gate = (self.g_proj,) if self.use_output_gate else ()
@@ -188,7 +184,7 @@ class GatedDeltaNet(Operator):
         B, T, _ = x.shape
         q, k, v, a, b, *z = fused_linear(x, *self._linears())
         raw = torch.cat([q, k, v], dim=-1)
-        qkv = F.silu(causal_conv1d(raw, self._conv_weight(), None, conv))
+        qkv = F.silu(self.qkv_conv1d(raw, conv))
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q = l2norm(q.view(B, T, self.n_heads, self.head_k_dim))
         k = l2norm(k.view(B, T, self.n_heads, self.head_k_dim))
@@ -234,13 +230,13 @@ class GatedDeltaNet(Operator):
         o, S = self._core(q, k, v, g, beta, state.S)
         assert S is not None
         return (self._out(o, gate, x.dtype),
-                GatedDeltaNetState(conv=conv_cache(raw, state.conv, self.conv_size), S=S.to(state.S.dtype)))
+                GatedDeltaNetState(conv=self.qkv_conv1d.new_cache(raw, state.conv), S=S.to(state.S.dtype)))
 
     def step(self, x: torch.Tensor, state: GatedDeltaNetState) -> tuple[torch.Tensor, GatedDeltaNetState]:
         """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one decay + delta-rule update."""
         B = x.shape[0]
         q, k, v, a, b, *z = fused_linear(x[:, 0], *self._linears())
-        qkv, conv = conv_step(torch.cat([q, k, v], dim=-1), state.conv, self._conv_weight(), None)
+        qkv, conv = self.qkv_conv1d.step(torch.cat([q, k, v], dim=-1), state.conv)
         q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         acc = state.S.dtype
         q = l2norm(q.view(B, self.n_heads, self.head_k_dim)).to(acc)          # [B, H, dk]

@@ -32,8 +32,8 @@ from torch import nn
 
 from flashsearch.genome import Genome
 
-from ._common import (RMSNorm, ShortConv, acc_dtype, causal_conv1d, conv_cache, conv_step, float_option,
-                      fused_linear, int_option, layer_cost, on_cuda, option_error, pad_time)
+from ._common import (RMSNorm, ShortConv, acc_dtype, float_option, fused_linear, int_option, layer_cost, on_cuda,
+                      option_error, pad_time)
 from .base import DecodeCost, Operator, resolve_options
 from .gated_deltanet import bool_option, fla_kernel, ratio_option
 
@@ -174,9 +174,9 @@ class GLA(Operator):
         if self.use_output_gate:
             self.g_proj = nn.Linear(d, self.value_dim, bias=False)
         if self.use_short_conv:
-            self.q_conv1d = ShortConv(self.key_dim, self.conv_size, bias=False)
-            self.k_conv1d = ShortConv(self.key_dim, self.conv_size, bias=False)
-            self.v_conv1d = ShortConv(self.value_dim, self.conv_size, bias=False)
+            # fla's separate q/k/v short convs as one depthwise conv over the q|k|v channels (one kernel, nothing
+            # to concatenate per call; an fla checkpoint's q/k/v_conv1d weights concatenate into it).
+            self.qkv_conv1d = ShortConv(self.conv_channels, self.conv_size, bias=False)
         # Low-rank decay projection, named as fla's (gk_proj.0, gk_proj.1) so checkpoints map 1:1. Zero bias:
         # the initial decay is about logsigmoid(0) / 16, a half-life of ~16 tokens.
         self.gk_proj = nn.Sequential(nn.Linear(d, m["rank"], bias=False), nn.Linear(m["rank"], self.key_dim, bias=True))
@@ -194,9 +194,6 @@ class GLA(Operator):
     def conv_channels(self) -> int:
         return 2 * self.key_dim + self.value_dim if self.use_short_conv else 0
 
-    def _conv_weight(self) -> torch.Tensor:
-        return torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight], dim=0)
-
     def _linears(self) -> tuple[nn.Linear, ...]:
         # gk_proj's first (down) projection rides along in the fused GEMM.
         gate = (self.g_proj,) if self.use_output_gate else ()
@@ -212,9 +209,9 @@ class GLA(Operator):
             raw = torch.cat([q, k, v], dim=-1)
             if step:
                 assert conv is not None
-                qkv, new_conv = conv_step(raw, conv, self._conv_weight(), None)
+                qkv, new_conv = self.qkv_conv1d.step(raw, conv)
             else:
-                qkv = causal_conv1d(raw, self._conv_weight(), None, conv)
+                qkv = self.qkv_conv1d(raw, conv)
             q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         acc = acc_dtype(x.dtype)
         gk = F.logsigmoid(self.gk_proj[1](r).to(acc)) / self.normalizer
@@ -251,7 +248,7 @@ class GLA(Operator):
         if state is None:
             return y, None
         assert S is not None
-        conv = conv_cache(raw, state.conv, self.conv_size) if raw is not None else state.conv
+        conv = self.qkv_conv1d.new_cache(raw, state.conv) if raw is not None else state.conv
         return y, GLAState(conv=conv, S=S.to(state.S.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,23 @@ def test_forward_matches_step_by_step(name, opts, T):
         torch.testing.assert_close(decode(op, x), op(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name, opts", [("deltanet", {}), ("gated_deltanet", {}), VARIANTS[-1]])
+def test_decoding_sees_weight_updates(name, opts):
+    """The short conv's weight is one parameter read by forward and step alike: after an in-place (optimizer-style)
+    update of every parameter, stepping still equals the chunked forward, with outputs that moved."""
+    torch.manual_seed(5)
+    op = K.build_operator(name, small_genome(**{name: opts})).eval()
+    assert hasattr(op, "qkv_conv1d")
+    x = torch.randn(2, 9, 48)
+    with torch.no_grad():
+        before = decode(op, x)
+        for p in op.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        after = decode(op, x)
+        torch.testing.assert_close(after, op(x), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(before, after, atol=1e-3)
+
+
 @pytest.mark.parametrize("name, opts", VARIANTS)
 def test_prefill_in_pieces_matches_forward(name, opts):
     torch.manual_seed(0)

@@ -103,6 +103,14 @@ def instantiate(spec: Any, short_names: Mapping[str, str], what: str, **extra: A
         raise FlashsearchError(f"{what}: cannot build {target} with {kwargs}: {e}") from None
 
 
+def build_workload(cfg: RunConfig) -> Any:
+    """The Workload (flashsearch.proxies.base) that the config's `workload:` section describes."""
+    from flashsearch.proxies.base import Workload
+
+    w = cfg.workload
+    return Workload(device=w.device, batch=w.batch, prompt_len=w.prompt_len, decode_tokens=w.decode_tokens)
+
+
 def build_latency(cfg: RunConfig) -> Any:
     predictor = instantiate(cfg.latency, LATENCY_PREDICTORS, "latency", device=cfg.workload.device)
     if not callable(getattr(predictor, "predict", None)):
@@ -169,5 +177,5 @@ def build_seeds(cfg: RunConfig, space: SearchSpace) -> tuple[list[dict[str, Any]
     return seeds, notes
 
 
-__all__ = ["build_space", "build_latency", "build_quality", "build_seeds", "load_genome", "instantiate",
+__all__ = ["build_space", "build_workload", "build_latency", "build_quality", "build_seeds", "load_genome", "instantiate",
            "LATENCY_PREDICTORS", "QUALITY_PROXIES", "LayerwiseSpace", "StagedSpace"]

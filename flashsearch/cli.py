@@ -237,7 +237,7 @@ def _cmd_latency(args: argparse.Namespace) -> int:
         model.save(args.out)
         print(f"wrote {args.out} ({model.n_train} measurements, train MAPE {model.train_mape:.1%})")
         return 0
-    from flashsearch.proxies.latency.validate import print_report, validate_cli
+    from flashsearch.proxies.latency.validate_command import print_report, validate_cli
 
     result = validate_cli(args)
     if args.json:

@@ -32,12 +32,12 @@ class CandidateEvaluator:
         return _WORKER_CACHE[key]
 
     def __call__(self, genome_json: str) -> dict[str, Any]:
-        from flashsearch.proxies.base import Budget, Workload, latency_source
+        from flashsearch.builders import build_workload
+        from flashsearch.proxies.base import Budget, latency_source
 
         genome = Genome.from_json(genome_json)
         quality, latency = self._objectives()
-        w = self.cfg.workload
-        workload = Workload(device=w.device, batch=w.batch, prompt_len=w.prompt_len, decode_tokens=w.decode_tokens)
+        workload = build_workload(self.cfg)
 
         t0 = time.perf_counter()
         seconds = float(latency.predict(genome, workload))

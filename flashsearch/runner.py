@@ -49,10 +49,10 @@ def check_target_reachable(cfg: RunConfig, space: SearchSpace, predictor: Any) -
     target = cfg.search.target_latency
     if target is None:
         return
-    from flashsearch.proxies.base import Workload
+    from flashsearch.builders import build_workload
 
     w = cfg.workload
-    workload = Workload(device=w.device, batch=w.batch, prompt_len=w.prompt_len, decode_tokens=w.decode_tokens)
+    workload = build_workload(cfg)
     best = min(float(predictor.predict(space.decode(p), workload)) for p in space.cheapest())
     if best > target:
         raise FlashsearchError(
@@ -71,11 +71,10 @@ def make_sampler(cfg: RunConfig, space: SearchSpace, predictor: Any) -> Any:
         return optuna.samplers.NSGAIISampler(population_size=s.population, seed=cfg.seed)
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=s.population)
-    from flashsearch.proxies.base import Workload
+    from flashsearch.builders import build_workload
     from flashsearch.search.aging import AgingEvolutionSampler
 
-    w = cfg.workload
-    workload = Workload(device=w.device, batch=w.batch, prompt_len=w.prompt_len, decode_tokens=w.decode_tokens)
+    workload = build_workload(cfg)
     latency_fn = (lambda g: float(predictor.predict(g, workload))) if s.target_latency is not None else None
     return AgingEvolutionSampler(space, population=s.population, sample_size=s.sample_size,
                                  target_latency=s.target_latency, seed=cfg.seed, latency_fn=latency_fn)

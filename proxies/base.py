@@ -5,9 +5,11 @@ Any class with these methods works in a search when named by `_target_` in the Y
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 
 
@@ -20,6 +22,18 @@ class Workload:
     prompt_len: int = 128
     decode_tokens: int = 8192
     dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        # Checked once here, so no predictor needs its own copy of these checks.
+        for name, minimum in (("batch", 1), ("prompt_len", 0), ("decode_tokens", 1)):
+            v = getattr(self, name)
+            try:
+                n = operator.index(v) if not isinstance(v, bool) else None  # ints, numpy ints; not floats/bools
+            except TypeError:
+                n = None
+            if n is None or n < minimum:
+                raise FlashsearchError(f"workload.{name} must be an integer >= {minimum}, got {v!r}")
+            object.__setattr__(self, name, int(n))
 
 
 @runtime_checkable

@@ -31,7 +31,9 @@ def default_proxy(config_path: str) -> tuple[dict[str, Any], int]:
 
     cfg = load_config(config_path)
     spec = cfg.quality if isinstance(cfg.quality, dict) else {"_target_": cfg.quality}
-    if spec.get("_target_") not in ("short_train", "flashsearch.proxies.quality.short_train.ShortTrain"):
+    from flashsearch.builders import QUALITY_PROXIES
+
+    if spec.get("_target_") not in ("short_train", QUALITY_PROXIES["short_train"]):
         raise ValueError(f"{config_path}: the studies need quality: short_train, got {spec.get('_target_')!r}")
     kwargs = {k: v for k, v in spec.items() if k != "_target_"}
     kwargs.setdefault("seed", cfg.seed)

@@ -41,17 +41,23 @@ def top_k_overlap(proxy, reference, k: int) -> float:
     return len(best_p & best_r) / k
 
 
+def rank_correlations(a, b) -> tuple[float, float]:
+    """(Spearman rho, Kendall tau-b) of two equally long sequences; the one place both are computed."""
+    from scipy.stats import kendalltau, spearmanr
+
+    return float(spearmanr(a, b).statistic), float(kendalltau(a, b).statistic)
+
+
 def rank_agreement(proxy, reference, k: int = 5, n_boot: int = 2000, seed: int = 0) -> RankAgreement:
     """Spearman, Kendall tau-b, top-k overlap and a bootstrap interval for Spearman."""
-    from scipy.stats import kendalltau, spearmanr
+    from scipy.stats import spearmanr
 
     p, r = _as_losses("proxy", proxy), _as_losses("reference", reference)
     if len(p) != len(r):
         raise ValueError(f"proxy and reference differ in length ({len(p)} vs {len(r)})")
     if len(p) < 3:
         raise ValueError(f"rank agreement needs at least 3 genomes, got {len(p)}")
-    rho = float(spearmanr(p, r).statistic)
-    tau = float(kendalltau(p, r).statistic)
+    rho, tau = rank_correlations(p, r)
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):

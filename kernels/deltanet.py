@@ -41,8 +41,9 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     Returns o [b, t, h, dv] and the final state [b, h, dk, dv]. fla's layout (chunk_delta_rule); same maths and
     scale as fla.ops.delta_rule.naive.delta_rule_recurrence (which takes [b, h, t, d])."""
     b, t, h, dk = q.shape
-    # Per-head matmuls below want heads before time: [b, h, t, d] inside, [b, t, h, d] at the boundary.
-    q, k, v, beta = (z.transpose(1, 2) for z in (q, k, v, beta))
+    # Per-head matmuls below want heads before time: [b, h, t, d] inside (one copy each, not one per matmul),
+    # [b, t, h, d] at the boundary.
+    q, k, v, beta = (z.transpose(1, 2).contiguous() for z in (q, k, v, beta))
     dv = v.shape[-1]
     L = chunk_size
     q = q * (dk ** -0.5 if scale is None else scale)

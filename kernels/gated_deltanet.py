@@ -64,8 +64,9 @@ def gated_delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     initial_state [b, h, dk, dv] or None. Returns o [b, t, h, dv] and the final state [b, h, dk, dv].
     Same layout and maths as fla.ops.gated_delta_rule (chunk_gated_delta_rule, naive_recurrent_gated_delta_rule)."""
     b, t, h, dk = q.shape
-    # Per-head matmuls below want heads before time: [b, h, t, d] inside, [b, t, h, d] at the boundary.
-    q, k, v, g, beta = (z.transpose(1, 2) for z in (q, k, v, g, beta))
+    # Per-head matmuls below want heads before time: [b, h, t, d] inside (one copy each, not one per matmul),
+    # [b, t, h, d] at the boundary.
+    q, k, v, g, beta = (z.transpose(1, 2).contiguous() for z in (q, k, v, g, beta))
     dv = v.shape[-1]
     L = chunk_size
     q = q * (dk ** -0.5 if scale is None else scale)

@@ -39,39 +39,55 @@ from .gated_deltanet import bool_option, fla_kernel, ratio_option
 
 
 # ---- the GLA core ------------------------------------------------------------------------------------------------
-def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """o_i = sum_{j<=i in the chunk} [sum_c q_ic k_jc e^{G_ic - G_jc}] v_j, computed stably.
-    q, k, G [..., L, dk] (G = inclusive cumulative log-decay); v [..., L, dv].
+# Every exponent below is a sum of log-decays over a run of tokens (a prefix or suffix of a block), taken directly
+# from gk by a cumsum, never a difference G_i - G_j of two long running sums: so it is as precise in fp32 as gk
+# itself (a difference of sums would lose |G| * 6e-8 under strong decay) and always <= 0.
+def _suffix_sums(g: torch.Tensor) -> torch.Tensor:
+    """Exclusive suffix sums over dim -2: out_j = sum_{t > j} g_t (0 for the last row). g [..., m, dk]."""
+    return F.pad(g[..., 1:, :], (0, 0, 0, 1)).flip(-2).cumsum(-2).flip(-2)
 
-    Halving: split every block of size m into halves; the second half's queries against the first half's keys
-    is one matmul with both sides taken relative to G at the end of the first half (q e^{G_i - G_ref} with
-    i after ref, k e^{G_ref - G_j} with j up to ref: both exponents <= 0). Then recurse into both halves, all
-    blocks of a level at once. Blocks of odd size m0 (1 when L is a power of two) are finished elementwise.
+
+def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor) -> torch.Tensor:
+    """o_i = sum_{j<=i in the chunk} [sum_c q_ic k_jc e^{G_ic - G_jc}] v_j, computed stably.
+    q, k, gk [..., L, dk] (gk = per-token log-decay, G its inclusive cumsum); v [..., L, dv].
+
+    Halving: split every block of even size m into halves; the second half's queries against the first half's keys
+    is one matmul with both sides taken relative to the boundary between them (q_i e^{sum of gk after the
+    boundary up to i}, k_j e^{sum of gk after j up to the boundary}: both exponents <= 0). Then recurse into both
+    halves, all blocks of a level at once. Blocks of odd size m0 (1 when L is a power of two) are finished
+    elementwise.
     """
     *lead, L, dk = q.shape
-    o = v.new_zeros(*lead, L, v.shape[-1])
+    dv = v.shape[-1]
+    o = None
     m = L
     while m % 2 == 0:
         half, nb = m // 2, L // m
-        qb, kb, Gb = (z.view(*lead, nb, 2, half, dk) for z in (q, k, G))     # [.., nb, 2, half, dk]
-        vb = v.view(*lead, nb, 2, half, v.shape[-1])
-        ref = Gb[..., 0, -1:, :]                                                # [.., nb, 1, dk] end of 1st half
-        q_rel = qb[..., 1, :, :] * (Gb[..., 1, :, :] - ref).to(q.dtype).exp()  # [.., nb, half, dk]
-        k_rel = kb[..., 0, :, :] * (ref - Gb[..., 0, :, :]).to(q.dtype).exp()
-        cross = (q_rel @ k_rel.transpose(-1, -2)) @ vb[..., 0, :, :]            # [.., nb, half, dv]
-        # The cross term lands on the second halves only.
-        o = o + torch.stack([torch.zeros_like(cross), cross], dim=-3).view(o.shape)
+        # unbind, not [..., i, :, :]: its backward is one stack instead of a zero-filled tensor per index.
+        q0, q1 = q.view(*lead, nb, 2, half, dk).unbind(-3)                     # [.., nb, half, dk] each
+        k0, _ = k.view(*lead, nb, 2, half, dk).unbind(-3)
+        g0, g1 = gk.view(*lead, nb, 2, half, dk).unbind(-3)
+        v0 = v.view(*lead, nb, 2, half, dv).unbind(-3)[0]                      # [.., nb, half, dv]
+        q_rel = q1 * g1.cumsum(-2).exp()                                       # decay from the boundary to i
+        k_rel = k0 * _suffix_sums(g0).exp()                                    # decay from j to the boundary
+        cross = (q_rel @ k_rel.transpose(-1, -2)) @ v0                          # [.., nb, half, dv]
+        level = F.pad(cross, (0, 0, half, 0)).view(*lead, L, dv)                # lands on the second halves only
+        o = level if o is None else o + level
         m = half
-    # Remaining diagonal blocks of odd size m: materialize e^{G_i - G_j} (j <= i), masked before exp.
     if m == 1:
-        return o + (q * k).sum(-1, keepdim=True) * v                           # e^0 = 1 on the diagonal
-    nb = L // m
-    qb, kb, Gb = (z.view(*lead, nb, m, dk) for z in (q, k, G))                # [.., nb, m, dk]
-    causal = torch.ones(m, m, dtype=torch.bool, device=q.device).tril()[:, :, None]
-    decay = (Gb[..., :, None, :] - Gb[..., None, :, :]).masked_fill(~causal, -math.inf).to(q.dtype).exp()
-    # decay: [.., nb, m, m, dk]
-    scores = (qb[..., :, None, :] * kb[..., None, :, :] * decay).sum(-1)      # [.., nb, m, m]
-    return o + (scores @ v.view(*lead, nb, m, v.shape[-1])).view(o.shape)
+        diag = (q * k).sum(-1, keepdim=True) * v                                # e^0 = 1 on the diagonal
+    else:
+        # Diagonal blocks of odd size m: materialize e^{G_i - G_j} (j <= i) from block-local cumsums (short runs
+        # of m tokens), masked before exp. (Stopping the halving early at a larger even m measured slower on CPU:
+        # the [m, m, dk] elementwise product costs more than the last levels' small matmuls.)
+        nb = L // m
+        qb, kb = (z.view(*lead, nb, m, dk) for z in (q, k))                    # [.., nb, m, dk]
+        Gb = gk.view(*lead, nb, m, dk).cumsum(-2)
+        causal = torch.ones(m, m, dtype=torch.bool, device=q.device).tril()[:, :, None]
+        decay = (Gb[..., :, None, :] - Gb[..., None, :, :]).masked_fill(~causal, -math.inf).exp()  # [.., nb, m, m, dk]
+        scores = (qb[..., :, None, :] * kb[..., None, :, :] * decay).sum(-1)  # [.., nb, m, m]
+        diag = (scores @ v.view(*lead, nb, m, dv)).view(*lead, L, dv)
+    return diag if o is None else o + diag
 
 
 def gla_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor, chunk_size: int = 64,
@@ -79,34 +95,34 @@ def gla_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Ten
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked GLA. q, k, gk [b, t, h, dk] (gk = log-decay <= 0); v [b, t, h, dv]; scale defaults to dk**-0.5
     (applied to q); initial_state [b, h, dk, dv] or None. Returns o [b, t, h, dv] and the final state
-    [b, h, dk, dv]. Same layout and maths as fla.ops.gla (chunk_gla, naive_recurrent_gla)."""
+    [b, h, dk, dv]. Same layout and maths as fla.ops.gla (chunk_gla, naive_recurrent_gla). Computes in the
+    inputs' dtype."""
     b, t, h, dk = q.shape
-    # Per-head matmuls below want heads before time: [b, h, t, d] inside, [b, t, h, d] at the boundary.
-    q, k, v, gk = (z.transpose(1, 2) for z in (q, k, v, gk))
     dv = v.shape[-1]
     L = chunk_size
     q = q * (dk ** -0.5 if scale is None else scale)
     # Zero padding at the end is exact: gk = 0 (no decay) and k = 0 leave S unchanged.
-    q, k, v, gk = (pad_time(z, L, 2) for z in (q, k, v, gk))
-    nc = q.shape[2] // L
-    q, k, v, gk = (z.view(b, h, nc, L, z.shape[-1]) for z in (q, k, v, gk))  # [b, h, nc, L, d]
-    # Inclusive per-channel log-decay, in fp64: exponents are differences G_i - G_j of nearby tokens, small
-    # while G itself grows with every token of strong decay; in fp32 each would lose |G| * 6e-8.
-    G = gk.to(torch.float64).cumsum(-2)
+    q, k, v, gk = (pad_time(z, L, 1) for z in (q, k, v, gk))
+    nc = q.shape[1] // L
+    # Per-head matmuls want heads before time: [b, t, h, d] -> [b, h, nc, L, d] inside.
+    # One copy each here rather than one inside every matmul below.
+    q, k, v, gk = (z.view(b, nc, L, h, z.shape[-1]).permute(0, 3, 1, 2, 4).contiguous() for z in (q, k, v, gk))
 
-    o = _intra_chunk(q, k, v, G)                                               # [b, h, nc, L, dv]
+    o = _intra_chunk(q, k, v, gk)                                              # [b, h, nc, L, dv]
 
     # -- inter-chunk: only the state recurrence is sequential ----------------------------------------------------
-    q_in = q * G.to(q.dtype).exp()                                             # queries reading the entering S
-    kv = (k * (G[..., -1:, :] - G).to(q.dtype).exp()).transpose(-1, -2) @ v    # [b, h, nc, dk, dv] chunk's writes
-    chunk_decay = G[..., -1, :].to(q.dtype).exp()[..., None]                   # [b, h, nc, dk, 1]
+    G = gk.cumsum(-2)                                                          # decay since the chunk start
+    q_in = q * G.exp()                                                         # queries reading the entering S
+    kv = (k * _suffix_sums(gk).exp()).transpose(-1, -2) @ v                    # [b, h, nc, dk, dv] chunk's writes
+    chunk_decay = G[..., -1, :].exp()[..., None]                               # [b, h, nc, dk, 1]
     S = q.new_zeros(b, h, dk, dv) if initial_state is None else initial_state.to(q.dtype)
     entering = []
     for kv_c, a_c in zip(kv.unbind(2), chunk_decay.unbind(2)):
         entering.append(S)
         S = a_c * S + kv_c
     o = o + q_in @ torch.stack(entering, dim=2)                                # [b, h, nc, L, dv]
-    return o.view(b, h, nc * L, dv)[:, :, :t].transpose(1, 2), S              # [b, t, h, dv]
+    o = o.permute(0, 2, 3, 1, 4).reshape(b, nc * L, h, dv)[:, :t]              # [b, t, h, dv]
+    return o, S
 
 
 def gla_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor, state: torch.Tensor,

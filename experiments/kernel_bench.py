@@ -334,14 +334,12 @@ def measure(case: Case, shape: Shape, repeats: int, min_seconds: float, case_bud
 def measure_layers(shape: Shape, repeats: int, min_seconds: float) -> list[tuple[str, float, str]]:
     """Whole operator modules (projections included), fwd + bwd tokens/s: (op, tokens/s, note)."""
     from flashsearch import kernels as K
+    from flashsearch import operators
 
     out = []
     gen = torch.Generator().manual_seed(0)
     x0 = _randn(gen, shape.B, shape.T, shape.H * shape.d)
-    for op in ("attention", "swa", "mamba2", "deltanet", "gated_deltanet", "gla", "ffn"):
-        if op not in K.OPERATOR_CLASSES:
-            out.append((op, math.nan, "not registered yet"))
-            continue
+    for op in operators.names():
         options = {"window": max(16, shape.T // 4)} if op == "swa" else {}
         if op == "mamba2":
             options = {"head_dim": shape.d, "d_state": shape.d}

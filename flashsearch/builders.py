@@ -47,13 +47,8 @@ def build_space(cfg: RunConfig) -> SearchSpace:
     else:
         space = LayerwiseSpace(operators=tuple(s.operators), widths=tuple(s.widths), min_layers=s.min_layers,
                                max_layers=s.max_layers, arch=arch)
-    # Validate op_options against the operator library once, up front, with a genome using every operator.
-    from flashsearch.kernels import operator_class
-    from flashsearch.kernels.base import resolve_options
-
-    probe = arch.genome(["ffn"] + [o for o in space.operators if o != "ffn"], space.widths[0])
-    for op in set(op_options) | set(space.operators):
-        resolve_options(operator_class(op), probe)
+    # Validate op_options against each operator's typed Options once, up front: a Genome checks them when built.
+    arch.genome(["ffn"] + [o for o in space.operators if o != "ffn"], space.widths[0])
     return space
 
 

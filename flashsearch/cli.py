@@ -168,11 +168,24 @@ def _load_study(run_dir: str) -> Any:
     path = Path(run_dir) / STUDY_FILE
     if not path.is_file():
         raise FlashsearchError(f"no study found at {path}; pass the out_dir of a `flashsearch run`")
+    _import_run_modules(Path(run_dir))
     storage = JournalStorage(JournalFileBackend(str(path)))
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     if len(names) != 1:
         raise FlashsearchError(f"{path} holds {len(names)} studies ({names}); expected exactly one")
     return optuna.load_study(study_name=names[0], storage=storage)
+
+
+def _import_run_modules(run_dir: Path) -> None:
+    """The run's `imports:` (saved in its config.yaml), so genomes using user operators load here too."""
+    import yaml
+
+    from flashsearch.user_imports import import_modules
+
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        imports = (yaml.safe_load(saved.read_text()) or {}).get("imports") or []
+        import_modules(imports, where=f"imports (from {saved})")
 
 
 def _target_of(study: Any) -> float | None:

@@ -89,6 +89,9 @@ class DataConfig:
 class RunConfig:
     name: str = "search"
     seed: int = 0
+    # Python modules imported before the space is built and in every worker (e.g. a module defining your own
+    # operator classes: they register themselves when imported).
+    imports: List[str] = field(default_factory=list)
     out_dir: str = "runs/${name}"
     space: SpaceConfig = field(default_factory=SpaceConfig)
     latency: Any = field(default_factory=lambda: {"_target_": "roofline"})
@@ -229,6 +232,9 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.ray.num_cpus_per_trial >= 0 and cfg.ray.num_gpus_per_trial >= 0,
          "ray.num_cpus_per_trial and ray.num_gpus_per_trial must be >= 0")
     need(cfg.logger in LOGGERS, f"logger={cfg.logger!r}; choose one of {', '.join(LOGGERS)}")
+    for name in cfg.imports:
+        need(bool(re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name)),
+             f"imports: {name!r} is not a module name; give dotted names like my_pkg.my_ops")
     need(bool(str(cfg.out_dir).strip()), "out_dir is empty; give a directory, e.g. out_dir=runs/my_search")
     for key in ("latency", "quality"):
         spec = getattr(cfg, key)

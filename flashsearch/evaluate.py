@@ -15,6 +15,7 @@ from typing import Any
 from flashsearch.config import RunConfig
 from flashsearch.errors import TrialFailed
 from flashsearch.genome import Genome
+from flashsearch.user_imports import import_modules
 
 _WORKER_CACHE: dict[int, tuple[Any, Any]] = {}
 
@@ -35,6 +36,7 @@ class CandidateEvaluator:
         from flashsearch.builders import build_workload
         from flashsearch.proxies.base import Budget, latency_source
 
+        import_modules(self.cfg.imports)    # in a fresh worker process: register the run's user operators
         genome = Genome.from_json(genome_json)
         quality, latency = self._objectives()
         workload = build_workload(self.cfg)

@@ -14,29 +14,14 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from flashsearch import operators
 from flashsearch.errors import FlashsearchError
-
-# Token mixers (sequence-mixing operators) and the channel-mixing FFN.
-MIXERS: tuple[str, ...] = ("attention", "swa", "mamba2", "deltanet", "gated_deltanet", "gla")
-OPERATORS: tuple[str, ...] = MIXERS + ("ffn",)
-
-# Short spellings accepted on input (the Hugging Face Nemotron-Flash config uses some of these).
-ALIASES: Mapping[str, str] = MappingProxyType(
-    {"a": "attention", "attn": "attention", "f": "ffn", "mlp": "ffn", "m2": "mamba2", "d": "deltanet",
-     "gdn": "gated_deltanet", "sliding_attention": "swa", "full_attention": "attention"}
-)
 
 
 def canonical_operator(name: str, where: str = "layer_types") -> str:
-    """Map an operator name or alias to its canonical name, or raise a one-line error naming the choices."""
-    key = str(name).strip().lower()
-    key = ALIASES.get(key, key)
-    if key not in OPERATORS:
-        raise FlashsearchError(
-            f"unknown operator {name!r} in {where}; choose one of {', '.join(OPERATORS)} "
-            f"(aliases: {', '.join(sorted(ALIASES))})"
-        )
-    return key
+    """Map an operator name, letter or alias to its canonical name (flashsearch.operators, the one registry),
+    or raise a one-line error naming the choices."""
+    return operators.canonical(name, where)
 
 
 def _freeze(value: Any) -> Any:
@@ -84,7 +69,9 @@ class Genome:
         for op, o in dict(self.op_options or {}).items():
             if not isinstance(o, Mapping):
                 raise FlashsearchError(f"op_options.{op} must be a mapping of option -> value, got {o!r}")
-            opts[canonical_operator(op, where="op_options")] = o
+            name = canonical_operator(op, where="op_options")
+            operators.spec(name).parse_options(o)          # unknown or ill-typed options: one line, here
+            opts[name] = o
         object.__setattr__(self, "op_options", _freeze(opts))
         self._validate()
 
@@ -94,8 +81,8 @@ class Genome:
 
         if not self.layer_types:
             raise bad("layer_types is empty; give at least one token mixer, e.g. [attention, ffn]")
-        if not any(t in MIXERS for t in self.layer_types):
-            raise bad(f"layer_types has no token mixer (only ffn); add one of {', '.join(MIXERS)}")
+        if not any(operators.is_mixer(t) for t in self.layer_types):
+            raise bad(f"layer_types has no token mixer (only ffn); add one of {', '.join(operators.mixers())}")
         for name in ("d_model", "n_heads", "n_kv_heads", "head_dim", "vocab_size"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -106,7 +93,8 @@ class Genome:
         if not (math.isfinite(self.ffn_ratio) and self.ffn_ratio > 0):
             raise bad(f"ffn_ratio must be a positive number, got {self.ffn_ratio!r}")
         # Options for operators the genome does not use are kept (a space shares one op_options block);
-        # unknown operator names were already rejected by canonical_operator, unknown keys by the kernels.
+        # they were checked against each operator's Options above. Checks that need the genome's sizes
+        # (e.g. mamba2 head_dim dividing expand * d_model) happen when the operator is built.
 
     # ---- derived views -------------------------------------------------------------------------------
     @property
@@ -115,13 +103,13 @@ class Genome:
 
     @property
     def n_mixers(self) -> int:
-        return sum(t in MIXERS for t in self.layer_types)
+        return sum(operators.is_mixer(t) for t in self.layer_types)
 
     def count(self, op: str) -> int:
         return sum(t == op for t in self.layer_types)
 
     def options(self, op: str) -> Mapping[str, Any]:
-        """User options for `op` (defaults are filled in by the operator itself)."""
+        """User options for `op` as given (typed, with defaults: flashsearch.operators.parse_options)."""
         return self.op_options.get(op, MappingProxyType({}))
 
     @property
@@ -210,7 +198,6 @@ class Genome:
         return replace(self, op_options=merged)
 
     def summary(self) -> str:
-        """Compact layer pattern in the paper's letters, e.g. 'D F M2 F A F'."""
-        short = {"attention": "A", "swa": "S", "mamba2": "M2", "deltanet": "D", "gated_deltanet": "GD",
-                 "gla": "G", "ffn": "F"}
-        return " ".join(short[t] for t in self.layer_types)
+        """Compact layer pattern in the operators' letters, e.g. 'D F M2 F A F' (letters parse back as
+        layer_types)."""
+        return " ".join(operators.letter(t) for t in self.layer_types)

@@ -22,6 +22,7 @@ from flashsearch.config import RunConfig, to_dict
 from flashsearch.errors import FlashsearchError
 from flashsearch.evaluate import CandidateEvaluator
 from flashsearch.space import SearchSpace
+from flashsearch.user_imports import import_modules
 
 STUDY_FILE = "study.journal"
 FINGERPRINT_ATTR = "flashsearch_fingerprint"
@@ -194,6 +195,7 @@ def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> 
 def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None) -> RunResult:
     stream = stream or sys.stderr
     t0 = time.time()
+    import_modules(cfg.imports)             # user operators/plug-ins register before anything names them
     space = build_space(cfg)
     predictor = build_latency(cfg)
     build_quality(cfg)                      # fail on bad proxy options now, not inside the first worker

@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from flashsearch.errors import FlashsearchError
-from flashsearch.genome import MIXERS, Genome, canonical_operator
+from flashsearch import operators
+from flashsearch.genome import Genome, canonical_operator
 
 Params = dict[str, Any]
 
@@ -144,8 +145,10 @@ class StagedSpace(SearchSpace):
 
     def __post_init__(self) -> None:
         ops = tuple(canonical_operator(o, where="space.operators") for o in self.operators)
-        if "ffn" in ops:
-            raise FlashsearchError("space.operators lists 'ffn'; FFNs are set by space.ffn_choices, list mixers only")
+        not_mixers = [o for o in ops if not operators.is_mixer(o)]
+        if not_mixers:
+            raise FlashsearchError(f"space.operators lists {', '.join(map(repr, not_mixers))}, which is not a token "
+                                   "mixer; FFNs are set by space.ffn_choices, list mixers only")
         object.__setattr__(self, "operators", ops)
         for r in self.ratios:
             if r not in RATIOS:
@@ -298,8 +301,8 @@ class LayerwiseSpace(SearchSpace):
     def __post_init__(self) -> None:
         ops = tuple(canonical_operator(o, where="space.operators") for o in self.operators)
         object.__setattr__(self, "operators", ops)
-        if not any(o in MIXERS for o in ops):
-            raise FlashsearchError("space.operators has no token mixer; add one of " + ", ".join(MIXERS))
+        if not any(operators.is_mixer(o) for o in ops):
+            raise FlashsearchError("space.operators has no token mixer; add one of " + ", ".join(operators.mixers()))
         _check_positive(min_layers=self.min_layers, max_layers=self.max_layers)
         if self.min_layers > self.max_layers:
             raise FlashsearchError(f"space.min_layers={self.min_layers} > space.max_layers={self.max_layers}")
@@ -324,13 +327,13 @@ class LayerwiseSpace(SearchSpace):
         """A genome needs a token mixer: if the active layers are all FFN, the first becomes the first mixer."""
         p = dict(params)
         active = [p[f"layer_{i}"] for i in range(int(p["n_layers"]))]
-        if not any(t in MIXERS for t in active):
-            p["layer_0"] = next(o for o in self.operators if o in MIXERS)
+        if not any(operators.is_mixer(t) for t in active):
+            p["layer_0"] = next(o for o in self.operators if operators.is_mixer(o))
         return p
 
     def cheapest(self) -> list[Params]:
         out = []
-        for op in (o for o in self.operators if o in MIXERS):
+        for op in (o for o in self.operators if operators.is_mixer(o)):
             p: Params = {"n_layers": self.min_layers, "d_model": min(self.widths)}
             p.update({f"layer_{i}": op for i in range(self.max_layers)})
             out.append(p)

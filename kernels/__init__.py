@@ -1,41 +1,35 @@
-"""flashsearch.kernels: the token mixers and the FFN, one module per operator, plus a small registry.
+"""flashsearch.kernels: the token mixers and the FFN, one module per operator.
 
 Every operator is a `flashsearch.kernels.base.Operator` with a chunked-parallel `forward`, a recurrent
-`step` (+ `init_state`, `prefill`) for decoding, and an analytic `decode_cost`. Adding an operator = one new
-module and one line in OPERATOR_CLASSES.
+`step` (+ `init_state`, `prefill`) for decoding, and an analytic `decode_cost`. Each class declares its name,
+letter, role and typed Options and registers itself in flashsearch.operators when defined, so adding an
+operator is one new module (here, or anywhere the run's `imports:` names).
 """
 
 from __future__ import annotations
 
-from flashsearch.errors import FlashsearchError
-from flashsearch.genome import OPERATORS, Genome, canonical_operator
+from flashsearch import operators
+from flashsearch.genome import Genome
 
+from .base import DecodeCost, Operator
+
+# Import order = registration order = the order operators are listed in (mixers first, then the FFN).
 from .attention import Attention, KVCache, SlidingWindowAttention
-from .base import DecodeCost, Operator, resolve_options
+from .mamba2 import Mamba2, Mamba2State, ssd_chunked, ssd_step
 from .deltanet import DeltaNet, DeltaNetState, delta_rule_chunked, delta_rule_step
-from .ffn import FFN
 from .gated_deltanet import GatedDeltaNet, GatedDeltaNetState, gated_delta_rule_chunked, gated_delta_rule_step
 from .gla import GLA, GLAState, gla_chunked, gla_step
-from .mamba2 import Mamba2, Mamba2State, ssd_chunked, ssd_step
-
-OPERATOR_CLASSES: dict[str, type[Operator]] = {
-    cls.name: cls for cls in (Attention, SlidingWindowAttention, Mamba2, DeltaNet, GatedDeltaNet, GLA, FFN)
-}
+from .ffn import FFN
 
 
 def operator_class(name: str) -> type[Operator]:
-    """The class implementing operator `name` (aliases such as 'm2' accepted), or a one-line FlashsearchError."""
-    op = canonical_operator(name, where="flashsearch.kernels")
-    try:
-        return OPERATOR_CLASSES[op]
-    except KeyError:
-        implemented = ", ".join(OPERATOR_CLASSES)
-        raise FlashsearchError(f"operator {op!r} is not implemented yet in flashsearch.kernels; "
-                               f"choose one of {implemented}") from None
+    """The class implementing operator `name` (letters and aliases such as 'm2' accepted), or a one-line
+    FlashsearchError naming the choices."""
+    return operators.spec(name, where="flashsearch.kernels").cls
 
 
 def build_operator(name: str, genome: Genome) -> Operator:
-    """Instantiate operator `name` for `genome` (options validated against the class defaults)."""
+    """Instantiate operator `name` for `genome` (its op_options validated against the operator's Options)."""
     return operator_class(name)(genome)
 
 
@@ -48,7 +42,7 @@ def decode_cost(genome: Genome, layer_type: str, context: int) -> DecodeCost:
 
 
 __all__ = [
-    "OPERATORS", "OPERATOR_CLASSES", "operator_class", "build_operator", "decode_cost", "resolve_options",
+    "operator_class", "build_operator", "decode_cost",
     "Operator", "DecodeCost", "Attention", "SlidingWindowAttention", "KVCache", "Mamba2", "Mamba2State",
     "ssd_chunked", "ssd_step", "DeltaNet", "DeltaNetState", "delta_rule_chunked", "delta_rule_step",
     "GatedDeltaNet", "GatedDeltaNetState", "gated_delta_rule_chunked", "gated_delta_rule_step", "GLA", "GLAState",

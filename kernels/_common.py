@@ -6,13 +6,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from flashsearch.errors import FlashsearchError
 
 from .base import DecodeCost
 
@@ -48,28 +46,6 @@ def _note_missing(package: str, exc: BaseException) -> None:
 def on_cuda(x: torch.Tensor) -> bool:
     """Whether a fast path may run on x (one predicate, so tests can force it on CPU to check the glue)."""
     return x.is_cuda
-
-
-# ---- option validation ---------------------------------------------------------------------------------
-def option_error(op: str, key: str, value: Any, why: str) -> FlashsearchError:
-    """One-line user error naming the operator and the option (what, where, how to fix)."""
-    return FlashsearchError(f"operator {op!r} option {key}={value!r} (in op_options.{op}) {why}")
-
-
-def int_option(op: str, opts: Mapping[str, Any], key: str, minimum: int = 1) -> int:
-    """opts[key] as an int >= minimum, or a FlashsearchError naming operator and option."""
-    value = opts[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise option_error(op, key, value, f"must be an integer >= {minimum}")
-    return value
-
-
-def float_option(op: str, opts: Mapping[str, Any], key: str, positive: bool = True) -> float:
-    value = opts[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
-            positive and value <= 0):
-        raise option_error(op, key, value, "must be a positive finite number" if positive else "must be a number")
-    return float(value)
 
 
 # ---- normalization ---------------------------------------------------------------------------------------

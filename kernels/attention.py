@@ -9,7 +9,7 @@ the cache does not matter to softmax attention; that is what makes the ring buff
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +17,10 @@ from torch import nn
 
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
+from flashsearch.operators import option
 
-from ._common import apply_rope, float_option, fused_linear, int_option, layer_cost, rope_cos_sin
-from .base import DecodeCost, Operator, resolve_options
+from ._common import apply_rope, fused_linear, layer_cost, rope_cos_sin
+from .base import DecodeCost, Operator
 
 
 @dataclass
@@ -36,7 +37,16 @@ class Attention(Operator):
     """Full causal attention, GQA (n_heads query heads share n_kv_heads key/value heads), RoPE."""
 
     name: ClassVar[str] = "attention"
-    defaults: ClassVar[Mapping[str, Any]] = {"rope_theta": 10000.0}
+    letter: ClassVar[str] = "A"
+    role: ClassVar[str] = "mixer"
+    aliases: ClassVar[tuple[str, ...]] = ("attn", "full_attention")
+    hf_name: ClassVar[str | None] = "full_attention"     # transformers' name for it
+
+    @dataclass(frozen=True)
+    class Options:
+        rope_theta: float = option(10000.0, gt=0)       # RoPE base
+
+    opts: Options
     readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
     writers: ClassVar[tuple[str, ...]] = ("o_proj",)
     # Always torch SDPA, which itself dispatches to flash / memory-efficient attention on CUDA (no torch-form
@@ -45,7 +55,7 @@ class Attention(Operator):
 
     def __init__(self, genome: Genome):
         super().__init__(genome)
-        self.rope_theta = float_option(self.name, self.opts, "rope_theta")
+        self.rope_theta = self.opts.rope_theta
         if genome.head_dim % 2:
             raise FlashsearchError(f"operator {self.name!r} needs an even head_dim for RoPE, got "
                                    f"head_dim={genome.head_dim} (genome.head_dim); use an even value")
@@ -149,7 +159,7 @@ class Attention(Operator):
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
-        resolve_options(cls, genome)                                        # unknown options are errors here too
+        cls.options_of(genome)                                              # unknown options are errors here too
         d, h, hkv, hd = genome.d_model, genome.n_heads, genome.n_kv_heads, genome.head_dim
         weights = 2 * d * h * hd + 2 * d * hkv * hd
         kv = cls._kv_len(genome, context)
@@ -163,11 +173,19 @@ class SlidingWindowAttention(Attention):
     """Causal attention where each query sees only the last `window` tokens (itself included)."""
 
     name: ClassVar[str] = "swa"
-    defaults: ClassVar[Mapping[str, Any]] = {"rope_theta": 10000.0, "window": 512}
+    letter: ClassVar[str] = "S"
+    aliases: ClassVar[tuple[str, ...]] = ("sliding_attention",)
+    hf_name: ClassVar[str | None] = "sliding_attention"
+
+    @dataclass(frozen=True)
+    class Options(Attention.Options):
+        window: int = option(512, ge=1)                 # tokens a query sees, itself included
+
+    opts: Options
 
     def __init__(self, genome: Genome):
         super().__init__(genome)
-        self._window = int_option(self.name, self.opts, "window")
+        self._window = self.opts.window
 
     @property
     def window(self) -> int | None:
@@ -212,5 +230,4 @@ class SlidingWindowAttention(Attention):
 
     @classmethod
     def _kv_len(cls, genome: Genome, context: int) -> int:
-        window = int_option(cls.name, resolve_options(cls, genome), "window")
-        return min(context + 1, window)             # the ring never holds more than `window` rows
+        return min(context + 1, cls.options_of(genome).window)             # the ring never holds more than `window` rows

@@ -4,19 +4,21 @@ An operator maps the residual stream [B, T, D] -> [B, T, D] (the model adds the 
 It has two forms that must agree:
   forward(x)          chunked-parallel form for training and prefill (no per-token Python loops);
   step(x_t, state)    recurrent single-token form for decoding, carrying a state (KV cache, SSM state, ...).
-`decode_cost` describes one decode step analytically for the roofline latency predictor, so adding an
-operator is one new file here and nothing else.
+`decode_cost` describes one decode step analytically for the roofline latency predictor.
+
+A subclass that sets `name` registers itself (flashsearch.operators) with its letter, role, aliases and typed
+`Options`, so adding an operator - ours or a user's, in any module - is one file and nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from flashsearch.errors import FlashsearchError
+from flashsearch import operators
 from flashsearch.genome import Genome
 
 
@@ -35,14 +37,36 @@ class DecodeCost:
 
 
 class Operator(nn.Module):
-    """Base class of token mixers and the FFN. Subclasses set `name` and `defaults`."""
+    """Base class of token mixers and the FFN.
+
+    A subclass declares `name`, `letter` (layer-pattern letter), `role` ("mixer" or "ffn"), optional `aliases`
+    and a frozen `Options` dataclass (typed fields with defaults, bounds via flashsearch.operators.option); it
+    is registered when its class body runs. `self.opts` is the validated Options instance.
+    """
 
     name: ClassVar[str] = ""
-    defaults: ClassVar[Mapping[str, Any]] = {}
+    letter: ClassVar[str] = ""
+    role: ClassVar[str] = "mixer"
+    aliases: ClassVar[tuple[str, ...]] = ()
+    hf_name: ClassVar[str | None] = None           # name in a Hugging Face config's layer_types (default: name)
+
+    @dataclass(frozen=True)
+    class Options:
+        """No options."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:                  # intermediate classes without their own name stay abstract
+            operators.register(cls)
 
     def __init__(self, genome: Genome):
         super().__init__()
-        self.opts = resolve_options(type(self), genome)
+        self.opts = self.options_of(genome)
+
+    @classmethod
+    def options_of(cls, genome: Genome) -> Any:
+        """The genome's op_options.<name> as this operator's validated Options (defaults filled in)."""
+        return operators.spec(cls.name).parse_options(genome.options(cls.name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
         raise NotImplementedError
@@ -58,16 +82,3 @@ class Operator(nn.Module):
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
         raise NotImplementedError
-
-
-def resolve_options(cls: type[Operator], genome: Genome) -> dict[str, Any]:
-    """The operator's defaults overlaid with the genome's op_options[cls.name]; unknown keys are errors."""
-    given = dict(genome.options(cls.name))
-    unknown = sorted(set(given) - set(cls.defaults))
-    if unknown:
-        allowed = ", ".join(sorted(cls.defaults)) or "none"
-        raise FlashsearchError(
-            f"operator {cls.name!r} does not support option(s) {', '.join(unknown)} (in op_options.{cls.name}); "
-            f"supported: {allowed}"
-        )
-    return {**cls.defaults, **given}

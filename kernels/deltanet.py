@@ -14,17 +14,17 @@ bf16/fp16 inputs when it imports (fla refuses fp32, so fp32 stays on the torch f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flashsearch.genome import Genome
+from flashsearch.operators import option
 
-from ._common import (acc_dtype, RMSNorm, ShortConv, cuda_kernel, fused_linear, int_option, l2norm, layer_cost, on_cuda,
-                      pad_time)
-from .base import DecodeCost, Operator, resolve_options
+from ._common import acc_dtype, RMSNorm, ShortConv, cuda_kernel, fused_linear, l2norm, layer_cost, on_cuda, pad_time
+from .base import DecodeCost, Operator
 
 
 # fla's Triton delta-rule kernel and the dtypes it accepts (chunk_delta_rule asserts q is not fp32).
@@ -98,14 +98,21 @@ class DeltaNet(Operator):
     """DeltaNet token mixer with n_heads x head_dim from the genome."""
 
     name: ClassVar[str] = "deltanet"
-    defaults: ClassVar[Mapping[str, Any]] = {"conv_size": 4, "chunk_size": 64}
+    letter: ClassVar[str] = "D"
+    role: ClassVar[str] = "mixer"
+
+    @dataclass(frozen=True)
+    class Options:
+        conv_size: int = option(4, ge=1)                # short causal conv width on q, k, v
+        chunk_size: int = option(64, ge=1)              # tokens per chunk of the chunked (training) form
+
+    opts: Options
     readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
     writers: ClassVar[tuple[str, ...]] = ("o_proj",)
 
     def __init__(self, genome: Genome):
         super().__init__(genome)
-        self.conv_size = int_option(self.name, self.opts, "conv_size")
-        self.chunk_size = int_option(self.name, self.opts, "chunk_size")
+        self.conv_size, self.chunk_size = self.opts.conv_size, self.opts.chunk_size
         self.n_heads, self.head_dim = genome.n_heads, genome.head_dim
         d, inner = genome.d_model, genome.n_heads * genome.head_dim
         self.q_proj = nn.Linear(d, inner, bias=False)
@@ -186,8 +193,7 @@ class DeltaNet(Operator):
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
-        opts = resolve_options(cls, genome)
-        k = int_option(cls.name, opts, "conv_size")
+        k = cls.options_of(genome).conv_size
         d, h, hd = genome.d_model, genome.n_heads, genome.head_dim
         inner = h * hd
         gemm = 4 * d * inner + d * h

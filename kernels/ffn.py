@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -11,14 +11,16 @@ from torch import nn
 from flashsearch.genome import Genome
 
 from ._common import fused_linear, layer_cost
-from .base import DecodeCost, Operator, resolve_options
+from .base import DecodeCost, Operator
 
 
 class FFN(Operator):
     """SwiGLU MLP. Stateless: step is forward on one token."""
 
     name: ClassVar[str] = "ffn"
-    defaults: ClassVar[Mapping[str, Any]] = {}
+    letter: ClassVar[str] = "F"
+    role: ClassVar[str] = "ffn"
+    aliases: ClassVar[tuple[str, ...]] = ("mlp",)
     readers: ClassVar[tuple[str, ...]] = ("gate_proj", "up_proj")
     writers: ClassVar[tuple[str, ...]] = ("down_proj",)
 
@@ -41,7 +43,7 @@ class FFN(Operator):
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
-        resolve_options(cls, genome)                                        # unknown options are errors here too
+        cls.options_of(genome)                                              # unknown options are errors here too
         d, f = genome.d_model, genome.ffn_hidden
         weights = 3 * d * f
         # Fused gate|up GEMM, silu*mul, down GEMM.

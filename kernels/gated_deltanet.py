@@ -20,35 +20,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flashsearch.genome import Genome
+from flashsearch.operators import option, option_error
 
-from ._common import (RMSNorm, ShortConv, acc_dtype, fused_linear, int_option, l2norm, layer_cost, on_cuda, option_error,
-                      pad_time)
+from ._common import RMSNorm, ShortConv, acc_dtype, fused_linear, l2norm, layer_cost, on_cuda, pad_time
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
-from .base import DecodeCost, Operator, resolve_options
+from .base import DecodeCost, Operator
 from .deltanet import delta_rule_step
 
 
-# ---- option helpers shared with gla.py ---------------------------------------------------------------------
-def bool_option(op: str, opts: Mapping[str, Any], key: str) -> bool:
-    """opts[key] as a bool (a real bool, not 0/1 or "true"), or a FlashsearchError naming operator and option."""
-    value = opts[key]
-    if not isinstance(value, bool):
-        raise option_error(op, key, value, "must be true or false")
-    return value
-
-
-def ratio_option(op: str, opts: Mapping[str, Any], key: str, base: int, base_name: str) -> int:
-    """int(opts[key] * base) for a positive ratio whose product with `base` is a whole number."""
-    value = opts[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise option_error(op, key, value, "must be a positive number")
+# ---- option helper shared with gla.py ----------------------------------------------------------------------
+def ratio_dim(op: str, key: str, value: float, base: int, base_name: str) -> int:
+    """int(value * base) for a (validated, positive) ratio option whose product with `base` is a whole number."""
     n = value * base
     if not math.isclose(n, round(n), rel_tol=0, abs_tol=1e-6):
         raise option_error(op, key, value, f"must make {key} * {base_name} (= {value} * {base}) a whole number")
@@ -128,20 +117,28 @@ class GatedDeltaNet(Operator):
     """Gated DeltaNet token mixer: n_heads x head_dim keys/queries, head_dim * expand_v values per head."""
 
     name: ClassVar[str] = "gated_deltanet"
-    defaults: ClassVar[Mapping[str, Any]] = {"conv_size": 4, "chunk_size": 64, "expand_v": 1.0,
-                                             "use_output_gate": True}
+    letter: ClassVar[str] = "GD"
+    role: ClassVar[str] = "mixer"
+    aliases: ClassVar[tuple[str, ...]] = ("gdn",)
+
+    @dataclass(frozen=True)
+    class Options:
+        conv_size: int = option(4, ge=1)                # short causal conv width on q, k, v
+        chunk_size: int = option(64, ge=1)              # tokens per chunk of the chunked (training) form
+        expand_v: float = option(1.0, gt=0)             # value head dim = expand_v * head_dim (must be whole)
+        use_output_gate: bool = True                    # SiLU(g_proj x) gate on the output
+
+    opts: Options
     readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
     writers: ClassVar[tuple[str, ...]] = ("o_proj",)
 
     @classmethod
     def dims(cls, genome: Genome) -> dict[str, Any]:
         """Validated sizes and flags: n_heads, head_k_dim, head_v_dim, conv_size, chunk_size, use_output_gate."""
-        opts = resolve_options(cls, genome)
+        opts = cls.options_of(genome)
         return {"n_heads": genome.n_heads, "head_k_dim": genome.head_dim,
-                "head_v_dim": ratio_option(cls.name, opts, "expand_v", genome.head_dim, "head_dim"),
-                "conv_size": int_option(cls.name, opts, "conv_size"),
-                "chunk_size": int_option(cls.name, opts, "chunk_size"),
-                "use_output_gate": bool_option(cls.name, opts, "use_output_gate")}
+                "head_v_dim": ratio_dim(cls.name, "expand_v", opts.expand_v, genome.head_dim, "head_dim"),
+                "conv_size": opts.conv_size, "chunk_size": opts.chunk_size, "use_output_gate": opts.use_output_gate}
 
     def __init__(self, genome: Genome, dt_min: float = 1e-3, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
         super().__init__(genome)

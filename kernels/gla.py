@@ -24,18 +24,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flashsearch.genome import Genome
+from flashsearch.operators import option, option_error
 
-from ._common import (RMSNorm, ShortConv, acc_dtype, float_option, fused_linear, int_option, layer_cost, on_cuda,
-                      option_error, pad_time)
-from .base import DecodeCost, Operator, resolve_options
-from .gated_deltanet import bool_option, fla_kernel, ratio_option
+from ._common import RMSNorm, ShortConv, acc_dtype, fused_linear, layer_cost, on_cuda, pad_time
+from .base import DecodeCost, Operator
+from .gated_deltanet import fla_kernel, ratio_dim
 
 
 # ---- the GLA core ------------------------------------------------------------------------------------------------
@@ -149,30 +149,40 @@ class GLA(Operator):
     """GLA token mixer: n_heads heads over key dim expand_k * d_model and value dim expand_v * d_model."""
 
     name: ClassVar[str] = "gla"
-    defaults: ClassVar[Mapping[str, Any]] = {"expand_k": 0.5, "expand_v": 1.0, "gate_low_rank_dim": 16,
-                                             "gate_logit_normalizer": 16, "use_output_gate": True,
-                                             "use_short_conv": False, "conv_size": 4, "chunk_size": 64}
+    letter: ClassVar[str] = "G"
+    role: ClassVar[str] = "mixer"
+
+    @dataclass(frozen=True)
+    class Options:
+        expand_k: float = option(0.5, gt=0)             # key dim = expand_k * d_model (whole, divisible by heads)
+        expand_v: float = option(1.0, gt=0)             # value dim = expand_v * d_model (same)
+        gate_low_rank_dim: int = option(16, ge=1)       # rank of the decay projection
+        gate_logit_normalizer: float = option(16.0, gt=0)  # log-decay = logsigmoid(.) / this
+        use_output_gate: bool = True                    # SiLU(g_proj x) gate on the output
+        use_short_conv: bool = False                    # short causal conv + SiLU on q, k, v
+        conv_size: int = option(4, ge=1)                # its width
+        chunk_size: int = option(64, ge=1)              # tokens per chunk of the chunked (training) form
+
+    opts: Options
     readers: ClassVar[tuple[str, ...]] = ("q_proj", "k_proj", "v_proj")
     writers: ClassVar[tuple[str, ...]] = ("o_proj",)
 
     @classmethod
     def dims(cls, genome: Genome) -> dict[str, Any]:
         """Validated sizes and flags (key_dim, value_dim, head_k_dim, head_v_dim, ... and the options)."""
-        opts = resolve_options(cls, genome)
+        opts = cls.options_of(genome)
         op, d, h = cls.name, genome.d_model, genome.n_heads
         m: dict[str, Any] = {"n_heads": h}
         for key, dim in (("expand_k", "key_dim"), ("expand_v", "value_dim")):
-            m[dim] = ratio_option(op, opts, key, d, "d_model")
+            ratio = getattr(opts, key)
+            m[dim] = ratio_dim(op, key, ratio, d, "d_model")
             if m[dim] % h:
-                raise option_error(op, key, opts[key], f"gives {dim} = {key} * d_model = {m[dim]}, which n_heads={h} "
+                raise option_error(op, key, ratio, f"gives {dim} = {key} * d_model = {m[dim]}, which n_heads={h} "
                                                        f"(genome.n_heads) does not divide")
         m["head_k_dim"], m["head_v_dim"] = m["key_dim"] // h, m["value_dim"] // h
-        m["rank"] = int_option(op, opts, "gate_low_rank_dim")
-        m["normalizer"] = float_option(op, opts, "gate_logit_normalizer")
-        m["use_output_gate"] = bool_option(op, opts, "use_output_gate")
-        m["use_short_conv"] = bool_option(op, opts, "use_short_conv")
-        m["conv_size"] = int_option(op, opts, "conv_size")
-        m["chunk_size"] = int_option(op, opts, "chunk_size")
+        m["rank"], m["normalizer"] = opts.gate_low_rank_dim, opts.gate_logit_normalizer
+        m["use_output_gate"], m["use_short_conv"] = opts.use_output_gate, opts.use_short_conv
+        m["conv_size"], m["chunk_size"] = opts.conv_size, opts.chunk_size
         return m
 
     def __init__(self, genome: Genome):

@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from flashsearch.genome import Genome
+from flashsearch.operators import option, option_error
 
-from ._common import (acc_dtype, GatedRMSNorm, ShortConv, causal_conv1d, cuda_kernel, int_option, layer_cost, on_cuda,
-                      option_error, pad_time)
-from .base import DecodeCost, Operator, resolve_options
+from ._common import acc_dtype, GatedRMSNorm, ShortConv, causal_conv1d, cuda_kernel, layer_cost, on_cuda, pad_time
+from .base import DecodeCost, Operator
 
 
 # The fused CUDA kernels (optional: pip install flashsearch[gpu]).
@@ -118,22 +118,29 @@ class Mamba2(Operator):
     """Mamba2 block (without its own norm/residual, which the model adds)."""
 
     name: ClassVar[str] = "mamba2"
-    defaults: ClassVar[Mapping[str, Any]] = {"d_state": 128, "expand": 2, "head_dim": 64, "n_groups": 1,
-                                             "d_conv": 4, "chunk_size": 64}
+    letter: ClassVar[str] = "M2"
+    role: ClassVar[str] = "mixer"
+
+    @dataclass(frozen=True)
+    class Options:
+        d_state: int = option(128, ge=1)                # SSM state size N per group
+        expand: float = option(2.0, gt=0)               # d_inner = expand * d_model (must be whole)
+        head_dim: int = option(64, ge=1)                # P; heads = d_inner / head_dim
+        n_groups: int = option(1, ge=1)                 # B/C groups; must divide the heads
+        d_conv: int = option(4, ge=1)                   # short causal conv width
+        chunk_size: int = option(64, ge=1)              # tokens per chunk of the chunked (training) form
+
+    opts: Options
     readers: ClassVar[tuple[str, ...]] = ("in_proj",)
     writers: ClassVar[tuple[str, ...]] = ("out_proj",)
 
     @classmethod
     def dims(cls, genome: Genome) -> dict[str, int]:
         """Validated sizes: d_inner, n_heads, head_dim, d_state, n_groups, d_conv, chunk_size, conv_dim."""
-        opts = resolve_options(cls, genome)
-        op = cls.name
-        d_state, head_dim = int_option(op, opts, "d_state"), int_option(op, opts, "head_dim")
-        n_groups, d_conv = int_option(op, opts, "n_groups"), int_option(op, opts, "d_conv")
-        chunk_size = int_option(op, opts, "chunk_size")
-        expand = opts["expand"]
-        if isinstance(expand, bool) or not isinstance(expand, (int, float)) or expand <= 0 or \
-                float(expand * genome.d_model) != int(expand * genome.d_model):
+        opts, op = cls.options_of(genome), cls.name
+        d_state, head_dim, n_groups = opts.d_state, opts.head_dim, opts.n_groups
+        d_conv, chunk_size, expand = opts.d_conv, opts.chunk_size, opts.expand
+        if float(expand * genome.d_model) != int(expand * genome.d_model):
             raise option_error(op, "expand", expand, f"must be a positive number with expand * d_model "
                                                      f"(d_model={genome.d_model}) an integer")
         d_inner = int(expand * genome.d_model)

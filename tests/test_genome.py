@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -66,3 +68,25 @@ def test_scaled_keeps_layers_and_gqa_group():
     assert s.layer_types == g.layer_types
     assert (s.d_model, s.n_heads, s.head_dim, s.vocab_size) == (96, 6, 16, 256)
     assert s.n_heads % s.n_kv_heads == 0 and s.n_kv_heads < s.n_heads
+
+
+def test_genome_and_registry_import_without_torch():
+    """The genome and the operator registry are torch-free to import (the built-in operators load on first use)."""
+    code = ("import sys, flashsearch.genome, flashsearch.operators, flashsearch.space; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+
+
+def test_summary_letters_come_from_the_registry_and_parse_back():
+    g = make(layer_types=("deltanet", "ffn", "mamba2", "swa", "gated_deltanet", "gla", "attention", "mlp"))
+    assert g.summary() == "D F M2 S GD G A F"
+    assert make(layer_types=tuple(g.summary().split())) == g
+
+
+def test_op_options_are_checked_when_the_genome_is_built():
+    with pytest.raises(FlashsearchError, match=r"operator 'mamba2' does not support option\(s\) dstate "
+                                               r"\(in op_options.mamba2\); supported: d_state"):
+        make(op_options={"m2": {"dstate": 16}})
+    with pytest.raises(FlashsearchError, match=r"'deltanet' option conv_size=True \(in op_options.deltanet\)"):
+        make(op_options={"deltanet": {"conv_size": True}})

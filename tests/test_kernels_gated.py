@@ -45,7 +45,7 @@ def test_registry_builds_both():
     assert isinstance(K.build_operator("gated_deltanet", g), GatedDeltaNet)
     assert isinstance(K.build_operator("gdn", g), GatedDeltaNet)              # alias
     assert isinstance(K.build_operator("gla", g), GLA)
-    assert K.OPERATOR_CLASSES["gla"] is GLA and K.OPERATOR_CLASSES["gated_deltanet"] is GatedDeltaNet
+    assert K.operator_class("gla") is GLA and K.operator_class("gated_deltanet") is GatedDeltaNet
 
 
 @pytest.mark.parametrize("op, opts, option", [

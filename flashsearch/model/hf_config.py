@@ -7,27 +7,24 @@ so `AutoConfig` can be taught our model type while transformers is still importi
 The fields speak transformers' language (hidden_size, num_attention_heads, num_key_value_heads, head_dim,
 intermediate_size, vocab_size, layer_types, num_hidden_layers, tie_word_embeddings) plus the three things a
 Genome needs beyond them: ffn_ratio (intermediate_size is rounded), op_options, meta_tokens.
-Layer types use transformers' own names where one exists ("full_attention", "sliding_attention"); every
-other operator keeps its flashsearch name ("mamba2", "deltanet", "gated_deltanet", "gla", "ffn").
+Layer types use transformers' own names where one exists ("full_attention", "sliding_attention": each operator's
+`hf_name` in flashsearch.operators); every other operator keeps its flashsearch name ("mamba2", "deltanet", ...).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
+from flashsearch import operators
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome, canonical_operator
 
 MODEL_TYPE = "flashsearch_hybrid"
 ARCHITECTURES = ["FlashsearchForCausalLM"]
-
-# flashsearch operator -> the layer-type name transformers uses for it. Genome accepts both spellings, and
-# transformers itself rewrites a bare "attention" to "full_attention" when a config is built.
-_HF_LAYER_NAMES: Mapping[str, str] = {"attention": "full_attention", "swa": "sliding_attention"}
 
 # A small but complete default (Flash-1B's first block), so FlashsearchConfig() is a valid config, as
 # transformers expects of every config class.
@@ -35,9 +32,9 @@ _DEFAULT_LAYERS = ("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn")
 
 
 def hf_layer_type(op: str) -> str:
-    """Operator name (or alias) -> its name in a Hugging Face config's layer_types."""
-    op = canonical_operator(op)
-    return _HF_LAYER_NAMES.get(op, op)
+    """Operator name (or alias) -> its name in a Hugging Face config's layer_types. Genome accepts both
+    spellings, and transformers itself rewrites a bare "attention" to "full_attention" when a config is built."""
+    return operators.spec(op).hf_name
 
 
 @strict  # re-collects the validate_* methods, so our validate_layer_type replaces transformers' own

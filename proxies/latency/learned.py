@@ -28,17 +28,21 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from flashsearch.errors import FlashsearchError
-from flashsearch.genome import MIXERS, OPERATORS, Genome
+from flashsearch import operators
+from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 
 MODEL_FORMAT = "flashsearch-learned/1"
 DEFAULT_MODEL = "learned_cpu.json"          # shipped in proxies/latency/tables/ (fitted by `flashsearch latency validate`)
 _RANGE_SLACK = 0.10                          # how far past the training range counts as "far outside"
+# The operators the model format has feature columns for. Fixed (not the live registry), so a fitted model
+# stays valid when a user registers an operator of their own; a genome using one is refused in `features`.
+FEATURE_OPERATORS: tuple[str, ...] = ("attention", "swa", "mamba2", "deltanet", "gated_deltanet", "gla", "ffn")
 
 
 def _feature_names() -> tuple[str, ...]:
     names = ["const", "vocab_x_d"]
-    for op in OPERATORS:
+    for op in FEATURE_OPERATORS:
         names += [f"n_{op}", f"n_{op}_x_d", f"n_{op}_x_d2"]
     names += ["attention_kv_x_ctx", "swa_kv_x_ctx", "mixers_early", "mixers_middle", "mixers_late"]
     return tuple(names)
@@ -52,19 +56,23 @@ def features(genome: Genome, workload: Workload) -> np.ndarray:
     d = float(genome.d_model)
     mean_ctx = workload.prompt_len + (workload.decode_tokens - 1) / 2.0   # context averaged over the steps
     kv = float(genome.n_kv_heads * genome.head_dim)
+    other = sorted(set(genome.layer_types) - set(FEATURE_OPERATORS))
+    if other:
+        raise FlashsearchError(f"learned latency model has no features for operator(s) {', '.join(other)}; "
+                               "use latency=roofline or latency=measured for genomes that use them")
     f: dict[str, float] = {"const": 1.0, "vocab_x_d": genome.vocab_size * d}
-    for op in OPERATORS:
+    for op in FEATURE_OPERATORS:
         n = float(genome.count(op))
         f[f"n_{op}"], f[f"n_{op}_x_d"], f[f"n_{op}_x_d2"] = n, n * d, n * d * d
     f["attention_kv_x_ctx"] = genome.count("attention") * kv * mean_ctx
-    window = float(genome.options("swa").get("window", 512))
+    window = float(operators.parse_options("swa", genome.options("swa")).window)
     p, n_dec = workload.prompt_len, workload.decode_tokens
     swa_ctx = float(np.minimum(p + np.arange(n_dec), window).mean())
     f["swa_kv_x_ctx"] = genome.count("swa") * kv * swa_ctx
     layers = genome.layer_types
     thirds = np.array_split(np.arange(len(layers)), 3)
     for name, idx in zip(("early", "middle", "late"), thirds):
-        f[f"mixers_{name}"] = float(sum(layers[i] in MIXERS for i in idx))
+        f[f"mixers_{name}"] = float(sum(operators.is_mixer(layers[i]) for i in idx))
     return np.array([f[k] for k in FEATURES], dtype=np.float64)
 
 
@@ -107,14 +115,14 @@ def read_measurements(path: str | Path) -> list[Measurement]:
 def _ranges(rows: Sequence[Measurement]) -> dict[str, list[float]]:
     """Training ranges of what the features extrapolate badly in: width, depth, op counts, vocab, context."""
     cols: dict[str, list[float]] = {"d_model": [], "n_layers": [], "vocab_size": [], "last_context": []}
-    cols.update({f"n_{op}": [] for op in OPERATORS})
+    cols.update({f"n_{op}": [] for op in FEATURE_OPERATORS})
     for m in rows:
         g, w = m.genome, m.workload
         cols["d_model"].append(g.d_model)
         cols["n_layers"].append(g.n_layers)
         cols["vocab_size"].append(g.vocab_size)
         cols["last_context"].append(w.prompt_len + w.decode_tokens - 1)
-        for op in OPERATORS:
+        for op in FEATURE_OPERATORS:
             cols[f"n_{op}"].append(g.count(op))
     return {k: [float(min(v)), float(max(v))] for k, v in cols.items()}
 
@@ -227,7 +235,7 @@ class LearnedPredictor:
     def _check_range(self, genome: Genome, workload: Workload) -> None:
         values = {"d_model": genome.d_model, "n_layers": genome.n_layers, "vocab_size": genome.vocab_size,
                   "last_context": workload.prompt_len + workload.decode_tokens - 1}
-        values.update({f"n_{op}": genome.count(op) for op in OPERATORS})
+        values.update({f"n_{op}": genome.count(op) for op in FEATURE_OPERATORS})
         out = []
         for k, v in values.items():
             lo, hi = self.ranges.get(k, [v, v])

@@ -38,8 +38,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from flashsearch import operators
 from flashsearch.errors import FlashsearchError
-from flashsearch.genome import OPERATORS, Genome, canonical_operator
+from flashsearch.genome import Genome, canonical_operator
 
 TABLE_FORMAT = "flashsearch-lut/1"
 DEFAULT_WIDTHS = (32, 64, 96, 128, 160, 192)
@@ -189,7 +190,7 @@ def profile_table(widths: Sequence[int] = DEFAULT_WIDTHS, contexts: Sequence[int
     """Profile every (op, width, context) cell and the head per (vocab, width); returns the table dict."""
     now = _clock(clock)
     recipe = recipe or ProfileRecipe()
-    ops = [canonical_operator(o, where="--ops") for o in (ops or OPERATORS)]
+    ops = [canonical_operator(o, where="--ops") for o in (ops or operators.names())]
     widths = sorted({int(w) for w in widths})
     contexts = sorted({int(c) for c in contexts})
     vocabs = sorted({int(v) for v in vocabs})

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from flashsearch import operators
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget, QualityResult
@@ -163,10 +164,7 @@ class ShortTrain:
         if "mamba2" in g.layer_types:
             g = g.with_options("mamba2", d_state=self.mamba2_d_state, head_dim=self.mamba2_head_dim)
         if "swa" in g.layer_types and self.swa_reference_context is not None:
-            from flashsearch.kernels import operator_class
-            from flashsearch.kernels.base import resolve_options
-
-            window = int(resolve_options(operator_class("swa"), g)["window"])
+            window = operators.parse_options("swa", g.options("swa")).window
             scaled = max(1, round(window * self.seq_len / self.swa_reference_context))
             g = g.with_options("swa", window=scaled)
         return g

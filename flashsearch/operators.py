@@ -221,12 +221,14 @@ def register(cls: type) -> OperatorSpec:
         if old.cls.__qualname__ == cls.__qualname__ and old.cls.__module__ != cls.__module__ \
                 and _source(old.cls) is not None and _source(old.cls) == _source(cls):
             # The same file imported under a second module name (e.g. the repository's kernels/ folder as a
-            # top-level `kernels` when the checkout is on sys.path): the same operator, keep the first.
-            return old
-        if (old.cls.__module__, old.cls.__qualname__) != (cls.__module__, cls.__qualname__):
+            # top-level `kernels` when the checkout is on sys.path and a library probes for Hugging Face's
+            # `kernels`): the same operator. Keep the class of the flashsearch package, else the first one.
+            if not cls.__module__.startswith("flashsearch.") or old.cls.__module__.startswith("flashsearch."):
+                return old
+        elif (old.cls.__module__, old.cls.__qualname__) != (cls.__module__, cls.__qualname__):
             raise bad(f"operator name {name!r} is already registered by "
                       f"{old.cls.__module__}.{old.cls.__qualname__}; pick another name")
-        for s in [k for k, v in _SPELLINGS.items() if v == name]:   # reload: forget the old spellings
+        for s in [k for k, v in _SPELLINGS.items() if v == name]:   # replaced: forget the old spellings
             del _SPELLINGS[s]
     spec = OperatorSpec(name=name, letter=letter, role=role, aliases=aliases, hf_name=hf_name, options=options,
                         cls=cls, checks=checks)

@@ -371,7 +371,7 @@ def measure_layers(shape: Shape, repeats: int, min_seconds: float) -> list[tuple
 
 
 # ---- report ---------------------------------------------------------------------------------------------------
-from flashsearch.proxies.latency.profile import cpu_name as _cpu_model, load_average as _load  # noqa: E402
+from flashsearch.proxies.latency.machine import cpu_name as _cpu_model, load_average as _load  # noqa: E402
 
 
 def _fmt_tps(x: float) -> str:

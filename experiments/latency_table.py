@@ -79,7 +79,7 @@ def reduce_genome(g, div: int, vocab: int, decode_scale: float):
                   vocab_size=vocab, op_options=opts)
 
 
-from flashsearch.proxies.latency.profile import cpu_name as _cpu_model, load_average as _load  # noqa: E402
+from flashsearch.proxies.latency.machine import cpu_name as _cpu_model, load_average as _load  # noqa: E402
 
 
 def _fmt_s(x: float | None, digits: int = 2) -> str:

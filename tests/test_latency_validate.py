@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from flashsearch.cli import main
 from flashsearch.errors import FlashsearchError
+from flashsearch.proxies.latency.lut import LutPredictor
+from flashsearch.proxies.latency.machine import cpu_name
 from flashsearch.proxies.latency.validate import rank_stats
 
 
@@ -34,7 +37,10 @@ def test_validate_json_on_a_tiny_sample(tmp_path, capsys) -> None:
     assert code == 0, captured.err
     result = json.loads(captured.out)
     assert result["meta"]["n"] == 4 and result["meta"]["n_train"] == 5 and len(result["measured"]) == 4
-    for name, source in (("lut", "lut:cpu"), ("learned", "learned:cpu"), ("roofline", "roofline:cpu")):
+    here = cpu_name()
+    shipped = LutPredictor().device_name                              # the CPU the shipped table was profiled on
+    for name, source in (("lut", f"lut:cpu[{shipped}]"), ("learned", f"learned:cpu[{here}]"),
+                         ("roofline", "roofline:cpu")):
         r = result["predictors"][name]
         assert r["source"] == source
         assert -1 <= r["kendall_tau"] <= 1 and r["mape"] >= 0 and len(r["predicted"]) == 4
@@ -42,6 +48,7 @@ def test_validate_json_on_a_tiny_sample(tmp_path, capsys) -> None:
     assert result["predictors"]["learned"]["n_train"] == 5                   # fitted on its own split
     assert (out / "scatter.png").stat().st_size > 1000
     assert (out / "learned_cpu.json").is_file() and (out / "measurements.csv").is_file()
+    assert set(pd.read_csv(out / "measurements.csv")["device_name"]) == {here}   # `latency fit` can tell the CPU
     assert "measure: round 1/1" in captured.err                               # progress on stderr
 
 

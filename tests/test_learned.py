@@ -15,6 +15,7 @@ from flashsearch.errors import FlashsearchError
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.learned import (FEATURES, LearnedPredictor, LearnedRangeWarning, Measurement, features,
                                          read_measurements)
+from flashsearch.proxies.latency.machine import OtherMachineWarning, cpu_name
 from flashsearch.proxies.latency.profile import ProfileRecipe
 
 RECIPE = ProfileRecipe()
@@ -53,7 +54,8 @@ def test_json_round_trip(tmp_path) -> None:
     data = json.loads(path.read_text())                                         # data, not a pickle
     assert data["format"] == "flashsearch-learned/1" and data["features"] == list(FEATURES)
     again = LearnedPredictor(str(path))
-    assert again.source == "learned:cpu" and again.meta["note"] == "test"
+    assert again.source == f"learned:cpu[{cpu_name()}]" and again.meta["note"] == "test"   # fitted here
+    assert again.meta["device_name"] == cpu_name() and again.meta["torch"] and again.meta["threads"] >= 1
     m = synthetic(1, 3)[0]
     assert again.predict(m.genome, m.workload) == model.predict(m.genome, m.workload)
 
@@ -81,13 +83,17 @@ def test_fit_cli_from_csv(tmp_path, capsys) -> None:
     rows = synthetic(30, 5)
     csv = tmp_path / "m.csv"
     pd.DataFrame([{"genome_json": m.genome.to_json(), "prompt_len": m.workload.prompt_len,
-                   "decode_tokens": m.workload.decode_tokens, "seconds": m.seconds} for m in rows]).to_csv(csv)
+                   "decode_tokens": m.workload.decode_tokens, "seconds": m.seconds,
+                   "device_name": "Measured Elsewhere CPU"} for m in rows]).to_csv(csv)
     assert len(read_measurements(csv)) == 30
     out = tmp_path / "model.json"
     assert main(["latency", "fit", str(csv), "--out", str(out)]) == 0
     assert "30 measurements" in capsys.readouterr().out
     model = LearnedPredictor(str(out), device="cpu")
-    assert model.predict(rows[0].genome, rows[0].workload) == pytest.approx(rows[0].seconds, rel=0.1)
+    # The model records the machine that measured its rows, not the one that ran the fit, and says so.
+    assert model.source == "learned:cpu[Measured Elsewhere CPU]"
+    with pytest.warns(OtherMachineWarning, match=r"made on cpu\[Measured Elsewhere CPU\], not on this machine"):
+        assert model.predict(rows[0].genome, rows[0].workload) == pytest.approx(rows[0].seconds, rel=0.1)
 
 
 def test_fit_rejects_bad_input(tmp_path, capsys) -> None:

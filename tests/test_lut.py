@@ -13,16 +13,18 @@ from flashsearch.cli import main
 from flashsearch.errors import FlashsearchError
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.lut import LutExtrapolationWarning, LutPredictor
+from flashsearch.proxies.latency.machine import OtherMachineWarning, cpu_name
 from flashsearch.proxies.latency.profile import TABLE_FORMAT, ProfileRecipe, profile_table
 
 RECIPE = ProfileRecipe()
 
 
-def synthetic_table() -> dict:
+def synthetic_table(device_name: str | None = None) -> dict:
+    # Profiled "here" unless told otherwise, so predictions from it are quiet on this machine.
     # attention: 1e-4 s at (w=64, c=0), +1e-6 s per context token; 3e-4 at w=128 with the same slope.
     return {
         "format": TABLE_FORMAT,
-        "meta": {"device": "cpu", "device_name": "test cpu", "recipe": RECIPE.to_dict()},
+        "meta": {"device": "cpu", "device_name": device_name or cpu_name(), "recipe": RECIPE.to_dict()},
         "widths": [64, 128], "contexts": [0, 100], "vocabs": [256, 512],
         "ops": {"attention": [[1e-4, 2e-4], [3e-4, 4e-4]], "ffn": [[5e-5, 5e-5], [1e-4, 1e-4]]},
         "head": [[1e-5, 2e-5], [3e-5, 4e-5]],       # [vocab][width]
@@ -35,13 +37,14 @@ def genome(layers, d=64, vocab=256):
 
 def predict_quiet(pred, g, wl):
     with warnings.catch_warnings():
-        warnings.simplefilter("error")              # in range: any warning fails the test
+        warnings.simplefilter("error")              # in range: any warning fails the test ...
+        warnings.simplefilter("ignore", OtherMachineWarning)  # ... but the shipped table's own CPU is not this one
         return pred.predict(g, wl)
 
 
 def test_sum_equals_hand_computation() -> None:
     pred = LutPredictor(synthetic_table(), device="cpu")
-    assert pred.source == "lut:cpu"
+    assert pred.source == f"lut:cpu[{cpu_name()}]"
     wl = Workload(device="cpu", prompt_len=0, decode_tokens=101)       # contexts 0..100, inside the grid
     got = predict_quiet(pred, genome(["attention", "ffn", "ffn"]), wl)
     attention = sum(1e-4 + 1e-6 * c for c in range(101))
@@ -138,3 +141,29 @@ def test_profile_refuses_gpu_device(capsys) -> None:
 def test_profile_table_rejects_bad_sizes() -> None:
     with pytest.raises(FlashsearchError):
         profile_table(widths=[0], contexts=[0], ops=["ffn"])
+
+
+def test_a_table_from_another_cpu_warns_once_and_says_so_in_its_source() -> None:
+    table = synthetic_table(device_name="Other Vendor CPU 9000")
+    pred = LutPredictor(table, device="cpu")
+    assert pred.source == "lut:cpu[Other Vendor CPU 9000]"
+    wl = Workload(device="cpu", prompt_len=0, decode_tokens=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = pred.predict(genome(["attention"]), wl)
+        second = pred.predict(genome(["attention"]), wl)
+    other = [w for w in caught if issubclass(w.category, OtherMachineWarning)]
+    assert first == second and len(other) == 1                       # once, however many predictions
+    msg = str(other[0].message)
+    assert "\n" not in msg and "Other Vendor CPU 9000" in msg and cpu_name() in msg
+    assert "flashsearch profile" in msg
+
+
+def test_a_table_that_records_no_machine_warns() -> None:
+    table = synthetic_table()
+    del table["meta"]["device_name"]
+    pred = LutPredictor(table, device="cpu")
+    assert pred.source == "lut:cpu"
+    with pytest.warns(OtherMachineWarning, match="without recording its machine"):
+        pred.predict(genome(["attention"]), Workload(device="cpu", prompt_len=0, decode_tokens=4))
+

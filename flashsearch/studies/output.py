@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def machine_line() -> str:
-    from flashsearch.proxies.latency.profile import cpu_name
+    from flashsearch.proxies.latency.machine import cpu_name
 
     import torch
 

@@ -31,6 +31,8 @@ from flashsearch.errors import FlashsearchError
 from flashsearch import operators
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
+from flashsearch.proxies.latency.machine import device_name as machine_name
+from flashsearch.proxies.latency.machine import machine_label, recorded_name, warn_if_other_machine
 
 MODEL_FORMAT = "flashsearch-learned/1"
 DEFAULT_MODEL = "learned_cpu.json"          # shipped in proxies/latency/tables/ (fitted by `flashsearch latency validate`)
@@ -83,11 +85,12 @@ class Measurement:
     genome: Genome
     workload: Workload
     seconds: float
+    device_name: str | None = None   # the machine it was measured on (CPU model / GPU name), when known
 
 
 def read_measurements(path: str | Path) -> list[Measurement]:
     """Rows from CSV / parquet / JSON (records) with columns genome_json, prompt_len, decode_tokens, seconds
-    (optional: batch, device)."""
+    (optional: batch, device, device_name = the machine that measured them)."""
     import pandas as pd
 
     p = Path(path)
@@ -108,7 +111,9 @@ def read_measurements(path: str | Path) -> list[Measurement]:
     for r in df.to_dict("records"):
         wl = Workload(device=str(r.get("device", "cpu")), batch=int(r.get("batch", 1)),
                       prompt_len=int(r["prompt_len"]), decode_tokens=int(r["decode_tokens"]))
-        rows.append(Measurement(Genome.from_json(str(r["genome_json"])), wl, float(r["seconds"])))
+        name = r.get("device_name")
+        name = str(name) if isinstance(name, str) and name.strip() else None  # pandas gives NaN for a blank cell
+        rows.append(Measurement(Genome.from_json(str(r["genome_json"])), wl, float(r["seconds"]), name))
     return rows
 
 
@@ -125,6 +130,15 @@ def _ranges(rows: Sequence[Measurement]) -> dict[str, list[float]]:
         for op in FEATURE_OPERATORS:
             cols[f"n_{op}"].append(g.count(op))
     return {k: [float(min(v)), float(max(v))] for k, v in cols.items()}
+
+
+def _software() -> dict[str, Any]:
+    """torch version and thread count of the fitting process (the measurements were timed with the same)."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -153,11 +167,13 @@ class LearnedPredictor:
         self.n_train = int(data.get("n_train", 0))
         self.train_mape = float(data.get("train_mape", math.nan))
         self.meta: dict[str, Any] = dict(data.get("meta", {}))
+        self.device_name = recorded_name(self.meta)
+        self.model_name = "<dict>" if isinstance(model, Mapping) else str(model or DEFAULT_MODEL)
         self.strict = bool(strict)
         if device is not None and str(device).strip().lower() != self.device.lower():
             raise FlashsearchError(f"learned latency model was fitted on {self.device!r} measurements, not "
                                    f"{device!r}; fit one on {device!r} measurements (flashsearch latency fit)")
-        self.source = f"learned:{self.device}"
+        self.source = f"learned:{machine_label(self.device, self.device_name)}"
 
     @staticmethod
     def _load(model: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -200,16 +216,23 @@ class LearnedPredictor:
         b_aug = np.concatenate([np.ones(len(rows)), np.zeros(x.shape[1])])
         coef = _nnls(a_aug, b_aug) / scale
         pred = x @ coef
+        device = device or rows[0].workload.device
+        # The machine the measurements were made on; rows that do not say were measured here (validate fits on
+        # its own fresh measurements).
+        names = sorted({m.device_name for m in rows if m.device_name})
+        if not names and machine_name(device):
+            names = [str(machine_name(device))]
         data = {
             "format": MODEL_FORMAT,
-            "device": device or rows[0].workload.device,
+            "device": device,
             "features": list(FEATURES),
             "coef": coef.tolist(),
             "ranges": _ranges(rows),
             "n_train": len(rows),
             "alpha": alpha,
             "train_mape": float(np.mean(np.abs(pred - y) / y)),
-            "meta": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(meta or {})},
+            "meta": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                     **({"device_name": " + ".join(names)} if names else {}), **_software(), **(meta or {})},
         }
         return cls(data)
 
@@ -229,6 +252,9 @@ class LearnedPredictor:
 
     # ---- prediction ---------------------------------------------------------------------------------------------
     def predict(self, genome: Genome, workload: Workload) -> float:
+        warn_if_other_machine(f"learned latency model {self.model_name}", self.device, self.device_name,
+                              "measure and fit this machine with `flashsearch latency validate --predictor learned "
+                              "--out DIR` and set latency.model=DIR/learned_cpu.json")
         self._check_range(genome, workload)
         return float(features(genome, workload) @ self.coef) * workload.decode_tokens
 

@@ -9,7 +9,9 @@ interpolated in vocab and width. The N context values are evaluated as one numpy
 an 8k-token prediction costs a few array ops, not 8k Python iterations per layer.
 
 The table says which device it was profiled on; asking for another device is an error, because a CPU table says
-nothing about an H100 (use `roofline` to predict a GPU without a table profiled on it).
+nothing about an H100 (use `roofline` to predict a GPU without a table profiled on it). It also names the machine
+(CPU model, torch, threads): `latency_source` carries it, and a CPU table used on another CPU warns once
+(machine.py), because its seconds can be far off there even when its ranking holds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome, canonical_operator
 from flashsearch.proxies.base import Workload
+from flashsearch.proxies.latency.machine import machine_label, recorded_name, warn_if_other_machine
 from flashsearch.proxies.latency.profile import TABLE_FORMAT, ProfileRecipe
 
 DEFAULT_TABLE = "cpu.json"   # shipped in proxies/latency/tables/, profiled on the development CPU (see its meta)
@@ -89,6 +92,7 @@ class LutPredictor:
 
     def __init__(self, table: str | Path | Mapping[str, Any] | None = None, device: str | None = None):
         self.table = load_table(table)
+        self.table_name = "<dict>" if isinstance(table, Mapping) else str(table or DEFAULT_TABLE)
         meta = self.table["meta"]
         self.device = str(meta.get("device", "unknown"))
         if device is not None and str(device).strip().lower() != self.device.lower():
@@ -96,7 +100,8 @@ class LutPredictor:
                 f"latency table was profiled on {self.device!r} ({meta.get('device_name', '?')}), not {device!r}; "
                 f"profile {device!r} with `flashsearch profile --out FILE` on it and pass latency.table=FILE, or "
                 "use latency=roofline for a device you cannot profile")
-        self.source = f"lut:{self.device}"
+        self.device_name = recorded_name(meta)
+        self.source = f"lut:{machine_label(self.device, self.device_name)}"
         self.recipe = ProfileRecipe.from_dict(meta["recipe"]) if "recipe" in meta else None
         self._widths = np.asarray(self.table["widths"], dtype=np.float64)
         self._contexts = np.asarray(self.table["contexts"], dtype=np.float64)
@@ -142,10 +147,9 @@ class LutPredictor:
                 f"set workload.device={self.device} or give a table profiled on {workload.device!r}")
         if workload.batch != 1:
             raise FlashsearchError(f"the latency table is for batch 1, workload.batch={workload.batch}")
-        for name, minimum in (("prompt_len", 0), ("decode_tokens", 1)):
-            v = getattr(workload, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-                raise FlashsearchError(f"workload.{name} must be an integer >= {minimum}, got {v!r}")
+        warn_if_other_machine(f"latency table {self.table_name}", self.device, self.device_name,
+                              "profile this machine with `flashsearch profile --out my_table.json` and set "
+                              "latency.table=my_table.json")
         missing = sorted(set(genome.layer_types) - set(self._ops))
         if missing:
             raise FlashsearchError(f"latency table has no entry for operator(s) {', '.join(missing)} (it has "

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
-import os
 import platform
 import statistics
 import sys
@@ -41,6 +40,7 @@ import torch
 from flashsearch import operators
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome, canonical_operator
+from flashsearch.proxies.latency.machine import this_machine
 
 TABLE_FORMAT = "flashsearch-lut/1"
 DEFAULT_WIDTHS = (32, 64, 96, 128, 160, 192)
@@ -76,25 +76,6 @@ class ProfileRecipe:
     def from_dict(cls, d: Mapping[str, Any]) -> "ProfileRecipe":
         return cls(head_dim=int(d["head_dim"]), kv_group=int(d["kv_group"]), ffn_ratio=float(d["ffn_ratio"]),
                    op_options={k: dict(v) for k, v in (d.get("op_options") or {}).items()})
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else platform's best guess."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
-
-
-def load_average() -> str:
-    """1/5/15-minute load averages, recorded with timings so a reader can tell a busy machine's numbers."""
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 # Clocks: "thread" = CPU time of the calling thread (with 1 torch thread all work runs on it), robust when other
@@ -228,11 +209,8 @@ def profile_table(widths: Sequence[int] = DEFAULT_WIDTHS, contexts: Sequence[int
     return {
         "format": TABLE_FORMAT,
         "meta": {
-            "device": "cpu",
-            "device_name": cpu_name(),
-            "torch": torch.__version__,
+            **this_machine("cpu", threads if threads is not None else prev_threads),  # device, device_name, ...
             "python": platform.python_version(),
-            "threads": int(threads) if threads is not None else prev_threads,
             "dtype": "fp32",
             "batch": 1,
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -269,5 +247,5 @@ def progress_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["ProfileRecipe", "profile_table", "write_table", "cpu_name", "TABLE_FORMAT", "DEFAULT_WIDTHS",
+__all__ = ["ProfileRecipe", "profile_table", "write_table", "TABLE_FORMAT", "DEFAULT_WIDTHS",
            "DEFAULT_CONTEXTS", "DEFAULT_VOCABS"]

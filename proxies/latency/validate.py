@@ -39,6 +39,7 @@ class ValidationContext:
     roofline_device: str
     train: list[tuple[Genome, float]]
     out: Path | None
+    measured_on: str | None = None   # the machine the measurements come from (recorded by a fitted `learned`)
 
 
 def build_predictor(name: str, ctx: ValidationContext) -> Any:
@@ -59,7 +60,7 @@ def build_predictor(name: str, ctx: ValidationContext) -> Any:
 
         if not ctx.train:
             raise FlashsearchError("learned needs training measurements: use --n-train > 2")
-        model = LearnedPredictor.fit([Measurement(g, ctx.workload, s) for g, s in ctx.train], device="cpu",
+        model = LearnedPredictor.fit([Measurement(g, ctx.workload, s, ctx.measured_on) for g, s in ctx.train], device="cpu",
                                      meta={"what": "fitted by flashsearch latency validate on its training split"})
         if ctx.out is not None:
             model.save(ctx.out / "learned_cpu.json")

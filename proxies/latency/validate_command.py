@@ -48,7 +48,7 @@ def validate_cli(args: argparse.Namespace) -> dict[str, Any]:
 
     from flashsearch.builders import build_space
     from flashsearch.config import load_config
-    from flashsearch.proxies.latency.profile import cpu_name
+    from flashsearch.proxies.latency.machine import cpu_name
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -71,7 +71,10 @@ def validate_cli(args: argparse.Namespace) -> dict[str, Any]:
         measured, train_s = [float(x) for x in val["seconds"]], [float(x) for x in tr["seconds"]]
         workload = Workload(device="cpu", batch=1, prompt_len=int(df["prompt_len"].iloc[0]),
                             decode_tokens=int(df["decode_tokens"].iloc[0]))
+        names = sorted({str(x) for x in df.get("device_name", pd.Series(dtype=str)).dropna()})
+        measured_on = " + ".join(names) if names else f"not recorded in {args.measurements}"
     else:
+        measured_on = cpu_name()
         genomes = sample_small_genomes(space, args.n, args.seed, widths, args.vocab)
         train_genomes = []
         if "learned" in args.predictor and args.n_train > 0:
@@ -84,11 +87,12 @@ def validate_cli(args: argparse.Namespace) -> dict[str, Any]:
                               progress=say)
         measured, train_s = seconds[:len(genomes)], seconds[len(genomes):]
     ctx = ValidationContext(workload=workload, table=args.table, roofline_device=args.roofline_device,
-               train=list(zip(train_genomes, train_s)), out=out)
+                            train=list(zip(train_genomes, train_s)), out=out,
+                            measured_on=None if measured_on.startswith("not recorded") else measured_on)
     result: dict[str, Any] = {
         "meta": {"space": space_path, "n": len(genomes), "n_train": len(train_genomes), "widths": widths,
                  "vocab": args.vocab, "prompt_len": args.prompt_len, "decode_tokens": args.decode_tokens,
-                 "repeats": args.repeats, "seed": args.seed, "device_name": cpu_name(), "threads": 1,
+                 "repeats": args.repeats, "seed": args.seed, "device_name": measured_on, "threads": 1,
                  "clock": args.clock, "measurements_from": args.measurements,
                  "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")},
         "measured": measured,
@@ -97,7 +101,7 @@ def validate_cli(args: argparse.Namespace) -> dict[str, Any]:
     }
     if out is not None:
         rows = [{"split": split, "genome_json": g.to_json(), "prompt_len": workload.prompt_len,
-                 "decode_tokens": workload.decode_tokens, "device": "cpu", "seconds": s}
+                 "decode_tokens": workload.decode_tokens, "device": "cpu", "device_name": measured_on, "seconds": s}
                 for split, gs, ss in (("validation", genomes, measured), ("train", train_genomes, train_s))
                 for g, s in zip(gs, ss)]
         pd.DataFrame(rows).to_csv(out / "measurements.csv", index=False)

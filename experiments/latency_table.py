@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from flashsearch.builders import load_genome
     from flashsearch.model import count_parameters
     from flashsearch.proxies.base import Workload
-    from flashsearch.proxies.measured import MeasuredPredictor
+    from flashsearch.proxies.latency.measured import MeasuredPredictor
     from flashsearch.proxies.latency.roofline import RooflinePredictor, bandwidth_floor_seconds
 
     full = args.full

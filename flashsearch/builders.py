@@ -17,7 +17,7 @@ from flashsearch.space import SPACE_KINDS, ArchDefaults, LayerwiseSpace, SearchS
 # Short names for the shipped plug-ins; anything else in `_target_` is a dotted import path.
 LATENCY_PREDICTORS = {
     "roofline": "flashsearch.proxies.latency.roofline.RooflinePredictor",
-    "measured": "flashsearch.proxies.measured.MeasuredPredictor",
+    "measured": "flashsearch.proxies.latency.measured.MeasuredPredictor",
     "lut": "flashsearch.proxies.latency.lut.LutPredictor",
     "learned": "flashsearch.proxies.latency.learned.LearnedPredictor",
 }

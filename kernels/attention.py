@@ -4,6 +4,11 @@ Full attention keeps a KV cache preallocated to max_len; sliding-window attentio
 last `window` keys/values, so its decode state (and cost) stops growing once the context exceeds the window.
 Keys are rotated (RoPE) at their absolute position *before* they are cached, so the order of the entries in
 the cache does not matter to softmax attention; that is what makes the ring buffer valid.
+
+`step` is capturable in a CUDA graph: the position lives in a device tensor (`KVCache.pos`) that the step reads
+for RoPE and the cache slot and advances in place, the cache is written in place (`index_copy_`), and the number
+of cache rows attended is a static shape (`KVCache.rows`, masked to the filled rows), so replaying a captured step
+decodes the next token. Layouts: activations [B, T, H, hd] at the boundary; the cache and SDPA use [B, H, T, hd].
 """
 
 from __future__ import annotations
@@ -25,12 +30,21 @@ from .base import DecodeCost, Operator
 
 @dataclass
 class KVCache:
-    """Decode state of one attention layer. k, v: [B, Hkv, S, hd] (S = max_len, or the window for swa);
-    pos: tokens consumed so far (all sequences in the batch advance together)."""
+    """Decode state of one attention layer (all sequences in the batch advance together).
+
+    k, v: [B, Hkv, S, hd] with S = max_len, or the window for swa (a ring).
+    pos:  [] int64 on the cache's device, tokens consumed so far; `step` reads it and advances it in place.
+    seen: the host's count of the same, kept by eager calls (prefill, step) for the overflow check and prefill.
+          A replayed CUDA graph runs no Python, so whoever replays keeps it (the static decoder resets it).
+    rows: cache rows one `step` attends over, a static shape >= pos + 1 (capped at S), masked to the filled rows;
+          None = exactly the filled rows, known from `seen` (eager decoding). Set it before capturing a step.
+    """
 
     k: torch.Tensor
     v: torch.Tensor
-    pos: int = 0
+    pos: torch.Tensor
+    seen: int = 0
+    rows: int | None = None
 
 
 class Attention(Operator):
@@ -71,16 +85,19 @@ class Attention(Operator):
     def window(self) -> int | None:
         return None
 
-    def _qkv(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project and rotate. x [B, T, D] at absolute positions start.. -> q [B, H, T, hd], k, v [B, Hkv, T, hd]."""
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project and rotate. x [B, T, D] at absolute positions [T] (a device tensor) -> q [B, H, T, hd],
+        k, v [B, Hkv, T, hd]."""
         B, T, _ = x.shape
         q, k, v = fused_linear(x, self.q_proj, self.k_proj, self.v_proj)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        pos = torch.arange(start, start + T, device=x.device)
-        cos, sin = rope_cos_sin(pos, self.head_dim, self.rope_theta, q.dtype)   # [T, hd/2]
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, q.dtype)   # [T, hd/2]
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _positions(self, start: int, T: int, device: torch.device) -> torch.Tensor:
+        return torch.arange(start, start + T, device=device)
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor | None = None,
                 k_pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -103,7 +120,7 @@ class Attention(Operator):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x, 0)
+        q, k, v = self._qkv(x, self._positions(0, x.shape[1], x.device))
         return self._out(self._attend(q, k, v))
 
     # ---- decoding --------------------------------------------------------------------------------------
@@ -113,39 +130,56 @@ class Attention(Operator):
     def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> KVCache:
         shape = (batch, self.n_kv_heads, self._cache_len(max_len), self.head_dim)
-        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+        return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
+                       torch.zeros((), dtype=torch.long, device=device))
 
     def _check_room(self, state: KVCache, n: int) -> None:
         # A window-sized ring never runs out; a cache shorter than the window (max_len < window) does.
         cache_len = state.k.shape[2]
-        if (self.window is None or cache_len < self.window) and state.pos + n > cache_len:
+        if (self.window is None or cache_len < self.window) and state.seen + n > cache_len:
             raise FlashsearchError(f"operator {self.name!r}: decoding past max_len={state.k.shape[2]} tokens; "
                                    "call init_state with a larger max_len")
 
     def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """x [B, 1, D]: append this token's k/v to the cache, attend over everything cached."""
+        """x [B, 1, D] -> y [B, 1, D]: write this token's k/v at row pos (ring slot pos % S for swa), attend over
+        `state.rows` cache rows masked to the filled ones, advance pos. Capturable (see the module docstring)."""
         self._check_room(state, 1)
-        q, k, v = self._qkv(x, state.pos)                                   # q [B, H, 1, hd]
-        state.k[:, :, state.pos] = k[:, :, 0]
-        state.v[:, :, state.pos] = v[:, :, 0]
-        state.pos += 1
-        y = self._attend_cached(q, state)
+        S = state.k.shape[2]
+        rows = min(state.seen + 1, S) if state.rows is None else min(state.rows, S)
+        pos = state.pos.view(1)                                             # [1], on the device
+        q, k, v = self._qkv(x, pos)                                         # q [B, H, 1, hd], k, v [B, Hkv, 1, hd]
+        slot = pos if self.window is None else pos % S                      # a ring never runs out (_check_room)
+        state.k.index_copy_(2, slot, k)
+        state.v.index_copy_(2, slot, v)
+        # Filled rows are 0..pos (all S once a ring has wrapped, as then pos >= S).
+        filled = torch.arange(rows, device=x.device) <= pos                 # [rows]
+        y = self._attend_rows(q, state.k[:, :, :rows], state.v[:, :, :rows], filled)
+        state.pos.add_(1)
+        state.seen += 1
         return self._out(y), state
 
-    def _attend_cached(self, q: torch.Tensor, state: KVCache) -> torch.Tensor:
-        n = state.pos
-        return F.scaled_dot_product_attention(q, state.k[:, :, :n], state.v[:, :, :n],
-                                              enable_gqa=self.n_heads != self.n_kv_heads)
+    def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """One query token over cached rows: q [B, H, 1, hd]; k, v [B, Hkv, n, hd]; keep [n] (bool) -> [B, H, 1, hd].
+
+        The query heads sharing a key/value head are folded into the query-length dim ([B, Hkv, H/Hkv, hd]), so GQA
+        needs neither enable_gqa nor copies of K/V, and the mask is a plain broadcast [1, 1, 1, n] boolean: the
+        form the fused memory-efficient SDPA backend accepts (a boolean mask with enable_gqa runs only on the
+        math backend, which copies K/V to every query head)."""
+        B, H, _, hd = q.shape
+        qg = q.reshape(B, self.n_kv_heads, H // self.n_kv_heads, hd)         # head i reads kv head i // (H/Hkv)
+        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=keep.view(1, 1, 1, -1))
+        return y.reshape(B, H, 1, hd)
 
     def prefill(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """x [B, T, D] continuing from state.pos: fill the cache and return the outputs (== T steps)."""
+        """x [B, T, D] continuing from state.seen: fill the cache and return the outputs (== T steps)."""
         T = x.shape[1]
         self._check_room(state, T)
-        start = state.pos
-        q, k, v = self._qkv(x, start)
+        start = state.seen
+        q, k, v = self._qkv(x, self._positions(start, T, x.device))
         state.k[:, :, start:start + T] = k
         state.v[:, :, start:start + T] = v
-        state.pos += T
+        state.pos.add_(T)
+        state.seen += T
         if start == 0:                                                      # empty cache: the training path
             return self._out(self._attend(q, k, v)), state
         pos = torch.arange(start + T, device=x.device)
@@ -194,28 +228,13 @@ class SlidingWindowAttention(Attention):
     def _cache_len(self, max_len: int) -> int:
         return min(self._window, max_len)
 
-    def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """x [B, 1, D]: overwrite the oldest ring slot with this token, attend over the filled slots."""
-        self._check_room(state, 1)
-        q, k, v = self._qkv(x, state.pos)
-        slot = state.pos % state.k.shape[2]
-        state.k[:, :, slot] = k[:, :, 0]
-        state.v[:, :, slot] = v[:, :, 0]
-        state.pos += 1
-        return self._out(self._attend_cached(q, state)), state
-
-    def _attend_cached(self, q: torch.Tensor, state: KVCache) -> torch.Tensor:
-        n = min(state.pos, state.k.shape[2])     # slot order is irrelevant: keys carry their RoPE positions
-        return F.scaled_dot_product_attention(q, state.k[:, :, :n], state.v[:, :, :n],
-                                              enable_gqa=self.n_heads != self.n_kv_heads)
-
     def prefill(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """x [B, T, D] continuing from state.pos: attend over (ring contents + x) with the band mask, then keep
+        """x [B, T, D] continuing from state.seen: attend over (ring contents + x) with the band mask, then keep
         the last `window` tokens in the ring."""
         T, ring = x.shape[1], state.k.shape[2]
         self._check_room(state, T)
-        start = state.pos
-        q, k, v = self._qkv(x, start)
+        start = state.seen
+        q, k, v = self._qkv(x, self._positions(start, T, x.device))
         old_pos = torch.arange(max(0, start - ring + 1), start, device=x.device)    # still-visible past tokens
         slots = old_pos % ring
         keys = torch.cat([state.k[:, :, slots], k], dim=2)                          # [B, Hkv, n_old + T, hd]
@@ -225,7 +244,8 @@ class SlidingWindowAttention(Attention):
         keep = min(T, ring)
         state.k[:, :, new_pos[-keep:] % ring] = k[:, :, -keep:]
         state.v[:, :, new_pos[-keep:] % ring] = v[:, :, -keep:]
-        state.pos += T
+        state.pos.add_(T)
+        state.seen += T
         return self._out(y), state
 
     @classmethod

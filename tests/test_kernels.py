@@ -134,13 +134,35 @@ def test_attention_cache_overflow_is_a_clear_error(name):
             op.step(x, state)
 
 
+@pytest.mark.parametrize("name", ("attention", "swa"))
+@pytest.mark.parametrize("T", (1, 7, 23, 41))
+def test_step_with_static_buffers_matches_forward(name, T):
+    """Graph-style stepping: the attended rows fixed to a bucket of 8 (>= pos + 1, masked), the host count frozen
+    as under a CUDA-graph replay (which runs no Python), buffers never reallocated; still the full forward
+    (swa's window 20 ring wraps for T > 20)."""
+    torch.manual_seed(T)
+    op = K.build_operator(name, small_genome()).eval()
+    x = torch.randn(2, T, 48)
+    with torch.no_grad():
+        state = op.init_state(2, T + 5)
+        buffers = [z.data_ptr() for z in (state.k, state.v, state.pos)]
+        ys = []
+        for t in range(T):
+            state.rows = -(-(t + 1) // 8) * 8                   # may exceed the filled rows and the cache
+            state.seen = 0                                      # a replay does not advance the host count
+            y, state = op.step(x[:, t:t + 1], state)
+            ys.append(y)
+        assert [z.data_ptr() for z in (state.k, state.v, state.pos)] == buffers and int(state.pos) == T
+        torch.testing.assert_close(torch.cat(ys, dim=1), op(x), atol=1e-5, rtol=1e-4)
+
+
 def test_swa_ring_decodes_past_the_window_forever():
     op = K.build_operator("swa", small_genome(swa={"window": 4})).eval()
     state = op.init_state(1, 4)
     with torch.no_grad():
         for _ in range(9):
             y, state = op.step(torch.randn(1, 1, 48), state)
-    assert state.pos == 9 and torch.isfinite(y).all()
+    assert state.seen == int(state.pos) == 9 and torch.isfinite(y).all()
 
 
 def test_mamba2_head_dim_error_suggests_a_fix():

@@ -8,7 +8,9 @@ import torch
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import LatencyPredictor, Workload, latency_source
-from flashsearch.proxies.measured import LatencyStats, MeasuredPredictor, StaticDecoder, ThroughputResult
+from flashsearch.proxies.latency.measured import LatencyStats, MeasuredPredictor
+from flashsearch.proxies.latency.static_decoder import StaticDecoder
+from flashsearch.proxies.latency.throughput import ThroughputResult, largest_fitting_batch
 
 WORKLOAD = Workload(device="cpu", prompt_len=8, decode_tokens=24)
 
@@ -72,8 +74,9 @@ def _reference_logits(model, prompt, n):
 
 @pytest.mark.parametrize("bucket", [1, 4])
 def test_static_decoder_matches_model_step(bucket: int) -> None:
-    """The capturable static step (device position, in-place caches, masked fixed-length attention over a
-    bucketed number of rows) reproduces HybridLM.step, including an SWA ring that wraps."""
+    """The capturable static step (the operators' own steps; device positions, in-place caches, masked attention
+    over a bucketed number of rows, static logits buffer) reproduces HybridLM.step, including an SWA ring that
+    wraps."""
     from flashsearch.model import HybridLM
 
     g = Genome(layer_types=("swa", "ffn", "mamba2", "attention", "deltanet", "gla", "gated_deltanet", "ffn"),
@@ -90,12 +93,14 @@ def test_static_decoder_matches_model_step(bucket: int) -> None:
         for _ in range(2):                       # reset really resets
             dec.reset(prompt)
             got = []
+            logits = dec.logits
             for _ in range(n):
                 dec.step(dec.kv_len(bucket))
                 dec.pos_host += 1
+                assert dec.logits is logits                  # the static output buffer, never rebound
                 got.append(dec.logits.clone())
             torch.testing.assert_close(torch.cat(got, dim=1), ref, rtol=1e-4, atol=1e-4)
-        assert int(dec.pos) == dec.pos_host == 5 + n
+        assert len(dec.caches) == 2 and all(int(c.pos) == dec.pos_host == 5 + n for c in dec.caches)
         assert dec.kv_len(4) == 5 + n            # capped at the cache size
 
 
@@ -122,6 +127,15 @@ def test_throughput_cpu_bounded_by_max_batch() -> None:
     r = pred.last_throughput
     assert isinstance(r, ThroughputResult) and r.batch == 6 and r.limited_by == "max_batch"
     assert tps == pytest.approx(6 * 4 / r.seconds) and tps > 0
+
+
+def test_batch_search_doubles_then_bisects() -> None:
+    for limit, bound in ((11, 1000), (1, 8), (64, 64), (100, 64), (0, 8)):
+        calls: list[int] = []
+        lo, hi = largest_fitting_batch(lambda b: calls.append(b) or b <= limit, bound)
+        assert lo == min(limit, bound) and (hi is None) == (limit >= bound)
+        assert hi is None or hi == lo + 1
+        assert len(calls) <= 2 * bound.bit_length() + 1
 
 
 def test_throughput_search_stops_at_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,8 +199,7 @@ def test_cuda_graph_replay_matches_eager_step() -> None:
         ref = _reference_logits(model, prompt, n)
         pred = MeasuredPredictor(device="cuda", bucket=bucket, dtype="fp32")
         dec = StaticDecoder(model, 2, 5 + n, torch.device("cuda"), torch.float32)
-        graphs = pred._capture(dec, prompt, n)
-        assert graphs is not None, pred.capture_error
+        graphs = dec.capture(prompt, n, bucket)
         dec.reset(prompt)
         got = []
         for _ in range(n):

@@ -42,9 +42,10 @@ def _round_up(n: int, step: int) -> int:
 
 
 def _map_tensors(state: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply fn to every tensor inside one layer's decode state (dataclass, tuple/list, dict, tensor or None)."""
+    """Apply fn to every per-sequence tensor inside one layer's decode state (dataclass, tuple/list, dict, tensor or
+    None). 0-dim tensors (a KV cache's device position, shared by the batch) are left as they are."""
     if isinstance(state, torch.Tensor):
-        return fn(state)
+        return fn(state) if state.dim() > 0 else state
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
         return dataclasses.replace(state, **{f.name: _map_tensors(getattr(state, f.name), fn)
                                              for f in dataclasses.fields(state) if f.init})
@@ -115,7 +116,8 @@ class FlashsearchCache:
             # refuses to decode past it), so copying them to the front of the larger buffer keeps every slot valid.
             new.k[:, :, :rows] = old.k
             new.v[:, :, :rows] = old.v
-            new.pos = old.pos
+            new.pos.copy_(old.pos)
+            new.seen = old.seen
             self.states[i] = new
         self.capacity = capacity
 

@@ -2,6 +2,8 @@
 
   roofline.py  analytic bytes/FLOPs/kernel launches per decode step, with a device profile (devices/*.yaml)
   measured.py  real timing of the decode loop (CUDA graphs + events on GPU, wall clock on CPU)
+  static_decoder.py  the capturable decode loop it times (the operators' own steps over static buffers)
+  throughput.py  maximum-batch decode throughput (batch search + timing)
   lut.py       per-operator lookup table profiled on a device (tables/*.json, written by `flashsearch profile`)
   learned.py   a regressor fitted on measured decode latencies
   devices.py   device profiles for the roofline (devices/*.yaml); cpu_roofline.py fits one to CPU measurements

@@ -51,7 +51,7 @@ def measure_all(genomes: Sequence[Genome], workload: Workload, repeats: int = 3,
     clock="thread" times the decode loop in CPU time of the calling thread (MeasuredPredictor's loop, its clock
     swapped; see proxies/latency/profile.py for why), clock="wall" is MeasuredPredictor unchanged.
     """
-    from flashsearch.proxies.measured import MeasuredPredictor
+    from flashsearch.proxies.latency.measured import MeasuredPredictor
     from flashsearch.proxies.latency.profile import _clock
 
     now = _clock(clock)

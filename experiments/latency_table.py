@@ -3,7 +3,7 @@
 For each reference genome (search_spaces/reference/*.yaml: Nemotron-Flash-1B/3B, Qwen3-0.6B, Llama-3.2-1B and,
 unless --no-baselines, the pure single-operator 1B baselines) the table shows
 
-- the paper's H100 numbers (PAPER.md Table 6: 8k decode tokens at batch 1; tokens/s at max batch),
+- the paper's H100 numbers (Table 6 of the Nemotron-Flash paper, arXiv 2511.18890: 8k decode tokens at batch 1; tokens/s at max batch),
 - the bandwidth floor of the FULL-size model: bf16 weight bytes x decode tokens / datasheet bandwidth of the
   device profile (proxies/latency/devices/<device>.yaml), i.e. every weight read once per token, nothing else,
 - the roofline prediction of the FULL-size model (RooflinePredictor, same profile, CUDA graphs),
@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 REF = ROOT / "search_spaces" / "reference"
 
-# (label, yaml, paper latency s, paper throughput tok/s) -- PAPER.md Table 6 (H100, 8k decode, batch 1).
+# (label, yaml, paper latency s, paper throughput tok/s) -- Table 6 of the Nemotron-Flash paper, arXiv 2511.18890 (H100, 8k decode, batch 1).
 MODELS = [
     ("Nemotron-Flash-1B", "nemotron_flash_1b.yaml", 14.45, 7289),
     ("Qwen3-0.6B", "qwen3_0_6b.yaml", 27.55, 160),
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("bounded by --max-batch " + str(max_batch) + " on CPU, memory not probed" if not device.startswith("cuda")
            else f"CUDA out-of-memory or --max-batch {max_batch}")
         + f"), prompt {prompt} + decode {tp_tokens} tokens, tokens/s = batch x decode tokens / time.",
-        f"- paper: PAPER.md Table 6 (H100, TensorRT-LLM, CUDA graphs, 8k decode, batch 1; tok/s at max batch). "
+        f"- paper: Table 6 of the Nemotron-Flash paper, arXiv 2511.18890 (H100, TensorRT-LLM, CUDA graphs, 8k decode, batch 1; tok/s at max batch). "
         f"floor: full-size bf16 weight bytes x {FULL_DECODE} / {args.profile} datasheet bandwidth. roofline: "
         f"RooflinePredictor({args.profile!r}, bf16), full size, prompt {FULL_PROMPT} + {FULL_DECODE} tokens.",
         "",

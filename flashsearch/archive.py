@@ -167,17 +167,24 @@ def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     return mask
 
 
-def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
-    """Non-dominated COMPLETE trials of a trials_frame (minimize quality and latency), sorted by latency.
+def complete_trials(df: pd.DataFrame, one_per_genome: bool = False) -> pd.DataFrame:
+    """COMPLETE trials of a trials_frame with a finite loss and latency, in trial-number order.
 
-    Cached replays of a genome are dropped first (the earliest trial stands for it), so each architecture
+    one_per_genome: drop cached replays of a genome (the earliest trial stands for it), so each architecture
     appears once.
     """
     ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])]
-    if "genome_id" in ok.columns:
-        ok = ok.sort_values("number")
+    ok = ok.sort_values("number")
+    if one_per_genome and "genome_id" in ok.columns:
         has_id = ok["genome_id"].notna()
         ok = pd.concat([ok[has_id].drop_duplicates("genome_id", keep="first"), ok[~has_id]])
+    return ok
+
+
+def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
+    """Non-dominated COMPLETE trials of a trials_frame (minimize quality and latency), one per genome, sorted
+    by latency."""
+    ok = complete_trials(df, one_per_genome=True)
     if ok.empty:
         return ok.copy()
     mask = pareto_mask(ok[["latency", "quality"]].to_numpy())
@@ -210,5 +217,5 @@ def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -
     return float(volume)
 
 
-__all__ = ["trials_frame", "write_trials", "pareto_front", "pareto_mask", "rank_front", "hypervolume", "atomic_path",
+__all__ = ["trials_frame", "write_trials", "complete_trials", "pareto_front", "pareto_mask", "rank_front", "hypervolume", "atomic_path",
            "write_text_atomic", "COLUMNS"]

@@ -83,12 +83,7 @@ def export_top(study_or_df: optuna.Study | pd.DataFrame, out_dir: str | os.PathL
     if top < 1:
         raise FlashsearchError(f"--top must be >= 1, got {top}")
     target_latency = None if target_latency is None else float(target_latency)
-    if isinstance(study_or_df, pd.DataFrame):
-        df = study_or_df
-    else:
-        df = trials_frame(study_or_df)
-        if target_latency is None and study_or_df.user_attrs.get("target_latency") is not None:
-            target_latency = float(study_or_df.user_attrs["target_latency"])
+    df = study_or_df if isinstance(study_or_df, pd.DataFrame) else trials_frame(study_or_df)
     ranked = rank_front(df, target_latency).head(top)
     if ranked.empty:
         raise FlashsearchError("no complete trials to export; run the search first (flashsearch run ...)")

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 
 from flashsearch.archive import (  # noqa: E402
     atomic_path,
+    complete_trials,
     hypervolume,
     pareto_front,
     pareto_mask,
@@ -62,13 +63,6 @@ def _save_png(fig: Any, path: str | os.PathLike) -> None:
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-
-
-def _target(study: optuna.Study, target_latency: float | None) -> float | None:
-    if target_latency is not None:
-        return float(target_latency)
-    t = study.user_attrs.get("target_latency")
-    return None if t is None else float(t)
 
 
 def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | None = None,
@@ -145,7 +139,7 @@ def plot_html(df: pd.DataFrame, path: str | os.PathLike, target_latency: float |
 def reference_point(df: pd.DataFrame) -> tuple[float, float] | None:
     """(loss, latency) reference for the hypervolume, from the study alone: the worst value of each objective
     among COMPLETE trials plus 10% of its range (so the extreme front points count too). None if no trials."""
-    ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])]
+    ok = complete_trials(df)
     if ok.empty:
         return None
     ref = []
@@ -166,7 +160,7 @@ def hypervolume_curve(df: pd.DataFrame, reference: tuple[float, float] | None = 
     rows: list[dict] = []
     if ref is None:
         return pd.DataFrame(columns=["evaluations", "trial", "hypervolume", "normalized"])
-    ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])]
+    ok = complete_trials(df)
     box = (ref[0] - float(ok["quality"].min())) * (ref[1] - float(ok["latency"].min()))
     evaluated = df[df["state"].isin(["COMPLETE", "FAIL"]) & df["cached_from"].isna()].sort_values("number")
     points: list[tuple[float, float]] = []
@@ -217,10 +211,7 @@ def nondominated_ranks(points: np.ndarray) -> np.ndarray:
 def ranking_table(df: pd.DataFrame, target_latency: float | None = None, top: int = 50) -> pd.DataFrame:
     """COMPLETE trials (one per genome) ranked by non-dominated front, then by loss; under a latency target,
     the trials meeting it come first."""
-    ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])]
-    ok = ok.sort_values("number")
-    if "genome_id" in ok.columns:
-        ok = pd.concat([ok[ok["genome_id"].notna()].drop_duplicates("genome_id"), ok[ok["genome_id"].isna()]])
+    ok = complete_trials(df, one_per_genome=True)
     if ok.empty:
         return ok.assign(front=pd.Series(dtype=int), meets_target=pd.Series(dtype=bool))
     ok = ok.assign(front=nondominated_ranks(ok[["quality", "latency"]].to_numpy(dtype=float)),
@@ -257,12 +248,13 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *,
                  target_latency: float | None = None) -> dict[str, Path]:
     """Write trials.parquet, pareto.png/html, hypervolume.png/csv and ranking.md into out_dir; returns paths by kind.
 
-    target_latency defaults to the study user attribute "target_latency" when set.
+    target_latency: draw it and rank the trials meeting it first (`flashsearch report` reads it from the
+    run's fingerprint).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
-    target = _target(study, target_latency)
+    target = None if target_latency is None else float(target_latency)
     ref = reference_point(df)
     curve = hypervolume_curve(df, ref)
     with atomic_path(out / "hypervolume.csv") as tmp:

@@ -17,16 +17,19 @@ from typing import Any, TextIO
 
 import yaml
 
-from flashsearch.builders import build_latency, build_quality, build_seeds, build_space
+from flashsearch.builders import build_latency, build_quality, build_seeds, build_space, build_workload
 from flashsearch.config import RunConfig, to_dict
 from flashsearch.errors import FlashsearchError
 from flashsearch.evaluate import CandidateEvaluator
+from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
+from flashsearch.search.samplers import make_sampler
+from flashsearch.search.signals import graceful_stop
+from flashsearch.search.storage import repair_journal
 from flashsearch.space import SearchSpace
 from flashsearch.user_imports import import_modules
 
 STUDY_FILE = "study.journal"
 FINGERPRINT_ATTR = "flashsearch_fingerprint"
-CONTROLLER_LOCK = ".controller.lock"
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,6 @@ def check_target_reachable(cfg: RunConfig, space: SearchSpace, predictor: Any) -
     target = cfg.search.target_latency
     if target is None:
         return
-    from flashsearch.builders import build_workload
-
     w = cfg.workload
     workload = build_workload(cfg)
     best = min(float(predictor.predict(space.decode(p), workload)) for p in space.cheapest())
@@ -60,102 +61,6 @@ def check_target_reachable(cfg: RunConfig, space: SearchSpace, predictor: Any) -
             f"search.target_latency={target:g} s cannot be met: the fastest genome in the space takes {best:.3g} s "
             f"for {w.decode_tokens} decode tokens on {w.device}; raise the target above {best:.3g} or shrink the "
             "space (smaller widths, fewer blocks)")
-
-
-def make_sampler(cfg: RunConfig, space: SearchSpace, predictor: Any) -> Any:
-    import optuna
-
-    s = cfg.search
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
-    if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=s.population, seed=cfg.seed)
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=s.population)
-    from flashsearch.builders import build_workload
-    from flashsearch.search.aging import AgingEvolutionSampler
-
-    workload = build_workload(cfg)
-    latency_fn = (lambda g: float(predictor.predict(g, workload))) if s.target_latency is not None else None
-    return AgingEvolutionSampler(space, population=s.population, sample_size=s.sample_size,
-                                 target_latency=s.target_latency, seed=cfg.seed, latency_fn=latency_fn)
-
-
-class ControllerLock:
-    """One controller per out_dir: an exclusive flock on OUT_DIR/.controller.lock, held for the whole run.
-
-    The kernel drops a flock when its process dies, however it dies (kill -9 included), so a lock that can be
-    taken is never held by a live controller; only then are the study journal's leftovers repaired.
-    """
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / CONTROLLER_LOCK
-        self._fd: int | None = None
-
-    def acquire(self) -> "ControllerLock":
-        import fcntl
-        import os
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise FlashsearchError(
-                f"{self.path.parent} is in use by another flashsearch run (pid {holder}); wait for it to finish, "
-                "stop it, or choose another out_dir=...") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        import os
-
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the flock; the file stays (harmless, reused next time)
-            self._fd = None
-
-    def __enter__(self) -> "ControllerLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def repair_journal(path: Path) -> list[str]:
-    """Make a journal left by a killed controller safe to append to; returns notes on what was repaired.
-
-    Call only while holding the ControllerLock (no other writer). Two leftovers are possible:
-    - Optuna's writer lock (`<journal>.lock`, a symlink or file) if the process died inside append_logs:
-      Optuna would wait its 30 s grace period and then break it; nobody holds it, so it is removed now.
-    - a last line without its newline if the process died mid-write: Optuna skips it on read but a later
-      append would glue onto it and corrupt the journal, so the partial line (an unfinished write, never
-      acknowledged) is cut off.
-    """
-    import os
-
-    notes: list[str] = []
-    lock = Path(str(path) + ".lock")
-    if lock.is_symlink() or lock.exists():
-        lock.unlink()
-        notes.append(f"removed a stale journal lock {lock.name} left by a stopped run")
-    for leftover in path.parent.glob(path.name + ".lock*.rename"):
-        leftover.unlink(missing_ok=True)
-    if path.is_file() and path.stat().st_size > 0:
-        with open(path, "rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - 1))
-            if f.read(1) != b"\n":
-                f.seek(0)
-                data = f.read()
-                keep = data.rfind(b"\n") + 1
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
-                notes.append(f"cut an unfinished last write ({size - keep} bytes) from {path.name}")
-    return notes
 
 
 def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> Any:
@@ -242,31 +147,6 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         lock.release()
 
 
-def _graceful_stop() -> tuple[Any, Any]:
-    """While searching, SIGTERM (`kill PID`, a scheduler stopping the job) and Ctrl-C set a flag that the driver
-    checks between storage operations: trials in flight are cancelled, failed as interrupted and re-queued, and
-    a rerun resumes cleanly. (An exception raised from the handler could land inside Optuna's journal lock
-    handling and leave it half done.) A second signal interrupts at once. Returns (event, undo)."""
-    import signal
-    import threading
-
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        return event, lambda: None
-
-    def handler(signum: int, frame: Any) -> None:
-        if event.is_set():
-            raise KeyboardInterrupt
-        event.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def undo() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    return event, undo
-
-
 def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir: Path, stream: TextIO,
             t0: float) -> RunResult:
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -281,7 +161,7 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
 
         logger = WandbLogger(name=cfg.name, out_dir=out_dir, config=to_dict(cfg))
         progress = Tee(progress, logger)
-    stop, restore = _graceful_stop()
+    stop, restore = graceful_stop()
     try:
         summary = run_search(
             study, space, CandidateEvaluator(cfg), n_trials=cfg.search.trials, workers=cfg.search.workers,

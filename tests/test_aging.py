@@ -16,8 +16,8 @@ from flashsearch.search.aging import (
     ATTR_PARENT,
     AgingEvolutionSampler,
     Member,
+    _Digest,
     dominates,
-    newest_population,
     select_parent_constrained,
     select_parent_pareto,
 )
@@ -28,6 +28,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 # max_operators high enough that repair never applies: mutations can be compared to the parent one-to-one.
 UNREPAIRED = StagedSpace(max_operators=1000)
 TINY = LayerwiseSpace(operators=("attention", "ffn"), widths=(64,), min_layers=2, max_layers=3)
+
+
+def newest_population(trials, size):
+    """Reference rule (independent of the sampler's incremental digest): the newest `size` COMPLETE trials by
+    completion time, ties by number."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) >= 2]
+    done.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+    return done[-size:] if size > 0 else []
 
 
 def toy_values(g: Genome) -> list[float]:
@@ -103,10 +111,14 @@ def test_population_is_newest_by_completion_not_number():
     # trial 0 finished last (a slow worker); trial 3 finished first.
     finish = {0: 40, 1: 10, 2: 20, 3: 5, 4: 30}
     trials = [_frozen(n, 1.0, base + dt.timedelta(seconds=s)) for n, s in finish.items()]
-    assert [t.number for t in newest_population(trials, 3)] == [2, 4, 0]
+    digest = _Digest(storage=None)
+    digest.update(trials, lambda t: None)
+    assert [t.number for t in digest.newest(3)] == [2, 4, 0]
     # ties on completion time are ordered by number
-    tied = [_frozen(n, 1.0, base) for n in (3, 1, 2)]
-    assert [t.number for t in newest_population(tied, 2)] == [2, 3]
+    tied = [_frozen(n, 1.0, base) for n in range(4)]
+    digest = _Digest(storage=None)
+    digest.update(tied, lambda t: None)
+    assert [t.number for t in digest.newest(2)] == [2, 3]
 
 
 # ---- the sampler on a study -----------------------------------------------------------------------------------

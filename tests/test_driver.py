@@ -14,7 +14,8 @@ from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.progress import Progress, SearchEvent
 from flashsearch.search import AgingEvolutionSampler, run_search
-from flashsearch.search.driver import INTERRUPTED, SEEDS_ATTR, jsonable
+from flashsearch.search.recovery import INTERRUPTED, SEEDS_ATTR
+from flashsearch.search.results import jsonable
 from flashsearch.space import LayerwiseSpace, StagedSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

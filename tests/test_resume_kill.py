@@ -23,7 +23,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from flashsearch.cli import main
-from flashsearch.search.driver import INTERRUPTED
+from flashsearch.search.recovery import INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
@@ -90,7 +90,7 @@ def test_kill_9_then_rerun_completes_exactly_without_re_evaluating(tmp_path, plu
             time.sleep(0.05)
         # A second controller on the same out_dir is refused while the first is alive.
         from flashsearch.errors import FlashsearchError
-        from flashsearch.runner import ControllerLock
+        from flashsearch.search.lock import ControllerLock
 
         with pytest.raises(FlashsearchError, match=f"in use by another flashsearch run \\(pid {proc.pid}\\)"):
             ControllerLock(out_dir).acquire()

@@ -20,7 +20,7 @@ import bisect
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
@@ -101,13 +101,6 @@ def select_parent_pareto(members: Sequence[Member], rng: random.Random | None = 
     if rng is not None and len(tied) > 1:
         return tied[rng.randrange(len(tied))]
     return tied[0]
-
-
-def newest_population(trials: Iterable[FrozenTrial], size: int) -> list[FrozenTrial]:
-    """The newest `size` COMPLETE trials by completion time (ties by number): aging drops the oldest."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) >= 2]
-    done.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
-    return done[-size:] if size > 0 else []
 
 
 class _Digest:
@@ -318,5 +311,5 @@ class AgingEvolutionSampler(BaseSampler):
 
 __all__ = [
     "AgingEvolutionSampler", "Member", "select_parent_constrained", "select_parent_pareto", "non_dominated",
-    "crowding_distance", "dominates", "newest_population", "ATTR_ORIGIN", "ATTR_PARENT", "ATTR_MUTATION",
+    "crowding_distance", "dominates", "ATTR_ORIGIN", "ATTR_PARENT", "ATTR_MUTATION",
 ]

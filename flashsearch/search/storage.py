@@ -7,7 +7,7 @@ measured 40-96 ms/trial while the disk was busy (fsync ~4 ms) and 17 ms/trial wh
 
 JournalFile keeps the file format, the writer lock and the one-write-per-append discipline (each append is a
 single write() of whole lines in append mode, so a killed process leaves either all of it or, at worst, a
-partial last line that runner.repair_journal cuts), and fsyncs only the appends that change what a resume
+partial last line that repair_journal below cuts), and fsyncs only the appends that change what a resume
 relies on: study creation and study attributes, and trial state changes (tell: COMPLETE / FAIL with values,
 enqueued WAITING trials). Everything written is in the page cache as soon as write() returns, so a killed
 controller (kill -9, OOM killer) loses nothing; only an OS crash or power loss can lose the un-synced attribute
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from optuna.storages import JournalStorage
@@ -61,9 +62,41 @@ class JournalFile(JournalFileBackend):
                 os.close(fd)
 
 
+def repair_journal(path: Path) -> list[str]:
+    """Make a journal left by a killed controller safe to append to; returns notes on what was repaired.
+
+    Call only while holding the ControllerLock (no other writer). Two leftovers are possible:
+    - Optuna's writer lock (`<journal>.lock`, a symlink or file) if the process died inside append_logs:
+      Optuna would wait its 30 s grace period and then break it; nobody holds it, so it is removed now.
+    - a last line without its newline if the process died mid-write: Optuna skips it on read but a later
+      append would glue onto it and corrupt the journal, so the partial line (an unfinished write, never
+      acknowledged) is cut off.
+    """
+    notes: list[str] = []
+    lock = Path(str(path) + ".lock")
+    if lock.is_symlink() or lock.exists():
+        lock.unlink()
+        notes.append(f"removed a stale journal lock {lock.name} left by a stopped run")
+    for leftover in path.parent.glob(path.name + ".lock*.rename"):
+        leftover.unlink(missing_ok=True)
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 1))
+            if f.read(1) != b"\n":
+                f.seek(0)
+                data = f.read()
+                keep = data.rfind(b"\n") + 1
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+                notes.append(f"cut an unfinished last write ({size - keep} bytes) from {path.name}")
+    return notes
+
+
 def journal_storage(path: str | os.PathLike, fsync: str = "state") -> JournalStorage:
     """An Optuna JournalStorage on `path` backed by JournalFile."""
     return JournalStorage(JournalFile(str(path), fsync=fsync))
 
 
-__all__ = ["JournalFile", "journal_storage", "SYNC_OPS"]
+__all__ = ["JournalFile", "journal_storage", "repair_journal", "SYNC_OPS"]

@@ -1,0 +1,64 @@
+"""What a controller does before it searches: recover trials a stopped controller left behind, enqueue seeds.
+
+One controller per study (runner's ControllerLock): on start, trials left RUNNING by a controller that died are
+failed as "interrupted (controller stopped)" and their params re-enqueued, so they run again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from flashsearch.space import SearchSpace
+
+SEEDS_ATTR = "flashsearch:seeds_enqueued"
+INTERRUPTED = "interrupted (controller stopped)"
+
+
+def abandon(study: optuna.Study, trial_id: int, reason: str, expected: Iterable[str] | None = None) -> bool:
+    """FAIL an unfinished trial with `reason` and enqueue its params again so a later run re-evaluates it
+    (unless it was stopped while being asked: then its params may be half-written; `expected` = the space's
+    parameter names, to recognise complete params of a trial whose genome attribute was not yet written)."""
+    t = study._storage.get_trial(trial_id)
+    if t.state.is_finished():
+        return False
+    study._storage.set_trial_user_attr(trial_id, "error", reason)
+    study._storage.set_trial_user_attr(trial_id, "error_kind", "interrupted")
+    study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+    params = t.system_attrs.get("fixed_params") or t.params
+    complete = "genome" in t.user_attrs or "fixed_params" in t.system_attrs or (
+        expected is not None and set(expected) <= set(params or {}))
+    if not complete:
+        # Stopped while being asked (before its genome was decided, params possibly half-written): nothing to
+        # re-run; the sampler proposes afresh.
+        return True
+    if params:  # an interrupted attempt does not count as one: keep its attempt number
+        study.enqueue_trial(dict(params), user_attrs={"retry_of": t.number,
+                                                      "attempt": int(t.user_attrs.get("attempt", 1))})
+    return True
+
+
+def recover_orphans(study: optuna.Study, space: SearchSpace | None = None) -> int:
+    """Fail trials left RUNNING by a controller that stopped, and re-enqueue them; returns how many.
+
+    Assumes one controller per study (the run dir's): a RUNNING trial at start has nobody working on it.
+    WAITING trials (enqueued seeds / retries) need nothing: the next ask pops them.
+    """
+    orphans = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    expected = None if space is None else list(space.distributions())
+    return sum(abandon(study, t._trial_id, INTERRUPTED, expected) for t in orphans)
+
+
+def enqueue_seeds(study: optuna.Study, seeds: Sequence[Mapping[str, Any]]) -> int:
+    """Enqueue seed params once per study (marked by a study user attribute); returns how many were enqueued."""
+    if not seeds or study.user_attrs.get(SEEDS_ATTR):
+        return 0
+    for i, p in enumerate(seeds):
+        study.enqueue_trial(dict(p), user_attrs={"seed": i})
+    study.set_user_attr(SEEDS_ATTR, len(seeds))
+    return len(seeds)
+
+
+__all__ = ["abandon", "recover_orphans", "enqueue_seeds", "SEEDS_ATTR", "INTERRUPTED"]

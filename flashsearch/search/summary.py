@@ -1,0 +1,146 @@
+"""What one run_search call did: its running counts (which feed the progress events) and the final summary."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial
+
+from flashsearch.progress import EventKind, ProgressListener, SearchEvent, format_duration
+
+
+@dataclass
+class SearchSummary:
+    n_trials: int                   # COMPLETE trials asked for
+    complete: int                   # COMPLETE trials in the study at the end (earlier runs included)
+    evaluated: int = 0              # evaluated by a worker in this run
+    cached: int = 0                 # completed from an identical genome's result in this run
+    failed: int = 0                 # failed in this run
+    recovered: int = 0              # orphaned RUNNING trials failed and re-enqueued at start
+    retried: int = 0                # failed trials re-enqueued (search.retries) in this run
+    stopped: str = "completed"      # completed | max_failures | timeout | interrupted
+    elapsed_s: float = 0.0
+    best_number: int | None = None
+    best_loss: float | None = None
+    best_latency: float | None = None
+    last_error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.stopped == "completed"
+
+    def line(self) -> str:
+        retried = f", {self.retried} retried" if self.retried else ""
+        s = (f"{self.complete}/{self.n_trials} complete ({self.evaluated} evaluated, {self.cached} cached, "
+             f"{self.failed} failed{retried}) in {format_duration(self.elapsed_s)}")
+        if self.best_number is not None:
+            s += f"; best loss {self.best_loss:.4g} @ {self.best_latency:.3g} s (trial #{self.best_number})"
+        if self.stopped == "max_failures":
+            s += f"; stopped early after {self.failed} failures (last: {self.last_error})"
+        elif self.stopped != "completed":
+            s += f"; stopped: {self.stopped}"
+        return s
+
+    def __str__(self) -> str:
+        return self.line()
+
+
+@dataclass
+class Cached:
+    """An evaluated genome's result, replayed for an identical genome instead of evaluating it again."""
+
+    number: int
+    values: tuple[float, float]
+    latency_source: Any
+    metrics: Any
+
+
+@dataclass
+class Best:
+    """Best so far (lowest loss; under a target, among the trials meeting it)."""
+
+    target: float | None
+    number: int | None = None
+    loss: float = math.inf
+    latency: float = math.inf
+
+    def offer(self, number: int, loss: float, latency: float) -> None:
+        if self.target is not None and latency > self.target:
+            return
+        if (loss, latency) < (self.loss, self.latency):
+            self.number, self.loss, self.latency = number, loss, latency
+
+
+@dataclass
+class RunState:
+    """Mutable bookkeeping of one run_search call."""
+
+    n_trials: int
+    t0: float
+    progress: ProgressListener | None
+    best: Best
+    cache: dict[str, Cached] = field(default_factory=dict)
+    complete: int = 0
+    evaluated: int = 0
+    cached: int = 0
+    failed: int = 0
+    running: int = 0
+    retried: int = 0
+    last_error: str | None = None
+    trial_timeout_s: float | None = None
+    retries: int = 0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def eta(self) -> float | None:
+        done = self.evaluated + self.cached
+        if done == 0:
+            return None
+        return max(0, self.n_trials - self.complete) * self.elapsed() / done
+
+    def remember(self, t: FrozenTrial) -> None:
+        """Count a COMPLETE trial and index its result by genome id (for dedup) and for the best-so-far."""
+        self.complete += 1
+        if t.values is None or len(t.values) < 2:
+            return
+        loss, latency = float(t.values[0]), float(t.values[1])
+        gid = t.user_attrs.get("genome_id")
+        if gid is not None and gid not in self.cache:
+            self.cache[gid] = Cached(t.number, (loss, latency), t.user_attrs.get("latency_source"),
+                                     t.user_attrs.get("metrics"))
+        self.best.offer(t.number, loss, latency)
+
+    def emit(self, kind: EventKind, **kw: Any) -> None:
+        if self.progress is None:
+            return
+        b = self.best
+        event = SearchEvent(
+            kind=kind, complete=self.complete, target=self.n_trials, running=self.running, failed=self.failed,
+            elapsed_s=self.elapsed(), eta_s=self.eta(), best_number=b.number,
+            best_loss=None if b.number is None else b.loss, best_latency=None if b.number is None else b.latency,
+            **kw)
+        try:
+            self.progress(event)
+        except Exception as e:  # a broken progress callback must not abort hours of search: warn, go silent
+            warnings.warn(f"progress callback failed ({type(e).__name__}: {e}); progress output disabled",
+                          RuntimeWarning, stacklevel=2)
+            self.progress = None
+
+    def summarize(self, summary: SearchSummary, stopped: str) -> SearchSummary:
+        summary.complete, summary.evaluated, summary.cached = self.complete, self.evaluated, self.cached
+        summary.failed, summary.last_error, summary.stopped = self.failed, self.last_error, stopped
+        summary.retried = self.retried
+        summary.elapsed_s = self.elapsed()
+        if self.best.number is not None:
+            summary.best_number, summary.best_loss, summary.best_latency = (
+                self.best.number, self.best.loss, self.best.latency)
+        self.emit("end", reason=stopped, message=summary.line())
+        return summary
+
+
+__all__ = ["SearchSummary", "RunState", "Best", "Cached"]

@@ -7,6 +7,8 @@
                                       out_dir/hypervolume.csv   the same numbers
                                       out_dir/ranking.md        complete trials ranked (non-dominated sorting)
 
+The Pareto plots also show the reference models the run stored in the study (flashsearch/references.py).
+
 Every file is written atomically (temp file + rename), so a report is either the old one or the new one.
 """
 
@@ -16,7 +18,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -37,6 +39,8 @@ from flashsearch.archive import (  # noqa: E402
     write_text_atomic,
     write_trials,
 )
+
+from flashsearch.references import references_of  # noqa: E402
 
 _METRIC_LABELS = {"val_bpb": "val bits/byte", "bpb": "bits/byte", "val_loss": "val loss", "ppl": "perplexity"}
 
@@ -65,8 +69,25 @@ def _save_png(fig: Any, path: str | os.PathLike) -> None:
         fig.savefig(tmp, format="png")
 
 
+def reference_marks(df: pd.DataFrame, references: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Where each reference model goes on the Pareto plot: {name, latency, loss}. loss is that of the earliest
+    complete trial of the same genome when the search evaluated it (e.g. as a seed), else None (then the plot
+    draws a vertical line at its predicted latency)."""
+    ok = complete_trials(df, one_per_genome=True)
+    by_id = {gid: r for gid, r in zip(ok["genome_id"], ok.itertuples(index=False)) if gid is not None}
+    marks = []
+    for ref in references:
+        hit = by_id.get(ref.get("genome_id"))
+        if hit is not None:
+            marks.append({"name": str(ref["name"]), "latency": float(hit.latency), "loss": float(hit.quality),
+                          "trial": int(hit.number)})
+        else:
+            marks.append({"name": str(ref["name"]), "latency": float(ref["latency"]), "loss": None, "trial": None})
+    return marks
+
+
 def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | None = None,
-             title: str | None = None) -> Path:
+             title: str | None = None, references: Sequence[Mapping[str, Any]] = ()) -> Path:
     done = df[df["state"] == "COMPLETE"]
     front = pareto_front(df)
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
@@ -86,13 +107,26 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
                             color="tab:red")
         if target_latency is not None:
             ax.axvline(target_latency, color="tab:blue", ls="--", lw=1, label=f"target {target_latency:g} s")
+        marks = reference_marks(df, references)
+        for m in marks:
+            if m["loss"] is not None:  # evaluated in this search: mark its point
+                ax.scatter([m["latency"]], [m["loss"]], marker="*", s=140, color="tab:green", edgecolor="black",
+                           linewidths=0.5, zorder=5)
+                ax.annotate(f"{m['name']} (#{m['trial']})", (m["latency"], m["loss"]), textcoords="offset points",
+                            xytext=(6, -10), fontsize=8, color="tab:green")
+            else:  # not trained here: only its predicted latency is known
+                ax.axvline(m["latency"], color="tab:green", ls=":", lw=1, zorder=1)
+                ax.annotate(m["name"], (m["latency"], 0.98), xycoords=("data", "axes fraction"), rotation=90,
+                            ha="right", va="top", fontsize=8, color="tab:green")
+        if marks:
+            ax.plot([], [], color="tab:green", ls=":", marker="*", label="reference models (predicted latency)")
         ax.set_xlabel(_latency_label(df))
         ax.set_ylabel(_quality_label(df))
         n_failed = int((df["state"] == "FAIL").sum())
         ax.set_title(title or f"{len(done)} complete trials, {len(front)} on the front, {n_failed} failed",
                      fontsize=10)
         ax.grid(True, alpha=0.3)
-        if not done.empty or target_latency is not None:
+        if not done.empty or target_latency is not None or marks:
             ax.legend(fontsize=8, loc="upper right")
         _save_png(fig, path)
     finally:
@@ -111,7 +145,8 @@ def _hover(r: pd.Series) -> str:
     return "<br>".join(str(x) for x in lines)
 
 
-def plot_html(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | None = None) -> Path:
+def plot_html(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | None = None,
+              references: Sequence[Mapping[str, Any]] = ()) -> Path:
     import plotly.graph_objects as go
 
     done = df[df["state"] == "COMPLETE"]
@@ -128,6 +163,17 @@ def plot_html(df: pd.DataFrame, path: str | os.PathLike, target_latency: float |
     if target_latency is not None:
         fig.add_vline(x=target_latency, line=dict(color="royalblue", dash="dash"),
                       annotation_text=f"target {target_latency:g} s")
+    marks = reference_marks(df, references)
+    evaluated = [m for m in marks if m["loss"] is not None]
+    if evaluated:
+        fig.add_trace(go.Scatter(x=[m["latency"] for m in evaluated], y=[m["loss"] for m in evaluated],
+                                 mode="markers+text", name="reference models", text=[m["name"] for m in evaluated],
+                                 textposition="bottom right", marker=dict(symbol="star", size=14, color="seagreen"),
+                                 hovertemplate="%{text}: latency %{x:.3f} s, loss %{y:.4f}<extra></extra>"))
+    for m in marks:
+        if m["loss"] is None:
+            fig.add_vline(x=m["latency"], line=dict(color="seagreen", dash="dot"), annotation_text=m["name"],
+                          annotation_textangle=-90, annotation_position="top left")
     fig.update_layout(xaxis_title=_latency_label(df), yaxis_title=_quality_label(df), template="plotly_white",
                       title=f"{len(done)} complete trials, {len(front)} on the Pareto front")
     # include_plotlyjs=True embeds plotly.js: the file opens offline, no CDN needed.
@@ -255,14 +301,15 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *,
     out.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
     target = None if target_latency is None else float(target_latency)
+    refs = references_of(study)
     ref = reference_point(df)
     curve = hypervolume_curve(df, ref)
     with atomic_path(out / "hypervolume.csv") as tmp:
         curve.to_csv(tmp, index=False)
     return {
         "trials": write_trials(df, out / "trials.parquet"),
-        "png": plot_png(df, out / "pareto.png", target),
-        "html": plot_html(df, out / "pareto.html", target),
+        "png": plot_png(df, out / "pareto.png", target, references=refs),
+        "html": plot_html(df, out / "pareto.html", target, references=refs),
         "hypervolume": plot_hypervolume(curve, out / "hypervolume.png", ref),
         "hypervolume_csv": out / "hypervolume.csv",
         "ranking": write_text_atomic(out / "ranking.md", ranking_markdown(df, target)),
@@ -270,4 +317,4 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *,
 
 
 __all__ = ["write_report", "plot_png", "plot_html", "plot_hypervolume", "hypervolume_curve", "reference_point",
-           "ranking_table", "ranking_markdown", "nondominated_ranks"]
+           "ranking_table", "ranking_markdown", "nondominated_ranks", "reference_marks"]

@@ -21,6 +21,8 @@ from flashsearch.builders import build_latency, build_quality, build_seeds, buil
 from flashsearch.config import RunConfig, to_dict
 from flashsearch.errors import FlashsearchError
 from flashsearch.evaluate import CandidateEvaluator
+from flashsearch.references import STUDY_ATTR as STUDY_REFERENCES
+from flashsearch.references import predict_references
 from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
 from flashsearch.search.samplers import make_sampler
 from flashsearch.search.signals import graceful_stop
@@ -109,6 +111,11 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
     for note in notes:
         print(f"note: {note}", file=stream)
     sampler = make_sampler(cfg, space, predictor)
+    from flashsearch.proxies.base import latency_source
+
+    references, ref_notes = predict_references(predictor, build_workload(cfg), latency_source(predictor))
+    for note in ref_notes:
+        print(f"note: {note}", file=stream)
 
     if cfg.logger == "wandb":
         from flashsearch.logging_wandb import require_wandb
@@ -126,6 +133,8 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         for note in repair_journal(out_dir / STUDY_FILE):
             print(f"note: {note}", file=stream)
         study = open_study(cfg, out_dir, sampler, force_new)
+        if references and STUDY_REFERENCES not in study.user_attrs:
+            study.set_user_attr(STUDY_REFERENCES, references)
     except FlashsearchError:
         lock.release()
         if created:
@@ -161,6 +170,9 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
 
         logger = WandbLogger(name=cfg.name, out_dir=out_dir, config=to_dict(cfg))
         progress = Tee(progress, logger)
+    from flashsearch.export import export_top
+    from flashsearch.report import write_report
+
     stop, restore = graceful_stop()
     try:
         summary = run_search(
@@ -169,6 +181,12 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
             num_gpus_per_trial=cfg.ray.num_gpus_per_trial, seeds=seeds, progress=progress,
             max_failures=cfg.search.max_failures, target_latency=cfg.search.target_latency,
             trial_timeout_s=cfg.search.trial_timeout_s, retries=cfg.search.retries, stop=stop)
+    except KeyboardInterrupt:
+        restore()  # a second Ctrl-C while the report is written stops at once
+        if logger is not None:
+            logger.finish(exit_code=1)
+        _report_interrupted(study, out_dir, cfg, stream)
+        raise
     except BaseException:
         if logger is not None:
             logger.finish(exit_code=1)
@@ -178,10 +196,22 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
     if logger is not None:
         logger.finish(study, target_latency=cfg.search.target_latency)
 
-    from flashsearch.export import export_top
-    from flashsearch.report import write_report
-
     write_report(study, out_dir, target_latency=cfg.search.target_latency)
     exported = export_top(study, out_dir / "export", cfg.export_top, target_latency=cfg.search.target_latency)
     return RunResult(out_dir=out_dir, n_complete=summary.complete, n_failed=summary.failed, seconds=time.time() - t0,
                      exported=tuple(exported))
+
+
+def _report_interrupted(study: Any, out_dir: Path, cfg: RunConfig, stream: TextIO) -> None:
+    """After Ctrl-C / SIGTERM: write the report for the trials that completed, and say so."""
+    import optuna
+
+    from flashsearch.report import write_report
+
+    n = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if n == 0:
+        print("interrupted before any trial completed; no report written", file=stream)
+        return
+    paths = write_report(study, out_dir, target_latency=cfg.search.target_latency)
+    print(f"interrupted: wrote the report for the {n} complete trial(s) to {out_dir}/ ("
+          + ", ".join(p.name for p in paths.values()) + ")", file=stream)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from optuna.storages import JournalStorage
@@ -134,7 +135,8 @@ def test_kill_9_then_rerun_completes_exactly_without_re_evaluating(tmp_path, plu
     assert (out_dir / "trials.parquet").is_file() and (out_dir / "pareto.png").is_file()
 
 
-def test_sigterm_stops_like_ctrl_c_and_requeues_in_flight_trials(tmp_path, plugin_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_requeues_in_flight_trials_and_writes_the_report(tmp_path, plugin_path, sig):
     config = write_config(tmp_path)
     out_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "flashsearch.cli", "run", str(config)], env=env(),
@@ -144,8 +146,8 @@ def test_sigterm_stops_like_ctrl_c_and_requeues_in_flight_trials(tmp_path, plugi
         while n_complete(out_dir) < 2:
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -157,6 +159,15 @@ def test_sigterm_stops_like_ctrl_c_and_requeues_in_flight_trials(tmp_path, plugi
     queued = [t for t in trials if t.state == TrialState.WAITING]
     evaluating = [t.number for t in stopped if "genome" in t.user_attrs]  # not those stopped mid-ask
     assert evaluating and sorted(t.user_attrs["retry_of"] for t in queued) == sorted(evaluating)
+
+    # The results so far are on disk, and the console says so.
+    n_done = sum(t.state == TrialState.COMPLETE for t in trials)
+    assert f"interrupted: wrote the report for the {n_done} complete trial(s)".encode() in err, err.decode()[-3000:]
+    for name in ("trials.parquet", "pareto.png", "pareto.html", "hypervolume.png", "ranking.md"):
+        assert (out_dir / name).is_file(), name
+    table = pd.read_parquet(out_dir / "trials.parquet")
+    assert (table["state"] == "COMPLETE").sum() == n_done
+    assert f"of {n_done} complete trials" in (out_dir / "ranking.md").read_text()
 
 
 def test_leftovers_of_a_kill_mid_write_are_repaired(tmp_path, plugin_path, capsys):

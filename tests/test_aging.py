@@ -1,5 +1,6 @@
 """Aging-evolution sampler: Algorithm 1's rules, read back from the study (no driver, no Ray)."""
 
+import collections
 import datetime as dt
 import random
 import shutil
@@ -87,16 +88,12 @@ def test_constrained_parent_never_over_target_when_one_meets_it():
             assert parent.latency == min(m.latency for m in members)
 
 
-def test_pareto_parent_is_non_dominated_and_prefers_extremes():
+def test_pareto_parent_is_never_dominated_in_its_tournament():
     rng = random.Random(1)
     for _ in range(500):
         members = random_members(rng, rng.randint(1, 12))
-        parent = select_parent_pareto(members)
+        parent = select_parent_pareto(members, rng)
         assert not any(dominates(m, parent) for m in members)
-    # Three points on the front: the middle one has finite crowding, the extremes infinite -> tie on
-    # crowding, broken by lower loss.
-    front = [Member(0, 1.0, 9.0), Member(1, 2.0, 5.0), Member(2, 3.0, 1.0), Member(3, 3.5, 9.5)]
-    assert select_parent_pareto(front).number == 0
 
 
 def _frozen(number, loss, completed_at):
@@ -356,9 +353,26 @@ def test_digest_matches_a_full_recompute():
         assert ids == {t.user_attrs["genome_id"] for t in trials}
 
 
-def test_pareto_ties_on_crowding_are_broken_at_random_with_an_rng():
-    """Both extremes of a front have infinite crowding: with the sampler's RNG either can be the parent (NSGA-II's
-    crowded tournament), so the population does not drift to the low-loss corner."""
-    front = [Member(0, 1.0, 9.0), Member(1, 2.0, 5.0), Member(2, 3.0, 1.0), Member(3, 3.5, 9.5)]
-    picks = {select_parent_pareto(front, random.Random(i)).number for i in range(50)}
-    assert picks == {0, 2}  # never the middle (finite crowding) nor the dominated one
+def test_pareto_selection_chooses_interior_front_members():
+    """A tournament holding a whole 5-point front: crowding inside the tournament always picked one of the two
+    endpoints (infinite crowding); the population's front must be covered, interior members included."""
+    front = [Member(0, 1.0, 9.0), Member(1, 1.5, 5.0), Member(2, 2.0, 3.0), Member(3, 3.0, 1.5), Member(4, 4.0, 1.0)]
+    dominated = Member(5, 3.5, 9.5)
+    rng = random.Random(0)
+    picks = collections.Counter(select_parent_pareto(front + [dominated], rng).number for _ in range(4000))
+    assert 5 not in picks
+    for interior in (1, 2, 3):
+        assert picks[interior] > 0.08 * 4000, picks
+    assert picks[0] > 0 and picks[4] > 0
+
+
+def test_pareto_selection_normalises_over_the_population_not_the_tournament():
+    """Two tournament members; whether the faster one wins depends on the weight and on the population's ranges:
+    with latency spanning 100x more than loss in the population, a latency gap of 1 s is small."""
+    a, b = Member(0, 1.0, 2.0), Member(1, 1.1, 1.0)
+    population = [a, b, Member(2, 0.9, 100.0), Member(3, 2.0, 0.5)]
+    rng = random.Random(0)
+    share_b = sum(select_parent_pareto([a, b], rng, population).number == 1 for _ in range(2000)) / 2000
+    rng = random.Random(0)
+    share_b_alone = sum(select_parent_pareto([a, b], rng).number == 1 for _ in range(2000)) / 2000
+    assert share_b < 0.2 < 0.4 < share_b_alone

@@ -63,44 +63,31 @@ def dominates(a: Member, b: Member) -> bool:
     return a.loss <= b.loss and a.latency <= b.latency and (a.loss < b.loss or a.latency < b.latency)
 
 
-def non_dominated(members: Sequence[Member]) -> list[Member]:
-    """The first non-dominated front (rank 0) of `members`; O(n^2), n is a tournament (tens)."""
-    return [m for m in members if not any(dominates(o, m) for o in members if o is not m)]
+def select_parent_pareto(members: Sequence[Member], rng: random.Random | None = None,
+                         population: Sequence[Member] | None = None) -> Member:
+    """Pareto mode: the tournament member that minimises a random Chebyshev scalarisation of (loss, latency).
 
-
-def crowding_distance(front: Sequence[Member]) -> dict[int, float]:
-    """NSGA-II crowding distance per member number; the extremes of each objective get +inf."""
-    dist = {m.number: 0.0 for m in front}
-    if len(front) <= 2:
-        return {k: math.inf for k in dist}
-    for key in (lambda m: m.loss, lambda m: m.latency):
-        ordered = sorted(front, key=lambda m: (key(m), m.number))
-        lo, hi = key(ordered[0]), key(ordered[-1])
-        dist[ordered[0].number] = dist[ordered[-1].number] = math.inf
-        if hi == lo:
-            continue
-        for i in range(1, len(ordered) - 1):
-            dist[ordered[i].number] += (key(ordered[i + 1]) - key(ordered[i - 1])) / (hi - lo)
-    return dist
-
-
-def select_parent_pareto(members: Sequence[Member], rng: random.Random | None = None) -> Member:
-    """Best non-dominated rank in the tournament; ties -> larger crowding distance, then (NSGA-II's crowded
-    tournament) a uniformly random pick among the tied when `rng` is given, else lower loss.
-
-    The random tie-break matters: both extremes of a front have infinite crowding, and breaking that tie by
-    loss always picks the low-loss (slow) end, so the population drifts to one corner of the front instead of
-    covering it (measured in experiments/searcher_benchmark.py).
+    Each call draws a weight w ~ U(0, 1) (w = 0.5 without `rng`) and scores a member by
+    max(w * loss', (1 - w) * latency'), with both objectives min-max normalised over the whole `population`
+    (default: the tournament). Every point of the population's front, interior ones included, minimises the score
+    for some range of w, so parents spread along the whole front; a dominated member never beats the member
+    dominating it (ties go to lower loss, then latency). Crowding distance inside a small tournament, the earlier
+    rule, gives both endpoints of the tournament's front infinite crowding, so an interior member was never chosen
+    and the population was pushed to the front's corners.
     """
     if not members:
         raise ValueError("empty tournament")
-    front = non_dominated(members)
-    crowd = crowding_distance(front)
-    best = max(crowd[m.number] for m in front)
-    tied = sorted((m for m in front if crowd[m.number] == best), key=lambda m: (m.loss, m.latency, m.number))
-    if rng is not None and len(tied) > 1:
-        return tied[rng.randrange(len(tied))]
-    return tied[0]
+    pool = population or members
+    lo_loss, hi_loss = min(m.loss for m in pool), max(m.loss for m in pool)
+    lo_lat, hi_lat = min(m.latency for m in pool), max(m.latency for m in pool)
+    span_loss = hi_loss - lo_loss if hi_loss > lo_loss else 1.0
+    span_lat = hi_lat - lo_lat if hi_lat > lo_lat else 1.0
+    w = rng.random() if rng is not None else 0.5
+
+    def score(m: Member) -> float:
+        return max(w * (m.loss - lo_loss) / span_loss, (1.0 - w) * (m.latency - lo_lat) / span_lat)
+
+    return min(members, key=lambda m: (score(m), m.loss, m.latency, m.number))
 
 
 class _Digest:
@@ -161,7 +148,8 @@ class AgingEvolutionSampler(BaseSampler):
 
     target_latency set  -> constrained mode (the paper): parent = lowest loss meeting the target; width is not
                            mutated but solved: the largest width whose `latency_fn` meets the target.
-    target_latency None -> Pareto mode: parent = non-dominated in the tournament, crowding then loss as ties.
+    target_latency None -> Pareto mode: parent = the tournament member best under a random Chebyshev weighting of
+                           the two objectives, normalised over the population (select_parent_pareto).
     seed: each trial's choices come from an RNG seeded by (seed, trial number), so the same study state gives
     the same child whichever sampler instance (or process) asks.
     """
@@ -221,7 +209,8 @@ class AgingEvolutionSampler(BaseSampler):
         if self.target_latency is not None:
             parent = select_parent_constrained(pool, self.target_latency)
         else:
-            parent = select_parent_pareto(pool, rng)
+            population = [Member(t.number, float(t.values[0]), float(t.values[1])) for t in members]
+            parent = select_parent_pareto(pool, rng, population)
 
         parent_params = dict(next(t for t in tournament if t.number == parent.number).params)
         child: dict[str, Any] | None = None
@@ -310,6 +299,5 @@ class AgingEvolutionSampler(BaseSampler):
 
 
 __all__ = [
-    "AgingEvolutionSampler", "Member", "select_parent_constrained", "select_parent_pareto", "non_dominated",
-    "crowding_distance", "dominates", "ATTR_ORIGIN", "ATTR_PARENT", "ATTR_MUTATION",
+    "AgingEvolutionSampler", "Member", "select_parent_constrained", "select_parent_pareto", "dominates", "ATTR_ORIGIN", "ATTR_PARENT", "ATTR_MUTATION",
 ]

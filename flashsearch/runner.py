@@ -23,6 +23,7 @@ from flashsearch.errors import FlashsearchError
 from flashsearch.evaluate import CandidateEvaluator
 from flashsearch.references import STUDY_ATTR as STUDY_REFERENCES
 from flashsearch.references import predict_references
+from flashsearch.search.latency_target import LatencyTarget
 from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
 from flashsearch.search.samplers import make_sampler
 from flashsearch.search.signals import graceful_stop
@@ -50,19 +51,44 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
             "target_latency": cfg.search.target_latency}
 
 
-def check_target_reachable(cfg: RunConfig, space: SearchSpace, predictor: Any) -> None:
-    """Refuse a latency target that even the space's cheapest genomes miss (nothing could ever qualify)."""
+def latency_target_of(cfg: RunConfig, space: SearchSpace, predictor: Any, source: str) -> LatencyTarget | None:
+    """The run's latency constraint (None in Pareto mode); refuses a target that cannot be solved or met.
+
+    Target mode solves each candidate's width with the predictor (a few predictions per candidate), so it needs a
+    cheap one: `measured` would build and time a full model for each. A target that even the space's cheapest
+    genomes miss is refused too (nothing could ever qualify).
+    """
     target = cfg.search.target_latency
     if target is None:
-        return
-    w = cfg.workload
+        return None
+    if source.startswith("measured"):
+        raise FlashsearchError(
+            f"search.target_latency={target:g} needs a cheap latency predictor to solve each candidate's width, "
+            "but latency=measured times a full model per prediction; use latency=roofline, lut or learned with "
+            "the target (and measure the winners afterwards), or drop search.target_latency for Pareto mode")
     workload = build_workload(cfg)
-    best = min(float(predictor.predict(space.decode(p), workload)) for p in space.cheapest())
+    constraint = LatencyTarget(space, lambda g: float(predictor.predict(g, workload)), target)
+    w = cfg.workload
+    best = min(constraint.latency(space.decode(p)) for p in space.cheapest())
     if best > target:
         raise FlashsearchError(
             f"search.target_latency={target:g} s cannot be met: the fastest genome in the space takes {best:.3g} s "
             f"for {w.decode_tokens} decode tokens on {w.device}; raise the target above {best:.3g} or shrink the "
             "space (smaller widths, fewer blocks)")
+    return constraint
+
+
+def widest_seeds(seeds: list[dict[str, Any]], constraint: LatencyTarget) -> tuple[list[dict[str, Any]], list[str]]:
+    """Target mode: each seed at the widest width meeting the target, like every other candidate; a seed that no
+    width makes feasible is skipped (with a note), not trained."""
+    out, notes = [], []
+    for i, params in enumerate(seeds):
+        solved = constraint.widest(params)
+        if solved is None:
+            notes.append(f"seed {i} misses search.target_latency={constraint.target:g} s at every width; skipped")
+        else:
+            out.append(solved)
+    return out, notes
 
 
 def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> Any:
@@ -102,18 +128,23 @@ def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> 
 def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None) -> RunResult:
     stream = stream or sys.stderr
     t0 = time.time()
+    from flashsearch.proxies.base import latency_source
+
     import_modules(cfg.imports)             # user operators/plug-ins register before anything names them
     space = build_space(cfg)
     predictor = build_latency(cfg)
+    source = latency_source(predictor)
     build_quality(cfg)                      # fail on bad proxy options now, not inside the first worker
-    check_target_reachable(cfg, space, predictor)
+    constraint = latency_target_of(cfg, space, predictor, source)
     seeds, notes = build_seeds(cfg, space)
+    if constraint is not None:
+        seeds, more = widest_seeds(seeds, constraint)
+        notes += more
     for note in notes:
         print(f"note: {note}", file=stream)
-    sampler = make_sampler(cfg, space, predictor)
-    from flashsearch.proxies.base import latency_source
+    sampler = make_sampler(cfg, space, constraint)
 
-    references, ref_notes = predict_references(predictor, build_workload(cfg), latency_source(predictor))
+    references, ref_notes = predict_references(predictor, build_workload(cfg), source)
     for note in ref_notes:
         print(f"note: {note}", file=stream)
 

@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
+from flashsearch.search.latency_target import LatencyTarget
 from flashsearch.space import SearchSpace
 
 ATTR_ORIGIN = "aging:origin"
@@ -177,6 +178,9 @@ class AgingEvolutionSampler(BaseSampler):
         self.target_latency = None if target_latency is None else float(target_latency)
         self.seed = seed
         self.latency_fn = latency_fn
+        # Target mode with a predictor: memoised predictions and the widest feasible width (search/latency_target.py).
+        self.constraint = (LatencyTarget(space, latency_fn, self.target_latency)
+                           if self.target_latency is not None and latency_fn is not None else None)
         self.max_dedup_tries = max(1, int(max_dedup_tries))
         self._entropy = random.Random()  # only used when seed is None
         # Cache of what finished trials say, per study. Finished trials never change, so it cannot alter a
@@ -213,24 +217,20 @@ class AgingEvolutionSampler(BaseSampler):
             parent = select_parent_pareto(pool, rng, population)
 
         parent_params = dict(next(t for t in tournament if t.number == parent.number).params)
-        child: dict[str, Any] | None = None
-        factor = ""
         for _ in range(self.max_dedup_tries):
             child, factor = self.space.mutate(parent_params, rng, include_width=self.target_latency is None)
-            child = self.space.repair(child)
-            child = self._solve_width(child)
+            child = self._solve_width(self.space.repair(child))
+            if child is None:
+                continue  # no width meets the target: skipped without training
             if self.space.decode(child).id not in seen:
-                break
-        else:
-            # Every mutation of this parent is already in the study: explore instead of re-proposing a
-            # duplicate (the driver would only replay its cached result and burn a trial).
-            fresh, unique = self._random_unique(rng, seen)
-            if unique:
-                self._record(study, trial, {ATTR_ORIGIN: "random-dedup", ATTR_PARENT: parent.number})
-                return fresh
-        assert child is not None
-        self._record(study, trial, {ATTR_ORIGIN: "mutation", ATTR_PARENT: parent.number, ATTR_MUTATION: factor})
-        return child
+                self._record(study, trial, {ATTR_ORIGIN: "mutation", ATTR_PARENT: parent.number,
+                                            ATTR_MUTATION: factor})
+                return child
+        # Every mutation of this parent is already in the study or infeasible: explore instead (re-proposing a
+        # duplicate would only replay its cached result and burn a trial).
+        fresh, _ = self._random_unique(rng, seen)
+        self._record(study, trial, {ATTR_ORIGIN: "random-dedup", ATTR_PARENT: parent.number})
+        return fresh
 
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
@@ -248,28 +248,32 @@ class AgingEvolutionSampler(BaseSampler):
             return random.Random(self._entropy.getrandbits(64))
         return random.Random(f"aging/{self.seed}/{number}")  # str seeds hash with sha512: stable across runs
 
-    def _solve_width(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Constrained mode: the largest width whose predicted latency meets the target (else the smallest)."""
-        if self.target_latency is None or self.latency_fn is None:
+    def _solve_width(self, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Target mode: `params` at the widest width meeting the target, None if none does; else unchanged."""
+        if self.constraint is None:
             return params
-        widths = sorted(self.space.widths)
-        for w in reversed(widths):
-            candidate = self.space.repair(self.space.with_width(params, w))
-            if self.latency_fn(self.space.decode(candidate)) <= self.target_latency:
-                return candidate
-        return self.space.repair(self.space.with_width(params, widths[0]))
+        return self.constraint.widest(params)
 
     def _random_unique(self, rng: random.Random, seen: set[str]) -> tuple[dict[str, Any], bool]:
-        """A random point not yet in the study if one turns up within 5 x max_dedup_tries; (params, is_new).
+        """A random point not yet in the study (in target mode: at its widest feasible width) if one turns up
+        within 5 x max_dedup_tries draws; (params, is_new).
 
-        Random draws are cheap (no latency solve) and are the last resort when mutations only find known
-        genomes, so they get more tries: in a space with one unseen genome in 10 they miss it with p ~ 1e-5."""
-        params = self.space.sample(rng)
+        Random draws are the last resort when mutations only find known genomes, so they get more tries: in a
+        space with one unseen genome in 10 they miss it with p ~ 1e-5. In target mode a draw no width makes
+        feasible is skipped; if every draw was, the space's cheapest point is the fallback (the run checked at
+        start that it meets the target)."""
+        fallback: dict[str, Any] | None = None
         for _ in range(5 * self.max_dedup_tries):
+            params = self._solve_width(self.space.sample(rng))
+            if params is None:
+                continue
             if self.space.decode(params).id not in seen:
                 return params, True
-            params = self.space.sample(rng)
-        return params, False
+            fallback = fallback or params
+        if fallback is None:
+            feasible = [p for p in map(self._solve_width, self.space.cheapest()) if p is not None]
+            fallback = feasible[0] if feasible else self.space.sample(rng)
+        return fallback, False
 
     def _genome_id(self, t: FrozenTrial) -> str | None:
         """The driver's genome_id attribute, else decoded from the (enqueued) params; None if undecodable."""

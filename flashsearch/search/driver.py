@@ -29,6 +29,7 @@ from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.progress import ProgressListener
 from flashsearch.search.backends import LOCAL, Backend, make_backend
+from flashsearch.search.latency_target import CONSTRAINT_KEY
 from flashsearch.search.failures import RETRYABLE, Evaluator, one_line
 from flashsearch.search.recovery import INTERRUPTED, SEEDS_ATTR, abandon, enqueue_seeds, recover_orphans
 from flashsearch.search.results import check_result, extras, jsonable
@@ -197,6 +198,7 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: B
         if hit.metrics is not None:
             trial.set_user_attr("metrics", hit.metrics)
         trial.set_user_attr("eval_seconds", 0.0)
+        _record_constraint(trial, run, hit.values[1])
         frozen = study.tell(trial, list(hit.values))
         run.cached += 1
         run.remember(frozen)
@@ -240,6 +242,7 @@ def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mappin
     trial.set_user_attr("latency_source", source)
     trial.set_user_attr("metrics", jsonable(extras(result)))
     trial.set_user_attr("eval_seconds", seconds)
+    _record_constraint(trial, run, latency)
     frozen = study.tell(trial, [loss, latency])
     run.evaluated += 1
     run.remember(frozen)
@@ -255,6 +258,13 @@ def _fail(study: optuna.Study, run: RunState, trial: Trial, reason: str, kind: s
     run.failed += 1
     run.last_error = reason
     run.emit("trial_failed", number=trial.number, reason=reason, error_kind=kind, **(about or {}))
+
+
+def _record_constraint(trial: Trial, run: RunState, latency: float) -> None:
+    """Target mode: the trial's constraint value (latency - target, <= 0 feasible), which NSGA-II and TPE use to
+    prefer feasible trials and which tells, for every sampler, whether a trial meets the target."""
+    if run.best.target is not None:
+        trial.set_constraint(CONSTRAINT_KEY, float(latency) - run.best.target)
 
 
 def _maybe_retry(study: optuna.Study, run: RunState, pending: _Pending, kind: str) -> None:

@@ -5,10 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from flashsearch.config import RunConfig
+from flashsearch.search.latency_target import LatencyTarget
 from flashsearch.space import SearchSpace
 
 
-def make_sampler(cfg: RunConfig, space: SearchSpace, predictor: Any) -> Any:
+def make_sampler(cfg: RunConfig, space: SearchSpace, constraint: LatencyTarget | None = None) -> Any:
+    """constraint: the run's latency target (None = Pareto mode). Aging evolution solves every candidate's width
+    with it. The baselines see the same constraint through Optuna: the driver sets each trial's constraint value
+    (latency - target, Trial.set_constraint), which NSGA-II and TPE use to prefer feasible trials (Optuna 5's
+    replacement for constraints_func); random search ignores it by design."""
     import optuna
 
     s = cfg.search
@@ -18,13 +23,11 @@ def make_sampler(cfg: RunConfig, space: SearchSpace, predictor: Any) -> Any:
         return optuna.samplers.NSGAIISampler(population_size=s.population, seed=cfg.seed)
     if s.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=s.population)
-    from flashsearch.builders import build_workload
     from flashsearch.search.aging import AgingEvolutionSampler
 
-    workload = build_workload(cfg)
-    latency_fn = (lambda g: float(predictor.predict(g, workload))) if s.target_latency is not None else None
     return AgingEvolutionSampler(space, population=s.population, sample_size=s.sample_size,
-                                 target_latency=s.target_latency, seed=cfg.seed, latency_fn=latency_fn)
+                                 target_latency=s.target_latency, seed=cfg.seed,
+                                 latency_fn=None if constraint is None else constraint.latency)
 
 
 __all__ = ["make_sampler"]

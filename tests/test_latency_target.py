@@ -16,7 +16,7 @@ from flashsearch.cli import main
 from flashsearch.config import load_config
 from flashsearch.builders import build_space
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.roofline import RooflinePredictor
+from flashsearch.proxies.latency.roofline import RooflinePredictor
 from flashsearch.search.aging import ATTR_ORIGIN, AgingEvolutionSampler
 from flashsearch.space import StagedSpace
 

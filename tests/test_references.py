@@ -15,7 +15,7 @@ from flashsearch.archive import trials_frame
 from flashsearch.builders import load_genome
 from flashsearch.cli import main
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.roofline import RooflinePredictor
+from flashsearch.proxies.latency.roofline import RooflinePredictor
 from flashsearch.references import REFERENCE_DIR, STUDY_ATTR, predict_references
 
 ROOT = Path(__file__).resolve().parents[1]

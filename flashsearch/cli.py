@@ -19,6 +19,9 @@ EXIT_BAD_INPUT = 2
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flashsearch", description="Search latency-optimal hybrid LM architectures.")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (e.g. your own operators) for describe/profile/latency; repeatable. "
+                        "`run` reads the config key `imports:`, report/export the run's config.yaml")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="run (or resume) a search from a YAML config")
@@ -273,6 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress lines replace Optuna's per-trial logs
     try:
+        from flashsearch.user_imports import import_modules
+
+        import_modules(args.imports, where="--import")
         return COMMANDS[args.command](args)
     except FlashsearchError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -107,8 +107,8 @@ def _check_for(owner: str, f: dataclasses.Field, hint: Any) -> _Check:
     if typing.get_origin(hint) is Literal:
         return _Check(f.name, "choice", typing.get_args(hint), optional)
     if hint not in kinds:
-        raise TypeError(f"{owner}.Options.{f.name}: option type {hint!r} is not supported; use int, float, bool, "
-                        "str, a Literal[...] or `X | None` of these")
+        raise FlashsearchError(f"operator class {owner}: Options.{f.name} has type {hint!r}, which is not supported; "
+                               "use int, float, bool, str, a Literal[...] or `X | None` of these")
     return _Check(f.name, kinds[hint], (), optional, ge, gt)
 
 
@@ -254,7 +254,8 @@ def spec(name: str, where: str = "layer_types") -> OperatorSpec:
         other = sorted(s for s, n in _SPELLINGS.items() if s != n)
         raise FlashsearchError(
             f"unknown operator {name!r} in {where}; choose one of {', '.join(_SPECS)} (also accepted: "
-            f"{', '.join(other)}); an operator of your own must be imported first (config key `imports:`)"
+            f"{', '.join(other)}); an operator of your own must be imported first (config key `imports:`, or "
+            "`flashsearch --import MODULE ...`)"
         ) from None
 
 

@@ -104,7 +104,7 @@ def test_options_must_be_a_frozen_typed_dataclass():
 
     with pytest.raises(FlashsearchError, match="frozen dataclass"):
         type("Bad", (K.Operator,), {"name": "toy5", "letter": "Q", "Options": Mutable})
-    with pytest.raises(TypeError, match="not supported"):
+    with pytest.raises(FlashsearchError, match="Options.k has type <class 'tuple'>, which is not supported"):
         type("Bad", (K.Operator,), {"name": "toy6", "letter": "Q", "Options": Listy})
     assert "toy5" not in operators.names() and "toy6" not in operators.names()
 
@@ -195,3 +195,28 @@ def test_operator_unknown_without_its_import_says_how_to_fix(tmp_path, capsys):
     code = main(["run", HYBRID, *TINY, "space.operators=[not_registered_op]", f"out_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown operator 'not_registered_op'" in err and "imports:" in err
+
+
+def test_describe_with_import_flag(tmp_path, capsys):
+    genome = tmp_path / "toy.yaml"
+    genome.write_text("layer_types: [CM, F, D, F]\nd_model: 512\nn_heads: 4\nhead_dim: 128\n")
+    assert main(["--import", "fs_toy_ops", "describe", str(genome)]) == 0
+    assert "CM F D F" in capsys.readouterr().out
+    assert main(["--import", "no_such_flashsearch_plugin", "describe", str(genome)]) == 2
+    err = capsys.readouterr().err
+    assert "--import: cannot import module 'no_such_flashsearch_plugin'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_real_ray_workers_import_the_run_modules(tmp_path):
+    """The same tiny search on a real local Ray (fresh worker processes): `flashsearch run` as a user runs it."""
+    out = tmp_path / "run"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled",
+           "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+    args = [a for a in TOY_RUN if not a.startswith(("ray.address", "search.trials", "search.workers", "space.ope"))]
+    proc = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", HYBRID, *args, "search.trials=2",
+                           "search.workers=2", "space.operators=[cummean]", f"out_dir={out}"], env=env, capture_output=True, text=True,
+                          timeout=900, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = pd.read_parquet(out / "trials.parquet").query("state == 'COMPLETE'")
+    assert len(done) == 2 and done["summary"].str.contains(r"\bCM\b").all()

@@ -23,8 +23,8 @@ from flashsearch.genome import Genome
 # Columns always present in trials_frame (metric columns "metrics.<name>" follow them).
 COLUMNS: tuple[str, ...] = (
     "number", "state", "genome_id", "summary", "n_layers", "d_model", "quality", "latency", "latency_source",
-    "error", "error_kind", "retry_of", "attempt", "cached_from", "origin", "parent", "mutation", "eval_seconds", "datetime_start",
-    "datetime_complete", "duration_s", "genome_json", "params", "metrics",
+    "error", "error_kind", "retry_of", "attempt", "cached_from", "origin", "parent", "mutation", "eval_seconds", "worker_node",
+    "datetime_start", "datetime_complete", "duration_s", "genome_json", "params", "metrics",
 )
 
 
@@ -89,6 +89,7 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "parent": t.system_attrs.get("aging:parent"),
         "mutation": t.system_attrs.get("aging:mutation"),
         "eval_seconds": ua.get("eval_seconds"),
+        "worker_node": ua.get("worker_node"),
         "datetime_start": start,
         "datetime_complete": end,
         "duration_s": (end - start).total_seconds() if start and end else math.nan,

@@ -65,6 +65,15 @@ class ThreadBackend:
         pass
 
 
+def run_on_ray_node(evaluator: Evaluator, genome_json: str) -> dict[str, Any]:
+    """run_evaluator inside a Ray task, plus the id of the node it ran on (trials record where they ran)."""
+    import ray
+
+    outcome = run_evaluator(evaluator, genome_json)
+    outcome["node"] = ray.get_runtime_context().get_node_id()
+    return outcome
+
+
 class RayBackend:
     """Workers as Ray tasks; starts (and later stops) a local Ray unless one is running or an address is given."""
 
@@ -88,7 +97,7 @@ class RayBackend:
                          log_to_driver=False, logging_level=logging.WARNING)
             self._started = True
         # max_retries=0: a crashed worker fails its trial (with the reason) instead of silently re-running.
-        self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(run_evaluator)
+        self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(run_on_ray_node)
         self._evaluator_ref = ray.put(evaluator)  # ship the evaluator once, not with every task
 
     def submit(self, genome_json: str) -> Any:

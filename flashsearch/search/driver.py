@@ -223,6 +223,8 @@ def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mappin
     trial = pending.trial
     seconds = float(outcome.get("seconds", time.monotonic() - pending.started))
     about = _about(pending.genome, trial.params)
+    if outcome.get("node"):
+        trial.set_user_attr("worker_node", str(outcome["node"]))   # the Ray node it ran on
     if not outcome.get("ok"):
         if outcome.get("detail"):
             trial.set_user_attr("error_detail", str(outcome["detail"]))

@@ -1,8 +1,9 @@
 """Cheap plug-ins for tests that run a real `flashsearch run` (put tests/plugins on PYTHONPATH).
 
 SleepyQuality: a quality proxy that sleeps `sleep_s` (stands in for short training), returns a deterministic
-loss computed from the genome, and appends "<pid> <genome_id>" to `log` (if given) when an evaluation starts,
-so a test can count how often each genome was evaluated across processes.
+loss computed from the genome, and appends "<pid> <genome_id> <parent pid>" to `log` (if given) when an
+evaluation starts, so a test can count how often each genome was evaluated across processes (and, on Ray, on which
+node: a Ray worker's parent is its node's raylet).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class SleepyQuality:
         if self.log:
             fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, f"{os.getpid()} {genome.id}\n".encode())  # one write: atomic under O_APPEND
+                os.write(fd, f"{os.getpid()} {genome.id} {os.getppid()}\n".encode())  # one write: atomic under O_APPEND
             finally:
                 os.close(fd)
         time.sleep(self.sleep_s)

@@ -140,7 +140,7 @@ def test_stops_early_after_max_failures_and_cancels_in_flight():
     assert states(study).get("RUNNING", 0) == 0
 
 
-def test_identical_genomes_are_evaluated_once():
+def test_identical_genomes_are_evaluated_once_and_replays_are_no_new_trials():
     ev = Counting()
     study = make_study()
     p = SPACE.sample(__import__("random").Random(0))
@@ -150,7 +150,31 @@ def test_identical_genomes_are_evaluated_once():
     assert second.values == first.values
     assert second.user_attrs["latency_source"] == "toy"
     assert ev.calls.count(first.user_attrs["genome_id"]) == 1
-    assert summary.cached == 1 and summary.evaluated == 1
+    # The replay is recorded but is no new trial: two evaluated trials were asked for, two were evaluated.
+    assert summary.cached == 1 and summary.evaluated == 2 and summary.complete == 2
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 3 and sum("cached_from" not in t.user_attrs for t in done) == 2
+
+
+def test_replays_do_not_join_the_aging_population():
+    space = SPACE
+    sampler = AgingEvolutionSampler(space, population=2, sample_size=2, seed=0)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    rng = __import__("random").Random(3)
+    a, b = space.sample(rng), space.sample(rng)
+    run_search(study, space, toy_eval, n_trials=3, workers=1, ray_address="local", seeds=[a, b, a])
+    replay = [t.number for t in study.trials if "cached_from" in t.user_attrs]
+    assert replay == [2] and [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert [t.number for t in sampler._digest(study).newest(2)] == [1, 3]  # the replay (#2) is no member
+
+
+def test_a_space_with_nothing_new_stops_as_exhausted():
+    tiny = LayerwiseSpace(operators=("attention", "ffn"), widths=(64,), min_layers=2, max_layers=2)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    summary = run_search(study, tiny, toy_eval, n_trials=50, workers=1, ray_address="local")
+    distinct = {t.user_attrs["genome_id"] for t in study.trials}
+    assert summary.stopped == "exhausted" and summary.complete == summary.evaluated == len(distinct) < 50
+    assert "space looks exhausted" in summary.line()
 
 
 def test_seeds_are_enqueued_once_per_study(tmp_path):

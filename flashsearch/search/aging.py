@@ -130,8 +130,8 @@ class _Digest:
         gid = genome_id(t)
         if gid is not None:
             self.finished_ids.add(gid)
-        if t.state == TrialState.FAIL:
-            return
+        if t.state == TrialState.FAIL or "cached_from" in t.user_attrs:
+            return  # failed, or a replay of an evaluated genome: not a (new) population member
         self.n_alive_finished += 1
         if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) >= 2:
             bisect.insort(self.complete, (t.datetime_complete, t.number, t), key=lambda e: (e[0], e[1]))

@@ -33,7 +33,7 @@ from flashsearch.search.latency_target import CONSTRAINT_KEY
 from flashsearch.search.failures import RETRYABLE, Evaluator, one_line
 from flashsearch.search.recovery import INTERRUPTED, SEEDS_ATTR, abandon, enqueue_seeds, recover_orphans
 from flashsearch.search.results import check_result, extras, jsonable
-from flashsearch.search.summary import Best, RunState, SearchSummary
+from flashsearch.search.summary import EXHAUSTED_AFTER, Best, RunState, SearchSummary
 from flashsearch.space import SearchSpace
 
 
@@ -65,7 +65,8 @@ def run_search(
     retries: int = 0,
     stop: threading.Event | None = None,
 ) -> SearchSummary:
-    """Run until the study holds `n_trials` COMPLETE trials (earlier runs count), W=`workers` in flight.
+    """Run until the study holds `n_trials` evaluated COMPLETE trials (earlier runs count; replays of an already
+    evaluated genome do not), W=`workers` in flight.
 
     evaluator(genome_json) -> {"loss", "latency", "latency_source", ...extra metrics}; raises TrialFailed (or
     anything) on failure. seeds: space params enqueued once per study (ahead of sampled trials).
@@ -123,6 +124,8 @@ def run_search(
                 _ask_one(study, space, dists, backend, run, in_flight)
                 if run.failed > budget:
                     stopped = "max_failures"
+                elif run.replays_in_a_row >= EXHAUSTED_AFTER:
+                    stopped = "exhausted"
             if stopped == "max_failures":
                 for handle, p in list(in_flight.items()):
                     backend.cancel(handle)
@@ -183,16 +186,22 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: B
     trial = study.ask(fixed_distributions=dict(dists))
     try:
         # Baseline samplers (TPE, NSGA-II, random) may propose points outside the space's limits: repair.
-        genome = space.decode(space.repair(dict(trial.params)))
+        proposed = dict(trial.params)
+        repaired = space.repair(proposed)
+        genome = space.decode(repaired)
     except Exception as e:
         _fail(study, run, trial, one_line(f"cannot decode params into a genome: {type(e).__name__}: {e}"),
               "invalid_params")
         return
+    if repaired != proposed:
+        _record_repair(study, trial, dists, proposed, repaired)
     trial.set_user_attr("genome", genome.to_json())
     trial.set_user_attr("genome_id", genome.id)
     hit = run.cache.get(genome.id)
     if hit is not None:
-        # Identical genome already evaluated: replay its result instead of spending a worker on it.
+        # Identical genome already evaluated: replay its result instead of spending a worker on it. The replay
+        # is COMPLETE (a sampler that models the study learns from it) but is no new trial: it does not count
+        # toward search.trials nor join the aging population.
         trial.set_user_attr("cached_from", hit.number)
         trial.set_user_attr("latency_source", hit.latency_source)
         if hit.metrics is not None:
@@ -201,11 +210,13 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: B
         _record_constraint(trial, run, hit.values[1])
         frozen = study.tell(trial, list(hit.values))
         run.cached += 1
+        run.replays_in_a_row += 1
         run.remember(frozen)
         run.emit("trial_cached", number=trial.number, loss=hit.values[0], latency=hit.values[1],
                  latency_source=hit.latency_source, cached_from=hit.number, **_about(genome, trial.params))
         return
     attempt = int(trial.user_attrs.get("attempt", 1))
+    run.replays_in_a_row = 0
     started = time.monotonic()
     deadline = math.inf if run.trial_timeout_s is None else started + run.trial_timeout_s
     in_flight[backend.submit(genome.to_json())] = _Pending(trial, genome, started, deadline, attempt)
@@ -230,8 +241,10 @@ def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mappin
             trial.set_user_attr("error_detail", str(outcome["detail"]))
         trial.set_user_attr("eval_seconds", seconds)
         kind = str(outcome.get("kind") or "error")
-        _fail(study, run, trial, str(outcome.get("error") or "unknown error"), kind, about)
+        # Retry enqueued before the FAIL is written: a kill in between leaves the trial RUNNING with its retry
+        # queued (the next start only fails it); the other order would lose the candidate.
         _maybe_retry(study, run, pending, kind)
+        _fail(study, run, trial, str(outcome.get("error") or "unknown error"), kind, about)
         return
     result = outcome["result"]
     problem = check_result(result)
@@ -260,6 +273,19 @@ def _fail(study: optuna.Study, run: RunState, trial: Trial, reason: str, kind: s
     run.failed += 1
     run.last_error = reason
     run.emit("trial_failed", number=trial.number, reason=reason, error_kind=kind, **(about or {}))
+
+
+def _record_repair(study: optuna.Study, trial: Trial, dists: Mapping, proposed: Mapping[str, Any],
+                   repaired: Mapping[str, Any]) -> None:
+    """Store the params of the genome actually evaluated (the proposal is kept in `proposed_params`): a sampler
+    that models the study (TPE, NSGA-II) must learn what was measured, not a many-to-one encoding of it."""
+    trial.set_user_attr("proposed_params", {k: v for k, v in proposed.items()})
+    for name, value in repaired.items():
+        dist = dists.get(name)
+        if dist is None or proposed.get(name) == value:
+            continue
+        study._storage.set_trial_param(trial._trial_id, name, dist.to_internal_repr(value), dist)
+        trial._cached_frozen_trial.params[name] = value  # what trial.params answers from now on
 
 
 def _record_constraint(trial: Trial, run: RunState, latency: float) -> None:

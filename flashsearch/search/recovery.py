@@ -20,24 +20,32 @@ INTERRUPTED = "interrupted (controller stopped)"
 def abandon(study: optuna.Study, trial_id: int, reason: str, expected: Iterable[str] | None = None) -> bool:
     """FAIL an unfinished trial with `reason` and enqueue its params again so a later run re-evaluates it
     (unless it was stopped while being asked: then its params may be half-written; `expected` = the space's
-    parameter names, to recognise complete params of a trial whose genome attribute was not yet written)."""
+    parameter names, to recognise complete params of a trial whose genome attribute was not yet written).
+
+    The retry is enqueued before the FAIL is written: a controller killed between the two leaves the trial
+    RUNNING with its retry already queued, and the next start (which finds the retry) only fails it. The other
+    order would lose the candidate: FAILED, never re-queued, and no longer RUNNING for the next start to find."""
     t = study._storage.get_trial(trial_id)
     if t.state.is_finished():
         return False
-    study._storage.set_trial_user_attr(trial_id, "error", reason)
-    study._storage.set_trial_user_attr(trial_id, "error_kind", "interrupted")
-    study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     params = t.system_attrs.get("fixed_params") or t.params
     complete = "genome" in t.user_attrs or "fixed_params" in t.system_attrs or (
         expected is not None and set(expected) <= set(params or {}))
-    if not complete:
-        # Stopped while being asked (before its genome was decided, params possibly half-written): nothing to
-        # re-run; the sampler proposes afresh.
-        return True
-    if params:  # an interrupted attempt does not count as one: keep its attempt number
+    # Stopped while being asked (before its genome was decided, params possibly half-written): nothing to
+    # re-run; the sampler proposes afresh.
+    if complete and params and not requeued(study, t.number):
+        # An interrupted attempt does not count as one: keep its attempt number.
         study.enqueue_trial(dict(params), user_attrs={"retry_of": t.number,
                                                       "attempt": int(t.user_attrs.get("attempt", 1))})
+    study._storage.set_trial_user_attr(trial_id, "error", reason)
+    study._storage.set_trial_user_attr(trial_id, "error_kind", "interrupted")
+    study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     return True
+
+
+def requeued(study: optuna.Study, number: int) -> bool:
+    """Whether a trial retrying trial `number` is already in the study (enqueued just before a kill)."""
+    return any(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False))
 
 
 def recover_orphans(study: optuna.Study, space: SearchSpace | None = None) -> int:
@@ -52,13 +60,22 @@ def recover_orphans(study: optuna.Study, space: SearchSpace | None = None) -> in
 
 
 def enqueue_seeds(study: optuna.Study, seeds: Sequence[Mapping[str, Any]]) -> int:
-    """Enqueue seed params once per study (marked by a study user attribute); returns how many were enqueued."""
-    if not seeds or study.user_attrs.get(SEEDS_ATTR):
+    """Enqueue seed params once per study; returns how many were enqueued now.
+
+    Idempotent under a kill at any point: the done-marker (study attribute: how many seeds this study takes) is
+    written first, then each seed not yet in the study (trials carry their `seed` index). A run killed midway
+    enqueues only the missing ones on its next start; none is enqueued (and trained) twice."""
+    if not seeds:
         return 0
-    for i, p in enumerate(seeds):
-        study.enqueue_trial(dict(p), user_attrs={"seed": i})
-    study.set_user_attr(SEEDS_ATTR, len(seeds))
-    return len(seeds)
+    n = study.user_attrs.get(SEEDS_ATTR)
+    if n is None:
+        n = len(seeds)
+        study.set_user_attr(SEEDS_ATTR, n)
+    present = {t.user_attrs.get("seed") for t in study.get_trials(deepcopy=False)}
+    missing = [i for i in range(min(int(n), len(seeds))) if i not in present]
+    for i in missing:
+        study.enqueue_trial(dict(seeds[i]), user_attrs={"seed": i})
+    return len(missing)
 
 
-__all__ = ["abandon", "recover_orphans", "enqueue_seeds", "SEEDS_ATTR", "INTERRUPTED"]
+__all__ = ["abandon", "requeued", "recover_orphans", "enqueue_seeds", "SEEDS_ATTR", "INTERRUPTED"]

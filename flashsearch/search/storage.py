@@ -8,8 +8,8 @@ measured 40-96 ms/trial while the disk was busy (fsync ~4 ms) and 17 ms/trial wh
 JournalFile keeps the file format, the writer lock and the one-write-per-append discipline (each append is a
 single write() of whole lines in append mode, so a killed process leaves either all of it or, at worst, a
 partial last line that repair_journal below cuts), and fsyncs only the appends that change what a resume
-relies on: study creation and study attributes, and trial state changes (tell: COMPLETE / FAIL with values,
-enqueued WAITING trials). Everything written is in the page cache as soon as write() returns, so a killed
+relies on: study creation and study attributes, trial state changes (tell: COMPLETE / FAIL with values) and
+trials created WAITING (enqueued seeds, retries and re-queued orphans). Everything written is in the page cache as soon as write() returns, so a killed
 controller (kill -9, OOM killer) loses nothing; only an OS crash or power loss can lose the un-synced attribute
 writes of the trials in flight, which a resume treats like any interrupted trial.
 
@@ -29,13 +29,20 @@ from optuna.storages.journal._file import get_lock_file
 
 # Operations after which the journal is fsynced (values of optuna's JournalOperation).
 _CREATE_STUDY, _DELETE_STUDY, _SET_STUDY_USER_ATTR, _SET_STUDY_SYSTEM_ATTR = 0, 1, 2, 3
-_SET_TRIAL_STATE_VALUES, _DISCARD_TRIALS = 6, 10
+_CREATE_TRIAL, _SET_TRIAL_STATE_VALUES, _DISCARD_TRIALS = 4, 6, 10
 SYNC_OPS = frozenset({_CREATE_STUDY, _DELETE_STUDY, _SET_STUDY_USER_ATTR, _SET_STUDY_SYSTEM_ATTR,
                       _SET_TRIAL_STATE_VALUES, _DISCARD_TRIALS})
+_WAITING = 4  # TrialState.WAITING: a trial created in this state was enqueued (seed, retry, re-queued orphan)
+
+
+def must_sync(log: dict[str, Any]) -> bool:
+    """State changes, and enqueued trials (a seed or retry lost to a power cut would never run)."""
+    op = log.get("op_code")
+    return op in SYNC_OPS or (op == _CREATE_TRIAL and log.get("state") == _WAITING)
 
 
 class JournalFile(JournalFileBackend):
-    """JournalFileBackend that fsyncs only appends holding an operation in SYNC_OPS (see module doc).
+    """JournalFileBackend that fsyncs only appends holding an operation that must_sync (see module doc).
 
     fsync="always" behaves exactly like Optuna's backend; fsync="never" leaves durability to the OS.
     """
@@ -48,8 +55,7 @@ class JournalFile(JournalFileBackend):
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
-        sync = self.fsync == "always" or (self.fsync == "state" and any(log.get("op_code") in SYNC_OPS
-                                                                         for log in logs))
+        sync = self.fsync == "always" or (self.fsync == "state" and any(must_sync(log) for log in logs))
         with get_lock_file(self._lock):
             fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:

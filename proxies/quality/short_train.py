@@ -22,7 +22,8 @@ from flashsearch import operators
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget, QualityResult
-from flashsearch.proxies.quality.corpus import VOCAB_SIZE, ByteCorpus, WindowSampler, load_corpus, validation_windows
+from flashsearch.proxies.quality.corpus import (DEFAULT_CORPUS, VOCAB_SIZE, ByteCorpus, WindowSampler, check_corpus,
+                                                load_corpus, validation_windows)
 
 LN2 = math.log(2.0)
 
@@ -69,7 +70,7 @@ class ShortTrain:
     optional weight normalization after every step (the Nemotron-Flash recipe, then no weight decay) and
     meta tokens. `device="cuda"` trains on a GPU (the studies' --scale runs); the default search stays on CPU. Score: bits per byte over `eval_batches` x `batch_size` fixed validation windows.
 
-    Defaults were tuned on the embedded corpus (2 CPU cores). CPU cost per token does not depend on the batch
+    Defaults were tuned on the pydoc corpus (2 CPU cores). CPU cost per token does not depend on the batch
     size here, so for a given token budget more, smaller steps win: at 100k tokens 4 x 128-byte batches
     (195 steps) reached 0.13-0.55 bpb lower than 8 x 128 (97 steps) on hybrid, deep and attention-only genomes,
     and 8 x 128 beat 16 x 128 likewise. lr 3e-3 was the best of {2e-3, 3e-3, 5e-3, 1e-2} (attention-only proxies
@@ -98,6 +99,7 @@ class ShortTrain:
         repeats: int = 1,
         data_path: str | Path | None = None,
         text_field: str = "text",
+        corpus: str | None = None,
         val_fraction: float = 0.1,
         threads: int | None = 1,
         device: str = "cpu",
@@ -132,6 +134,10 @@ class ShortTrain:
         if not isinstance(text_field, str) or not text_field:
             raise FlashsearchError(f"short_train.text_field must be a non-empty string, got {text_field!r}")
         self.text_field = text_field
+        if corpus is not None and self.data_path is not None:
+            raise FlashsearchError("short_train: give data_path (your own text) or corpus (a named one), not both")
+        # A named corpus is checked now (known, installed), so a typo fails the run before any worker starts.
+        self.corpus_name = None if self.data_path is not None else check_corpus(corpus or DEFAULT_CORPUS)
         self.val_fraction = _number("val_fraction", val_fraction, 0.0, 0.5)
         self.threads = None if threads is None else _positive_int("threads", threads)
         if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
@@ -143,13 +149,14 @@ class ShortTrain:
     def __repr__(self) -> str:
         return (f"ShortTrain(width_divisor={self.width_divisor}, head_dim={self.head_dim}, seq_len={self.seq_len}, "
                 f"batch_size={self.batch_size}, lr={self.lr}, weight_norm={self.weight_norm}, seed={self.seed}, "
-                f"data={self.data_path or 'embedded'})")
+                f"data={self.data_path or self.corpus_name})")
 
     # ---- pieces -----------------------------------------------------------------------------------------------
     def corpus(self) -> ByteCorpus:
         """The data (loaded once per proxy object; errors surface as FlashsearchError on first use)."""
         if self._corpus is None:
-            self._corpus = load_corpus(self.data_path, self.text_field, self.val_fraction)
+            self._corpus = load_corpus(self.data_path, self.text_field, self.val_fraction,
+                                       None if self.data_path is not None else self.corpus_name)
             self._val = validation_windows(self._corpus.validation, self.seq_len,
                                            self.eval_batches * self.batch_size)
         return self._corpus

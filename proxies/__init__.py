@@ -28,6 +28,7 @@ _LAZY: dict[str, str] = {
     "DeviceProfile": "flashsearch.proxies.latency.devices",
     "known_devices": "flashsearch.proxies.latency.devices",
     "load_device": "flashsearch.proxies.latency.devices",
+    "MeasuredPredictor": "flashsearch.proxies.latency.measured",
     "LutPredictor": "flashsearch.proxies.latency.lut",
     "LearnedPredictor": "flashsearch.proxies.latency.learned",
 }

@@ -18,9 +18,11 @@ def test_importing_protocols_does_not_import_torch(module: str) -> None:
 
 def test_lazy_names_resolve_to_their_modules() -> None:
     import flashsearch.proxies as proxies
+    from flashsearch.proxies.latency.measured import MeasuredPredictor
     from flashsearch.proxies.latency.roofline import RooflinePredictor
     from flashsearch.proxies.quality.short_train import ShortTrain
 
     assert proxies.RooflinePredictor is RooflinePredictor and proxies.ShortTrain is ShortTrain
+    assert proxies.MeasuredPredictor is MeasuredPredictor
     with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
         proxies.NoSuchThing  # noqa: B018

@@ -34,6 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from flashsearch.genome import Genome  # noqa: E402
 from flashsearch.proxies.base import Budget, Workload  # noqa: E402
+from flashsearch.proxies.quality.corpus import DEFAULT_CORPUS  # noqa: E402
 from flashsearch.space import ArchDefaults, StagedSpace  # noqa: E402
 
 # The hybrid_1b.yaml space (its space: section; these are also StagedSpace's defaults).
@@ -184,7 +185,7 @@ def main() -> None:
             "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), Python {platform.python_version()}",
             "proxy": f"ShortTrain(eval_batches={EVAL_BATCHES}, threads=1), otherwise defaults (width_divisor 16, seq_len 128, "
-                     "batch 4, lr 3e-3, seed 0, embedded corpus)",
+                     f"batch 4, lr 3e-3, seed 0, corpus {DEFAULT_CORPUS})",
             "budget_tokens": args.tokens, "workers": args.workers, "genomes": len(df),
             "latency": "roofline h100, bf16, batch 1, prompt 128, 8192 decode tokens",
             "space": "search_spaces/hybrid_1b.yaml (staged; attention/mamba2/deltanet)",

@@ -29,6 +29,7 @@ from flashsearch.studies.common import add_common_args, default_proxy, describe_
 from flashsearch.studies.jobs import TrainJob, run_jobs
 from flashsearch.archive import write_text_atomic
 from flashsearch.studies.output import header, pyplot, save_figure
+from flashsearch.proxies.quality.corpus import DEFAULT_CORPUS
 from flashsearch.studies.ranking import rank_agreement
 
 FIDELITY_BAR = 0.8  # the bar for the demo's default proxy
@@ -130,7 +131,7 @@ Genomes: {len(keep)} drawn uniformly from `{args.config}` (seed {args.seed}). De
 `quality` ({describe_proxy(base_kwargs)}) at {base_tokens:,} tokens (`--base-tokens`; the demo's budget before
 this study){' x scale ' + str(args.scale) if args.scale != 1 else ''}.
 Reference: the same proxy with {REFERENCE.token_mult:g}x the tokens ({plan[REFERENCE][0].tokens:,};
-{ref_cost:.0f} CPU-s per genome). Losses are validation bits per byte on the embedded corpus; lower is better.
+{ref_cost:.0f} CPU-s per genome). Losses are validation bits per byte on the `{base_kwargs.get('corpus') or DEFAULT_CORPUS}` corpus; lower is better.
 Spearman's interval is a 5-95% bootstrap over genomes. Cost is CPU seconds per genome (one core each).
 
 | rung | tokens | width | seeds | Spearman vs reference | Kendall | top-{args.top_k} overlap | CPU-s / genome | cost vs default |

@@ -21,6 +21,8 @@ from flashsearch import kernels as K
 from flashsearch.genome import Genome
 from flashsearch.kernels import _common
 from flashsearch.kernels import deltanet as deltanet_mod
+from flashsearch.kernels import gated_deltanet as gated_deltanet_mod
+from flashsearch.kernels import gla as gla_mod
 from flashsearch.kernels import mamba2 as mamba2_mod
 from flashsearch.kernels.deltanet import FLA_DELTA_RULE
 from flashsearch.kernels.mamba2 import CONV_KERNEL, SSD_KERNEL
@@ -58,6 +60,42 @@ def fla_chunk_delta_rule_ref(q, k, v, beta, scale=None, initial_state=None, outp
         k_t, v_t, b_t = k[:, t].to(acc), v[:, t].to(acc), beta[:, t].to(acc)     # [B, H, K], [B, H, V], [B, H]
         u = b_t[..., None] * (v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))
         S = S + k_t[..., :, None] * u[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t].to(acc) * scale, S))
+    return torch.stack(outs, dim=1).to(q.dtype), (S if output_final_state else None)
+
+
+def fla_chunk_gated_delta_rule_ref(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                                  **kwargs):
+    """fla.ops.gated_delta_rule.chunk_gated_delta_rule's contract, token by token: q, k [B, T, H, K]; v [B, T, H, V];
+    g (log-decay), beta [B, T, H]; initial_state [B, H, K, V]; S <- e^g S, then the delta rule; o = S^T q * scale."""
+    assert not kwargs, kwargs
+    B, T, H, Kd = q.shape
+    assert k.shape == q.shape and v.shape[:3] == g.shape == beta.shape == (B, T, H), (q.shape, v.shape, g.shape)
+    scale = Kd ** -0.5 if scale is None else scale
+    acc = torch.promote_types(q.dtype, torch.float32)
+    S = q.new_zeros(B, H, Kd, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
+    outs = []
+    for t in range(T):
+        k_t, v_t, b_t = k[:, t].to(acc), v[:, t].to(acc), beta[:, t].to(acc)
+        S = S * g[:, t].to(acc).exp()[..., None, None]
+        u = b_t[..., None] * (v_t - torch.einsum("bhk,bhkv->bhv", k_t, S))
+        S = S + k_t[..., :, None] * u[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t].to(acc) * scale, S))
+    return torch.stack(outs, dim=1).to(q.dtype), (S if output_final_state else None)
+
+
+def fla_chunk_gla_ref(q, k, v, g, scale=None, initial_state=None, output_final_state=False, **kwargs):
+    """fla.ops.gla.chunk_gla's contract, token by token: q, k, g (per-channel log-decay) [B, T, H, K];
+    v [B, T, H, V]; initial_state [B, H, K, V]; S <- diag(e^g) S + k v^T; o = S^T q * scale."""
+    assert not kwargs, kwargs
+    B, T, H, Kd = q.shape
+    assert k.shape == g.shape == q.shape and v.shape[:3] == (B, T, H), (q.shape, k.shape, g.shape, v.shape)
+    scale = Kd ** -0.5 if scale is None else scale
+    acc = torch.promote_types(q.dtype, torch.float32)
+    S = q.new_zeros(B, H, Kd, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
+    outs = []
+    for t in range(T):
+        S = S * g[:, t].to(acc).exp()[..., None] + k[:, t].to(acc)[..., :, None] * v[:, t].to(acc)[..., None, :]
         outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t].to(acc) * scale, S))
     return torch.stack(outs, dim=1).to(q.dtype), (S if output_final_state else None)
 
@@ -236,6 +274,28 @@ def test_deltanet_fast_path_glue(monkeypatch, T):
     got = run(op, x, w, split=T // 2 + 3)
     assert fake.calls[FLA_DELTA_RULE] == 3                                 # forward + two prefills
     assert_all_close(got, want, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("name, opts, T", [("gated_deltanet", {}, 37), ("gated_deltanet", {"expand_v": 1.5}, 70),
+                                           ("gla", {}, 37), ("gla", {"use_short_conv": True}, 70)])
+def test_fla_gated_fast_path_glue(monkeypatch, name, opts, T):
+    """Gated DeltaNet and GLA hand fla the same [B, T, H, D] tensors as their torch cores (and the state in and
+    out): with the fla calls replaced by references of fla's contract, everything equals the torch form. The
+    log-decay goes to fla in fp32 (as fla wants), hence the fp32-level tolerance."""
+    torch.manual_seed(T)
+    op = K.build_operator(name, small_genome(**{name: opts})).double()
+    x, w = torch.randn(2, T, 48, dtype=torch.float64, requires_grad=True), torch.randn(2, T, 48, dtype=torch.float64)
+    want = run(op, x, w, split=T // 2 + 3)
+    key = (("fla.ops.gated_delta_rule", "chunk_gated_delta_rule") if name == "gated_deltanet"
+           else ("fla.ops.gla", "chunk_gla"))
+    fake = FakeKernels({key: fla_chunk_gated_delta_rule_ref if name == "gated_deltanet" else fla_chunk_gla_ref})
+    for mod in (gated_deltanet_mod, gla_mod):
+        monkeypatch.setattr(mod, "fla_kernel", fake)
+        monkeypatch.setattr(mod, "on_cuda", lambda t: True)
+    op.use_fast_path = True
+    got = run(op, x, w, split=T // 2 + 3)
+    assert fake.calls[key] == 3                                            # forward + two prefills
+    assert_all_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_deltanet_glue_check_can_fail(monkeypatch):

@@ -69,7 +69,7 @@ class SearchConfig:
     seeds: List[str] = field(default_factory=list)  # genome YAMLs (relative to the config file) seeded first
     max_failures: Optional[int] = None
     trial_timeout_s: Optional[float] = None        # a trial running longer is cancelled and FAILED "timeout after N s"
-    retries: int = 0                               # re-runs of a trial failed by a transient fault (timeout, OOM, ...)
+    retries: int = 1                               # re-runs of a trial failed by a transient fault (time limit, OOM, lost worker, ...)
 
 
 @dataclass(frozen=True)

@@ -14,3 +14,7 @@ class TrialFailed(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class TimeLimitExceeded(TrialFailed):
+    """The evaluation ran out of its time budget: a transient verdict (a loaded machine), retried once."""

@@ -159,7 +159,7 @@ def test_fault_settings_are_config_keys_and_validated(tmp_path):
     hybrid = Path(__file__).resolve().parents[1] / "search_spaces" / "hybrid_1b.yaml"
     cfg = load_config(hybrid, ["search.trial_timeout_s=30", "search.retries=2"])
     assert cfg.search.trial_timeout_s == 30 and cfg.search.retries == 2
-    assert load_config(hybrid).search.retries == 0 and load_config(hybrid).search.trial_timeout_s is None
+    assert load_config(hybrid).search.retries == 1 and load_config(hybrid).search.trial_timeout_s is None
     with pytest.raises(FlashsearchError, match="search.trial_timeout_s must be a positive"):
         load_config(hybrid, ["search.trial_timeout_s=0"])
     with pytest.raises(FlashsearchError, match="search.retries must be >= 0"):

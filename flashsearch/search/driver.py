@@ -8,7 +8,7 @@ see search/failures.py). Results are told as they land, not generation by genera
 Where workers run: search/backends.py. What happens before the loop (orphaned trials, seeds):
 search/recovery.py. What a run did: search/summary.py.
 
-With `retries=N`, a trial that failed for a transient kind (error, oom, timeout, worker_died) is enqueued again
+With `retries=N`, a trial that failed for a transient kind (error, oom, timeout, time_limit, worker_died) is enqueued again
 with the same params, at most N times per genome; the new trial records `retry_of` (the failed trial number) and
 `attempt` (1 = first try). rejected / invalid_result are deterministic verdicts and are not retried.
 """
@@ -243,8 +243,12 @@ def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mappin
         kind = str(outcome.get("kind") or "error")
         # Retry enqueued before the FAIL is written: a kill in between leaves the trial RUNNING with its retry
         # queued (the next start only fails it); the other order would lose the candidate.
-        _maybe_retry(study, run, pending, kind)
-        _fail(study, run, trial, str(outcome.get("error") or "unknown error"), kind, about)
+        reason = str(outcome.get("error") or "unknown error")
+        if _maybe_retry(study, run, pending, kind):
+            reason += f" [{kind}: queued again as attempt {pending.attempt + 1}]"
+        elif pending.attempt > 1:
+            reason += f" [{kind}: attempt {pending.attempt} failed too; not retried again]"
+        _fail(study, run, trial, reason, kind, about)
         return
     result = outcome["result"]
     problem = check_result(result)
@@ -295,13 +299,15 @@ def _record_constraint(trial: Trial, run: RunState, latency: float) -> None:
         trial.set_constraint(CONSTRAINT_KEY, float(latency) - run.best.target)
 
 
-def _maybe_retry(study: optuna.Study, run: RunState, pending: _Pending, kind: str) -> None:
-    """Enqueue the failed trial's params again (retry_of, attempt + 1) if retries are left for this kind."""
+def _maybe_retry(study: optuna.Study, run: RunState, pending: _Pending, kind: str) -> bool:
+    """Enqueue the failed trial's params again (retry_of, attempt + 1) if retries are left for this kind; the
+    retry is a new task, on a fresh worker process wherever the backend gives one (Ray)."""
     if kind not in RETRYABLE or pending.attempt > run.retries:
-        return
+        return False
     number = pending.trial.number
     study.enqueue_trial(dict(pending.trial.params), user_attrs={"retry_of": number, "attempt": pending.attempt + 1})
     run.retried += 1
+    return True
 
 
 # Re-exported: older code and tests import these from the driver.

@@ -2,6 +2,7 @@
 
 Faults never stop the search; each becomes a FAILED trial whose `error` says why and whose `error_kind` is one of
     rejected        the evaluator raised TrialFailed (it judged the candidate unusable)
+    time_limit      the evaluator ran out of its own time budget (TimeLimitExceeded, e.g. budget.time_limit_s)
     invalid_result  non-finite / missing loss or latency
     invalid_params  the sampler's params do not decode into a genome
     error           any other exception in the evaluator (first line kept, traceback in `error_detail`)
@@ -17,12 +18,13 @@ import time
 import traceback
 from typing import Any, Callable, Mapping
 
-from flashsearch.errors import TrialFailed
+from flashsearch.errors import TimeLimitExceeded, TrialFailed
 
 Evaluator = Callable[[str], Mapping[str, Any]]
 
-# Kinds that may succeed on another try (search.retries); rejected / invalid_result are deterministic verdicts.
-RETRYABLE = frozenset({"error", "oom", "timeout", "worker_died"})
+# Kinds that may succeed on another try (search.retries, default 1): a loaded machine, a lost worker, a flaky
+# resource. rejected / invalid_result are deterministic verdicts.
+RETRYABLE = frozenset({"error", "oom", "timeout", "time_limit", "worker_died"})
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -46,6 +48,9 @@ def run_evaluator(evaluator: Evaluator, genome_json: str) -> dict[str, Any]:
         if not isinstance(result, Mapping):
             return {"ok": True, "result": result, "seconds": time.perf_counter() - t0}
         return {"ok": True, "result": dict(result), "seconds": time.perf_counter() - t0}
+    except TimeLimitExceeded as e:
+        return {"ok": False, "kind": "time_limit", "error": one_line(e.reason) or "time limit exceeded",
+                "seconds": time.perf_counter() - t0}
     except TrialFailed as e:
         return {"ok": False, "kind": "rejected", "error": one_line(e.reason) or "TrialFailed",
                 "seconds": time.perf_counter() - t0}

@@ -10,6 +10,7 @@ import threading
 import time
 
 import optuna
+import torch
 import pytest
 from optuna.trial import TrialState
 
@@ -98,3 +99,33 @@ def test_a_second_transient_failure_says_it_was_the_retry():
     first, second = study.trials[:2]
     assert second.user_attrs["retry_of"] == first.number
     assert second.user_attrs["error"].endswith("[time_limit: attempt 2 failed too; not retried again]")
+
+
+def test_evaluations_as_threads_of_one_process_keep_same_genome_same_result():
+    """ray.address=local runs W evaluations as threads: torch's RNG and thread count are process-wide, so the
+    seeding + initialisation of one must not interleave with another's, and the thread count is set once."""
+    other = Genome(layer_types=("mamba2", "ffn", "attention", "ffn"), d_model=1024, n_heads=8, n_kv_heads=2,
+                   head_dim=128)
+    proxy = small(threads=1)
+    budget = Budget(tokens=3 * 64 * 8)
+    alone = {g.id: proxy.evaluate(g, budget).loss for g in (HYBRID, other)}
+    before = torch.get_num_threads()
+    results: list[tuple[str, float]] = []
+    errors: list[BaseException] = []
+
+    def work(order):
+        try:
+            for g in order * 3:
+                results.append((g.id, proxy.evaluate(g, budget).loss))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=([HYBRID, other] if i % 2 else [other, HYBRID],))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 24 and all(loss == alone[gid] for gid, loss in results)
+    assert torch.get_num_threads() == before

@@ -9,11 +9,13 @@ between candidates come from the architecture.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,31 @@ def _own_seconds(device: Any) -> float:
     projected at 1547 s after 5 steps and failed); per thread, so evaluations running as threads of one process
     do not count each other's work. On a GPU the work runs asynchronously to the thread: wall clock."""
     return time.thread_time() if str(device).startswith("cpu") else time.perf_counter()
+
+
+_INIT_LOCK = threading.Lock()
+_THREADS_LOCK = threading.Lock()
+_threads_state = {"active": 0, "restore": 0}
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's thread count is process-wide: set it when the first of the evaluations running in this process
+    starts and restore it when the last one ends (not set and restored around each, which races between
+    evaluations running as threads)."""
+    with _THREADS_LOCK:
+        if _threads_state["active"] == 0:
+            _threads_state["restore"] = torch.get_num_threads()
+            if n is not None:
+                torch.set_num_threads(n)
+        _threads_state["active"] += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_state["active"] -= 1
+            if _threads_state["active"] == 0:
+                torch.set_num_threads(_threads_state["restore"])
 
 
 @dataclass(frozen=True)
@@ -186,19 +213,14 @@ class ShortTrain:
 
     # ---- the proxy --------------------------------------------------------------------------------------------
     def evaluate(self, genome: Genome, budget: Budget) -> QualityResult:
-        prev_threads = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
         try:
-            with torch.random.fork_rng(devices=[]):  # seeding here must not disturb the caller's RNG
+            with _torch_threads(self.threads):
                 if self.repeats == 1:
                     return self._evaluate(genome, budget, self.seed)
                 return self._average_over_seeds(genome, budget)
         except MemoryError:
             raise TrialFailed(f"out of memory training the proxy of genome {genome.id} "
                               f"({genome.n_layers} layers); lower short_train.batch_size or seq_len") from None
-        finally:
-            torch.set_num_threads(prev_threads)
 
     def _average_over_seeds(self, genome: Genome, budget: Budget) -> QualityResult:
         """`repeats` trainings with seeds seed, seed+1, ...: mean loss. At small budgets the seed (init and data
@@ -230,8 +252,12 @@ class ShortTrain:
         limit = budget.time_limit_s
 
         pg = self.proxy_genome(genome)
-        torch.manual_seed(seed)  # same init for the same genome
-        model = HybridLM(pg, meta_tokens=self.meta_tokens).to(self.device)
+        # Same init for the same genome. Initialisation is the only use of torch's process-wide RNG: seeded and
+        # run under a lock (and the caller's RNG restored), so evaluations running as threads of one process
+        # (ray.address=local) cannot interleave on it.
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = HybridLM(pg, meta_tokens=self.meta_tokens).to(self.device)
         model.train()
         if self.weight_norm:
             weight_normalize_(model)

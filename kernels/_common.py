@@ -95,11 +95,13 @@ def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     B, T, C = x.shape
     k1 = weight.shape[-1] - 1
     xt = x.transpose(1, 2)                                              # [B, C, T]
+    # Returned contiguous: the strided [B, T, C] view of the conv output made every later elementwise op (SiLU and
+    # its backward, the norms) 2-4x slower on CPU; one copy is cheaper (Mamba2/DeltaNet proxy layers ~5-10%).
     if cache is None:
         # Symmetric padding then keep the first T outputs (F.conv1d has no one-sided padding).
-        return F.conv1d(xt, weight, bias, padding=k1, groups=C)[..., :T].transpose(1, 2)
+        return F.conv1d(xt, weight, bias, padding=k1, groups=C)[..., :T].transpose(1, 2).contiguous()
     xt = torch.cat([cache.to(x.dtype), xt], dim=-1)                     # [B, C, K-1+T]
-    return F.conv1d(xt, weight, bias, groups=C).transpose(1, 2)
+    return F.conv1d(xt, weight, bias, groups=C).transpose(1, 2).contiguous()
 
 
 def conv_cache(x: torch.Tensor, cache: torch.Tensor | None, kernel_size: int) -> torch.Tensor:
@@ -172,7 +174,9 @@ def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> list[torch.Tensor]:
     kernel_bench_cpu.md now compares the separate form with plain matmuls). Kept as one call site so a fused
     kernel (or weights stored fused, as the short convs are) can slot in here.
     """
-    return [F.linear(x, lin.weight) for lin in linears]
+    shared = getattr(type(linears[0]), "shared_input", None) if linears else None  # e.g. the proxy's bf16 GEMM
+    fused = shared(x, linears) if shared is not None else None
+    return fused if fused is not None else [lin(x) for lin in linears]
 
 
 def pad_time(x: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:

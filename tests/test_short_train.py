@@ -71,7 +71,8 @@ def test_proxy_genome_scaling() -> None:
     assert pg.layer_types == g.layer_types and pg.vocab_size == 256
     assert (pg.d_model, pg.head_dim, pg.n_heads) == (160, 16, 10)
     assert pg.n_kv_heads < pg.n_heads and pg.n_heads % pg.n_kv_heads == 0   # still GQA
-    assert dict(pg.options("mamba2")) == {"d_state": 16, "expand": 2, "head_dim": 16}
+    assert dict(pg.options("mamba2")) == {"d_state": 16, "expand": 2, "head_dim": 16, "chunk_size": 16}
+    assert "chunk_size" not in ShortTrain(fast=False).proxy_genome(g).options("mamba2")   # eager: genome's own
     assert pg.options("swa")["window"] == 512 * 128 // 2048       # same share of the training context
     assert ShortTrain(swa_reference_context=None).proxy_genome(g).options("swa")["window"] == 512
 

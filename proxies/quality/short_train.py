@@ -24,6 +24,7 @@ from flashsearch import operators
 from flashsearch.errors import FlashsearchError, TimeLimitExceeded, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget, QualityResult
+from flashsearch.model.fast import with_proxy_chunk_size
 from flashsearch.proxies.quality.corpus import (DEFAULT_CORPUS, VOCAB_SIZE, ByteCorpus, WindowSampler, check_corpus,
                                                 load_corpus, validation_windows)
 
@@ -138,6 +139,7 @@ class ShortTrain:
         val_fraction: float = 0.1,
         threads: int | None = 1,
         device: str = "cpu",
+        fast: bool = True,
     ):
         self.width_divisor = _positive_int("width_divisor", width_divisor)
         self.head_dim = _positive_int("head_dim", head_dim)
@@ -178,13 +180,16 @@ class ShortTrain:
         if not isinstance(device, str) or device.split(":")[0] not in ("cpu", "cuda"):
             raise FlashsearchError(f"short_train.device must be 'cpu' or 'cuda[:N]', got {device!r}")
         self.device = device
+        if not isinstance(fast, bool):
+            raise FlashsearchError(f"short_train.fast must be true or false, got {fast!r}")
+        self.fast = fast
         self._corpus: ByteCorpus | None = None
         self._val: torch.Tensor | None = None
 
     def __repr__(self) -> str:
         return (f"ShortTrain(width_divisor={self.width_divisor}, head_dim={self.head_dim}, seq_len={self.seq_len}, "
                 f"batch_size={self.batch_size}, lr={self.lr}, weight_norm={self.weight_norm}, seed={self.seed}, "
-                f"data={self.data_path or self.corpus_name})")
+                f"fast={self.fast}, data={self.data_path or self.corpus_name})")
 
     # ---- pieces -----------------------------------------------------------------------------------------------
     def corpus(self) -> ByteCorpus:
@@ -209,7 +214,13 @@ class ShortTrain:
             window = operators.parse_options("swa", g.options("swa")).window
             scaled = max(1, round(window * self.seq_len / self.swa_reference_context))
             g = g.with_options("swa", window=scaled)
+        if self._fast_cpu():
+            g = with_proxy_chunk_size(g, self.seq_len)
         return g
+
+    def _fast_cpu(self) -> bool:
+        """The fast path applies to CPU training only (on CUDA the fused kernels already do its job)."""
+        return self.fast and self.device.split(":")[0] == "cpu"
 
     # ---- the proxy --------------------------------------------------------------------------------------------
     def evaluate(self, genome: Genome, budget: Budget) -> QualityResult:
@@ -240,6 +251,7 @@ class ShortTrain:
 
     def _evaluate(self, genome: Genome, budget: Budget, seed: int) -> QualityResult:
         from flashsearch.model import HybridLM, weight_normalize_
+        from flashsearch.model.fast import bf16_linears_, cpu_has_bf16
 
         t0, c0 = time.perf_counter(), _own_seconds(self.device)
         corpus = self.corpus()
@@ -258,6 +270,8 @@ class ShortTrain:
         with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = HybridLM(pg, meta_tokens=self.meta_tokens).to(self.device)
+        if self._fast_cpu() and cpu_has_bf16():
+            bf16_linears_(model)
         model.train()
         if self.weight_norm:
             weight_normalize_(model)
@@ -300,14 +314,17 @@ class ShortTrain:
                 self._check_time(c0, c_train, step + 1, steps, float(limit), _own_seconds(self.device))
         train_seconds = time.perf_counter() - t_train
 
+        t_val = time.perf_counter()
         val_bpb = self._validate(model)
+        validate_seconds = time.perf_counter() - t_val
         if not math.isfinite(val_bpb):
             raise TrialFailed(f"validation loss is {val_bpb} after {steps} steps (proxy d_model={pg.d_model})")
         return QualityResult(
             loss=val_bpb, metric="val_bpb", curve=tuple(curve), proxy_params=n_params,
             tokens=steps * tokens_per_step, seconds=time.perf_counter() - t0,
             extra={"steps": steps, "proxy_d_model": pg.d_model, "proxy_n_heads": pg.n_heads,
-                   "train_seconds": round(train_seconds, 3), "data": corpus.source,
+                   "train_seconds": round(train_seconds, 3), "validate_seconds": round(validate_seconds, 3),
+                   "data": corpus.source,
                    "final_train_bpb": curve[-1][1] if curve else float("nan")},
         )
 

@@ -1,0 +1,150 @@
+"""Proxy training speed: seconds per candidate of the fast ShortTrain path vs today's eager fp32 path.
+
+Trains the reference genomes (Flash-1B pattern and the pure-operator + FFN baselines) with the proxy that
+search_spaces/hybrid_1b.yaml configures, once with `fast: true` (the default: bf16 projection matmuls, 16-token
+chunks) and once with `fast: false` (the eager fp32 path), one thread, interleaved eager, fast, eager, fast, ...
+so that load from other processes on a shared machine hits both paths alike.
+
+Each run is a real ShortTrain.evaluate on a fresh proxy object with --steps training steps: it pays loading
+the corpus, building the model, the steps and the full validation. Seconds per candidate extrapolate the
+training steps to the YAML's budget (budget.tokens / (batch_size * seq_len) steps) and add the one-off parts
+(corpus, build, validation) as measured. The fast path compiles nothing, so there is no compilation to amortize.
+CPU seconds (time.process_time of this process) are reported next to wall seconds: on a loaded machine they
+are the better estimate of what an idle core would take.
+
+    python experiments/proxy_speed.py                       # 5 genomes x 2 paths x 2 rounds, ~10-20 min
+    python experiments/proxy_speed.py --steps 8 --rounds 1 --genomes attention_ffn_1b --out /tmp/ps   # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from flashsearch.archive import write_text_atomic
+from flashsearch.builders import load_genome
+from flashsearch.studies.common import default_proxy
+from flashsearch.studies.output import command_line, machine_line
+
+REFERENCES = {"nemotron_flash_1b": "Flash-1B pattern", "attention_ffn_1b": "attention + FFN",
+              "mamba2_ffn_1b": "Mamba2 + FFN", "deltanet_ffn_1b": "DeltaNet + FFN",
+              "gated_deltanet_ffn_1b": "Gated DeltaNet + FFN"}
+PATHS = ("eager", "fast")
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def measure(name: str, path: str, kwargs: dict[str, Any], steps: int, full_steps: int) -> dict[str, Any]:
+    """One ShortTrain.evaluate of `steps` steps on a fresh proxy; per-candidate seconds extrapolated to full_steps."""
+    from flashsearch.proxies.base import Budget
+    from flashsearch.proxies.quality.short_train import ShortTrain
+
+    proxy = ShortTrain(**{**kwargs, "fast": path == "fast", "threads": 1})
+    genome = load_genome(Path("search_spaces/reference") / f"{name}.yaml")
+    c0 = time.process_time()
+    r = proxy.evaluate(genome, Budget(tokens=steps * proxy.batch_size * proxy.seq_len))
+    cpu = time.process_time() - c0
+    train = r.extra["train_seconds"]
+    one_off = r.seconds - train                          # corpus, model build, validation
+    per_candidate = one_off + train * full_steps / steps
+    return {"genome": name, "path": path, "wall": r.seconds, "cpu": cpu, "train": train, "one_off": one_off,
+            "validate": r.extra["validate_seconds"], "tok_s": r.tokens / train, "per_candidate": per_candidate,
+            "per_candidate_cpu": per_candidate * cpu / r.seconds, "val_bpb": r.loss}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="YAML whose quality/budget to use")
+    ap.add_argument("--steps", type=int, default=48, help="training steps measured per run (then extrapolated)")
+    ap.add_argument("--rounds", type=int, default=2, help="eager/fast pairs per genome (medians are reported)")
+    ap.add_argument("--genomes", default=",".join(REFERENCES), help="comma-separated search_spaces/reference names")
+    ap.add_argument("--out", default="experiments/results", help="folder for proxy_speed.md")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    kwargs, budget_tokens = default_proxy(args.config)
+    kwargs.pop("fast", None)
+    names = [n.strip() for n in args.genomes.split(",") if n.strip()]
+    started = time.perf_counter()
+    load_before = load_average()
+    rows: list[dict[str, Any]] = []
+    for rnd in range(args.rounds):
+        for name in names:
+            for path in PATHS:                                   # eager, fast, eager, fast, ... (ABAB)
+                from flashsearch.proxies.quality.short_train import ShortTrain
+
+                probe = ShortTrain(**kwargs)
+                full_steps = budget_tokens // (probe.batch_size * probe.seq_len)
+                row = measure(name, path, kwargs, args.steps, full_steps)
+                row["round"] = rnd
+                rows.append(row)
+                print(f"round {rnd} {name:24s} {path:5s} {row['tok_s']:7.0f} tok/s  "
+                      f"{row['per_candidate']:6.1f} s/candidate (cpu {row['per_candidate_cpu']:6.1f})  "
+                      f"val {row['val_bpb']:.3f} bpb  load {load_average()}", flush=True)
+    load_after = load_average()
+
+    def med(name: str, path: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows if r["genome"] == name and r["path"] == path)
+
+    lines = [
+        "# Proxy training speed: fast path vs eager (one thread)\n",
+        f"- command: `{command_line()}`",
+        f"- finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{(time.perf_counter() - started) / 60:.1f} min wall",
+        f"- machine: {machine_line()}; torch threads 1",
+        f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after} "
+        "(a shared machine: the runs interleave eager, fast, eager, fast so load hits both)",
+        f"- proxy: {args.config} quality ({kwargs}), budget.tokens {budget_tokens} = {full_steps} steps per "
+        f"candidate",
+        f"- measured: {args.steps} training steps per run, medians of {args.rounds} runs per path; seconds per "
+        f"candidate = one-off (corpus load, model build, full validation; measured) + training extrapolated from "
+        f"{args.steps} to {full_steps} steps. Nothing is compiled, so there is no compilation cost to add.",
+        "- eager = `fast: false` (fp32, the genome's chunk sizes: today's path); fast = `fast: true` (default: "
+        "bf16 projection matmuls, 16-token chunks). val bpb: validation loss after the measured steps, same seed "
+        "and data for both paths.\n",
+        "| genome | eager tok/s | fast tok/s | eager s/candidate | fast s/candidate | speed-up (wall) | "
+        "eager CPU s/cand. | fast CPU s/cand. | speed-up (CPU) | val bpb eager / fast |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    speedups, speedups_cpu = [], []
+    sums = {p: [0.0, 0.0, 0.0] for p in PATHS}
+    for name in names:
+        e, f = med(name, "eager", "per_candidate"), med(name, "fast", "per_candidate")
+        ec, fc = med(name, "eager", "per_candidate_cpu"), med(name, "fast", "per_candidate_cpu")
+        speedups.append(e / f)
+        speedups_cpu.append(ec / fc)
+        for p, vals in ((("eager"), (med(name, "eager", "tok_s"), e, ec)), ("fast", (med(name, "fast", "tok_s"), f, fc))):
+            for i, v in enumerate(vals):
+                sums[p][i] += v / len(names)
+        lines.append(f"| {REFERENCES.get(name, name)} | {med(name, 'eager', 'tok_s'):.0f} | "
+                     f"{med(name, 'fast', 'tok_s'):.0f} | {e:.1f} | {f:.1f} | {e / f:.2f}x | {ec:.1f} | {fc:.1f} | "
+                     f"{ec / fc:.2f}x | {med(name, 'eager', 'val_bpb'):.3f} / {med(name, 'fast', 'val_bpb'):.3f} |")
+    ea, fa = sums["eager"], sums["fast"]
+    lines.append(f"| **average** | {ea[0]:.0f} | {fa[0]:.0f} | {ea[1]:.1f} | {fa[1]:.1f} | {ea[1] / fa[1]:.2f}x | "
+                 f"{ea[2]:.1f} | {fa[2]:.1f} | {ea[2] / fa[2]:.2f}x | |")
+    lines.append("\nspeed-up of the average = average eager seconds / average fast seconds per candidate.\n")
+    lines.append("Runs (every measurement, in order):\n")
+    lines.append("| round | genome | path | tok/s | train s | one-off s (of which validation) | wall s | CPU s | "
+                 "s/candidate | val bpb |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        lines.append(f"| {r['round']} | {r['genome']} | {r['path']} | {r['tok_s']:.0f} | {r['train']:.1f} | "
+                     f"{r['one_off']:.1f} ({r['validate']:.1f}) | {r['wall']:.1f} | {r['cpu']:.1f} | "
+                     f"{r['per_candidate']:.1f} | {r['val_bpb']:.3f} |")
+    text = "\n".join(lines) + "\n"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "proxy_speed.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -150,10 +150,13 @@ def _check_yaml(path: Path) -> None:
         raise FlashsearchError(f"YAML syntax error at {where}: {problem}; fix the file and run again") from None
     except OSError as e:
         raise FlashsearchError(f"cannot read config {path}: {e.strerror}") from None
-    if data is not None and not isinstance(data, dict):
+    if data is None:
+        raise FlashsearchError(f"config {path} is empty; give it at least a space: and a search: section, or start "
+                               "from search_spaces/hybrid_1b.yaml")
+    if not isinstance(data, dict):
         raise FlashsearchError(f"config {path} must be a mapping of keys (name:, space:, search:, ...), "
                                f"got a {type(data).__name__}")
-    unknown = sorted(set(data or {}) - {f.name for f in fields(RunConfig)} - {"defaults"})
+    unknown = sorted(set(data) - {f.name for f in fields(RunConfig)} - {"defaults"})
     if unknown:
         allowed = ", ".join(f.name for f in fields(RunConfig) if f.name != "config_path")
         raise FlashsearchError(f"unknown key(s) {', '.join(unknown)} in {path}; top-level keys are: {allowed}")

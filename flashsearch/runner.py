@@ -1,7 +1,9 @@
 """`flashsearch run`: validate everything, open (or resume) the study, search, then write the report.
 
-Order matters for users: every check that can fail on bad input runs before the run directory is created, so
-a bad config leaves nothing behind; after that, the study file is the source of truth and a rerun resumes it.
+Order matters for users: every check that can fail on bad input runs before the run directory is created (the
+config, the space, the latency predictor and its table, the quality proxy and its training data, the seed
+genomes, the latency target), so a bad config leaves nothing behind; after that, the study file is the source
+of truth and a rerun resumes it.
 """
 
 from __future__ import annotations
@@ -134,7 +136,10 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
     space = build_space(cfg)
     predictor = build_latency(cfg)
     source = latency_source(predictor)
-    build_quality(cfg)                      # fail on bad proxy options now, not inside the first worker
+    quality = build_quality(cfg)            # fail on bad proxy options now, not inside the first worker
+    corpus = getattr(quality, "corpus", None)
+    if callable(corpus):
+        corpus()                            # read and check the training data now (empty file, wrong field ...)
     constraint = latency_target_of(cfg, space, predictor, source)
     seeds, notes = build_seeds(cfg, space)
     if constraint is not None:

@@ -1,0 +1,64 @@
+"""Bad input to `flashsearch run`: one `error:` line, exit code 2, nothing written. Everything the run will read
+(config, data files, latency tables, seed genomes) is checked before the run directory is created, so no bad
+input surfaces first as a failed trial inside a worker."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flashsearch.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+HYBRID = ROOT / "search_spaces" / "hybrid_1b.yaml"
+
+
+def hybrid_with(tmp_path: Path, **changes) -> Path:
+    cfg = yaml.safe_load(HYBRID.read_text())
+    for dotted, value in changes.items():
+        node = cfg
+        *parents, last = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    cfg["search"]["seeds"] = [str(HYBRID.parent / s) for s in cfg["search"].get("seeds", [])] \
+        if "search__seeds" not in changes else cfg["search"]["seeds"]
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+CASES = {
+    "empty YAML": (lambda t: write(t, "empty.yaml", ""), "is empty"),
+    "comments only": (lambda t: write(t, "comments.yaml", "# nothing here yet\n"), "is empty"),
+    "top level a list": (lambda t: write(t, "list.yaml", "- space\n- search\n"), "must be a mapping"),
+    "top level a string": (lambda t: write(t, "str.yaml", "hybrid_1b\n"), "must be a mapping"),
+    "empty data file": (lambda t: hybrid_with(t, data__path=str(write(t, "empty.txt", ""))), "empty.txt"),
+    "jsonl without the text field": (
+        lambda t: hybrid_with(t, data__path=str(write(t, "d.jsonl", '{"body": "hello world"}\n' * 50))), "d.jsonl"),
+    "missing latency table": (lambda t: hybrid_with(t, latency={"_target_": "lut", "table": str(t / "no.json")}),
+                              "no.json"),
+    "missing seed genome": (lambda t: hybrid_with(t, search__seeds=[str(t / "gone.yaml")]), "gone.yaml"),
+    "seed genome not a mapping": (lambda t: hybrid_with(t, search__seeds=[str(write(t, "s.yaml", "- 1\n"))]),
+                                  "s.yaml"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
+    make, needle = CASES[case]
+    config = make(tmp_path)
+    out_dir = tmp_path / "run"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["run", str(config), f"out_dir={out_dir}", "search.trials=1", "ray.address=local"])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert needle in err, err
+    assert not out_dir.exists() and sorted(p.name for p in tmp_path.iterdir()) == before

@@ -17,6 +17,8 @@ Master weights, gradients and optimizer state stay fp32; only the matmul inputs 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -120,6 +122,7 @@ def bf16_linears_(model: nn.Module) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_bf16() -> bool:
     """Whether this CPU runs bf16 GEMMs natively (AVX512-BF16 or AMX); without it bf16 is emulated and slower."""
     return torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") and _bf16_flag()

@@ -1,43 +1,50 @@
-"""Searcher benchmark: aging evolution vs random search vs NSGA-II vs TPE at equal evaluation budget.
+"""Searcher benchmark: aging evolution vs random search vs NSGA-II vs TPE with W asynchronous workers and noisy
+evaluations, in latency-target mode (the paper's Algorithm 1) and in Pareto mode, at equal evaluation budgets.
 
-*** The objective is SYNTHETIC. *** Latency is flashsearch's roofline predictor (analytic H100 decode latency of
-the full-size genome, 8192 tokens, batch 1); quality is an analytic function of the genome written for this
-benchmark (below, `synthetic_loss`) - not a trained proxy. It has the shape the paper describes (more
-non-embedding parameters help with diminishing returns; operators differ in quality per parameter; a few
-attention layers help recall, more add little; hybrids of two mixer types beat single-operator stacks; FFNs help
-up to about half the operators) plus deterministic per-genome noise of +-0.01 standing in for proxy noise.
-It ranks searchers on a landscape of realistic structure and cost; it says nothing about real architectures.
+What aging evolution is for: many workers finishing out of order, and a quality proxy whose value for one
+architecture varies from run to run. So every run here keeps W = 10 trials in flight (Optuna ask/tell on the real
+samplers; each time, one in-flight trial chosen at random finishes and a new one is asked: asynchronous
+completion, simulated without processes), and each evaluation's loss is the objective's loss plus Gaussian noise
+re-drawn per evaluation (a replay of an already-evaluated genome returns its recorded result, as the driver does).
 
-Two more objectives (`--objective`), both with the same roofline latency:
+Objectives (`--objective`), both with flashsearch's roofline latency (analytic H100 decode latency of the
+full-size genome, 8192 tokens, batch 1), which is exact and free:
 
 - `surrogate`: loss = a ridge regression on genome features (`genome_features`: operator counts by type, overall
   and per third of the stack, FFN count, width, depth, log parameters; standardized; `RidgeSurrogate`) fitted to
   the real short-train evaluations in experiments/data/short_train_evals.csv (experiments/collect_evaluations.py,
   the NAS-Bench-301 approach). Its cross-validated rank correlation and RMSE are reported in the results.
-- `real`: loss = the real ShortTrain proxy at the CSV's budget (same settings as the collection), cached by genome
-  id (the proxy is deterministic for its fixed seed) and seeded from the CSV. Meant for small runs.
+- `synthetic`: loss = an analytic function of the genome written for this benchmark (`synthetic_loss`) with the
+  shape the paper describes; it says nothing about real architectures. Unlike the surrogate it is not linear in
+  the screening features of aging's `children_per_ask` option, so it checks that option on a landscape its model
+  does not match.
 
-Every searcher runs through the real driver (run_search, one worker, in-process) on the staged Nemotron-Flash
-space with the same budget of evaluations (a cached replay of an already-evaluated genome is free and not counted).
-The hypervolume of the (loss, latency) front after each evaluation uses one reference point for all runs: the
-worst loss and latency seen by any run + 10% of the range; it is reported normalized by the box ideal..reference.
+Modes: `target` - search.target_latency = --target seconds; aging solves every candidate's width (widest meeting
+the target, infeasible children skipped); NSGA-II and TPE see the constraint latency - target <= 0 through
+Trial.set_constraint (Optuna 5's replacement for constraints_func), as the driver does; random ignores it. Metric:
+the TRUE (noise-free) loss of the candidate the searcher reports, i.e. the feasible evaluation with the lowest
+observed loss. `pareto` - metric: normalized hypervolume of the TRUE (loss, latency) of the evaluations on the
+observed front, one reference point for all runs (worst true values seen + 10% of the range).
 
-    python experiments/searcher_benchmark.py                    # 300 evaluations x 5 seeds x 4 searchers
-    python experiments/searcher_benchmark.py --budget 100 --seeds 2 --out /tmp/s.md
-    python experiments/searcher_benchmark.py --objective surrogate --budget 300 --seeds 5
-    python experiments/searcher_benchmark.py --objective real --samplers aging,random,nsga2 --budget 20 \
-        --seeds 2 --population 6 --sample-size 3
+Paired across seeds: seed s gives every searcher the same noise stream and completion-order stream, and each
+sampler its own seed-s start-up stream; Wilcoxon signed-rank tests (scipy) compare each aging variant with the
+best baseline per mode.
 
-Writes experiments/results/searcher_<objective>.md (+ .png, + .csv of every curve).
+    python experiments/searcher_benchmark.py --objective surrogate --budget 150 --seeds 10 --jobs 2
+    python experiments/searcher_benchmark.py --budget 60 --seeds 2 --modes target --out /tmp/s.md
+
+Writes experiments/results/searcher_<objective>.md (+ .png, + .csv of every run's metric at each checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import hashlib
 import math
 import os
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -46,12 +53,17 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from flashsearch.archive import hypervolume, trials_frame
+from flashsearch.archive import hypervolume
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.roofline import RooflinePredictor
-from flashsearch.search import AgingEvolutionSampler, run_search
+from flashsearch.search import AgingEvolutionSampler
+from flashsearch.search.driver import _record_repair  # the driver's rule: the study keeps the repaired params
+from flashsearch.search.latency_target import CONSTRAINT_KEY
 from flashsearch.space import StagedSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -186,149 +198,196 @@ def choose_alpha(X: np.ndarray, y: np.ndarray, grid=(0.01, 0.1, 1.0, 3.0, 10.0, 
     return min(grid, key=lambda a: cross_validate(X, y, a, repeats=2, seed=1)["rmse"])
 
 
-class Surrogate:
-    """The evaluator: synthetic loss + roofline latency, cached per genome (the roofline costs ~10 ms)."""
 
-    source = "roofline:h100 (synthetic loss)"
+
+class Surrogate:
+    """The objective: synthetic loss + roofline latency, both cached per genome (the roofline costs ~10-30 ms)."""
+
+    name = "synthetic"
 
     def __init__(self) -> None:
         self.predictor = RooflinePredictor(device="h100")
-        self.cache: dict[str, tuple[float, float]] = {}
+        self._loss: dict[str, float] = {}
+        self._latency: dict[str, float] = {}
 
-    def loss(self, g: Genome) -> float:
+    def loss_of(self, g: Genome) -> float:
         return synthetic_loss(g)
 
-    def __call__(self, genome_json: str) -> dict:
-        g = Genome.from_json(genome_json)
-        if g.id not in self.cache:
-            self.cache[g.id] = (self.loss(g), float(self.predictor.predict(g, WORKLOAD)))
-        loss, latency = self.cache[g.id]
-        return {"loss": loss, "latency": latency, "latency_source": self.source}
+    def loss(self, g: Genome) -> float:
+        if g.id not in self._loss:
+            self._loss[g.id] = self.loss_of(g)
+        return self._loss[g.id]
+
+    def latency(self, g: Genome) -> float:
+        if g.id not in self._latency:
+            self._latency[g.id] = float(self.predictor.predict(g, WORKLOAD))
+        return self._latency[g.id]
 
 
 class FittedSurrogate(Surrogate):
     """Loss = RidgeSurrogate fitted to every row of the collected CSV; latency = roofline."""
 
-    source = "roofline:h100 (surrogate loss)"
+    name = "surrogate"
 
     def __init__(self, model: RidgeSurrogate) -> None:
         super().__init__()
         self.model = model
 
-    def loss(self, g: Genome) -> float:
+    def loss_of(self, g: Genome) -> float:
         return float(self.model.predict(genome_features(g)[None, :])[0])
 
 
-class RealShortTrain(Surrogate):
-    """Loss = the real ShortTrain proxy at the CSV's budget, cached by genome id (seeded from the CSV)."""
-
-    source = "roofline:h100 (real short_train loss)"
-
-    def __init__(self, df: pd.DataFrame, eval_batches: int) -> None:
-        super().__init__()
-        from flashsearch.proxies.base import Budget
-        from flashsearch.proxies.quality.short_train import ShortTrain
-
-        self.budget = Budget(tokens=int(df["budget_tokens"].iloc[0]))
-        self.proxy = ShortTrain(threads=1, eval_batches=eval_batches)
-        self.known = dict(zip(df["genome_id"], df["loss"].astype(float)))
-        self.hits = self.misses = 0
-        self.train_seconds = 0.0
-
-    def loss(self, g: Genome) -> float:
-        if g.id in self.known:
-            self.hits += 1
-            return self.known[g.id]
-        self.misses += 1
-        t0 = time.perf_counter()
-        value = float(self.proxy.evaluate(g, self.budget).loss)
-        self.train_seconds += time.perf_counter() - t0
-        self.known[g.id] = value
-        return value
+# ---- searchers -----------------------------------------------------------------------------------------------
+BASELINES = ("random", "nsga2", "tpe")
 
 
-def make_sampler(name: str, seed: int, population: int, sample_size: int):
-    if name == "aging":
-        return AgingEvolutionSampler(SPACE, population=population, sample_size=sample_size, seed=seed)
+def make_sampler(name: str, seed: int, args, ev: Surrogate, target: float | None):
+    """`aging` = Algorithm 1; `agingK` (e.g. aging8) = aging with children_per_ask=K (surrogate screening)."""
+    if name.startswith("aging"):
+        k = int(name[5:] or 1)
+        return AgingEvolutionSampler(SPACE, population=args.population, sample_size=args.sample_size,
+                                     target_latency=target, seed=seed, latency_fn=ev.latency, children_per_ask=k)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+        return optuna.samplers.NSGAIISampler(population_size=args.population, seed=seed)
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=population)
-    raise ValueError(name)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=args.population)
+    raise SystemExit(f"unknown sampler {name!r}: use aging, agingK (K children per ask), random, nsga2 or tpe")
 
 
-def run_one(name: str, seed: int, budget: int, evaluator: Surrogate, population: int, sample_size: int):
-    """Evaluated (loss, latency) points in evaluation order, plus the number of trials it took."""
+def run_one(name: str, mode: str, seed: int, args, ev: Surrogate) -> np.ndarray:
+    """One search with W trials in flight. Returns [n, 3]: (true loss, observed loss, latency) per evaluation
+    in completion order (replays of evaluated genomes excluded: they cost nothing)."""
+    target = args.target if mode == "target" else None
     study = optuna.create_study(directions=["minimize", "minimize"],
-                                sampler=make_sampler(name, seed, population, sample_size))
-    evaluated, trials = 0, 0
-    while evaluated < budget and trials < 4 * budget:  # samplers that re-propose genomes get free cached trials
-        target = trials + (budget - evaluated)
-        s = run_search(study, SPACE, evaluator, n_trials=target, workers=1, ray_address="local",
-                       max_failures=budget)
-        evaluated += s.evaluated
-        trials = s.complete
-    df = trials_frame(study)
-    df = df[(df["state"] == "COMPLETE") & df["cached_from"].isna()].sort_values("number").head(budget)
-    return df[["quality", "latency"]].to_numpy(dtype=float), int(len(study.trials))
+                                sampler=make_sampler(name, seed, args, ev, target))
+    dists = SPACE.distributions()
+    order = np.random.default_rng([seed, 1])            # which in-flight trial finishes next
+    noise = np.random.default_rng([seed, 2])            # evaluation noise, same stream for every searcher
+    known: dict[str, list[float]] = {}
+    in_flight: list[tuple[optuna.trial.Trial, Genome]] = []
+    out: list[tuple[float, float, float]] = []
+    asked = 0
+
+    def tell(trial, values):
+        if target is not None:
+            trial.set_constraint(CONSTRAINT_KEY, values[1] - target)
+        study.tell(trial, values)
+
+    while len(out) < args.budget:
+        while len(in_flight) < args.workers and len(out) + len(in_flight) < args.budget and asked < 5 * args.budget:
+            trial = study.ask(fixed_distributions=dict(dists))
+            asked += 1
+            proposed = dict(trial.params)
+            repaired = SPACE.repair(proposed)
+            genome = SPACE.decode(repaired)
+            if repaired != proposed:
+                _record_repair(study, trial, dists, proposed, repaired)
+            trial.set_user_attr("genome_id", genome.id)
+            if genome.id in known:  # the driver's cached replay: no evaluation, no new population member
+                trial.set_user_attr("cached_from", -1)
+                tell(trial, known[genome.id])
+                continue
+            in_flight.append((trial, genome))
+        if not in_flight:
+            break  # the sampler only re-proposes known genomes
+        trial, genome = in_flight.pop(int(order.integers(len(in_flight))))
+        true = ev.loss(genome)
+        observed = true + args.noise * float(noise.standard_normal())
+        latency = ev.latency(genome)
+        known[genome.id] = [observed, latency]
+        tell(trial, [observed, latency])
+        out.append((true, observed, latency))
+    return np.asarray(out, dtype=float)
 
 
-def hv_curve(points: np.ndarray, ref: tuple[float, float], box: float, step: int = 5) -> np.ndarray:
-    xs = list(range(step, len(points) + 1, step))
-    if not xs or xs[-1] != len(points):
-        xs.append(len(points))
-    return np.array([hypervolume(points[:n], ref) / box for n in xs]), np.array(xs)
+# ---- metrics ---------------------------------------------------------------------------------------------------
+def reported_best(points: np.ndarray, n: int, target: float) -> float:
+    """True loss of the feasible evaluation with the lowest observed loss among the first n (nan: none)."""
+    p = points[:n]
+    feasible = p[p[:, 2] <= target]
+    return float(feasible[np.argmin(feasible[:, 1]), 0]) if len(feasible) else math.nan
 
 
-def evals_to_reach(curve: np.ndarray, xs: np.ndarray, level: float) -> float:
-    hit = np.nonzero(curve >= level - 1e-12)[0]
-    return float(xs[hit[0]]) if len(hit) else math.nan
+def observed_front(points: np.ndarray) -> np.ndarray:
+    """Rows of `points` on the non-dominated front of (observed loss, latency)."""
+    obs = points[:, 1:3]
+    keep = [i for i in range(len(obs))
+            if not np.any(np.all(obs <= obs[i], axis=1) & np.any(obs < obs[i], axis=1))]
+    return points[keep]
 
 
-_EVALUATOR = None
+def front_hypervolume(points: np.ndarray, n: int, ref: tuple[float, float], lo: np.ndarray) -> float:
+    front = observed_front(points[:n])
+    box = (ref[0] - lo[0]) * (ref[1] - lo[1])
+    return hypervolume(front[:, [0, 2]], ref) / box
+
+
+def checkpoints(budget: int) -> list[int]:
+    xs = [n for n in (25, 50, 75, 100, 150, 200, 300, 500) if n < budget]
+    return xs + [budget]
+
+
+_EVALUATOR: Surrogate | None = None
+_ARGS = None
 
 
 def _run_task(task: tuple) -> tuple:
-    name, seed, budget, population, sample_size = task
-    ev = _EVALUATOR
-    before = (getattr(ev, "hits", 0), getattr(ev, "misses", 0), getattr(ev, "train_seconds", 0.0))
-    t0 = time.perf_counter()
-    pts, n_trials = run_one(name, seed, budget, ev, population, sample_size)
-    after = (getattr(ev, "hits", 0), getattr(ev, "misses", 0), getattr(ev, "train_seconds", 0.0))
-    return name, seed, pts, n_trials, time.perf_counter() - t0, tuple(a - b for a, b in zip(after, before))
+    name, mode, seed = task
+    t0 = time.process_time()
+    pts = run_one(name, mode, seed, _ARGS, _EVALUATOR)
+    return name, mode, seed, pts, time.process_time() - t0
+
+
+def wilcoxon_line(a: np.ndarray, b: np.ndarray, lower_is_better: bool) -> str:
+    from scipy.stats import wilcoxon
+
+    d = a - b
+    wins = int(np.sum(d < 0) if lower_is_better else np.sum(d > 0))
+    p = float(wilcoxon(a, b).pvalue) if np.any(d != 0) else 1.0
+    return f"median diff {np.median(d):+.4f}, mean diff {np.mean(d):+.4f}, better in {wins}/{len(d)} seeds, p = {p:.3g}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget", type=int, default=300, help="evaluations per run")
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--samplers", default=",".join(SAMPLERS))
+    ap.add_argument("--budget", type=int, default=150, help="evaluations per run")
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--samplers", default="aging,aging8,random,nsga2,tpe",
+                    help="aging, agingK (K children per ask, surrogate-screened), random, nsga2, tpe")
+    ap.add_argument("--modes", default="target,pareto")
+    ap.add_argument("--workers", type=int, default=10, help="trials in flight (asynchronous)")
     ap.add_argument("--population", type=int, default=20, help="aging P, NSGA-II population, TPE startup trials")
     ap.add_argument("--sample-size", type=int, default=5, help="aging S (tournament)")
-    ap.add_argument("--objective", choices=("synthetic", "surrogate", "real"), default="synthetic")
-    ap.add_argument("--data", default=str(DATA_CSV), help="collected evaluations (surrogate / real objectives)")
+    ap.add_argument("--target", type=float, default=10.0, help="latency target in seconds (target mode)")
+    ap.add_argument("--noise", type=float, default=None,
+                    help="std of the per-evaluation loss noise (default: the recipe study's seed-to-seed std)")
+    ap.add_argument("--objective", choices=("synthetic", "surrogate"), default="surrogate")
+    ap.add_argument("--data", default=str(DATA_CSV), help="collected evaluations (surrogate objective)")
     ap.add_argument("--alpha", type=float, default=None, help="ridge penalty (default: chosen by CV)")
-    ap.add_argument("--eval-batches", type=int, default=8,
-                    help="real objective: ShortTrain eval_batches (must match the collection's)")
-    ap.add_argument("--jobs", type=int, default=1, help="(sampler, seed) runs in parallel processes")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel processes (at most 2 on a shared box)")
     ap.add_argument("--out", default=None, help="default experiments/results/searcher_<objective>.md")
     args = ap.parse_args()
     names = [s for s in args.samplers.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+    if any(m not in ("target", "pareto") for m in modes):
+        raise SystemExit(f"--modes takes target and/or pareto, got {args.modes!r}")
     if args.out is None:
         args.out = str(Path(__file__).parent / "results" / f"searcher_{args.objective}.md")
+    noise_note = "given by --noise"
+    if args.noise is None:
+        args.noise, noise_note = recipe_noise()
 
-    header: list[str] = []
-    t_start = time.perf_counter()
+    t_wall = time.perf_counter()
+    started = dt.datetime.now(dt.timezone.utc)
+    load = os.getloadavg()
     if args.objective == "synthetic":
-        evaluator = Surrogate()
-        title = "SYNTHETIC objective: roofline latency + analytic loss"
-        header = ["# Searcher benchmark on a SYNTHETIC objective", "",
+        evaluator: Surrogate = Surrogate()
+        header = ["# Searcher benchmark on a SYNTHETIC objective (W=10 asynchronous workers, noisy evaluations)", "",
                   "**Synthetic**: latency = roofline H100 prediction (8192 decode tokens, batch 1); loss = an analytic "
                   "function of the genome (`synthetic_loss` in experiments/searcher_benchmark.py), not a trained "
-                  "proxy. See searcher_surrogate.md / searcher_real.md for objectives built on real short-train "
-                  "evaluations."]
+                  "proxy."]
     else:
         df = load_evaluations(args.data)
         X, y = design(df)
@@ -337,147 +396,157 @@ def main() -> None:
         model = RidgeSurrogate(alpha).fit(X, y)
         tokens = int(df["budget_tokens"].iloc[0])
         coef = sorted(zip(feature_names(), model.coef_), key=lambda t: -abs(t[1]))
-        data_lines = [
+        evaluator = FittedSurrogate(model)
+        header = [
+            "# Searcher benchmark on a SURROGATE objective (W=10 asynchronous workers, noisy evaluations)", "",
+            "Latency = roofline H100 prediction (8192 decode tokens, batch 1); true loss = a ridge fit of real "
+            "short-train evaluations; each evaluation observes true loss + noise.", "",
             f"Data: `{Path(args.data).name}`, {len(df)} distinct genomes of search_spaces/hybrid_1b.yaml's space, "
-            f"each short-trained for real (ShortTrain, {tokens} tokens = {tokens // 512} AdamW steps of 4 x 128 "
-            f"bytes, eval_batches={args.eval_batches}, seed 0; experiments/collect_evaluations.py). Loss = "
-            f"validation bits/byte: min {y.min():.3f}, median {np.median(y):.3f}, max {y.max():.3f}, std {y.std():.3f}.",
-            "",
-            f"Surrogate: ridge regression (alpha={alpha:g}, chosen by CV RMSE over a grid) on {X.shape[1]} "
-            "standardized features (operator counts by type, overall and per third of the stack; FFN count; width; "
-            "depth; log10 parameters). 5-fold CV x 5 repeats, out-of-fold predictions pooled per repeat:", "",
-            "| Spearman | Kendall | RMSE (bpb) | RMSE of predicting the mean |", "|---|---|---|---|",
-            f"| {cv['spearman']:.3f} +- {cv['spearman_std']:.3f} | {cv['kendall']:.3f} +- {cv['kendall_std']:.3f} "
-            f"| {cv['rmse']:.4f} +- {cv['rmse_std']:.4f} | {cv['baseline_rmse']:.4f} |", "",
-            "Largest standardized coefficients (bpb per feature std): "
-            + ", ".join(f"{n} {c:+.3f}" for n, c in coef[:6]) + "."]
-        if args.objective == "surrogate":
-            evaluator = FittedSurrogate(model)
-            title = "SURROGATE objective: roofline latency + ridge fit of real short-train loss"
-            header = ["# Searcher benchmark on a SURROGATE objective (fitted to real short-train evaluations)", "",
-                      "Latency = roofline H100 prediction (8192 decode tokens, batch 1); loss = the surrogate's "
-                      "prediction (no noise added), so this ranks searchers on a landscape shaped like the real "
-                      "proxy's as far as a linear model captures it (see its CV numbers).", "", *data_lines]
-        else:
-            evaluator = RealShortTrain(df, args.eval_batches)
-            title = "REAL short-train loss (small budget) + roofline latency"
-            header = ["# Searcher benchmark on REAL short training (SMALL scale)", "",
-                      "Latency = roofline H100 prediction; loss = the real ShortTrain proxy at the collection's "
-                      "budget, run for every genome a searcher proposes that is not already in the collected CSV "
-                      "(the proxy is deterministic for its seed, so the CSV is a cache). Few seeds and a small "
-                      "evaluation budget: read the numbers as indicative only.", "", *data_lines[:1]]
-    runs: dict[tuple[str, int], np.ndarray] = {}
-    seconds: dict[str, float] = {n: 0.0 for n in names}
-    global _EVALUATOR
-    _EVALUATOR = evaluator
-    tasks = [(name, seed, args.budget, args.population, args.sample_size) for seed in range(args.seeds)
-             for name in names]
+            f"each short-trained for real (ShortTrain, {tokens} tokens, seed 0; experiments/collect_evaluations.py). "
+            f"Loss = validation bits/byte: min {y.min():.3f}, median {np.median(y):.3f}, max {y.max():.3f}, "
+            f"std {y.std():.3f}.", "",
+            f"Surrogate: ridge regression (alpha={alpha:g}, chosen by CV RMSE) on {X.shape[1]} standardized features. "
+            f"5-fold CV x 5 repeats: Spearman {cv['spearman']:.3f} +- {cv['spearman_std']:.3f}, RMSE "
+            f"{cv['rmse']:.4f} bpb (predicting the mean: {cv['baseline_rmse']:.4f}). Largest coefficients: "
+            + ", ".join(f"{n} {c:+.3f}" for n, c in coef[:5]) + "."]
+
+    # Feasible share of uniform draws at the target (what the constraint costs a searcher that ignores it).
+    draws = [SPACE.decode(SPACE.repair(SPACE.sample(random.Random(f"draw/{i}")))) for i in range(200)]
+    feasible_share = float(np.mean([evaluator.latency(g) <= args.target for g in draws]))
+    spread_true = float(np.std([evaluator.loss(g) for g in draws]))
+
+    global _EVALUATOR, _ARGS
+    _EVALUATOR, _ARGS = evaluator, args
+    tasks = [(name, mode, seed) for seed in range(args.seeds) for mode in modes for name in names]
     if args.jobs > 1:
         import multiprocessing as mp
 
-        pool = mp.get_context("fork").Pool(args.jobs)
+        pool = mp.get_context("fork").Pool(min(args.jobs, 2))
         results = pool.imap_unordered(_run_task, tasks)
     else:
         results = map(_run_task, tasks)
-    for name, seed, pts, n_trials, secs, stats in results:
-        seconds[name] += secs
-        runs[(name, seed)] = pts
-        if isinstance(evaluator, RealShortTrain):  # counts from the worker's copy of the evaluator
-            evaluator.hits += stats[0]
-            evaluator.misses += stats[1]
-            evaluator.train_seconds += stats[2]
-        print(f"{name:7s} seed {seed}: {len(pts)} evaluations ({n_trials} trials), {secs:.1f} s",
-              file=sys.stderr, flush=True)
+    runs: dict[tuple[str, str, int], np.ndarray] = {}
+    cpu: dict[tuple[str, str], float] = {}
+    for name, mode, seed, pts, secs in results:
+        runs[(name, mode, seed)] = pts
+        cpu[(name, mode)] = cpu.get((name, mode), 0.0) + secs
+        print(f"{mode:6s} {name:7s} seed {seed}: {len(pts)} evaluations, {secs:.1f} CPU s", file=sys.stderr,
+              flush=True)
     if args.jobs > 1:
         pool.close()
 
-    if isinstance(evaluator, RealShortTrain):
-        header += ["", f"Evaluations: {evaluator.hits} answered from the collected CSV, {evaluator.misses} newly "
-                   f"short-trained ({evaluator.train_seconds:.0f} s of training); total wall "
-                   f"{time.perf_counter() - t_start:.0f} s."]
-    allp = np.concatenate(list(runs.values()))
-    lo, hi = allp.min(axis=0), allp.max(axis=0)
-    ref = (float(hi[0] + 0.1 * (hi[0] - lo[0])), float(hi[1] + 0.1 * (hi[1] - lo[1])))
-    box = (ref[0] - lo[0]) * (ref[1] - lo[1])
-    curves = {k: hv_curve(v, ref, box) for k, v in runs.items()}
-
+    xs = checkpoints(args.budget)
     rows = []
-    for (name, seed), (c, x) in curves.items():
-        for n, h in zip(x, c):
-            rows.append({"sampler": name, "seed": seed, "evaluations": int(n), "hypervolume": float(h)})
-    curve_df = pd.DataFrame(rows)
+    ref = lo = None
+    if "pareto" in modes:
+        allp = np.concatenate([v for (n, m, s), v in runs.items() if m == "pareto"])[:, [0, 2]]
+        lo, hi = allp.min(axis=0), allp.max(axis=0)
+        ref = (float(hi[0] + 0.1 * (hi[0] - lo[0])), float(hi[1] + 0.1 * (hi[1] - lo[1])))
+    worst = max(float(v[:, 0].max()) for v in runs.values())
+    for (name, mode, seed), pts in runs.items():
+        for n in xs:
+            if mode == "target":
+                value = reported_best(pts, n, args.target)
+                rows.append({"mode": mode, "sampler": name, "seed": seed, "evaluations": n,
+                             "metric": "true loss of reported best under target", "value": value,
+                             "feasible": int(np.sum(pts[:n, 2] <= args.target))})
+            else:
+                rows.append({"mode": mode, "sampler": name, "seed": seed, "evaluations": n,
+                             "metric": "normalized hypervolume (true values of observed front)",
+                             "value": front_hypervolume(pts, n, ref, lo), "feasible": n})
+    res = pd.DataFrame(rows)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    curve_df.to_csv(out.with_suffix(".csv"), index=False)
-
-    mean = curve_df.groupby(["sampler", "evaluations"])["hypervolume"].agg(["mean", "std"]).reset_index()
-    checkpoints = [n for n in ((10,) if args.budget <= 60 else ()) + (25, 50, 100, 150, 200, 300, 500) if n <= args.budget]
-    if args.budget not in checkpoints:
-        checkpoints.append(args.budget)
-
-    # Evaluations each sampler needs to reach random search's final hypervolume (per seed, same seed's random).
-    reach: dict[str, list[float]] = {n: [] for n in names}
-    if "random" in names:
-        for seed in range(args.seeds):
-            level = curves[("random", seed)][0][-1]
-            for name in names:
-                c, x = curves[(name, seed)]
-                reach[name].append(evals_to_reach(c, x, level))
+    res.to_csv(out.with_suffix(".csv"), index=False)
 
     lines = [*header, "",
-             f"Command: `{' '.join(['python experiments/searcher_benchmark.py', *sys.argv[1:]])}`",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), Python "
-             f"{platform.python_version()}, optuna {optuna.__version__}", "",
-             f"Space: staged (Nemotron-Flash), {args.budget} evaluations per run, {args.seeds} seeds (0..{args.seeds - 1}). "
-             f"aging: P={args.population}, S={args.sample_size}, Pareto mode; NSGA-II population {args.population}; "
-             f"TPE multivariate, {args.population} startup trials; random: Optuna RandomSampler. "
-             f"Hypervolume reference (loss, latency s) = ({ref[0]:.4f}, {ref[1]:.3f}), normalized by the box from "
-             f"the best values seen by any run ({lo[0]:.4f}, {lo[1]:.3f}).", "",
-             "## Normalized hypervolume vs evaluations (mean +- std over seeds)", "",
-             "| sampler | " + " | ".join(f"@{n}" for n in checkpoints) + " |",
-             "|---|" + "---|" * len(checkpoints)]
-    for name in names:
-        cells = []
-        for n in checkpoints:
-            r = mean[(mean["sampler"] == name) & (mean["evaluations"] == n)]
-            cells.append(f"{r['mean'].item():.4f} +- {r['std'].item():.4f}" if len(r) else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if "random" in names:
-        lines += ["", "## Evaluations to reach random search's final hypervolume (same seed)", "",
-                  f"Goal: aging <= {args.budget / 3:.0f} (1/3 of the budget). 'never' = not reached within the budget.",
-                  "", "| sampler | per seed | median | fraction of budget (median) |", "|---|---|---|---|"]
+             f"Command: `{' '.join(['python experiments/searcher_benchmark.py', *sys.argv[1:]])}`  ",
+             f"Date: {started:%Y-%m-%d %H:%M} UTC; wall {time.perf_counter() - t_wall:.0f} s.  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores shared with other jobs (load average "
+             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at start), Python {platform.python_version()}, "
+             f"optuna {optuna.__version__}, {min(args.jobs, 2)} process(es).", "",
+             f"Setup: staged (Nemotron-Flash) space; {args.budget} evaluations per run; {args.seeds} seeds "
+             f"(0..{args.seeds - 1}); W = {args.workers} trials in flight, completion order random; evaluation "
+             f"noise N(0, {args.noise:.4f}) bpb per evaluation ({noise_note}); for scale, the std of the true loss "
+             f"over 200 uniform draws of the space is {spread_true:.4f}. aging: P={args.population}, "
+             f"S={args.sample_size}; agingK: the same with children_per_ask=K (K mutated children per ask, the one a "
+             f"ridge on generic genome features fitted to the completed trials predicts best is trained; in target "
+             f"mode all K already meet the target). NSGA-II population {args.population}; TPE multivariate, constant "
+             f"liar, {args.population} startup trials; random: Optuna RandomSampler. Target mode: target "
+             f"{args.target:g} s ({feasible_share:.0%} of uniform draws meet it)."]
+    if ref is not None:
+        lines.append(f"Hypervolume reference (loss, latency s) = ({ref[0]:.4f}, {ref[1]:.3f}), normalized by the "
+                     f"box from the best true values any run saw ({lo[0]:.4f}, {lo[1]:.3f}).")
+    for mode in modes:
+        sub = res[res["mode"] == mode]
+        lower = mode == "target"
+        title = ("## Latency-target mode: true loss of the reported best candidate under the target (lower is "
+                 "better)" if lower else "## Pareto mode: normalized hypervolume (higher is better)")
+        lines += ["", title, "", "mean +- std over seeds" + (
+            "; a run with no feasible evaluation yet counts as the worst true loss seen by any run "
+            f"({worst:.4f})" if lower else ""), "",
+                  "| sampler | " + " | ".join(f"@{n}" for n in xs) + " | CPU s per run |",
+                  "|---|" + "---|" * (len(xs) + 1)]
+        filled = sub.assign(value=sub["value"].fillna(worst))
         for name in names:
-            vals = reach[name]
-            med = float(np.nanmedian(vals)) if not all(math.isnan(v) for v in vals) else math.nan
-            per = ", ".join("never" if math.isnan(v) else str(int(v)) for v in vals)
-            frac = "-" if math.isnan(med) else f"{med / args.budget:.2f}"
-            lines.append(f"| {name} | {per} | {'never' if math.isnan(med) else int(med)} | {frac} |")
-    lines += ["", "## Wall time per run (controller + evaluator, one in-process worker)", "",
-              "| sampler | seconds per run |", "|---|---|"]
-    lines += [f"| {n} | {seconds[n] / args.seeds:.1f} |" for n in names]
+            cells = []
+            for n in xs:
+                v = filled[(filled["sampler"] == name) & (filled["evaluations"] == n)]["value"]
+                cells.append(f"{v.mean():.4f} +- {v.std():.4f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {cpu[(name, mode)] / args.seeds:.1f} |")
+        base = [n for n in names if n in BASELINES]
+        aging = [n for n in names if n.startswith("aging")]
+        if not base or not aging:
+            continue
+        lines += ["", "Paired comparison across seeds (Wilcoxon signed-rank, two-sided), each aging variant vs the "
+                  "baseline with the best mean at that budget:", ""]
+        for n in sorted({xs[len(xs) // 2], args.budget}):
+            at = filled[filled["evaluations"] == n]
+            means = {b: at[at["sampler"] == b]["value"].mean() for b in base}
+            best = min(means, key=means.get) if lower else max(means, key=means.get)
+            vb = at[at["sampler"] == best].sort_values("seed")["value"].to_numpy()
+            for a in aging:
+                va = at[at["sampler"] == a].sort_values("seed")["value"].to_numpy()
+                lines.append(f"- @{n} evaluations, {a} vs {best}: {wilcoxon_line(va, vb, lower)}")
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for name in names:
-        m = mean[mean["sampler"] == name]
-        ax.plot(m["evaluations"], m["mean"], label=name, lw=1.6)
-        ax.fill_between(m["evaluations"], m["mean"] - m["std"], m["mean"] + m["std"], alpha=0.15)
-    ax.set_xlabel("evaluations")
-    ax.set_ylabel("normalized hypervolume (loss, latency)")
-    ax.set_title(f"{title}; mean +- std over {args.seeds} seeds", fontsize=8)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.2), dpi=110, squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        sub = res[res["mode"] == mode].assign(value=lambda d: d["value"].fillna(worst))
+        for name in names:
+            m = sub[sub["sampler"] == name].groupby("evaluations")["value"].agg(["mean", "sem"])
+            ax.errorbar(m.index, m["mean"], yerr=m["sem"], label=name, lw=1.4, capsize=2)
+        ax.set_xlabel("evaluations")
+        ax.set_ylabel("true loss of reported best (under target)" if mode == "target" else "normalized hypervolume")
+        ax.set_title(f"{args.objective}, {mode} mode, W={args.workers}, noise {args.noise:.3f}; mean +- sem",
+                     fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"))
     plt.close(fig)
-    lines += ["", f"Plot: {out.with_suffix('.png').name}; every curve: {out.with_suffix('.csv').name}."]
+    lines += ["", f"Plot: {out.with_suffix('.png').name}; every run at every checkpoint: {out.with_suffix('.csv').name}."]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     print(text)
+
+
+RECIPE_CSV = Path(__file__).parent / "results" / "recipe_ablation.csv"
+
+
+def recipe_noise() -> tuple[float, str]:
+    """Pooled seed-to-seed std of the same architecture and recipe in the recipe study (sqrt of the mean
+    per-cell variance, ddof=1)."""
+    d = pd.read_csv(RECIPE_CSV)
+    d = d[d["error"].isna()] if "error" in d else d
+    var = d.groupby(["arch", "variant"])["loss"].var(ddof=1).dropna()
+    return float(np.sqrt(var.mean())), (f"pooled seed-to-seed std of {len(var)} (architecture, recipe) cells x "
+                                        f"{int(d.groupby(['arch', 'variant']).size().median())} seeds in "
+                                        "experiments/results/recipe_ablation.csv")
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ class SearchConfig:
     max_failures: Optional[int] = None
     trial_timeout_s: Optional[float] = None        # a trial running longer is cancelled and FAILED "timeout after N s"
     retries: int = 1                               # re-runs of a trial failed by a transient fault (time limit, OOM, lost worker, ...)
+    children_per_ask: int = 1                      # aging: mutate K children, train the one a ridge on the trials predicts best
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ def validate(cfg: RunConfig) -> None:
     need(s.sampler in SAMPLERS, f"search.sampler={s.sampler!r}; choose one of {', '.join(SAMPLERS)}")
     for key, value in (("search.trials", s.trials), ("search.population", s.population),
                        ("search.sample_size", s.sample_size), ("search.workers", s.workers),
+                       ("search.children_per_ask", s.children_per_ask),
                        ("budget.tokens", cfg.budget.tokens), ("workload.batch", cfg.workload.batch),
                        ("workload.decode_tokens", cfg.workload.decode_tokens), ("export_top", cfg.export_top)):
         need(value > 0, f"{key} must be positive, got {value}")

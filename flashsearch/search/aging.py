@@ -164,6 +164,7 @@ class AgingEvolutionSampler(BaseSampler):
         seed: int | None = None,
         latency_fn: Callable[[Genome], float] | None = None,
         max_dedup_tries: int = 20,
+        children_per_ask: int = 1,
     ) -> None:
         if population < 1:
             raise FlashsearchError(f"search.population must be >= 1, got {population}")
@@ -182,6 +183,12 @@ class AgingEvolutionSampler(BaseSampler):
         self.constraint = (LatencyTarget(space, latency_fn, self.target_latency)
                            if self.target_latency is not None and latency_fn is not None else None)
         self.max_dedup_tries = max(1, int(max_dedup_tries))
+        if children_per_ask < 1:
+            raise FlashsearchError(f"search.children_per_ask must be >= 1, got {children_per_ask}")
+        # K > 1: mutate K distinct new children, train the one a ridge fitted to the completed trials predicts
+        # best (search/screening.py). K = 1 is plain Algorithm 1.
+        self.children_per_ask = int(children_per_ask)
+        self._features: dict[str, Any] = {}  # genome id -> feature vector (a pure function of the genome)
         self._entropy = random.Random()  # only used when seed is None
         # Cache of what finished trials say, per study. Finished trials never change, so it cannot alter a
         # decision (a fresh instance decides the same); it only keeps the per-call cost flat as studies grow.
@@ -217,15 +224,22 @@ class AgingEvolutionSampler(BaseSampler):
             parent = select_parent_pareto(pool, rng, population)
 
         parent_params = dict(next(t for t in tournament if t.number == parent.number).params)
-        for _ in range(self.max_dedup_tries):
+        children: dict[str, tuple[dict[str, Any], str]] = {}  # genome id -> (params, mutated factor)
+        for _ in range(self.max_dedup_tries * self.children_per_ask):
             child, factor = self.space.mutate(parent_params, rng, include_width=self.target_latency is None)
             child = self._solve_width(self.space.repair(child))
             if child is None:
                 continue  # no width meets the target: skipped without training
-            if self.space.decode(child).id not in seen:
-                self._record(study, trial, {ATTR_ORIGIN: "mutation", ATTR_PARENT: parent.number,
-                                            ATTR_MUTATION: factor})
-                return child
+            gid = self.space.decode(child).id
+            if gid not in seen and gid not in children:
+                children[gid] = (child, factor)
+                if len(children) >= self.children_per_ask:
+                    break
+        if children:
+            child, factor = list(children.values())[self._screen(list(children.values()), digest, rng)]
+            self._record(study, trial, {ATTR_ORIGIN: "mutation", ATTR_PARENT: parent.number,
+                                        ATTR_MUTATION: factor})
+            return child
         # Every mutation of this parent is already in the study or infeasible: explore instead (re-proposing a
         # duplicate would only replay its cached result and burn a trial).
         fresh, _ = self._random_unique(rng, seen)
@@ -247,6 +261,34 @@ class AgingEvolutionSampler(BaseSampler):
         if self.seed is None:
             return random.Random(self._entropy.getrandbits(64))
         return random.Random(f"aging/{self.seed}/{number}")  # str seeds hash with sha512: stable across runs
+
+    def _screen(self, children: list[tuple[dict[str, Any], str]], digest: "_Digest", rng: random.Random) -> int:
+        """Which of the children to train (search/screening.py); 0 when there is one."""
+        if len(children) == 1:
+            return 0
+        from flashsearch.search.screening import pick_child
+
+        trained = digest.newest(len(digest.complete))  # every completed, non-replayed trial
+        genomes = [self.space.decode(params) for params, _ in children]
+        weight = None if self.target_latency is not None else rng.random()
+        child_lat = None
+        if weight is not None and self.latency_fn is not None:
+            child_lat = [self.constraint.latency(g) if self.constraint else self.latency_fn(g) for g in genomes]
+        return pick_child([self._feature(g.id, lambda g=g: g) for g in genomes],
+                          [self._feature(self._genome_id(t) or f"trial{t.number}",
+                                         lambda t=t: self.space.decode(self.space.repair(dict(t.params))))
+                           for t in trained],
+                          [float(t.values[0]) for t in trained], [float(t.values[1]) for t in trained],
+                          child_lat, weight)
+
+    def _feature(self, genome_id: str, genome: Callable[[], Genome]) -> Any:
+        f = self._features.get(genome_id)
+        if f is None:
+            from flashsearch.search.screening import genome_features
+
+            ops = tuple(dict.fromkeys((*getattr(self.space, "operators", ()), "ffn")))
+            f = self._features[genome_id] = genome_features(genome(), ops)
+        return f
 
     def _solve_width(self, params: dict[str, Any]) -> dict[str, Any] | None:
         """Target mode: `params` at the widest width meeting the target, None if none does; else unchanged."""

@@ -27,6 +27,7 @@ def make_sampler(cfg: RunConfig, space: SearchSpace, constraint: LatencyTarget |
 
     return AgingEvolutionSampler(space, population=s.population, sample_size=s.sample_size,
                                  target_latency=s.target_latency, seed=cfg.seed,
+                                 children_per_ask=s.children_per_ask,
                                  latency_fn=None if constraint is None else constraint.latency)
 
 

@@ -233,7 +233,12 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
         logger.finish(study, target_latency=cfg.search.target_latency)
 
     write_report(study, out_dir, target_latency=cfg.search.target_latency)
-    exported = export_top(study, out_dir / "export", cfg.export_top, target_latency=cfg.search.target_latency)
+    exported: list[Path] = []
+    if summary.complete:  # a search whose every trial failed has nothing to export; its report says why
+        exported = export_top(study, out_dir / "export", cfg.export_top, target_latency=cfg.search.target_latency)
+    else:
+        print(f"note: no trial completed, nothing exported; see the errors in {out_dir / 'trials.parquet'}",
+              file=stream)
     return RunResult(out_dir=out_dir, n_complete=summary.complete, n_failed=summary.failed, seconds=time.time() - t0,
                      exported=tuple(exported))
 

@@ -62,3 +62,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert needle in err, err
     assert not out_dir.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_search_whose_every_trial_fails_ends_with_its_report_not_an_export_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
+    config = hybrid_with(tmp_path, quality={"_target_": "fs_test_plugins.SleepyQuality", "sleep_s": 0.0})
+    out_dir = tmp_path / "run"
+
+    def always_fails(self, genome, budget):
+        from flashsearch.errors import TrialFailed
+        raise TrialFailed("diverged")
+
+    import fs_test_plugins
+    monkeypatch.setattr(fs_test_plugins.SleepyQuality, "evaluate", always_fails)
+    code = main(["run", str(config), f"out_dir={out_dir}", "search.trials=2", "search.max_failures=1",
+                 "search.workers=1", "ray.address=local"])
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
+    assert "no trial completed, nothing exported" in err
+    assert (out_dir / "trials.parquet").is_file() and not (out_dir / "export").exists()

@@ -80,19 +80,6 @@ def latency_target_of(cfg: RunConfig, space: SearchSpace, predictor: Any, source
     return constraint
 
 
-def widest_seeds(seeds: list[dict[str, Any]], constraint: LatencyTarget) -> tuple[list[dict[str, Any]], list[str]]:
-    """Target mode: each seed at the widest width meeting the target, like every other candidate; a seed that no
-    width makes feasible is skipped (with a note), not trained."""
-    out, notes = [], []
-    for i, params in enumerate(seeds):
-        solved = constraint.widest(params)
-        if solved is None:
-            notes.append(f"seed {i} misses search.target_latency={constraint.target:g} s at every width; skipped")
-        else:
-            out.append(solved)
-    return out, notes
-
-
 def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> Any:
     import optuna
 
@@ -143,7 +130,7 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
     constraint = latency_target_of(cfg, space, predictor, source)
     seeds, notes = build_seeds(cfg, space)
     if constraint is not None:
-        seeds, more = widest_seeds(seeds, constraint)
+        seeds, more = constraint.widest_seeds(seeds)
         notes += more
     for note in notes:
         print(f"note: {note}", file=stream)

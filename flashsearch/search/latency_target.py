@@ -44,5 +44,17 @@ class LatencyTarget:
                 return candidate
         return None
 
+    def widest_seeds(self, seeds: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Each seed at the widest width meeting the target, like every other candidate; a seed that no width
+        makes feasible is skipped (with a note), not trained."""
+        out, notes = [], []
+        for i, params in enumerate(seeds):
+            solved = self.widest(params)
+            if solved is None:
+                notes.append(f"seed {i} misses search.target_latency={self.target:g} s at every width; skipped")
+            else:
+                out.append(solved)
+        return out, notes
+
 
 __all__ = ["LatencyTarget", "CONSTRAINT_KEY"]

@@ -113,3 +113,19 @@ def test_bad_budget_and_data(tmp_path: Path) -> None:
         small().evaluate(HYBRID, Budget(tokens=10))
     with pytest.raises(FlashsearchError, match="does not exist"):
         small(data_path=str(tmp_path / "nope.jsonl")).evaluate(HYBRID, Budget(tokens=64 * 8))
+
+
+def test_a_forked_child_does_not_inherit_a_held_init_lock() -> None:
+    """The studies' job pool forks; a thread-backend evaluation may hold the init lock at that moment. The child
+    must get a free lock (else its first training waits forever, as a hung job pool once did)."""
+    import os
+
+    from flashsearch.proxies.quality import short_train
+
+    with short_train._INIT_LOCK:
+        pid = os.fork()
+        if pid == 0:  # the child: only this thread exists here
+            ok = short_train._INIT_LOCK.acquire(timeout=5) and short_train._THREADS_LOCK.acquire(timeout=5)
+            os._exit(0 if ok and short_train._threads_state["active"] == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

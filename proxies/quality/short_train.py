@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -42,6 +43,17 @@ def _own_seconds(device: Any) -> float:
 _INIT_LOCK = threading.Lock()
 _THREADS_LOCK = threading.Lock()
 _threads_state = {"active": 0, "restore": 0}
+
+
+def _reset_after_fork() -> None:
+    """A forked child (the studies' job pool forks) holds only the forking thread: a lock another thread held at
+    the fork would never be released there, and that thread's evaluation is not running there."""
+    global _INIT_LOCK, _THREADS_LOCK
+    _INIT_LOCK, _THREADS_LOCK = threading.Lock(), threading.Lock()
+    _threads_state.update(active=0, restore=0)
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,8 @@ full-size genome, 8192 tokens, batch 1), which is exact and free:
 
 Modes: `target` - search.target_latency = --target seconds; aging solves every candidate's width (widest meeting
 the target, infeasible children skipped); NSGA-II and TPE see the constraint latency - target <= 0 through
-Trial.set_constraint (Optuna 5's replacement for constraints_func), as the driver does; random ignores it. Metric:
+Trial.set_constraint (Optuna 5's replacement for constraints_func), as the driver does; random ignores it;
+`randomw` (a control) is random search whose every draw is solved to the widest width meeting the target. Metric:
 the TRUE (noise-free) loss of the candidate the searcher reports, i.e. the feasible evaluation with the lowest
 observed loss. `pareto` - metric: normalized hypervolume of the TRUE (loss, latency) of the evaluations on the
 observed front, one reference point for all runs (worst true values seen + 10% of the range).
@@ -238,7 +239,7 @@ class FittedSurrogate(Surrogate):
 
 
 # ---- searchers -----------------------------------------------------------------------------------------------
-BASELINES = ("random", "nsga2", "tpe")
+BASELINES = ("random", "randomw", "nsga2", "tpe")
 
 
 def make_sampler(name: str, seed: int, args, ev: Surrogate, target: float | None):
@@ -249,12 +250,16 @@ def make_sampler(name: str, seed: int, args, ev: Surrogate, target: float | None
                                      target_latency=target, seed=seed, latency_fn=ev.latency, children_per_ask=k)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if name == "randomw":  # random search that, like aging, solves each draw's width for the target (a control)
+        return AgingEvolutionSampler(SPACE, population=10**9, sample_size=1, target_latency=target, seed=seed,
+                                     latency_fn=ev.latency)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=args.population, seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
                                           n_startup_trials=args.population)
-    raise SystemExit(f"unknown sampler {name!r}: use aging, agingK (K children per ask), random, nsga2 or tpe")
+    raise SystemExit(f"unknown sampler {name!r}: use aging, agingK (K children per ask), random, randomw, nsga2 "
+                     "or tpe")
 
 
 def run_one(name: str, mode: str, seed: int, args, ev: Surrogate) -> np.ndarray:
@@ -355,7 +360,8 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=150, help="evaluations per run")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--samplers", default="aging,aging8,random,nsga2,tpe",
-                    help="aging, agingK (K children per ask, surrogate-screened), random, nsga2, tpe")
+                    help="aging, agingK (K children per ask, surrogate-screened), random, randomw (random draws "
+                         "at the widest width meeting the target: a control for aging's width solve), nsga2, tpe")
     ap.add_argument("--modes", default="target,pareto")
     ap.add_argument("--workers", type=int, default=10, help="trials in flight (asynchronous)")
     ap.add_argument("--population", type=int, default=20, help="aging P, NSGA-II population, TPE startup trials")
@@ -472,7 +478,9 @@ def main() -> None:
              f"S={args.sample_size}; agingK: the same with children_per_ask=K (K mutated children per ask, the one a "
              f"ridge on generic genome features fitted to the completed trials predicts best is trained; in target "
              f"mode all K already meet the target). NSGA-II population {args.population}; TPE multivariate, constant "
-             f"liar, {args.population} startup trials; random: Optuna RandomSampler. Target mode: target "
+             f"liar, {args.population} startup trials; random: Optuna RandomSampler; randomw: uniform draws each solved to "
+             f"the widest width meeting the target (aging's random phase throughout; a control for the width solve). "
+             f"Target mode: target "
              f"{args.target:g} s ({feasible_share:.0%} of uniform draws meet it)."]
     if ref is not None:
         lines.append(f"Hypervolume reference (loss, latency s) = ({ref[0]:.4f}, {ref[1]:.3f}), normalized by the "

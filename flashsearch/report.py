@@ -122,12 +122,15 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
             ax.plot([], [], color="tab:green", ls=":", marker="*", label="reference models (predicted latency)")
         ax.set_xlabel(_latency_label(df))
         ax.set_ylabel(_quality_label(df))
-        n_failed = int((df["state"] == "FAIL").sum())
-        ax.set_title(title or f"{len(done)} complete trials, {len(front)} on the front, {n_failed} failed",
-                     fontsize=10)
+        # Trials stopped with the controller are re-queued, not failures of their candidate: count them apart.
+        kinds = df["error_kind"] if "error_kind" in df.columns else ""
+        stopped = (df["state"] == "FAIL") & (kinds == "interrupted")
+        n_failed, n_stopped = int((df["state"] == "FAIL").sum() - stopped.sum()), int(stopped.sum())
+        counts = f"{n_failed} failed" + (f", {n_stopped} interrupted" if n_stopped else "")
+        ax.set_title(title or f"{len(done)} complete trials, {len(front)} on the front, {counts}", fontsize=10)
         ax.grid(True, alpha=0.3)
         if not done.empty or target_latency is not None or marks:
-            ax.legend(fontsize=8, loc="upper right")
+            ax.legend(fontsize=8, loc="best")   # "best" keeps the legend off the reference labels and points
         _save_png(fig, path)
     finally:
         plt.close(fig)

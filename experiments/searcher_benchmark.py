@@ -61,6 +61,7 @@ from flashsearch.proxies.latency.roofline import RooflinePredictor
 from flashsearch.search import AgingEvolutionSampler
 from flashsearch.search.driver import _record_repair  # the driver's rule: the study keeps the repaired params
 from flashsearch.search.latency_target import CONSTRAINT_KEY
+from flashsearch.search.screening import Ridge
 from flashsearch.space import StagedSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,27 +134,8 @@ def genome_features(g: Genome) -> np.ndarray:
     return np.array(f, dtype=float)
 
 
-class RidgeSurrogate:
-    """Ridge regression y ~ b0 + w . z on standardized features z = (x - mean) / std (constant columns get std 1).
-
-    Closed form w = (Z'Z + alpha I)^-1 Z'(y - mean y); the intercept is not penalized. numpy only."""
-
-    def __init__(self, alpha: float = 1.0) -> None:
-        self.alpha = float(alpha)
-
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "RidgeSurrogate":
-        X, y = np.asarray(X, float), np.asarray(y, float)
-        self.mean_, self.std_ = X.mean(axis=0), X.std(axis=0)
-        self.std_[self.std_ < 1e-12] = 1.0
-        Z = (X - self.mean_) / self.std_
-        self.intercept_ = float(y.mean())
-        A = Z.T @ Z + self.alpha * np.eye(Z.shape[1])
-        self.coef_ = np.linalg.solve(A, Z.T @ (y - self.intercept_))
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        Z = (np.atleast_2d(np.asarray(X, float)) - self.mean_) / self.std_
-        return Z @ self.coef_ + self.intercept_
+# The same standardized ridge that aging's screening refits per ask.
+RidgeSurrogate = Ridge
 
 
 def load_evaluations(path: str | Path = DATA_CSV) -> pd.DataFrame:

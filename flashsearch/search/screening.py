@@ -30,14 +30,31 @@ def genome_features(genome: Genome, operators: Sequence[str]) -> np.ndarray:
     return np.asarray(f, dtype=float)
 
 
+class Ridge:
+    """Ridge regression y ~ b0 + w . z on standardized features z = (x - mean) / std (constant columns get std 1).
+
+    Closed form w = (Z'Z + alpha I)^-1 Z'(y - mean y); the intercept is not penalised. numpy only."""
+
+    def __init__(self, alpha: float = 1.0) -> None:
+        self.alpha = float(alpha)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "Ridge":
+        X, y = np.asarray(X, float), np.asarray(y, float)              # X: [n, f], y: [n]
+        self.mean_, self.std_ = X.mean(axis=0), X.std(axis=0)
+        self.std_[self.std_ < 1e-12] = 1.0
+        Z = (X - self.mean_) / self.std_                                 # [n, f]
+        self.intercept_ = float(y.mean())
+        self.coef_ = np.linalg.solve(Z.T @ Z + self.alpha * np.eye(Z.shape[1]), Z.T @ (y - self.intercept_))
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:                     # X: [m, f] -> [m]
+        Z = (np.atleast_2d(np.asarray(X, float)) - self.mean_) / self.std_
+        return Z @ self.coef_ + self.intercept_
+
+
 def ridge_predict(X: np.ndarray, y: np.ndarray, X_new: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-    """Ridge fit on standardized features (constant columns left unscaled; intercept not penalised), predicted
-    at X_new. X: [n, f], y: [n], X_new: [m, f] -> [m]."""
-    mean, std = X.mean(axis=0), X.std(axis=0)
-    std[std < 1e-12] = 1.0
-    Z = (X - mean) / std                                       # [n, f]
-    coef = np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]), Z.T @ (y - y.mean()))
-    return ((X_new - mean) / std) @ coef + y.mean()           # [m]
+    """Ridge fitted on (X [n, f], y [n]), predicted at X_new [m, f] -> [m]."""
+    return Ridge(alpha).fit(X, y).predict(X_new)
 
 
 def pick_child(children: Sequence[np.ndarray], trained: Sequence[np.ndarray], losses: Sequence[float],
@@ -68,4 +85,4 @@ def pick_child(children: Sequence[np.ndarray], trained: Sequence[np.ndarray], lo
     return int(np.argmin(score))
 
 
-__all__ = ["genome_features", "ridge_predict", "pick_child", "MIN_TRAIN"]
+__all__ = ["genome_features", "Ridge", "ridge_predict", "pick_child", "MIN_TRAIN"]

@@ -23,7 +23,7 @@ from flashsearch.genome import Genome
 # Columns always present in trials_frame (metric columns "metrics.<name>" follow them).
 COLUMNS: tuple[str, ...] = (
     "number", "state", "genome_id", "summary", "n_layers", "d_model", "quality", "latency", "latency_source",
-    "error", "error_kind", "retry_of", "attempt", "cached_from", "origin", "parent", "mutation", "eval_seconds", "worker_node",
+    "error", "error_kind", "retry_of", "attempt", "cached_from", "rung", "top_rung", "candidate", "origin", "parent", "mutation", "eval_seconds", "worker_node",
     "datetime_start", "datetime_complete", "duration_s", "genome_json", "params", "metrics",
 )
 
@@ -85,6 +85,10 @@ def _row(t: FrozenTrial) -> dict[str, Any]:
         "retry_of": ua.get("retry_of"),
         "attempt": ua.get("attempt", 1),
         "cached_from": ua.get("cached_from"),
+        # multi-fidelity (search/rungs.py): the rung trained to, the ladder's top, the candidate's screening trial
+        "rung": ua.get("rung"),
+        "top_rung": ua.get("top_rung"),
+        "candidate": ua.get("candidate", t.number if "rung" in ua else None),
         "origin": t.system_attrs.get("aging:origin", "enqueued" if "fixed_params" in t.system_attrs else None),
         "parent": t.system_attrs.get("aging:parent"),
         "mutation": t.system_attrs.get("aging:mutation"),
@@ -122,7 +126,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             df[col] = pd.Series(dtype=float if col in ("quality", "latency", "duration_s") else object)
     extra = sorted(c for c in df.columns if c not in COLUMNS)
     df = df[list(COLUMNS) + extra]
-    for col in ("cached_from", "parent", "n_layers", "d_model", "retry_of", "attempt"):
+    for col in ("cached_from", "parent", "n_layers", "d_model", "retry_of", "attempt", "rung", "top_rung", "candidate"):
         df[col] = df[col].astype("Int64")
     for col in ("eval_seconds", "quality", "latency", "duration_s"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
@@ -168,13 +172,24 @@ def pareto_mask(points: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
     return mask
 
 
-def complete_trials(df: pd.DataFrame, one_per_genome: bool = False) -> pd.DataFrame:
-    """COMPLETE trials of a trials_frame with a finite loss and latency, in trial-number order.
+def published(df: pd.DataFrame) -> pd.Series:
+    """Rows whose result is published: all under single fidelity, the top rung's under multi-fidelity (losses of
+    lower rungs come from shorter training and do not compare with it)."""
+    if "rung" not in df.columns:
+        return pd.Series(True, index=df.index)
+    single = df["rung"].isna() | df["top_rung"].isna()
+    return (single | (df["rung"] == df["top_rung"])).fillna(False).astype(bool)
+
+
+def complete_trials(df: pd.DataFrame, one_per_genome: bool = False, all_rungs: bool = False) -> pd.DataFrame:
+    """COMPLETE trials of a trials_frame with a finite loss and latency, in trial-number order; only published
+    results (the top rung under multi-fidelity) unless all_rungs.
 
     one_per_genome: drop cached replays of a genome (the earliest trial stands for it), so each architecture
     appears once.
     """
-    ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])]
+    ok = df[(df["state"] == "COMPLETE") & np.isfinite(df["quality"]) & np.isfinite(df["latency"])
+            & (True if all_rungs else published(df))]
     ok = ok.sort_values("number")
     if one_per_genome and "genome_id" in ok.columns:
         has_id = ok["genome_id"].notna()
@@ -184,7 +199,7 @@ def complete_trials(df: pd.DataFrame, one_per_genome: bool = False) -> pd.DataFr
 
 def pareto_front(df: pd.DataFrame) -> pd.DataFrame:
     """Non-dominated COMPLETE trials of a trials_frame (minimize quality and latency), one per genome, sorted
-    by latency."""
+    by latency; under multi-fidelity, of the top rung's results only."""
     ok = complete_trials(df, one_per_genome=True)
     if ok.empty:
         return ok.copy()
@@ -218,5 +233,5 @@ def hypervolume(points: Iterable[Sequence[float]], reference: Sequence[float]) -
     return float(volume)
 
 
-__all__ = ["trials_frame", "write_trials", "complete_trials", "pareto_front", "pareto_mask", "rank_front", "hypervolume", "atomic_path",
+__all__ = ["trials_frame", "write_trials", "complete_trials", "published", "pareto_front", "pareto_mask", "rank_front", "hypervolume", "atomic_path",
            "write_text_atomic", "COLUMNS"]

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from flashsearch.errors import FlashsearchError
 
 SAMPLERS = ("aging", "random", "nsga2", "tpe")
+FIDELITIES = ("single", "multi")
 LOGGERS = ("none", "wandb")
 
 
@@ -54,8 +55,12 @@ class WorkloadConfig:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    tokens: int = 200_000
+    tokens: int = 200_000                          # training tokens per candidate (multi-fidelity: the top rung)
     time_limit_s: Optional[float] = None
+    # Multi-fidelity (search.fidelity=multi): the ladder of training budgets, strictly increasing and ending at
+    # `tokens`; every candidate trains at the first rung, the best 1/eta of a rung are promoted to the next.
+    rungs: List[int] = field(default_factory=list)
+    eta: int = 3
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class SearchConfig:
     trial_timeout_s: Optional[float] = None        # a trial running longer is cancelled and FAILED "timeout after N s"
     retries: int = 1                               # re-runs of a trial failed by a transient fault (time limit, OOM, lost worker, ...)
     children_per_ask: int = 1                      # aging: mutate K children, train the one a ridge on the trials predicts best
+    fidelity: str = "single"                       # single: every candidate at budget.tokens; multi: budget.rungs (ASHA)
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,14 @@ def validate(cfg: RunConfig) -> None:
     need(s.retries >= 0, f"search.retries must be >= 0, got {s.retries}")
     need(cfg.ray.num_cpus_per_trial >= 0 and cfg.ray.num_gpus_per_trial >= 0,
          "ray.num_cpus_per_trial and ray.num_gpus_per_trial must be >= 0")
+    need(s.fidelity in FIDELITIES, f"search.fidelity={s.fidelity!r}; choose single or multi")
+    if s.fidelity == "multi":
+        from flashsearch.search.rungs import Ladder
+
+        try:
+            Ladder.of(cfg.budget.rungs, cfg.budget.eta, top=cfg.budget.tokens)
+        except FlashsearchError as e:
+            need(False, str(e))
     need(cfg.logger in LOGGERS, f"logger={cfg.logger!r}; choose one of {', '.join(LOGGERS)}")
     for name in cfg.imports:
         need(bool(re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name)),

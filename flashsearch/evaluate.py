@@ -23,6 +23,9 @@ _WORKER_CACHE: dict[int, tuple[Any, Any]] = {}
 @dataclass(frozen=True)
 class CandidateEvaluator:
     cfg: RunConfig
+    # Multi-fidelity: the absolute folder of rung checkpoints (the controller's out_dir/checkpoints, resolved there,
+    # since a Ray worker's working directory may differ; on a multi-node cluster it must be a shared filesystem).
+    checkpoint_dir: str | None = None
 
     def _objectives(self) -> tuple[Any, Any]:
         key = hash(repr(self.cfg))
@@ -32,9 +35,21 @@ class CandidateEvaluator:
             _WORKER_CACHE[key] = (build_quality(self.cfg), build_latency(self.cfg))
         return _WORKER_CACHE[key]
 
-    def __call__(self, genome_json: str) -> dict[str, Any]:
+    def budget(self, rung: int | None) -> Any:
+        """The training budget of one evaluation: budget.tokens, or under multi-fidelity rung `rung` of the ladder
+        with the run's checkpoint folder, from which promotions continue."""
+        from flashsearch.proxies.base import Budget
+
+        b = self.cfg.budget
+        if rung is None:
+            return Budget(tokens=b.tokens, time_limit_s=b.time_limit_s)
+        ladder = tuple(int(t) for t in b.rungs)
+        return Budget(tokens=ladder[rung], time_limit_s=b.time_limit_s, ladder=ladder,
+                      checkpoint_dir=self.checkpoint_dir)
+
+    def __call__(self, genome_json: str, rung: int | None = None) -> dict[str, Any]:
         from flashsearch.builders import build_workload
-        from flashsearch.proxies.base import Budget, latency_source
+        from flashsearch.proxies.base import latency_source
 
         import_modules(self.cfg.imports)    # in a fresh worker process: register the run's user operators
         genome = Genome.from_json(genome_json)
@@ -48,8 +63,7 @@ class CandidateEvaluator:
             raise TrialFailed(f"latency predictor returned {seconds!r} seconds")
 
         t0 = time.perf_counter()
-        result = quality.evaluate(genome, Budget(tokens=self.cfg.budget.tokens,
-                                                 time_limit_s=self.cfg.budget.time_limit_s))
+        result = quality.evaluate(genome, self.budget(rung))
         t_quality = time.perf_counter() - t0
         loss = float(result.loss)
         if not math.isfinite(loss):
@@ -66,6 +80,8 @@ class CandidateEvaluator:
                 "params": count_parameters(genome),
                 "proxy_params": int(result.proxy_params),
                 "train_tokens": int(result.tokens),
+                **({} if rung is None else {"rung": rung,
+                                            "new_tokens": int(result.extra.get("new_tokens", result.tokens))}),
                 "quality_seconds": round(t_quality, 3),
                 "latency_seconds": round(t_latency, 3),
                 "curve": [[int(s), float(v)] for s, v in result.curve],

@@ -42,6 +42,9 @@ class SearchEvent:
     n_layers: int | None = None
     metrics: Mapping[str, Any] | None = None  # extra metrics of a finished evaluation ("trial_done")
     error_kind: str | None = None    # "trial_failed": rejected | invalid_result | error | oom | timeout | worker_died
+    rung: int | None = None          # multi-fidelity: the rung the trial trained to (None: single fidelity)
+    top_rung: int | None = None
+    candidate: int | None = None     # multi-fidelity: the screening trial a promotion continues
 
 
 class ProgressListener(Protocol):
@@ -104,6 +107,8 @@ class Progress:
             return f"{head} #{e.number} started  | {status}" if self.verbose else None
         if e.kind in ("trial_done", "trial_cached"):
             what = "done " if e.kind == "trial_done" else f"cached (= #{e.cached_from})"
+            if e.rung is not None:
+                what += f" rung {e.rung}/{e.top_rung}" + (f" (of #{e.candidate})" if e.rung else "")
             src = f"  ({e.latency_source})" if e.latency_source else ""
             return (f"{head} #{e.number} {what} loss {_num(e.loss)}  latency {_num(e.latency, 2)} s{src}"
                     f"  | {status}  | {best}  | {clock}")

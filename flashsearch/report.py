@@ -35,6 +35,7 @@ from flashsearch.archive import (  # noqa: E402
     hypervolume,
     pareto_front,
     pareto_mask,
+    published,
     trials_frame,
     write_text_atomic,
     write_trials,
@@ -94,8 +95,19 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
     try:
         if done.empty:
             ax.text(0.5, 0.5, "no complete trials yet", ha="center", va="center", transform=ax.transAxes)
+        elif _multi_fidelity(df):
+            # One colour and size per rung: the front is made of the top rung's results only.
+            top = int(df["top_rung"].dropna().max())
+            colors = plt.get_cmap("viridis")
+            for k in range(top + 1):
+                at_k = done[done["rung"] == k]
+                if not at_k.empty:
+                    ax.scatter(at_k["latency"], at_k["quality"], s=10 + 14 * k, alpha=0.75, zorder=2,
+                               color=colors(0.85 * k / max(1, top)),
+                               label=f"rung {k}" + (" (top: the front)" if k == top else "") + f": {len(at_k)}")
         else:
             ax.scatter(done["latency"], done["quality"], s=14, color="0.6", alpha=0.7, label="trials", zorder=2)
+        if not done.empty:
             ax.step(front["latency"], front["quality"], where="post", color="tab:red", lw=1.5, zorder=3,
                     label="Pareto front")
             ax.scatter(front["latency"], front["quality"], s=28, color="tab:red", zorder=4)
@@ -127,7 +139,10 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
         stopped = (df["state"] == "FAIL") & (kinds == "interrupted")
         n_failed, n_stopped = int((df["state"] == "FAIL").sum() - stopped.sum()), int(stopped.sum())
         counts = f"{n_failed} failed" + (f", {n_stopped} interrupted" if n_stopped else "")
-        ax.set_title(title or f"{len(done)} complete trials, {len(front)} on the front, {counts}", fontsize=10)
+        what = f"{len(done)} complete trials, {len(front)} on the front"
+        if _multi_fidelity(df):
+            what += f" (top-rung results only: {int(published(done).sum())})"
+        ax.set_title(title or f"{what}, {counts}", fontsize=10)
         ax.grid(True, alpha=0.3)
         if not done.empty or target_latency is not None or marks:
             ax.legend(fontsize=8, loc="best")   # "best" keeps the legend off the reference labels and points
@@ -137,12 +152,18 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
     return Path(path)
 
 
+def _multi_fidelity(df: pd.DataFrame) -> bool:
+    return "top_rung" in df.columns and bool(df["top_rung"].notna().any())
+
+
 def _hover(r: pd.Series) -> str:
     try:
         params = json.loads(r["params"]) if isinstance(r["params"], str) else {}
     except ValueError:
         params = {}
-    lines = [f"trial #{r['number']}", f"loss {r['quality']:.4f}", f"latency {r['latency']:.3f} s",
+    rung = r.get("rung")
+    lines = [f"trial #{r['number']}" + ("" if rung is None or pd.isna(rung) else f" (rung {int(rung)})"),
+             f"loss {r['quality']:.4f}", f"latency {r['latency']:.3f} s",
              f"layers: {r['summary']}", f"d_model {r['d_model']}"]
     lines += [f"{k} = {v}" for k, v in params.items()]
     return "<br>".join(str(x) for x in lines)
@@ -201,8 +222,8 @@ def reference_point(df: pd.DataFrame) -> tuple[float, float] | None:
 def hypervolume_curve(df: pd.DataFrame, reference: tuple[float, float] | None = None) -> pd.DataFrame:
     """Hypervolume of the (loss, latency) front after each evaluation, in trial-number order.
 
-    An evaluation = a trial a worker ran (COMPLETE or FAIL); cached replays of an identical genome cost nothing
-    and are not counted. Columns: evaluations, trial, hypervolume (w.r.t. `reference`, default
+    An evaluation = a trial a worker ran (COMPLETE or FAIL; promotions too); cached replays of an identical genome
+    cost nothing and are not counted. Only published results (the top rung under multi-fidelity) add volume. Columns: evaluations, trial, hypervolume (w.r.t. `reference`, default
     reference_point(df)), normalized (hypervolume / the area of the box ideal..reference).
     """
     ref = reference or reference_point(df)
@@ -211,11 +232,12 @@ def hypervolume_curve(df: pd.DataFrame, reference: tuple[float, float] | None = 
         return pd.DataFrame(columns=["evaluations", "trial", "hypervolume", "normalized"])
     ok = complete_trials(df)
     box = (ref[0] - float(ok["quality"].min())) * (ref[1] - float(ok["latency"].min()))
-    evaluated = df[df["state"].isin(["COMPLETE", "FAIL"]) & df["cached_from"].isna()].sort_values("number")
+    evaluated = df[df["state"].isin(["COMPLETE", "FAIL"]) & df["cached_from"].isna()]
+    evaluated = evaluated.assign(is_published=published(evaluated)).sort_values("number")
     points: list[tuple[float, float]] = []
     hv = 0.0
     for i, r in enumerate(evaluated.itertuples(index=False), start=1):
-        if r.state == "COMPLETE" and math.isfinite(r.quality) and math.isfinite(r.latency):
+        if r.state == "COMPLETE" and r.is_published and math.isfinite(r.quality) and math.isfinite(r.latency):
             points.append((float(r.quality), float(r.latency)))
             hv = hypervolume(points, ref)
         rows.append({"evaluations": i, "trial": int(r.number), "hypervolume": hv,
@@ -273,10 +295,15 @@ def ranking_table(df: pd.DataFrame, target_latency: float | None = None, top: in
 def ranking_markdown(df: pd.DataFrame, target_latency: float | None = None, top: int = 50) -> str:
     table = ranking_table(df, target_latency, top)
     n_done = int((df["state"] == "COMPLETE").sum())
+    note = ""
+    if _multi_fidelity(df):
+        n_pub = int(published(df[df["state"] == "COMPLETE"]).sum())
+        note = (f" Multi-fidelity: only the {n_pub} results at the top rung are ranked (lower rungs trained "
+                "less; see the rung column of trials.parquet).")
     lines = [f"# Ranking ({len(table)} of {n_done} complete trials)", "",
              "Ranked by non-dominated front (1 = Pareto front), then loss"
              + (f"; trials meeting the {target_latency:g} s target first." if target_latency is not None else ".")
-             + " Loss = the quality proxy's (lower is better); latency = " + _latency_label(df) + ".", ""]
+             + " Loss = the quality proxy's (lower is better); latency = " + _latency_label(df) + "." + note, ""]
     head = ["rank", "front", "trial", "loss", "latency (s)", "params (B)", "d_model", "layers", "pattern"]
     if target_latency is not None:
         head.append("meets target")

@@ -27,6 +27,7 @@ from flashsearch.references import STUDY_ATTR as STUDY_REFERENCES
 from flashsearch.references import predict_references
 from flashsearch.search.latency_target import LatencyTarget
 from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
+from flashsearch.search.rungs import LADDER_ATTR, Ladder
 from flashsearch.search.samplers import make_sampler
 from flashsearch.search.signals import graceful_stop
 from flashsearch.search.storage import repair_journal
@@ -48,9 +49,22 @@ class RunResult:
 
 def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """What must not change between a run and its resume: the space and both objectives' definitions."""
+    budget = to_dict(cfg.budget)
+    fidelity: dict[str, Any] = {}
+    if cfg.search.fidelity == "multi":
+        fidelity = {"fidelity": "multi"}
+    else:  # the ladder does not apply (and studies made before it existed resume)
+        budget = {k: v for k, v in budget.items() if k not in ("rungs", "eta")}
     return {"space": to_dict(cfg.space), "latency": to_dict(cfg.latency), "quality": to_dict(cfg.quality),
-            "workload": to_dict(cfg.workload), "budget": to_dict(cfg.budget), "data": to_dict(cfg.data),
-            "target_latency": cfg.search.target_latency}
+            "workload": to_dict(cfg.workload), "budget": budget, "data": to_dict(cfg.data),
+            "target_latency": cfg.search.target_latency, **fidelity}
+
+
+def ladder_of(cfg: RunConfig) -> Ladder | None:
+    """The multi-fidelity ladder (search.fidelity=multi), None for single fidelity."""
+    if cfg.search.fidelity != "multi":
+        return None
+    return Ladder.of(cfg.budget.rungs, cfg.budget.eta, top=cfg.budget.tokens)
 
 
 def latency_target_of(cfg: RunConfig, space: SearchSpace, predictor: Any, source: str) -> LatencyTarget | None:
@@ -158,6 +172,9 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         study = open_study(cfg, out_dir, sampler, force_new)
         if references and STUDY_REFERENCES not in study.user_attrs:
             study.set_user_attr(STUDY_REFERENCES, references)
+        ladder = ladder_of(cfg)
+        if ladder is not None and LADDER_ATTR not in study.user_attrs:
+            study.set_user_attr(LADDER_ATTR, ladder.as_attr())
     except FlashsearchError:
         lock.release()
         if created:
@@ -196,14 +213,19 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
     from flashsearch.export import export_top
     from flashsearch.report import write_report
 
+    from flashsearch.proxies.quality.checkpoint import CHECKPOINT_DIR
+
+    ladder = ladder_of(cfg)
+    checkpoints = str((out_dir / CHECKPOINT_DIR).resolve()) if ladder is not None else None
     stop, restore = graceful_stop()
     try:
         summary = run_search(
-            study, space, CandidateEvaluator(cfg), n_trials=cfg.search.trials, workers=cfg.search.workers,
+            study, space, CandidateEvaluator(cfg, checkpoints), n_trials=cfg.search.trials, workers=cfg.search.workers,
             ray_address=cfg.ray.address, num_cpus_per_trial=cfg.ray.num_cpus_per_trial,
             num_gpus_per_trial=cfg.ray.num_gpus_per_trial, seeds=seeds, progress=progress,
             max_failures=cfg.search.max_failures, target_latency=cfg.search.target_latency,
-            trial_timeout_s=cfg.search.trial_timeout_s, retries=cfg.search.retries, stop=stop)
+            trial_timeout_s=cfg.search.trial_timeout_s, retries=cfg.search.retries, stop=stop, ladder=ladder,
+            checkpoint_dir=checkpoints)
     except KeyboardInterrupt:
         restore()  # a second Ctrl-C while the report is written stops at once
         if logger is not None:
@@ -218,6 +240,10 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
         restore()
     if logger is not None:
         logger.finish(study, target_latency=cfg.search.target_latency)
+    if checkpoints is not None and summary.stopped == "completed":
+        # Nothing is due any more: the rung checkpoints left belong to candidates that were not promoted. (A resume
+        # with more trials that promotes one of them retrains it from scratch under the same schedule: same result.)
+        shutil.rmtree(checkpoints, ignore_errors=True)
 
     write_report(study, out_dir, target_latency=cfg.search.target_latency)
     exported: list[Path] = []

@@ -49,6 +49,11 @@ class Budget:
 
     tokens: int = 200_000          # training tokens
     time_limit_s: float | None = None
+    # Multi-fidelity: the ladder of rung budgets `tokens` belongs to (() = single fidelity). A proxy that can
+    # continue training (short_train) trains every rung under one schedule and keeps a checkpoint per rung in
+    # `checkpoint_dir`, so rung k+1 starts where rung k's stable phase ended; any other proxy just trains `tokens`.
+    ladder: tuple[int, ...] = ()
+    checkpoint_dir: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.search.latency_target import LatencyTarget
+from flashsearch.search.rungs import candidate_of, is_promotion, rung_of
 from flashsearch.space import SearchSpace
 
 ATTR_ORIGIN = "aging:origin"
@@ -105,6 +106,8 @@ class _Digest:
         self.complete: list[tuple[Any, int, FrozenTrial]] = []  # sorted by (datetime_complete, number)
         self.finished_ids: set[str] = set()
         self.n_alive_finished = 0                  # finished and not FAIL (COMPLETE / PRUNED)
+        # multi-fidelity: candidate (screening trial number) -> {rung: (loss, latency)} of its promotions
+        self.rungs: dict[int, dict[int, tuple[float, float]]] = {}
 
     def update(self, trials: Sequence[FrozenTrial], genome_id: Callable[[FrozenTrial], str | None]) -> bool:
         """Fold in what changed; False if the trial list does not extend the one digested (then rebuild)."""
@@ -130,6 +133,10 @@ class _Digest:
         gid = genome_id(t)
         if gid is not None:
             self.finished_ids.add(gid)
+        if is_promotion(t):  # the same candidate trained longer: not a new member, a better-informed result
+            if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) >= 2:
+                self.rungs.setdefault(candidate_of(t), {})[rung_of(t)] = (float(t.values[0]), float(t.values[1]))
+            return
         if t.state == TrialState.FAIL or "cached_from" in t.user_attrs:
             return  # failed, or a replay of an evaluated genome: not a (new) population member
         self.n_alive_finished += 1
@@ -141,6 +148,18 @@ class _Digest:
 
     def newest(self, size: int) -> list[FrozenTrial]:
         return [e[2] for e in self.complete[-size:]] if size > 0 else []
+
+    def members(self, trials: Sequence[FrozenTrial], population: Sequence[FrozenTrial] = ()) -> tuple[
+            list[Member], list[Member]]:
+        """`trials` (and the `population` used for normalisation) as Members compared at equal rungs: the highest
+        rung every one of `trials` reached (0 under single fidelity), the population's members that reached it."""
+        def at(t: FrozenTrial, k: int) -> tuple[float, float] | None:
+            return (float(t.values[0]), float(t.values[1])) if k == 0 else self.rungs.get(t.number, {}).get(k)
+
+        common = min((max(self.rungs.get(t.number, {0: None})) for t in trials), default=0)
+        pool = [Member(t.number, *at(t, common)) for t in trials]  # type: ignore[misc]
+        reached = [(t, v) for t in population if (v := at(t, common)) is not None]
+        return pool, [Member(t.number, *v) for t, v in reached]
 
 
 # ---- the sampler ------------------------------------------------------------------------------------------
@@ -206,21 +225,22 @@ class AgingEvolutionSampler(BaseSampler):
         rng = self._rng(trial.number)
         digest = self._digest(study)
         open_trials = [t for t in digest.open_trials() if t.number != trial.number]
+        new_open = [t for t in open_trials if not is_promotion(t)]  # promotions are no new candidates
         # Every genome already in the study (failed ones too: re-proposing them would fail again).
         seen = digest.finished_ids | {gid for t in open_trials if (gid := self._genome_id(t)) is not None}
         members = digest.newest(self.population)
-        if digest.n_alive_finished + len(open_trials) < self.population or not members:
+        if digest.n_alive_finished + len(new_open) < self.population or not members:
             # Seeding: running and waiting trials count, so W parallel workers do not over-seed.
             params, _ = self._random_unique(rng, seen)
             self._record(study, trial, {ATTR_ORIGIN: "random"})
             return params
 
         tournament = rng.sample(members, min(self.sample_size, len(members)))
-        pool = [Member(t.number, float(t.values[0]), float(t.values[1])) for t in tournament]
+        # Multi-fidelity: the tournament is compared at the highest rung all its members reached.
+        pool, population = digest.members(tournament, members)
         if self.target_latency is not None:
             parent = select_parent_constrained(pool, self.target_latency)
         else:
-            population = [Member(t.number, float(t.values[0]), float(t.values[1])) for t in members]
             parent = select_parent_pareto(pool, rng, population)
 
         parent_params = dict(next(t for t in tournament if t.number == parent.number).params)

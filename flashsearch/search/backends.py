@@ -19,7 +19,7 @@ LOCAL = "local"  # ray_address value that runs workers as threads in this proces
 
 
 class Backend(Protocol):
-    def submit(self, genome_json: str) -> Hashable: ...
+    def submit(self, genome_json: str, rung: int | None = None) -> Hashable: ...
     def wait_one(self, handles: Sequence[Hashable], timeout: float | None) -> tuple[Hashable, dict] | None: ...
     def cancel(self, handle: Hashable) -> None: ...
     def close(self) -> None: ...
@@ -39,13 +39,13 @@ class ThreadBackend:
         self._evaluator = evaluator
         self._n = 0
 
-    def submit(self, genome_json: str) -> Future:
+    def submit(self, genome_json: str, rung: int | None = None) -> Future:
         fut: Future = Future()
         fut.set_running_or_notify_cancel()
 
         def work() -> None:
             try:
-                fut.set_result(run_evaluator(self._evaluator, genome_json))
+                fut.set_result(run_evaluator(self._evaluator, genome_json, rung))
             except BaseException as e:  # noqa: BLE001 - run_evaluator never raises; belt and braces
                 fut.set_result({"ok": False, "kind": "error", "error": one_line(f"{type(e).__name__}: {e}"),
                                 "seconds": 0.0})
@@ -68,11 +68,11 @@ class ThreadBackend:
         pass
 
 
-def run_on_ray_node(evaluator: Evaluator, genome_json: str) -> dict[str, Any]:
+def run_on_ray_node(evaluator: Evaluator, genome_json: str, rung: int | None = None) -> dict[str, Any]:
     """run_evaluator inside a Ray task, plus the id of the node it ran on (trials record where they ran)."""
     import ray
 
-    outcome = run_evaluator(evaluator, genome_json)
+    outcome = run_evaluator(evaluator, genome_json, rung)
     outcome["node"] = ray.get_runtime_context().get_node_id()
     return outcome
 
@@ -103,8 +103,8 @@ class RayBackend:
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(run_on_ray_node)
         self._evaluator_ref = ray.put(evaluator)  # ship the evaluator once, not with every task
 
-    def submit(self, genome_json: str) -> Any:
-        return self._task.remote(self._evaluator_ref, genome_json)
+    def submit(self, genome_json: str, rung: int | None = None) -> Any:
+        return self._task.remote(self._evaluator_ref, genome_json, rung)
 
     def wait_one(self, handles: Sequence[Any], timeout: float | None) -> tuple[Any, dict] | None:
         ready, _ = self._ray.wait(list(handles), num_returns=1, timeout=timeout)

@@ -8,6 +8,11 @@ see search/failures.py). Results are told as they land, not generation by genera
 Where workers run: search/backends.py. What happens before the loop (orphaned trials, seeds):
 search/recovery.py. What a run did: search/summary.py.
 
+Multi-fidelity (`ladder` given, search/rungs.py): every new candidate is a screening trial at rung 0;
+promotions (the same params at a higher rung, continuing from the candidate's checkpoint) are enqueued in the
+study as results land and run ahead of new candidates. `n_trials` counts candidates (screening trials); the search
+ends when they are done and no promotion is due. A rung-k checkpoint is deleted once rung k+1 has its result.
+
 With `retries=N`, a trial that failed for a transient kind (error, oom, timeout, time_limit, worker_died) is enqueued again
 with the same params, at most N times per genome; the new trial records `retry_of` (the failed trial number) and
 `attempt` (1 = first try). rejected / invalid_result are deterministic verdicts and are not retried.
@@ -32,6 +37,8 @@ from flashsearch.search.backends import LOCAL, Backend, make_backend
 from flashsearch.search.latency_target import CONSTRAINT_KEY
 from flashsearch.search.failures import RETRYABLE, Evaluator, one_line
 from flashsearch.search.recovery import INTERRUPTED, SEEDS_ATTR, abandon, enqueue_seeds, recover_orphans
+from flashsearch.search.rungs import (RUNG_ATTR, TOP_ATTR, Ladder, candidate_of, enqueue_promotions,
+                                      fidelity_attrs, rung_of, waiting_promotions)
 from flashsearch.search.results import check_result, extras, jsonable
 from flashsearch.search.summary import EXHAUSTED_AFTER, Best, RunState, SearchSummary
 from flashsearch.space import SearchSpace
@@ -44,6 +51,7 @@ class _Pending:
     started: float
     deadline: float = math.inf      # monotonic time after which the trial is cancelled (trial_timeout_s)
     attempt: int = 1                # 1 = first try; retries count up
+    rung: int | None = None         # multi-fidelity rung (None: single fidelity)
 
 
 def run_search(
@@ -64,6 +72,8 @@ def run_search(
     trial_timeout_s: float | None = None,
     retries: int = 0,
     stop: threading.Event | None = None,
+    ladder: Ladder | None = None,
+    checkpoint_dir: str | None = None,
 ) -> SearchSummary:
     """Run until the study holds `n_trials` evaluated COMPLETE trials (earlier runs count; replays of an already
     evaluated genome do not), W=`workers` in flight.
@@ -77,7 +87,10 @@ def run_search(
     stop: when set (e.g. by a signal handler), stop at the next safe point as on KeyboardInterrupt: trials in
         flight are cancelled, failed as interrupted and re-queued, then KeyboardInterrupt is raised. Unlike an
         exception raised by a handler, it never lands inside a storage write.
-    target_latency: only for the "best so far" shown in progress (defaults to the sampler's target, if any).
+    target_latency: the "best so far" shown in progress (defaults to the sampler's target, if any); under
+        multi-fidelity also the promotion rule's (candidates meeting it first).
+    ladder: multi-fidelity rungs (module doc); None = every candidate at the evaluator's one budget.
+    checkpoint_dir: where the evaluator keeps rung checkpoints (deleted here once no longer needed).
     """
     _check_study(study)
     if n_trials < 0 or workers < 1:
@@ -97,15 +110,18 @@ def run_search(
         target_latency = getattr(study.sampler, "target_latency", None)
 
     run = RunState(n_trials=n_trials, t0=time.monotonic(), progress=progress, best=Best(target_latency),
-               trial_timeout_s=None if trial_timeout_s is None else float(trial_timeout_s), retries=int(retries))
+               trial_timeout_s=None if trial_timeout_s is None else float(trial_timeout_s), retries=int(retries),
+               ladder=ladder, checkpoint_dir=checkpoint_dir)
     recovered = recover_orphans(study, space)
     enqueue_seeds(study, seeds)
+    if ladder is not None:  # results told just before a stop may have left promotions due
+        enqueue_promotions(study, ladder, target_latency)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         run.remember(t)
     summary = SearchSummary(n_trials=n_trials, complete=run.complete, recovered=recovered)
     run.emit("start", message=f"{run.complete} complete, {recovered} interrupted trial(s) re-queued, "
                               f"{workers} worker(s)" + (" (in-process)" if ray_address == LOCAL else ""))
-    if run.complete >= n_trials:
+    if run.complete >= n_trials and not _promotion_due(study, run):
         return run.summarize(summary, "completed")
 
     backend = make_backend(evaluator, workers, ray_address, num_cpus_per_trial, num_gpus_per_trial)
@@ -115,7 +131,9 @@ def run_search(
     stopped: str | None = None
     try:
         while True:
-            while stopped is None and len(in_flight) < workers and run.complete + len(in_flight) < n_trials:
+            while stopped is None and len(in_flight) < workers and (
+                    run.complete + sum(p.rung in (None, 0) for p in in_flight.values()) < n_trials
+                    or _promotion_due(study, run)):
                 if stop is not None and stop.is_set():
                     raise KeyboardInterrupt
                 if deadline is not None and time.monotonic() >= deadline:
@@ -174,6 +192,11 @@ def run_search(
     return run.summarize(summary, "completed" if run.complete >= n_trials else (stopped or "completed"))
 
 
+def _promotion_due(study: optuna.Study, run: RunState) -> bool:
+    """A promotion waits in the study (it runs even when the candidates are all screened)."""
+    return run.ladder is not None and waiting_promotions(study) > 0
+
+
 def _check_study(study: optuna.Study) -> None:
     if list(study.directions) != [StudyDirection.MINIMIZE, StudyDirection.MINIMIZE]:
         raise FlashsearchError(
@@ -197,7 +220,13 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: B
         _record_repair(study, trial, dists, proposed, repaired)
     trial.set_user_attr("genome", genome.to_json())
     trial.set_user_attr("genome_id", genome.id)
-    hit = run.cache.get(genome.id)
+    rung = None
+    if run.ladder is not None:
+        rung = rung_of(trial)
+        if RUNG_ATTR not in trial.user_attrs:  # a new candidate: its screening trial
+            trial.set_user_attr(RUNG_ATTR, 0)
+            trial.set_user_attr(TOP_ATTR, run.ladder.top)
+    hit = run.cache.get(genome.id) if not rung else None  # a promotion is never a replay
     if hit is not None:
         # Identical genome already evaluated: replay its result instead of spending a worker on it. The replay
         # is COMPLETE (a sampler that models the study learns from it) but is no new trial: it does not count
@@ -219,9 +248,16 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: B
     run.replays_in_a_row = 0
     started = time.monotonic()
     deadline = math.inf if run.trial_timeout_s is None else started + run.trial_timeout_s
-    in_flight[backend.submit(genome.to_json())] = _Pending(trial, genome, started, deadline, attempt)
+    in_flight[backend.submit(genome.to_json(), rung)] = _Pending(trial, genome, started, deadline, attempt, rung)
     run.running = len(in_flight)
-    run.emit("trial_started", number=trial.number, **_about(genome, trial.params))
+    run.emit("trial_started", number=trial.number, **_about(genome, trial.params), **_fidelity(trial, run))
+
+
+def _fidelity(trial: Trial | Any, run: RunState) -> dict[str, Any]:
+    """Progress fields of a multi-fidelity trial (none under single fidelity)."""
+    if run.ladder is None:
+        return {}
+    return {"rung": rung_of(trial), "top_rung": run.ladder.top, "candidate": candidate_of(trial)}
 
 
 def _about(genome: Genome, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -266,7 +302,21 @@ def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mappin
     run.evaluated += 1
     run.remember(frozen)
     run.emit("trial_done", number=trial.number, loss=loss, latency=latency, latency_source=source,
-             metrics=extras(result), **about)
+             metrics=extras(result), **about, **_fidelity(frozen, run))
+    if run.ladder is not None:
+        _after_rung(study, run, frozen)
+
+
+def _after_rung(study: optuna.Study, run: RunState, t: Any) -> None:
+    """A rung result landed: enqueue the promotions now due, and drop the checkpoint it continued from (rung k's
+    result makes rung k-1's checkpoint useless: any later promotion continues from rung k)."""
+    assert run.ladder is not None
+    run.promoted += len(enqueue_promotions(study, run.ladder, run.best.target))
+    k = rung_of(t)
+    if k > 0 and run.checkpoint_dir is not None:
+        from flashsearch.proxies.quality.checkpoint import remove_rung_checkpoints
+
+        remove_rung_checkpoints(run.checkpoint_dir, str(t.user_attrs.get("genome_id")), k - 1)
 
 
 def _fail(study: optuna.Study, run: RunState, trial: Trial, reason: str, kind: str = "error",
@@ -305,7 +355,8 @@ def _maybe_retry(study: optuna.Study, run: RunState, pending: _Pending, kind: st
     if kind not in RETRYABLE or pending.attempt > run.retries:
         return False
     number = pending.trial.number
-    study.enqueue_trial(dict(pending.trial.params), user_attrs={"retry_of": number, "attempt": pending.attempt + 1})
+    study.enqueue_trial(dict(pending.trial.params), user_attrs={"retry_of": number, "attempt": pending.attempt + 1,
+                                                                **fidelity_attrs(pending.trial)})
     run.retried += 1
     return True
 

@@ -40,11 +40,12 @@ def is_oom(exc: BaseException) -> bool:
     return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
-def run_evaluator(evaluator: Evaluator, genome_json: str) -> dict[str, Any]:
-    """Runs on the worker. Never raises: failures come back as data, so nothing depends on pickling exceptions."""
+def run_evaluator(evaluator: Evaluator, genome_json: str, rung: int | None = None) -> dict[str, Any]:
+    """Runs on the worker. Never raises: failures come back as data, so nothing depends on pickling exceptions.
+    rung: multi-fidelity rung index, passed as evaluator(genome_json, rung=rung) (None: single fidelity)."""
     t0 = time.perf_counter()
     try:
-        result = evaluator(genome_json)
+        result = evaluator(genome_json) if rung is None else evaluator(genome_json, rung=rung)
         if not isinstance(result, Mapping):
             return {"ok": True, "result": result, "seconds": time.perf_counter() - t0}
         return {"ok": True, "result": dict(result), "seconds": time.perf_counter() - t0}

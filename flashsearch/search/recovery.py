@@ -11,6 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from flashsearch.search.rungs import fidelity_attrs
 from flashsearch.space import SearchSpace
 
 SEEDS_ATTR = "flashsearch:seeds_enqueued"
@@ -36,7 +37,8 @@ def abandon(study: optuna.Study, trial_id: int, reason: str, expected: Iterable[
     if complete and params and not requeued(study, t.number):
         # An interrupted attempt does not count as one: keep its attempt number.
         study.enqueue_trial(dict(params), user_attrs={"retry_of": t.number,
-                                                      "attempt": int(t.user_attrs.get("attempt", 1))})
+                                                      "attempt": int(t.user_attrs.get("attempt", 1)),
+                                                      **fidelity_attrs(t)})
     study._storage.set_trial_user_attr(trial_id, "error", reason)
     study._storage.set_trial_user_attr(trial_id, "error_kind", "interrupted")
     study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)

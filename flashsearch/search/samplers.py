@@ -14,6 +14,23 @@ def make_sampler(cfg: RunConfig, space: SearchSpace, constraint: LatencyTarget |
     with it. The baselines see the same constraint through Optuna: the driver sets each trial's constraint value
     (latency - target, Trial.set_constraint), which NSGA-II and TPE use to prefer feasible trials (Optuna 5's
     replacement for constraints_func); random search ignores it by design."""
+    s = cfg.search
+    if s.sampler != "aging":
+        baseline = _baseline(cfg)
+        if s.fidelity == "multi":  # one trial per candidate, as under single fidelity (search/rungs.py)
+            from flashsearch.search.rungs import ScreeningOnly
+
+            return ScreeningOnly(baseline)
+        return baseline
+    from flashsearch.search.aging import AgingEvolutionSampler
+
+    return AgingEvolutionSampler(space, population=s.population, sample_size=s.sample_size,
+                                 target_latency=s.target_latency, seed=cfg.seed,
+                                 children_per_ask=s.children_per_ask,
+                                 latency_fn=None if constraint is None else constraint.latency)
+
+
+def _baseline(cfg: RunConfig) -> Any:
     import optuna
 
     s = cfg.search
@@ -21,14 +38,7 @@ def make_sampler(cfg: RunConfig, space: SearchSpace, constraint: LatencyTarget |
         return optuna.samplers.RandomSampler(seed=cfg.seed)
     if s.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(population_size=s.population, seed=cfg.seed)
-    if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=s.population)
-    from flashsearch.search.aging import AgingEvolutionSampler
-
-    return AgingEvolutionSampler(space, population=s.population, sample_size=s.sample_size,
-                                 target_latency=s.target_latency, seed=cfg.seed,
-                                 children_per_ask=s.children_per_ask,
-                                 latency_fn=None if constraint is None else constraint.latency)
+    return optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True, n_startup_trials=s.population)
 
 
 __all__ = ["make_sampler"]

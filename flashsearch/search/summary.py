@@ -10,6 +10,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
+from flashsearch.search.rungs import Ladder, rung_of
+
 from flashsearch.progress import EventKind, ProgressListener, SearchEvent, format_duration
 
 
@@ -27,6 +29,7 @@ class SearchSummary:
     failed: int = 0                 # failed in this run
     recovered: int = 0              # orphaned RUNNING trials failed and re-enqueued at start
     retried: int = 0                # failed trials re-enqueued (search.retries) in this run
+    promoted: int = 0               # multi-fidelity: promotions enqueued in this run
     stopped: str = "completed"      # completed | max_failures | timeout | exhausted | interrupted
     elapsed_s: float = 0.0
     best_number: int | None = None
@@ -40,8 +43,9 @@ class SearchSummary:
 
     def line(self) -> str:
         retried = f", {self.retried} retried" if self.retried else ""
+        promoted = f", {self.promoted} promotions" if self.promoted else ""
         s = (f"{self.complete}/{self.n_trials} complete ({self.evaluated} evaluated, {self.cached} cached, "
-             f"{self.failed} failed{retried}) in {format_duration(self.elapsed_s)}")
+             f"{self.failed} failed{retried}{promoted}) in {format_duration(self.elapsed_s)}")
         if self.best_number is not None:
             s += f"; best loss {self.best_loss:.4g} @ {self.best_latency:.3g} s (trial #{self.best_number})"
         if self.stopped == "max_failures":
@@ -102,6 +106,9 @@ class RunState:
     last_error: str | None = None
     trial_timeout_s: float | None = None
     retries: int = 0
+    ladder: Ladder | None = None    # multi-fidelity rungs (None: single fidelity)
+    checkpoint_dir: str | None = None
+    promoted: int = 0
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -113,18 +120,21 @@ class RunState:
         return max(0, self.n_trials - self.complete) * self.elapsed() / done
 
     def remember(self, t: FrozenTrial) -> None:
-        """Count a COMPLETE trial (not a cached replay: it is no new trial) and index its result by genome id
-        (for dedup) and for the best-so-far."""
-        if "cached_from" not in t.user_attrs:
+        """Count a COMPLETE trial (not a cached replay: it is no new trial; not a promotion: it is no new
+        candidate) and index its result by genome id (for dedup) and for the best-so-far (under multi-fidelity,
+        top-rung results only: losses of different rungs do not compare)."""
+        rung = rung_of(t)
+        if "cached_from" not in t.user_attrs and rung == 0:
             self.complete += 1
         if t.values is None or len(t.values) < 2:
             return
         loss, latency = float(t.values[0]), float(t.values[1])
         gid = t.user_attrs.get("genome_id")
-        if gid is not None and gid not in self.cache:
+        if gid is not None and gid not in self.cache and rung == 0:
             self.cache[gid] = Cached(t.number, (loss, latency), t.user_attrs.get("latency_source"),
                                      t.user_attrs.get("metrics"))
-        self.best.offer(t.number, loss, latency)
+        if self.ladder is None or rung == self.ladder.top:
+            self.best.offer(t.number, loss, latency)
 
     def emit(self, kind: EventKind, **kw: Any) -> None:
         if self.progress is None:
@@ -145,7 +155,7 @@ class RunState:
     def summarize(self, summary: SearchSummary, stopped: str) -> SearchSummary:
         summary.complete, summary.evaluated, summary.cached = self.complete, self.evaluated, self.cached
         summary.failed, summary.last_error, summary.stopped = self.failed, self.last_error, stopped
-        summary.retried = self.retried
+        summary.retried, summary.promoted = self.retried, self.promoted
         summary.elapsed_s = self.elapsed()
         if self.best.number is not None:
             summary.best_number, summary.best_loss, summary.best_latency = (

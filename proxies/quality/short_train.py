@@ -10,6 +10,7 @@ between candidates come from the architecture.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import threading
@@ -92,6 +93,31 @@ class _Schedule:
         return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class _WarmupStableDecay:
+    """Multi-fidelity schedule (warmup-stable-decay): linear warmup, the peak LR held, then a linear decay to
+    min_ratio x peak over the last `decay` steps. Every rung of a ladder shares the warmup and the stable phase
+    and runs its own decay, so rung k+1 can continue from the checkpoint taken where rung k's decay began: the
+    result equals an uninterrupted run to rung k+1 (a cosine schedule depends on the total length from the first
+    step, so it cannot be continued)."""
+
+    steps: int
+    warmup: int
+    decay: int
+    min_ratio: float
+
+    @property
+    def stable_end(self) -> int:
+        return self.steps - self.decay
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if step < self.stable_end:
+            return 1.0
+        return 1.0 - (1.0 - self.min_ratio) * (step - self.stable_end + 1) / self.decay
+
+
 def _positive_int(name: str, v: Any, minimum: int = 1) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
         raise FlashsearchError(f"short_train.{name} must be an integer >= {minimum}, got {v!r}")
@@ -137,6 +163,7 @@ class ShortTrain:
         lr: float = 3e-3,
         min_lr_ratio: float = 0.1,
         warmup_fraction: float = 0.1,
+        decay_fraction: float = 0.2,
         weight_decay: float | None = None,
         weight_norm: bool = False,
         grad_clip: float | None = 1.0,
@@ -164,6 +191,7 @@ class ShortTrain:
         self.lr = _number("lr", lr, 0.0, 1e38)
         self.min_lr_ratio = _number("min_lr_ratio", min_lr_ratio, 0.0, 1.0, lo_open=False)
         self.warmup_fraction = _number("warmup_fraction", warmup_fraction, 0.0, 1.0, lo_open=False)
+        self.decay_fraction = _number("decay_fraction", decay_fraction, 0.0, 1.0)
         if not isinstance(weight_norm, bool):
             raise FlashsearchError(f"short_train.weight_norm must be true or false, got {weight_norm!r}")
         self.weight_norm = weight_norm
@@ -250,7 +278,8 @@ class ShortTrain:
         order) moves a proxy's loss by up to ~0.5 bits/byte (experiments/results/recipe_ablation.md), which
         averaging shrinks. Each repeat gets 1/repeats of budget.time_limit_s."""
         limit = None if budget.time_limit_s is None else budget.time_limit_s / self.repeats
-        each = Budget(tokens=budget.tokens, time_limit_s=limit)
+        each = Budget(tokens=budget.tokens, time_limit_s=limit, ladder=budget.ladder,
+                      checkpoint_dir=budget.checkpoint_dir)
         runs = [self._evaluate(genome, each, self.seed + r) for r in range(self.repeats)]
         n = len(runs)
         curve = tuple((step, sum(r.curve[i][1] for r in runs) / n) for i, (step, _) in enumerate(runs[0].curve))
@@ -295,13 +324,19 @@ class ShortTrain:
             opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
         except (RuntimeError, TypeError):
             opt = torch.optim.AdamW(groups, lr=self.lr, betas=(0.9, 0.95), eps=1e-8)
-        schedule = _Schedule(steps, max(1, round(self.warmup_fraction * steps)), self.min_lr_ratio)
+        schedule, rung = self._schedule(budget, steps, tokens_per_step)
         sampler = WindowSampler(corpus.train, self.batch_size, self.seq_len, seed=seed)
 
         curve: list[tuple[int, float]] = []
-        window_loss, window_n = 0.0, 0
+        window_loss, window_n, start = 0.0, 0, 0
+        ckpt = _Checkpoints(self, budget, genome.id, seed, rung, steps, tokens_per_step)
+        resumed = ckpt.resume(model, opt, sampler.generator)
+        if resumed is not None:
+            start, window_loss, window_n = int(resumed["step"]), *resumed["window"]
+            curve = [(int(a), float(b)) for a, b in resumed["curve"]]
+        save_at = ckpt.save_step(schedule)
         t_train, c_train = time.perf_counter(), _own_seconds(self.device)
-        for step in range(steps):
+        for step in range(start, steps):
             for group in opt.param_groups:
                 group["lr"] = self.lr * schedule(step)
             batch = sampler.sample().to(self.device)                     # [B, T+1]
@@ -322,8 +357,11 @@ class ShortTrain:
             if (step + 1) % self.log_every == 0 or step + 1 == steps:
                 curve.append((step + 1, window_loss / window_n / LN2))  # bits per byte, training batches
                 window_loss, window_n = 0.0, 0
+            if step + 1 == save_at:  # the end of this rung's stable phase: where the next rung continues
+                ckpt.save(model, opt, sampler.generator, step + 1, curve, (window_loss, window_n))
             if limit is not None:
-                self._check_time(c0, c_train, step + 1, steps, float(limit), _own_seconds(self.device))
+                self._check_time(c0, c_train, step + 1 - start, steps - start, float(limit),
+                                 _own_seconds(self.device))
         train_seconds = time.perf_counter() - t_train
 
         t_val = time.perf_counter()
@@ -335,10 +373,31 @@ class ShortTrain:
             loss=val_bpb, metric="val_bpb", curve=tuple(curve), proxy_params=n_params,
             tokens=steps * tokens_per_step, seconds=time.perf_counter() - t0,
             extra={"steps": steps, "proxy_d_model": pg.d_model, "proxy_n_heads": pg.n_heads,
+                   "resumed_at_step": start, "new_tokens": (steps - start) * tokens_per_step,
                    "train_seconds": round(train_seconds, 3), "validate_seconds": round(validate_seconds, 3),
                    "data": corpus.source,
                    "final_train_bpb": curve[-1][1] if curve else float("nan")},
         )
+
+    def _schedule(self, budget: Budget, steps: int, tokens_per_step: int) -> tuple[Any, int | None]:
+        """The LR schedule and the rung index: cosine for a single budget; warmup-stable-decay sharing warmup and
+        stable phase across a multi-fidelity ladder (the warmup is a share of the first rung)."""
+        if not budget.ladder:
+            return _Schedule(steps, max(1, round(self.warmup_fraction * steps)), self.min_lr_ratio), None
+        ladder = tuple(int(t) for t in budget.ladder)
+        if int(budget.tokens) not in ladder:
+            raise FlashsearchError(f"budget.tokens={budget.tokens} is not a rung of budget.rungs={list(ladder)}")
+        first = ladder[0] // tokens_per_step
+        if first < 2:
+            raise FlashsearchError(f"budget.rungs[0]={ladder[0]} is less than two steps of short_train "
+                                   f"(batch_size x seq_len = {tokens_per_step}); raise the first rung")
+        decay = max(1, round(self.decay_fraction * steps))
+        warmup = max(1, min(round(self.warmup_fraction * first), first - max(1, round(self.decay_fraction * first))))
+        return _WarmupStableDecay(steps, warmup, decay, self.min_lr_ratio), ladder.index(int(budget.tokens))
+
+    def identity(self) -> dict[str, Any]:
+        """Every setting that shapes a training run (a checkpoint is only continued by the same settings)."""
+        return {k: v for k, v in sorted(vars(self).items()) if not k.startswith("_")}
 
     @staticmethod
     def _check_time(t0: float, t_train: float, done: int, steps: int, limit: float, now: float) -> None:
@@ -369,3 +428,48 @@ class ShortTrain:
             count += chunk[:, 1:].numel()
         model.train()
         return total / count / LN2
+
+
+class _Checkpoints:
+    """The rung checkpoints one multi-fidelity training reads and writes (proxies/quality/checkpoint.py): it
+    resumes from the previous rung's checkpoint when there is a valid one and saves its own at the end of its
+    stable phase when a higher rung may continue from it. Inactive for single-fidelity training."""
+
+    def __init__(self, proxy: ShortTrain, budget: Budget, genome_id: str, seed: int, rung: int | None, steps: int,
+                 tokens_per_step: int) -> None:
+        self.active = rung is not None and budget.checkpoint_dir is not None
+        self.budget, self.genome_id, self.seed, self.rung = budget, genome_id, seed, rung or 0
+        self.top = len(budget.ladder) - 1
+        self.header = {"genome_id": genome_id, "seed": seed, "ladder": [int(t) for t in budget.ladder],
+                       "tokens_per_step": tokens_per_step,
+                       "proxy": json.loads(json.dumps(proxy.identity(), default=str))}
+        self.prev_stable_end: int | None = None
+        if self.active and self.rung > 0:
+            prev_steps = int(budget.ladder[self.rung - 1]) // tokens_per_step
+            prev = proxy._schedule(Budget(tokens=budget.ladder[self.rung - 1], ladder=budget.ladder), prev_steps,
+                                   tokens_per_step)[0]
+            self.prev_stable_end = prev.stable_end
+
+    def _path(self, rung: int) -> Path:
+        from flashsearch.proxies.quality.checkpoint import checkpoint_path
+
+        assert self.budget.checkpoint_dir is not None
+        return checkpoint_path(self.budget.checkpoint_dir, self.genome_id, rung, self.seed)
+
+    def resume(self, model: torch.nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator) -> dict | None:
+        if not self.active or self.rung == 0:
+            return None
+        from flashsearch.proxies.quality.checkpoint import load_training_state
+
+        return load_training_state(self._path(self.rung - 1), model, opt, generator,
+                                   {**self.header, "step": self.prev_stable_end})
+
+    def save_step(self, schedule: Any) -> int | None:
+        return schedule.stable_end if self.active and self.rung < self.top else None
+
+    def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, generator: torch.Generator, step: int,
+             curve: list, window: tuple[float, int]) -> None:
+        from flashsearch.proxies.quality.checkpoint import save_training_state
+
+        save_training_state(self._path(self.rung), model, opt, generator,
+                            {**self.header, "step": step, "curve": curve, "window": list(window)})

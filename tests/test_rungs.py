@@ -1,0 +1,238 @@
+"""Multi-fidelity search (search/rungs.py): the ladder's validation, the front-aware asynchronous promotion rule,
+the driver running promotions with every sampler, equal-rung comparisons, and rung checkpoints that continue a
+training exactly."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import subprocess
+import sys
+import threading
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from flashsearch.archive import pareto_front, trials_frame
+from flashsearch.errors import FlashsearchError
+from flashsearch.genome import Genome
+from flashsearch.proxies.base import Budget
+from flashsearch.proxies.quality.short_train import ShortTrain
+from flashsearch.search import AgingEvolutionSampler, run_search
+from flashsearch.search.aging import _Digest
+from flashsearch.search.rungs import (Ladder, RungResult, ScreeningOnly, candidate_of, pareto_layers, promotion_order,
+                                      promotions, rung_of)
+from flashsearch.space import StagedSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SPACE = StagedSpace()
+LADDER = Ladder((100, 300, 900), eta=3)
+
+
+# ---- the ladder ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rungs, eta, match", [
+    ([], 3, "empty"), ([100, 100, 300], 3, "strictly increasing"), ([300, 100], 3, "strictly increasing"),
+    ([100, 300], 1, "eta must be an integer >= 2"), ([100, 300], 2.5, "eta"), ([0, 300], 3, "positive"),
+    ([100, 300], 3, "must end at budget.tokens"),
+])
+def test_bad_ladders_are_one_line_errors(rungs, eta, match) -> None:
+    with pytest.raises(FlashsearchError, match=match) as e:
+        Ladder.of(rungs, eta, top=900)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, match", [
+    ("budget.rungs=[]", "budget.rungs is empty"), ("budget.rungs=[98304,32768,294912]", "strictly increasing"),
+    ("budget.eta=1", "eta must be an integer >= 2"),
+])
+def test_bad_rung_settings_exit_2_with_one_line(tmp_path, override, match) -> None:
+    out = tmp_path / "run"
+    p = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", "search_spaces/hybrid_1b.yaml",
+                        "search.fidelity=multi", override, f"out_dir={out}"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], p.stderr
+    assert "Traceback" not in p.stderr and not out.exists()
+
+
+# ---- the promotion rule -------------------------------------------------------------------------------------------
+def brute_layers(points):
+    remaining, layer, out = set(range(len(points))), 0, [None] * len(points)
+    while remaining:
+        front = {i for i in remaining if not any(
+            points[j][0] <= points[i][0] and points[j][1] <= points[i][1] and points[j] != points[i]
+            for j in remaining)}
+        for i in front:
+            out[i] = layer
+        remaining -= front
+        layer += 1
+    return out
+
+
+def test_pareto_layers_match_brute_force() -> None:
+    rng = random.Random(0)
+    for n in (1, 2, 7, 40):
+        pts = [(rng.random(), rng.random()) for _ in range(n)]
+        assert pareto_layers(pts) == brute_layers(pts)
+
+
+def test_promotion_is_region_aware_not_loss_only() -> None:
+    """Six slow, good models and three fast, mediocre ones: a loss ranking promotes only slow ones; the rule
+    promotes the fast end of the front too."""
+    slow = [RungResult(i, 0, 2.0 + 0.01 * i, 20.0 + i) for i in range(6)]
+    fast = [RungResult(10 + i, 0, 3.0 + 0.1 * i, 5.0 + i) for i in range(3)]
+    results = slow + fast
+    by_loss = sorted(results, key=lambda r: r.loss)[:3]
+    assert all(r.candidate < 10 for r in by_loss)
+    promoted = {c for c, _ in promotions(results, set(), LADDER)}
+    assert len(promoted) == len(results) // 3
+    assert 10 in promoted and 0 in promoted        # both ends of the front
+    layer0 = {r.candidate for r, k in zip(results, pareto_layers([(r.latency, r.loss) for r in results])) if k == 0}
+    assert layer0 <= promoted                       # the whole front first
+
+
+def test_promotion_is_asynchronous_and_never_repeats() -> None:
+    results = [RungResult(0, 0, 3.0, 10.0), RungResult(1, 0, 2.0, 10.0)]
+    assert promotions(results, set(), LADDER) == []            # 2 // 3 = 0: nothing yet
+    results.append(RungResult(2, 0, 2.5, 9.0))
+    first = promotions(results, set(), LADDER)
+    assert len(first) == 1 and first[0][1] == 1                # a third result promotes one at once
+    assert promotions(results, set(first), LADDER) == []       # already promoted: not again
+    # a rung-1 result never goes straight to rung 2 alone, and the top rung promotes nothing
+    top = [RungResult(c, 2, 1.0, 1.0) for c in range(9)]
+    assert promotions(top, set(), LADDER) == []
+
+
+def test_target_mode_ranks_by_loss_among_feasible() -> None:
+    rs = [RungResult(0, 0, 1.0, 20.0), RungResult(1, 0, 2.0, 9.0), RungResult(2, 0, 3.0, 8.0)]
+    assert [r.candidate for r in promotion_order(rs, target_latency=10.0)] == [1, 2, 0]
+
+
+# ---- the driver -----------------------------------------------------------------------------------------------
+class RungEval:
+    """Fake proxy: loss falls with the rung (more training), by a genome-dependent amount; records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | None]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, genome_json: str, rung: int | None = None) -> dict:
+        g = Genome.from_json(genome_json)
+        with self.lock:
+            self.calls.append((g.id, rung))
+        base = 3.0 - 0.03 * g.n_mixers - 0.0002 * g.d_model + 0.05 * g.count("attention")
+        k = rung or 0
+        return {"loss": base - 0.3 * k - 0.01 * k * g.n_layers, "latency": g.n_layers * g.d_model / 1000.0,
+                "latency_source": "toy"}
+
+
+def make_study(sampler) -> optuna.Study:
+    return optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+
+
+SAMPLERS = {
+    "aging": lambda: AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0),
+    "random": lambda: ScreeningOnly(optuna.samplers.RandomSampler(seed=0)),
+    "nsga2": lambda: ScreeningOnly(optuna.samplers.NSGAIISampler(population_size=6, seed=0)),
+    "tpe": lambda: ScreeningOnly(optuna.samplers.TPESampler(seed=0, n_startup_trials=6)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_driver_runs_the_ladder_with_every_sampler(name) -> None:
+    ev = RungEval()
+    study = make_study(SAMPLERS[name]())
+    summary = run_search(study, SPACE, ev, n_trials=18, workers=3, ray_address="local", ladder=LADDER)
+    assert summary.ok and summary.complete == 18
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    screening = [t for t in trials if rung_of(t) == 0 and "cached_from" not in t.user_attrs]
+    assert len(screening) == 18 and all(t.user_attrs["top_rung"] == 2 for t in screening)
+    pairs = [(candidate_of(t), rung_of(t)) for t in trials if "cached_from" not in t.user_attrs]
+    assert len(pairs) == len(set(pairs))                              # nothing trained twice
+    n1 = sum(1 for _, k in pairs if k == 1)
+    n2 = sum(1 for _, k in pairs if k == 2)
+    assert n1 == 18 // 3 and n2 == n1 // 3 and summary.promoted == n1 + n2
+    for c, k in pairs:                                                # a promotion follows its rung below
+        assert k == 0 or (c, k - 1) in pairs
+    assert {r for _, r in ev.calls} == {0, 1, 2}
+    df = trials_frame(study)
+    front = pareto_front(df)
+    assert not front.empty and (front["rung"] == 2).all()             # the front: top rung only
+    assert df["rung"].notna().all()
+
+
+def test_aging_population_has_one_member_per_candidate_compared_at_equal_rungs() -> None:
+    study = make_study(AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0))
+    run_search(study, SPACE, RungEval(), n_trials=12, workers=2, ray_address="local", ladder=LADDER)
+    sampler = study.sampler
+    digest = sampler._digest(study)
+    members = digest.newest(100)
+    assert all(rung_of(t) == 0 for t in members) and len(members) == 12
+    promoted = [t for t in members if t.number in digest.rungs]
+    plain = [t for t in members if t.number not in digest.rungs]
+    assert promoted and plain
+    # A tournament of promoted members compares rung-1 losses; one with a never-promoted member compares rung 0.
+    pair = promoted[:2] if len(promoted) > 1 else promoted
+    common = min(max(digest.rungs[t.number]) for t in pair)
+    pool, _ = digest.members(pair, members)
+    assert common >= 1 and [m.loss for m in pool] == [digest.rungs[t.number][common][0] for t in pair]
+    pool, population = digest.members([promoted[0], plain[0]], members)
+    assert [m.loss for m in pool] == [float(promoted[0].values[0]), float(plain[0].values[0])]
+    assert len(population) == len(members)
+
+
+def test_baselines_see_screening_trials_only() -> None:
+    study = make_study(ScreeningOnly(optuna.samplers.RandomSampler(seed=1)))
+    run_search(study, SPACE, RungEval(), n_trials=9, workers=1, ray_address="local", ladder=LADDER)
+    from flashsearch.search.rungs import _ScreeningStudy
+
+    view = _ScreeningStudy(study)
+    assert len(view._get_trials(deepcopy=False)) == 9 < len(study.get_trials(deepcopy=False))
+
+
+def test_single_fidelity_is_unchanged() -> None:
+    ev = RungEval()
+    study = make_study(AgingEvolutionSampler(SPACE, population=4, sample_size=2, seed=0))
+    run_search(study, SPACE, ev, n_trials=8, workers=2, ray_address="local")
+    assert {r for _, r in ev.calls} == {None}
+    assert all("rung" not in t.user_attrs for t in study.get_trials())
+    assert len(pareto_front(trials_frame(study))) >= 1
+
+
+# ---- checkpoints: continuing equals training straight through -------------------------------------------------------
+HYBRID = Genome(layer_types=("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn"), d_model=1024, n_heads=8,
+                n_kv_heads=2, head_dim=128)
+
+
+def test_checkpoint_continuation_gives_the_uninterrupted_loss(tmp_path) -> None:
+    proxy = ShortTrain(seq_len=32, batch_size=4, eval_batches=2, log_every=3)
+    tps = 32 * 4
+    ladder = (6 * tps, 15 * tps, 27 * tps)
+    staged = [proxy.evaluate(HYBRID, Budget(tokens=t, ladder=ladder, checkpoint_dir=str(tmp_path))) for t in ladder]
+    straight = proxy.evaluate(HYBRID, Budget(tokens=ladder[2], ladder=ladder))
+    assert staged[2].loss == straight.loss and staged[2].curve == straight.curve
+    assert staged[1].extra["resumed_at_step"] > 0 and staged[2].extra["resumed_at_step"] > 0
+    assert staged[2].extra["new_tokens"] < ladder[2]
+    assert staged[0].loss > staged[1].loss > staged[2].loss
+    # A checkpoint from other settings is ignored (trained from scratch: same result, nothing mixed).
+    other = ShortTrain(seq_len=32, batch_size=4, eval_batches=2, log_every=3, lr=1e-3)
+    r = other.evaluate(HYBRID, Budget(tokens=ladder[1], ladder=ladder, checkpoint_dir=str(tmp_path)))
+    assert r.extra["resumed_at_step"] == 0
+    # A damaged checkpoint is ignored too.
+    for path in tmp_path.rglob("rung1-*.safetensors"):
+        path.write_bytes(b"not a checkpoint")
+    r = proxy.evaluate(HYBRID, Budget(tokens=ladder[2], ladder=ladder, checkpoint_dir=str(tmp_path)))
+    assert r.extra["resumed_at_step"] == 0 and r.loss == straight.loss
+
+
+def test_wsd_schedule_shares_warmup_and_stable_phase() -> None:
+    proxy = ShortTrain(seq_len=32, batch_size=4)
+    tps = 32 * 4
+    ladder = (10 * tps, 30 * tps, 90 * tps)
+    scheds = [proxy._schedule(Budget(tokens=t, ladder=ladder), t // tps, tps)[0] for t in ladder]
+    for a, b in itertools.pairwise(scheds):
+        assert all(a(s) == b(s) for s in range(a.stable_end))       # same LR up to a rung's checkpoint
+        assert a.stable_end < b.stable_end
+    assert scheds[0](scheds[0].steps - 1) == pytest.approx(proxy.min_lr_ratio)

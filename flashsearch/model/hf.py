@@ -14,7 +14,9 @@ Design:
 - The decode cache is `FlashsearchCache`, a thin holder of HybridLM's per-layer states (KV caches, SSM / delta-rule
   states). transformers 5 `generate()` passes a model's own cache object through untouched as long as the model
   opts out of its default DynamicCache (`_supports_default_dynamic_cache` -> False): the first forward creates the
-  cache, returns it as `past_key_values`, and every later step feeds it back with only the newest token.
+  cache, returns it, and every later step feeds it back with only the newest token. transformers renamed that
+  argument and output field from `past_key_values` to `cache` during 5.x (generate passes `cache=` from 5.24 on),
+  so forward accepts both names and fills whichever field the installed output class declares.
 - Prompts go through HybridLM.prefill (chunked, parallel); each generated token through HybridLM.step.
 """
 
@@ -35,6 +37,8 @@ from flashsearch.model.hf_config import ARCHITECTURES, MODEL_TYPE, FlashsearchCo
 from flashsearch.model.hybrid import HybridLM
 
 _CAPACITY_STEP = 256  # KV caches grow in multiples of this many tokens (amortizes reallocation while decoding)
+# The output field generate() reads the cache back from: "cache" in newer transformers 5.x, "past_key_values" before.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def _round_up(n: int, step: int) -> int:
@@ -82,6 +86,13 @@ class FlashsearchCache:
     # ---- what transformers asks of a cache ----------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen
+
+    @property
+    def is_linear(self) -> list[bool]:
+        # generate() (5.24) trusts get_seq_length to drop already-cached prompt tokens unless every layer is
+        # "linear" (its own linear-attention layers cannot count tokens). `seen` is exact for every layer type,
+        # so no layer claims to be linear, even a recurrent one.
+        return [False] * len(self.states)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: keep, for each new row, the state of sequence beam_idx[row]."""
@@ -201,11 +212,13 @@ class FlashsearchForCausalLM(FlashsearchPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         return_dict: bool | None = None,
+        cache: FlashsearchCache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         """input_ids [B, T] -> logits [B, T, V]. With a cache (given, or created when use_cache), the tokens continue
-        the cached sequences: T > 1 is a parallel prefill, T == 1 one recurrent decode step. position_ids are
-        not needed (positions come from the cache) and are ignored. use_cache defaults to config.use_cache in
+        the cached sequences: T > 1 is a parallel prefill, T == 1 one recurrent decode step. `cache` and
+        `past_key_values` are two names for the same argument (transformers' newer and older one). position_ids
+        are not needed (positions come from the cache) and are ignored. use_cache defaults to config.use_cache in
         eval mode and to False in training."""
         if inputs_embeds is not None:
             raise ValueError("FlashsearchForCausalLM takes input_ids only; inputs_embeds is not supported")
@@ -216,8 +229,13 @@ class FlashsearchForCausalLM(FlashsearchPreTrainedModel, GenerationMixin):
                              "state through every token; pass equal-length, unpadded sequences")
         if use_cache is None:
             use_cache = bool(self.config.use_cache) and not self.training
+        if cache is not None and past_key_values is not None and cache is not past_key_values:
+            raise ValueError("pass the decode cache once, as `cache` or as `past_key_values`, not two different ones")
+        # Whichever name the caller used (generate() passes `cache` from transformers 5.24 on): a cache it hands in
+        # must be the one this forward continues, or every step would restart from an empty state.
+        past_key_values = cache if cache is not None else past_key_values
         if past_key_values is not None and not isinstance(past_key_values, FlashsearchCache):
-            raise TypeError(f"past_key_values must be a FlashsearchCache (from model.new_cache or a previous "
+            raise TypeError(f"the cache must be a FlashsearchCache (from model.new_cache or a previous "
                             f"forward), got {type(past_key_values).__name__}")
         batch, seq_len = input_ids.shape
         if past_key_values is None and use_cache:
@@ -237,7 +255,7 @@ class FlashsearchForCausalLM(FlashsearchPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: past_key_values})
         if return_dict is None:
             return_dict = self.config.return_dict
         return out if return_dict else out.to_tuple()

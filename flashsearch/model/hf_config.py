@@ -48,7 +48,8 @@ class FlashsearchConfig(PreTrainedConfig):
     """
 
     model_type = MODEL_TYPE
-    keys_to_ignore_at_inference = ["past_key_values"]
+    # Output keys Trainer.predict drops: the decode cache is "cache" in transformers 5.24+, "past_key_values" before.
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]
 
     layer_types: list[str] | None = None
     hidden_size: int = 256

@@ -57,9 +57,11 @@ class WorkloadConfig:
 class BudgetConfig:
     tokens: int = 200_000                          # training tokens per candidate (multi-fidelity: the top rung)
     time_limit_s: Optional[float] = None
-    # Multi-fidelity (search.fidelity=multi): the ladder of training budgets, strictly increasing and ending at
-    # `tokens`; every candidate trains at the first rung, the best 1/eta of a rung are promoted to the next.
+    # Multi-fidelity (search.fidelity=multi): the ladder of training budgets ending at `tokens`; every candidate
+    # trains at the first rung, the best 1/eta of a rung are promoted to the next. Default: n_rungs rungs spaced
+    # by eta (tokens / eta^k, so it follows a budget.tokens override); or list them in `rungs`.
     rungs: List[int] = field(default_factory=list)
+    n_rungs: int = 3
     eta: int = 3
 
 
@@ -246,12 +248,18 @@ def validate(cfg: RunConfig) -> None:
          "ray.num_cpus_per_trial and ray.num_gpus_per_trial must be >= 0")
     need(s.fidelity in FIDELITIES, f"search.fidelity={s.fidelity!r}; choose single or multi")
     if s.fidelity == "multi":
-        from flashsearch.search.rungs import Ladder
+        from flashsearch.search.rungs import ladder_of
 
         try:
-            Ladder.of(cfg.budget.rungs, cfg.budget.eta, top=cfg.budget.tokens)
+            ladder = ladder_of(cfg)
         except FlashsearchError as e:
             need(False, str(e))
+        assert ladder is not None
+        least = cfg.budget.eta ** ladder.top  # each rung keeps 1/eta: fewer candidates never reach the top
+        need(s.trials >= least,
+             f"search.fidelity=multi with {ladder.top + 1} rungs and eta={cfg.budget.eta} needs search.trials >= "
+             f"{least} for any candidate to reach the top rung (got {s.trials}); raise search.trials, lower "
+             "budget.n_rungs, or set search.fidelity=single")
     need(cfg.logger in LOGGERS, f"logger={cfg.logger!r}; choose one of {', '.join(LOGGERS)}")
     for name in cfg.imports:
         need(bool(re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name)),

@@ -43,7 +43,9 @@ class CandidateEvaluator:
         b = self.cfg.budget
         if rung is None:
             return Budget(tokens=b.tokens, time_limit_s=b.time_limit_s)
-        ladder = tuple(int(t) for t in b.rungs)
+        from flashsearch.search.rungs import ladder_of
+
+        ladder = ladder_of(self.cfg).tokens  # type: ignore[union-attr]
         return Budget(tokens=ladder[rung], time_limit_s=b.time_limit_s, ladder=ladder,
                       checkpoint_dir=self.checkpoint_dir)
 

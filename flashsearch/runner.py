@@ -27,7 +27,7 @@ from flashsearch.references import STUDY_ATTR as STUDY_REFERENCES
 from flashsearch.references import predict_references
 from flashsearch.search.latency_target import LatencyTarget
 from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
-from flashsearch.search.rungs import LADDER_ATTR, Ladder
+from flashsearch.search.rungs import LADDER_ATTR, ladder_of
 from flashsearch.search.samplers import make_sampler
 from flashsearch.search.signals import graceful_stop
 from flashsearch.search.storage import repair_journal
@@ -53,18 +53,13 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     fidelity: dict[str, Any] = {}
     if cfg.search.fidelity == "multi":
         fidelity = {"fidelity": "multi"}
+        budget["rungs"] = list(ladder_of(cfg).tokens)  # type: ignore[union-attr]  # the ladder as trained
     else:  # the ladder does not apply (and studies made before it existed resume)
-        budget = {k: v for k, v in budget.items() if k not in ("rungs", "eta")}
+        budget = {k: v for k, v in budget.items() if k not in ("rungs", "n_rungs", "eta")}
     return {"space": to_dict(cfg.space), "latency": to_dict(cfg.latency), "quality": to_dict(cfg.quality),
             "workload": to_dict(cfg.workload), "budget": budget, "data": to_dict(cfg.data),
             "target_latency": cfg.search.target_latency, **fidelity}
 
-
-def ladder_of(cfg: RunConfig) -> Ladder | None:
-    """The multi-fidelity ladder (search.fidelity=multi), None for single fidelity."""
-    if cfg.search.fidelity != "multi":
-        return None
-    return Ladder.of(cfg.budget.rungs, cfg.budget.eta, top=cfg.budget.tokens)
 
 
 def latency_target_of(cfg: RunConfig, space: SearchSpace, predictor: Any, source: str) -> LatencyTarget | None:
@@ -247,9 +242,14 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
 
     write_report(study, out_dir, target_latency=cfg.search.target_latency)
     exported: list[Path] = []
-    if summary.complete:  # a search whose every trial failed has nothing to export; its report says why
+    from flashsearch.archive import pareto_front, trials_frame
+
+    if not pareto_front(trials_frame(study)).empty:
         exported = export_top(study, out_dir / "export", cfg.export_top, target_latency=cfg.search.target_latency)
-    else:
+    elif summary.complete and ladder is not None:  # possible when failures thinned a rung
+        print(f"note: no candidate reached the top rung ({ladder.tokens[-1]} tokens), nothing exported; raise "
+              "search.trials (resuming keeps what is done)", file=stream)
+    else:  # a search whose every trial failed has nothing to export; its report says why
         print(f"note: no trial completed, nothing exported; see the errors in {out_dir / 'trials.parquet'}",
               file=stream)
     return RunResult(out_dir=out_dir, n_complete=summary.complete, n_failed=summary.failed, seconds=time.time() - t0,

@@ -56,7 +56,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
     config = make(tmp_path)
     out_dir = tmp_path / "run"
     before = sorted(p.name for p in tmp_path.iterdir())
-    code = main(["run", str(config), f"out_dir={out_dir}", "search.trials=1", "ray.address=local"])
+    code = main(["run", str(config), f"out_dir={out_dir}", "search.trials=1", "search.fidelity=single",
+                 "ray.address=local"])
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
@@ -75,7 +76,7 @@ def test_a_search_whose_every_trial_fails_ends_with_its_report_not_an_export_err
 
     import fs_test_plugins
     monkeypatch.setattr(fs_test_plugins.SleepyQuality, "evaluate", always_fails)
-    code = main(["run", str(config), f"out_dir={out_dir}", "search.trials=2", "search.max_failures=1",
+    code = main(["run", str(config), f"out_dir={out_dir}", "search.trials=2", "search.max_failures=1", "search.fidelity=single",
                  "search.workers=1", "ray.address=local"])
     err = capsys.readouterr().err
     assert code == 0, err[-2000:]

@@ -16,7 +16,7 @@ HYBRID = str(ROOT / "search_spaces" / "hybrid_1b.yaml")
 FLASH_1B = str(ROOT / "search_spaces" / "reference" / "nemotron_flash_1b.yaml")
 
 # A tiny, fast search: 2 widths' worth of proxy training on a few thousand tokens, in-process (no Ray).
-TINY = ["search.trials=5", "search.population=3", "search.sample_size=2", "search.workers=1", "ray.address=local",
+TINY = ["search.fidelity=single", "search.trials=5", "search.population=3", "search.sample_size=2", "search.workers=1", "ray.address=local",
         "budget.tokens=4096", "quality.seq_len=32", "quality.batch_size=4", "quality.eval_batches=2",
         "space.max_blocks_per_stage=2", "export_top=2"]
 

@@ -32,18 +32,26 @@ LADDER = Ladder((100, 300, 900), eta=3)
 
 # ---- the ladder ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("rungs, eta, match", [
-    ([], 3, "empty"), ([100, 100, 300], 3, "strictly increasing"), ([300, 100], 3, "strictly increasing"),
+    ([], 3, "empty ladder"), ([100, 100, 300], 3, "strictly increasing"), ([300, 100], 3, "strictly increasing"),
     ([100, 300], 1, "eta must be an integer >= 2"), ([100, 300], 2.5, "eta"), ([0, 300], 3, "positive"),
     ([100, 300], 3, "must end at budget.tokens"),
 ])
 def test_bad_ladders_are_one_line_errors(rungs, eta, match) -> None:
     with pytest.raises(FlashsearchError, match=match) as e:
-        Ladder.of(rungs, eta, top=900)
+        Ladder.of(rungs, eta, top=900, n_rungs=0 if not rungs else 3)
     assert "\n" not in str(e.value)
 
 
+def test_default_ladder_follows_budget_tokens() -> None:
+    assert Ladder.of([], 3, top=294912).tokens == (32768, 98304, 294912)
+    assert Ladder.of([], 2, top=1000, n_rungs=2).tokens == (500, 1000)
+    assert Ladder.of([], 3, top=5, n_rungs=1).tokens == (5,)
+    with pytest.raises(FlashsearchError, match="too small"):
+        Ladder.of([], 3, top=5, n_rungs=3)
+
+
 @pytest.mark.parametrize("override, match", [
-    ("budget.rungs=[]", "budget.rungs is empty"), ("budget.rungs=[98304,32768,294912]", "strictly increasing"),
+    ("budget.n_rungs=0", "empty ladder"), ("budget.rungs=[98304,32768,294912]", "strictly increasing"),
     ("budget.eta=1", "eta must be an integer >= 2"),
 ])
 def test_bad_rung_settings_exit_2_with_one_line(tmp_path, override, match) -> None:
@@ -236,3 +244,12 @@ def test_wsd_schedule_shares_warmup_and_stable_phase() -> None:
         assert all(a(s) == b(s) for s in range(a.stable_end))       # same LR up to a rung's checkpoint
         assert a.stable_end < b.stable_end
     assert scheds[0](scheds[0].steps - 1) == pytest.approx(proxy.min_lr_ratio)
+
+
+def test_too_few_trials_to_reach_the_top_rung_is_refused() -> None:
+    from flashsearch.config import load_config
+
+    with pytest.raises(FlashsearchError, match="needs search.trials >= 9"):
+        load_config("search_spaces/hybrid_1b.yaml", ["search.trials=5"])
+    cfg = load_config("search_spaces/hybrid_1b.yaml", ["search.trials=5", "budget.n_rungs=2"])
+    assert cfg.budget.n_rungs == 2

@@ -44,24 +44,32 @@ class Ladder:
     eta: int = 3
 
     @classmethod
-    def of(cls, rungs: Iterable[Any], eta: Any, top: int | None = None) -> "Ladder":
-        """Validated ladder; every problem is one line naming the key and the fix."""
+    def of(cls, rungs: Iterable[Any] | None, eta: Any, top: int | None = None, n_rungs: Any = 3) -> "Ladder":
+        """Validated ladder; every problem is one line naming the key and the fix. With `rungs` empty the ladder
+        is derived: `n_rungs` budgets spaced by eta, ending at `top` (top / eta^k, k = n_rungs-1 .. 0)."""
+        if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
+            raise FlashsearchError(f"budget.eta must be an integer >= 2 (promote the best 1/eta of a rung), "
+                                   f"got {eta!r}")
         rungs = list(rungs or [])
         if not rungs:
-            raise FlashsearchError("budget.rungs is empty: search.fidelity=multi needs a ladder of training "
-                                   "budgets, e.g. budget.rungs=[32768,98304,294912] (or search.fidelity=single)")
+            if isinstance(n_rungs, bool) or not isinstance(n_rungs, int) or n_rungs < 1:
+                raise FlashsearchError(f"budget.n_rungs must be an integer >= 1, got {n_rungs!r}: an empty ladder "
+                                       "has no rung to train at (or list them: budget.rungs=[32768,98304,294912])")
+            if top is None:
+                raise FlashsearchError("budget.rungs is empty and there is no budget.tokens to derive it from")
+            rungs = [int(top) // eta ** k for k in range(n_rungs - 1, -1, -1)]
+            if rungs[0] < 1 or len(set(rungs)) < len(rungs):
+                raise FlashsearchError(f"budget.tokens={top} is too small for {n_rungs} rungs spaced by eta={eta}; "
+                                       "lower budget.n_rungs or raise budget.tokens")
         if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rungs):
             raise FlashsearchError(f"budget.rungs must be positive integers (tokens), got {rungs}")
         if any(b <= a for a, b in zip(rungs, rungs[1:])):
             raise FlashsearchError(f"budget.rungs must be strictly increasing, got {rungs}")
-        if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
-            raise FlashsearchError(f"budget.eta must be an integer >= 2 (promote the best 1/eta of a rung), "
-                                   f"got {eta!r}")
         if top is not None and rungs[-1] != top:
             raise FlashsearchError(
                 f"budget.rungs must end at budget.tokens={top} (the top rung is the training budget the front is "
-                f"published at), got {rungs}; set both, e.g. budget.rungs=[{max(1, top // 9)},{max(1, top // 3)},"
-                f"{top}]")
+                f"published at), got {rungs}; fix one of them, or drop budget.rungs to derive the ladder from "
+                "budget.tokens, budget.n_rungs and budget.eta")
         return cls(tuple(int(r) for r in rungs), int(eta))
 
     @property
@@ -70,6 +78,14 @@ class Ladder:
 
     def as_attr(self) -> dict[str, Any]:
         return {"tokens": list(self.tokens), "eta": self.eta}
+
+
+def ladder_of(cfg: Any) -> Ladder | None:
+    """A RunConfig's ladder under search.fidelity=multi; None under single fidelity."""
+    if cfg.search.fidelity != "multi":
+        return None
+    b = cfg.budget
+    return Ladder.of(b.rungs, b.eta, top=b.tokens, n_rungs=b.n_rungs)
 
 
 # ---- what a trial says about its fidelity ------------------------------------------------------------------
@@ -260,6 +276,6 @@ class ScreeningOnly(BaseSampler):
         self.inner.reseed_rng()
 
 
-__all__ = ["Ladder", "RungResult", "promotions", "promotion_order", "pareto_layers", "study_results",
+__all__ = ["Ladder", "ladder_of", "RungResult", "promotions", "promotion_order", "pareto_layers", "study_results",
            "enqueue_promotions", "waiting_promotions", "ScreeningOnly", "rung_of", "candidate_of", "is_promotion",
            "fidelity_attrs", "RUNG_ATTR", "TOP_ATTR", "CANDIDATE_ATTR", "LADDER_ATTR"]

@@ -91,7 +91,7 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
              title: str | None = None, references: Sequence[Mapping[str, Any]] = ()) -> Path:
     done = df[df["state"] == "COMPLETE"]
     front = pareto_front(df)
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 5.5), dpi=120)
     try:
         if done.empty:
             ax.text(0.5, 0.5, "no complete trials yet", ha="center", va="center", transform=ax.transAxes)
@@ -145,7 +145,8 @@ def plot_png(df: pd.DataFrame, path: str | os.PathLike, target_latency: float | 
         ax.set_title(title or f"{what}, {counts}", fontsize=10)
         ax.grid(True, alpha=0.3)
         if not done.empty or target_latency is not None or marks:
-            ax.legend(fontsize=8, loc="best")   # "best" keeps the legend off the reference labels and points
+            # outside the axes: inside, "best" still covered points once the plot filled up
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         _save_png(fig, path)
     finally:
         plt.close(fig)

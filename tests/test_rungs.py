@@ -253,3 +253,22 @@ def test_too_few_trials_to_reach_the_top_rung_is_refused() -> None:
         load_config("search_spaces/hybrid_1b.yaml", ["search.trials=5"])
     cfg = load_config("search_spaces/hybrid_1b.yaml", ["search.trials=5", "budget.n_rungs=2"])
     assert cfg.budget.n_rungs == 2
+
+
+def test_target_mode_promotes_feasible_candidates_and_ranks_top_rung_results() -> None:
+    from flashsearch.archive import rank_front
+
+    def latency(g: Genome) -> float:
+        return g.n_layers * g.d_model / 1000.0
+
+    target = 40.0
+    sampler = AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0, target_latency=target,
+                                    latency_fn=latency)
+    study = make_study(sampler)
+    summary = run_search(study, SPACE, RungEval(), n_trials=18, workers=2, ray_address="local", ladder=LADDER,
+                         target_latency=target)
+    assert summary.ok
+    promoted = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if rung_of(t) > 0]
+    assert promoted and all(t.values[1] <= target for t in promoted)
+    ranked = rank_front(trials_frame(study), target)
+    assert (ranked["rung"] == 2).all() and bool(ranked["meets_target"].iloc[0])

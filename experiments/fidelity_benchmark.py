@@ -45,14 +45,14 @@ import optuna
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from searcher_benchmark import (SPACE, FittedSurrogate, RidgeSurrogate, choose_alpha, design,  # noqa: E402
-                                load_evaluations, observed_front, wilcoxon_line)
+from searcher_benchmark import (SPACE, FittedSurrogate, RidgeSurrogate, ask_genome, choose_alpha,  # noqa: E402
+                                design, load_evaluations, observed_front, wilcoxon_line)
 
-from flashsearch.archive import hypervolume  # noqa: E402
+from flashsearch.archive import hypervolume, write_text_atomic  # noqa: E402
 from flashsearch.search import AgingEvolutionSampler  # noqa: E402
-from flashsearch.search.driver import _record_repair  # noqa: E402
 from flashsearch.search.rungs import (CANDIDATE_ATTR, RUNG_ATTR, TOP_ATTR, Ladder, ScreeningOnly,  # noqa: E402
                                       enqueue_promotions, rung_of)
+from flashsearch.studies.output import pyplot, save_figure  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -127,14 +127,8 @@ def run_one(name: str, multi: bool, seed: int, budget: float, obj: RungObjective
     clock, spent, started, rows, n = 0.0, 0.0, 0.0, [], 0
     while True:
         while len(busy) < args.workers and started < budget:
-            trial = study.ask(fixed_distributions=dict(dists))
+            trial, genome = ask_genome(study, dists)
             rung = rung_of(trial) if multi else 0
-            proposed = dict(trial.params)
-            repaired = SPACE.repair(proposed)
-            genome = SPACE.decode(repaired)
-            if repaired != proposed:
-                _record_repair(study, trial, dists, proposed, repaired)
-            trial.set_user_attr("genome_id", genome.id)
             if multi and RUNG_ATTR not in trial.user_attrs:
                 trial.set_user_attr(RUNG_ATTR, 0)
                 trial.set_user_attr(TOP_ATTR, top)
@@ -283,11 +277,7 @@ def main() -> None:
               f"{'reached' if goal else 'NOT reached'}** for " + ", ".join(
                   f"{n} ({v:.2f})" for n, v in summary.items()) + "."]
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), dpi=110, squeeze=False)
     for ax, name in zip(axes[0], names):
         for mode, color in (("single", "tab:gray"), ("multi", "tab:red")):
@@ -300,12 +290,9 @@ def main() -> None:
         ax.set_title(f"{name}, W={args.workers}, {args.seeds} seeds (mean +- std)", fontsize=9)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"))
-    plt.close(fig)
+    save_figure(fig, out.with_suffix(".png"))
     lines += ["", f"Plot: {out.with_suffix('.png').name}; curves of every run: {out.with_suffix('.csv').name}."]
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_text_atomic(out, "\n".join(lines) + "\n").read_text())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -103,11 +102,12 @@ def main() -> None:
 
     from searcher_benchmark import wilcoxon_line
 
+    from flashsearch.studies.output import machine_line
+
     lines = ["# Multi-fidelity vs single-fidelity search, real short training, equal CPU", "",
              f"Command: `python experiments/fidelity_real.py {' '.join(sys.argv[1:])}`  ",
-             f"Date: {started:%Y-%m-%d %H:%M} UTC; wall {time.perf_counter() - t0:.0f} s; {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores shared with other jobs (load {load[0]:.1f} at start), Python "
-             f"{platform.python_version()}.", "",
+             f"Date: {started:%Y-%m-%d %H:%M} UTC; wall {time.perf_counter() - t0:.0f} s; {machine_line()}; shared "
+             f"with other jobs (load {load[0]:.1f} at start).", "",
              f"Each run: `flashsearch run search_spaces/hybrid_1b.yaml seed=S budget.tokens={args.tokens} "
              "ray.address=local search.workers=2` (aging evolution, Pareto mode, the YAML's 4 seed architectures "
              f"first, wikipedia corpus, short_train defaults). Single fidelity: search.trials={args.sf_trials} at "
@@ -147,11 +147,10 @@ def main() -> None:
               f"Hypervolume at single fidelity's CPU, multi vs single: {wilcoxon_line(a, b, lower_is_better=False)}.",
               "", f"**Goal (<= 1/2 of the CPU): {'reached' if med <= 0.5 else 'NOT reached'}** (median {med:.2f})."]
 
-    import matplotlib
+    from flashsearch.archive import write_text_atomic
+    from flashsearch.studies.output import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
     for f, color in (("single", "tab:gray"), ("multi", "tab:red")):
         c = np.array([curves[(f, s)] for s in range(args.seeds)])
@@ -163,13 +162,10 @@ def main() -> None:
     ax.set_title(f"real short training, top rung {args.tokens} tokens, {args.seeds} seeds (mean +- std)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     out = Path(args.out)
-    fig.savefig(out.with_suffix(".png"))
-    plt.close(fig)
+    save_figure(fig, out.with_suffix(".png"))
     lines += ["", f"Plot: {out.with_suffix('.png').name}; every trial of every run: {out.with_suffix('.csv').name}."]
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    print(write_text_atomic(out, "\n".join(lines) + "\n").read_text())
 
 
 if __name__ == "__main__":

@@ -244,6 +244,18 @@ def make_sampler(name: str, seed: int, args, ev: Surrogate, target: float | None
                      "or tpe")
 
 
+def ask_genome(study: optuna.Study, dists: dict) -> tuple[optuna.trial.Trial, Genome]:
+    """Ask the study for a trial and decode it as the driver does (repaired params recorded, genome id set)."""
+    trial = study.ask(fixed_distributions=dict(dists))
+    proposed = dict(trial.params)
+    repaired = SPACE.repair(proposed)
+    genome = SPACE.decode(repaired)
+    if repaired != proposed:
+        _record_repair(study, trial, dists, proposed, repaired)
+    trial.set_user_attr("genome_id", genome.id)
+    return trial, genome
+
+
 def run_one(name: str, mode: str, seed: int, args, ev: Surrogate) -> np.ndarray:
     """One search with W trials in flight. Returns [n, 3]: (true loss, observed loss, latency) per evaluation
     in completion order (replays of evaluated genomes excluded: they cost nothing)."""
@@ -265,14 +277,8 @@ def run_one(name: str, mode: str, seed: int, args, ev: Surrogate) -> np.ndarray:
 
     while len(out) < args.budget:
         while len(in_flight) < args.workers and len(out) + len(in_flight) < args.budget and asked < 5 * args.budget:
-            trial = study.ask(fixed_distributions=dict(dists))
+            trial, genome = ask_genome(study, dists)
             asked += 1
-            proposed = dict(trial.params)
-            repaired = SPACE.repair(proposed)
-            genome = SPACE.decode(repaired)
-            if repaired != proposed:
-                _record_repair(study, trial, dists, proposed, repaired)
-            trial.set_user_attr("genome_id", genome.id)
             if genome.id in known:  # the driver's cached replay: no evaluation, no new population member
                 trial.set_user_attr("cached_from", -1)
                 tell(trial, known[genome.id])

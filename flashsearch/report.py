@@ -293,6 +293,13 @@ def ranking_table(df: pd.DataFrame, target_latency: float | None = None, top: in
     return ok.head(top).reset_index(drop=True)
 
 
+def rung_history(df: pd.DataFrame) -> dict[int, str]:
+    """Multi-fidelity: each candidate's losses at the rungs it reached, e.g. {7: "3.697 -> 3.246 -> 2.810"}."""
+    ok = complete_trials(df, all_rungs=True)
+    ok = ok[ok["candidate"].notna() & ok["cached_from"].isna()].sort_values("rung")
+    return {int(c): " -> ".join(f"{q:.3f}" for q in grp["quality"]) for c, grp in ok.groupby("candidate")}
+
+
 def ranking_markdown(df: pd.DataFrame, target_latency: float | None = None, top: int = 50) -> str:
     table = ranking_table(df, target_latency, top)
     n_done = int((df["state"] == "COMPLETE").sum())
@@ -308,6 +315,9 @@ def ranking_markdown(df: pd.DataFrame, target_latency: float | None = None, top:
     head = ["rank", "front", "trial", "loss", "latency (s)", "params (B)", "d_model", "layers", "pattern"]
     if target_latency is not None:
         head.append("meets target")
+    history = rung_history(df) if _multi_fidelity(df) else None
+    if history is not None:
+        head.append("loss by rung (screening first)")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, r in enumerate(table.to_dict("records"), start=1):
         params = r.get("metrics.params")
@@ -317,6 +327,8 @@ def ranking_markdown(df: pd.DataFrame, target_latency: float | None = None, top:
                  "-" if pd.isna(r["n_layers"]) else int(r["n_layers"]), f"`{r['summary'] or '-'}`"]
         if target_latency is not None:
             cells.append("yes" if r["meets_target"] else "no")
+        if history is not None:
+            cells.append(history.get(int(r["candidate"]), "-") if not pd.isna(r["candidate"]) else "-")
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -348,4 +360,4 @@ def write_report(study: optuna.Study, out_dir: str | os.PathLike, *,
 
 
 __all__ = ["write_report", "plot_png", "plot_html", "plot_hypervolume", "hypervolume_curve", "reference_point",
-           "ranking_table", "ranking_markdown", "nondominated_ranks", "reference_marks"]
+           "ranking_table", "ranking_markdown", "rung_history", "nondominated_ranks", "reference_marks"]

@@ -272,3 +272,18 @@ def test_target_mode_promotes_feasible_candidates_and_ranks_top_rung_results() -
     assert promoted and all(t.values[1] <= target for t in promoted)
     ranked = rank_front(trials_frame(study), target)
     assert (ranked["rung"] == 2).all() and bool(ranked["meets_target"].iloc[0])
+
+
+def test_ranking_shows_each_front_candidate_s_losses_by_rung() -> None:
+    from flashsearch.report import ranking_markdown, rung_history
+
+    study = make_study(AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0))
+    run_search(study, SPACE, RungEval(), n_trials=9, workers=1, ray_address="local", ladder=LADDER)
+    df = trials_frame(study)
+    history = rung_history(df)
+    top = df[(df["rung"] == 2) & (df["state"] == "COMPLETE")]
+    assert len(top) == 1
+    c = int(top["candidate"].iloc[0])
+    assert history[c].count("->") == 2 and history[c].endswith(f"{top['quality'].iloc[0]:.3f}")
+    md = ranking_markdown(df)
+    assert "loss by rung" in md and history[c] in md and "only the 1 results at the top rung" in md

@@ -287,3 +287,19 @@ def test_ranking_shows_each_front_candidate_s_losses_by_rung() -> None:
     assert history[c].count("->") == 2 and history[c].endswith(f"{top['quality'].iloc[0]:.3f}")
     md = ranking_markdown(df)
     assert "loss by rung" in md and history[c] in md and "only the 1 results at the top rung" in md
+
+
+def test_eta_counts_the_promotions_still_to_come() -> None:
+    from flashsearch.search.summary import Best, RunState
+
+    run = RunState(n_trials=27, t0=0.0, progress=None, best=Best(None), ladder=Ladder((100, 300, 900), 3))
+    run.elapsed = lambda: 100.0                        # type: ignore[method-assign]
+    run.complete, run.evaluated = 27, 27 + 9 + 2
+    run.rung_seconds = {0: [10.0] * 27, 1: [20.0] * 9, 2: [60.0] * 2}
+    # all screened, all 9 rung-1 promotions done, 1 of 3 rung-2 promotions left: 60 s of work, at 100 s of wall
+    # per (270 + 180 + 120) s of evaluation
+    assert run.eta() == pytest.approx(60.0 * 100.0 / 570.0)
+    run.rung_seconds = {0: [10.0] * 27}
+    run.evaluated = 27                                 # no promotion yet: their cost is estimated from rung 0's
+    expected = 9 * 10.0 * (300 - 80) / 100 + 3 * 10.0 * (900 - 240) / 100
+    assert run.eta() == pytest.approx(expected * 100.0 / 270.0)

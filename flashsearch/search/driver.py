@@ -300,6 +300,8 @@ def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mappin
     _record_constraint(trial, run, latency)
     frozen = study.tell(trial, [loss, latency])
     run.evaluated += 1
+    if run.ladder is not None:
+        run.rung_seconds.setdefault(rung_of(trial), []).append(seconds)
     run.remember(frozen)
     run.emit("trial_done", number=trial.number, loss=loss, latency=latency, latency_source=source,
              metrics=extras(result), **about, **_fidelity(frozen, run))

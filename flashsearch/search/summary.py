@@ -109,6 +109,7 @@ class RunState:
     ladder: Ladder | None = None    # multi-fidelity rungs (None: single fidelity)
     checkpoint_dir: str | None = None
     promoted: int = 0
+    rung_seconds: dict[int, list[float]] = field(default_factory=dict)  # this run's evaluation seconds per rung
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -117,7 +118,29 @@ class RunState:
         done = self.evaluated + self.cached
         if done == 0:
             return None
-        return max(0, self.n_trials - self.complete) * self.elapsed() / done
+        if self.ladder is None or not self.rung_seconds.get(0):
+            return max(0, self.n_trials - self.complete) * self.elapsed() / done
+        return self._multi_fidelity_eta()
+
+    def _multi_fidelity_eta(self) -> float:
+        """Remaining work of a multi-fidelity run: the candidates left to screen and the promotions the ladder will
+        still make once every candidate is screened (rung k+1 gets floor(n_k / eta)), each at the mean seconds its
+        rung took in this run (a rung with none yet: rung 0's, scaled by the tokens it adds), converted to wall
+        time by this run's ratio of wall time to evaluation seconds (the workers' parallelism)."""
+        assert self.ladder is not None
+        tokens, eta = self.ladder.tokens, self.ladder.eta
+        mean0 = sum(self.rung_seconds[0]) / len(self.rung_seconds[0])
+        remaining, expected = 0.0, max(self.n_trials, self.complete)
+        for k in range(self.ladder.top + 1):
+            if k:
+                expected //= eta
+            done_k = len(self.rung_seconds.get(k, ())) if k else self.complete
+            times = self.rung_seconds.get(k)
+            # a promotion trains from the previous rung's checkpoint: roughly the tokens it adds
+            mean = sum(times) / len(times) if times else mean0 * (tokens[k] - 0.8 * tokens[k - 1]) / tokens[0]
+            remaining += max(0, expected - done_k) * mean
+        spent = sum(sum(v) for v in self.rung_seconds.values())
+        return remaining * self.elapsed() / spent if spent > 0 else remaining
 
     def remember(self, t: FrozenTrial) -> None:
         """Count a COMPLETE trial (not a cached replay: it is no new trial; not a promotion: it is no new

@@ -13,9 +13,12 @@ The objective, refit to the fidelity data:
 - what a rung observes: f(g) + e_k(g). The error is a fixed function of (genome, rung, proxy seed) - ShortTrain is
   deterministic for a genome, so re-evaluating does not average it away - with a part shared across the rungs of
   a genome (`--shared`, continued trainings share a trajectory) and a part per rung. Its size per rung is set so
-  that the rung ranks genomes against the truth with the Spearman the proxy-fidelity study measured for that
-  budget (experiments/results/proxy_fidelity.csv: vs 8x-longer training): 24k-49k tokens ~0.58, 98k 0.64, 295k
-  0.94 - so corr(f + e_k, f) = rho_k, i.e. sd(e_k) = sd(f) sqrt(1/rho_k^2 - 1).
+  that the rung ranks genomes against the truth with a measured Spearman: corr(f + e_k, f) = rho_k, i.e.
+  sd(e_k) = sd(f) sqrt(1/rho_k^2 - 1). The top rung's rho is the proxy-fidelity study's 295k-token rung against
+  8x-longer training (0.94, pydoc corpus); the lower rungs' (`--fidelity-data ladder`, the default once
+  experiments/ladder_fidelity.py has run) are this ladder's measured agreement with its top rung times the top
+  rung's own 0.94; `--fidelity-data pydoc` takes the older study's token ladder instead (~0.58 at 24k-49k
+  tokens, 0.64 at 98k).
 - cost of an evaluation, in top-rung trainings: (steps it trains) / (top-rung steps) + a fixed share for building
   and validating the model (`--overhead`, measured ~0.03: ~5 s of ~170 s). A promotion trains from its rung
   checkpoint (end of the previous rung's stable phase, 80% of its steps) to the end of its rung.
@@ -71,6 +74,17 @@ def measured_rho() -> dict[int, float]:
     p = d.pivot_table(index="genome_id", columns="tokens", values="loss")
     ref = p[p.columns.max()]
     return {int(t): float(spearmanr(p[t], ref).statistic) for t in p.columns if t != p.columns.max()}
+
+
+LADDER_CSV = Path(__file__).parent / "results" / "ladder_fidelity.csv"
+
+
+def ladder_rho() -> list[float]:
+    """Spearman of each lower rung against the top rung, from experiments/ladder_fidelity.py's trainings."""
+    from scipy.stats import spearmanr
+
+    d = pd.read_csv(LADDER_CSV).drop_duplicates("genome_id")
+    return [float(spearmanr(d[f"loss{k}"], d[f"loss{LADDER.top}"]).statistic) for k in range(LADDER.top)]
 
 
 def rung_rho(rho: dict[int, float], tokens: int) -> float:
@@ -182,6 +196,9 @@ def main() -> None:
     ap.add_argument("--sample-size", type=int, default=5)
     ap.add_argument("--shared", type=float, default=0.5, help="share of a genome's rung error common to its rungs")
     ap.add_argument("--overhead", type=float, default=0.03, help="per-evaluation cost (build + validation)")
+    ap.add_argument("--fidelity-data", choices=("ladder", "pydoc"), default="ladder" if LADDER_CSV.exists() else "pydoc",
+                    help="where the rung fidelities come from: ladder = experiments/results/ladder_fidelity.csv "
+                         "(this ladder measured), pydoc = the older proxy-fidelity study's token ladder")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fidelity_benchmark.md"))
     args = ap.parse_args()
     t0, started = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
@@ -195,7 +212,16 @@ def main() -> None:
     draws = [SPACE.decode(SPACE.repair(SPACE.sample(random.Random(f"draw/{i}")))) for i in range(500)]
     sd_f = float(np.std([surrogate.loss(g) for g in draws]))
     rho_data = measured_rho()
-    rhos = [rung_rho(rho_data, t) for t in LADDER.tokens[:-1]] + [rho_data[max(rho_data)]]
+    rho_top = rho_data[max(rho_data)]   # the top rung's budget (295k) against 8x-longer training
+    if args.fidelity_data == "ladder":
+        # rung k vs the top rung, measured on this ladder (wikipedia, WSD, continued from checkpoints), chained
+        # with the top rung's own fidelity: corr(rung k, truth) ~ corr(rung k, top) x corr(top, truth)
+        rhos = [r * rho_top for r in ladder_rho()] + [rho_top]
+        source = (f"rungs 0-{LADDER.top - 1} vs the top rung from {LADDER_CSV.name} (wikipedia, this ladder), "
+                  f"times the top rung's {rho_top:.3f} vs 8x-longer training from {FIDELITY_CSV.name} (pydoc)")
+    else:
+        rhos = [rung_rho(rho_data, t) for t in LADDER.tokens[:-1]] + [rho_top]
+        source = f"from {FIDELITY_CSV.name}, pydoc corpus, 8x reference, interpolated in log tokens"
     obj = RungObjective(surrogate, sd_f, rhos, args.shared, args.overhead)
     budget = args.evaluations * (1.0 + args.overhead)
     names = [s for s in args.samplers.split(",") if s]
@@ -238,7 +264,7 @@ def main() -> None:
              f"Objective: true loss = ridge surrogate (sd over 500 uniform draws {sd_f:.4f} bpb), roofline latency; "
              f"rung errors sized to the measured fidelity (Spearman vs the reference) "
              + ", ".join(f"rung {k} ({t} tokens) {r:.3f}" for k, (t, r) in enumerate(zip(LADDER.tokens, rhos)))
-             + f" (from {FIDELITY_CSV.name}, pydoc corpus, 8x reference); {args.shared:.0%} of a genome's error "
+             + f" ({source}); {args.shared:.0%} of a genome's error "
              "shared across its rungs. These are assumptions of the model, not measurements of this ladder.", "",
              f"Hypervolume: true values of the published (top-rung) observed front, reference ({ref[0]:.4f}, "
              f"{ref[1]:.3f} s), normalized by the box from ({lo[0]:.4f}, {lo[1]:.3f}).", "",

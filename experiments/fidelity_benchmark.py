@@ -265,7 +265,8 @@ def main() -> None:
              f"rung errors sized to the measured fidelity (Spearman vs the reference) "
              + ", ".join(f"rung {k} ({t} tokens) {r:.3f}" for k, (t, r) in enumerate(zip(LADDER.tokens, rhos)))
              + f" ({source}); {args.shared:.0%} of a genome's error "
-             "shared across its rungs. These are assumptions of the model, not measurements of this ladder.", "",
+             "shared across its rungs. The error model (Gaussian, fixed per genome and rung, that share, correlations "
+             "chained through the top rung) is an assumption; the rhos are measurements.", "",
              f"Hypervolume: true values of the published (top-rung) observed front, reference ({ref[0]:.4f}, "
              f"{ref[1]:.3f} s), normalized by the box from ({lo[0]:.4f}, {lo[1]:.3f}).", "",
              "| sampler | fidelity | HV @ 1/4 budget | HV @ 1/2 budget | HV @ full budget | candidates screened | "

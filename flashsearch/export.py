@@ -86,6 +86,9 @@ def export_top(study_or_df: optuna.Study | pd.DataFrame, out_dir: str | os.PathL
     df = study_or_df if isinstance(study_or_df, pd.DataFrame) else trials_frame(study_or_df)
     ranked = rank_front(df, target_latency).head(top)
     if ranked.empty:
+        if "top_rung" in df.columns and df["top_rung"].notna().any() and (df["state"] == "COMPLETE").any():
+            raise FlashsearchError("no candidate has reached the top rung yet (multi-fidelity: only top-rung results "
+                                   "are exported); resume the search with more search.trials")
         raise FlashsearchError("no complete trials to export; run the search first (flashsearch run ...)")
 
     out = Path(out_dir)

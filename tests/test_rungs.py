@@ -303,3 +303,12 @@ def test_eta_counts_the_promotions_still_to_come() -> None:
     run.evaluated = 27                                 # no promotion yet: their cost is estimated from rung 0's
     expected = 9 * 10.0 * (300 - 80) / 100 + 3 * 10.0 * (900 - 240) / 100
     assert run.eta() == pytest.approx(expected * 100.0 / 270.0)
+
+
+def test_export_without_a_top_rung_result_says_why(tmp_path) -> None:
+    from flashsearch.export import export_top
+
+    study = make_study(AgingEvolutionSampler(SPACE, population=3, sample_size=2, seed=0))
+    run_search(study, SPACE, RungEval(), n_trials=2, workers=1, ray_address="local", ladder=LADDER)
+    with pytest.raises(FlashsearchError, match="no candidate has reached the top rung"):
+        export_top(study, tmp_path / "export", 1)

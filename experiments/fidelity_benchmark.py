@@ -83,7 +83,8 @@ def ladder_rho() -> list[float]:
     """Spearman of each lower rung against the top rung, from experiments/ladder_fidelity.py's trainings."""
     from scipy.stats import spearmanr
 
-    d = pd.read_csv(LADDER_CSV).drop_duplicates("genome_id")
+    d = pd.read_csv(LADDER_CSV)
+    d = d[d["seed"] == 0].drop_duplicates("genome_id") if "seed" in d else d.drop_duplicates("genome_id")
     return [float(spearmanr(d[f"loss{k}"], d[f"loss{LADDER.top}"]).statistic) for k in range(LADDER.top)]
 
 

@@ -4,7 +4,7 @@ front members would the promotion rule keep?
 Trains each genome through search_spaces/hybrid_1b.yaml's ladder exactly as a multi-fidelity search does (rung 0,
 then rung 1 and rung 2 continued from the rung checkpoints; warmup-stable-decay; the YAML's proxy, seed 0):
 24 genomes drawn uniformly from the space (seed 0: the first 20 are the proxy-fidelity study's) plus the YAML's 4
-seed architectures. Reports, against the top rung: Spearman / Kendall / top-5 overlap (bootstrap 5-95% interval)
+seed architectures, with proxy seed 0 (the search's) and seed 1. Reports, against the top rung: Spearman / Kendall / top-5 overlap (bootstrap 5-95% interval)
 of each lower rung and of two zero-cost baselines (non-embedding parameter count, predicted latency); and, for
 the promotion rule (search/rungs.py) run on these results as if they had arrived in this order, how many members
 of the top rung's Pareto front (every genome trained to the top) the ladder would have promoted to the top.
@@ -48,7 +48,7 @@ def train_ladder(args: tuple) -> dict:
     genome_json, kwargs, ladder, name = args
     g = Genome.from_json(genome_json)
     proxy = ShortTrain(**{**kwargs, "threads": 1})
-    row: dict = {"genome_id": g.id, "name": name, "layers": g.n_layers, "d_model": g.d_model}
+    row: dict = {"genome_id": g.id, "seed": proxy.seed, "name": name, "layers": g.n_layers, "d_model": g.d_model}
     with tempfile.TemporaryDirectory(prefix="ladder-") as ckpt:
         for k, tokens in enumerate(ladder):
             t0 = time.process_time()
@@ -61,6 +61,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--genomes", type=int, default=24)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seeds", default="0,1", help="proxy seeds; the first is the search's, the others measure "
+                                                  "agreement across seeds (noise ceiling)")
     ap.add_argument("--out", default="experiments/results")
     args = ap.parse_args()
     started = time.perf_counter()
@@ -79,13 +81,16 @@ def main() -> None:
     genomes = [(g, "random") for g in sample_genomes(CONFIG, args.genomes, 0)]
     genomes += [(load_genome(Path(CONFIG).parent / s), Path(s).stem) for s in cfg.search.seeds]
 
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     path = out / "ladder_fidelity.csv"
-    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["genome_id"])
-    todo = [(g.to_json(), kwargs, ladder.tokens, n) for g, n in genomes if g.id not in set(done["genome_id"])]
+    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["genome_id", "seed"])
+    have = set(zip(done["genome_id"], done["seed"]))
+    todo = [(g.to_json(), {**kwargs, "seed": s}, ladder.tokens, n) for s in seeds for g, n in genomes
+            if (g.id, s) not in have]
     print(f"ladder fidelity: {len(genomes)} genomes, {len(todo)} to train, ladder {list(ladder.tokens)}",
           file=sys.stderr, flush=True)
     if todo:
-        fields = ["genome_id", "name", "layers", "d_model"] + [f"{p}{k}" for k in range(len(ladder.tokens))
+        fields = ["genome_id", "seed", "name", "layers", "d_model"] + [f"{p}{k}" for k in range(len(ladder.tokens))
                                                                for p in ("loss", "cpu")]
         with open(path, "a", newline="") as f, mp.get_context("spawn").Pool(args.workers) as pool:
             w = csv.DictWriter(f, fieldnames=fields)
@@ -94,12 +99,13 @@ def main() -> None:
             for i, row in enumerate(pool.imap_unordered(train_ladder, todo), start=1):
                 w.writerow(row)
                 f.flush()
-                print(f"  [{i}/{len(todo)}] {row['genome_id']} losses "
+                print(f"  [{i}/{len(todo)}] {row['genome_id']} seed {row['seed']} losses "
                       + " -> ".join(f"{row[f'loss{k}']:.3f}" for k in range(len(ladder.tokens)))
                       + f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    rows = pd.read_csv(path).drop_duplicates("genome_id").set_index("genome_id")
+    every = pd.read_csv(path).drop_duplicates(["genome_id", "seed"])
     order = [g.id for g, _ in genomes]
-    rows = rows.loc[order]
+    rows = every[every["seed"] == seeds[0]].set_index("genome_id").loc[order]
+    others = {s: every[every["seed"] == s].set_index("genome_id").reindex(order) for s in seeds[1:]}
     by_id = {g.id: g for g, _ in genomes}
     workload = build_workload(cfg)
     predictor = build_latency(cfg)
@@ -109,7 +115,7 @@ def main() -> None:
     ref = rows[f"loss{top}"].to_numpy()
 
     lines = [header("Ladder fidelity: the multi-fidelity rungs against the top rung", started,
-                    float(rows[[f"cpu{k}" for k in range(top + 1)]].to_numpy().sum())),
+                    float(every[[f"cpu{k}" for k in range(top + 1)]].to_numpy().sum())),
              f"Genomes: {len(rows)} ({args.genomes} drawn uniformly from `{CONFIG}`'s space with seed 0, plus its "
              f"{len(cfg.search.seeds)} seed architectures). Each trained through the ladder "
              f"{list(ladder.tokens)} tokens as a multi-fidelity search trains a promoted candidate (rung k+1 "
@@ -124,6 +130,19 @@ def main() -> None:
         ag = rank_agreement(values, ref, k=5)
         lines.append(f"| {name} | {ag.spearman:.3f} [{ag.spearman_ci[0]:.2f}, {ag.spearman_ci[1]:.2f}] | "
                      f"{ag.kendall:.3f} | {ag.top_k_overlap * ag.k:.0f}/{ag.k} |")
+    for s, other in others.items():
+        # Across seeds: a continued rung shares its trajectory with the top rung of the same seed, which inflates
+        # the same-seed figures above; another seed's top rung has nothing in common with it but the data.
+        ok = other[f"loss{top}"].notna().to_numpy()
+        lines += ["", f"Across proxy seeds (seed {seeds[0]} vs seed {s}'s top rung, {int(ok.sum())} genomes): the "
+                  "same-seed figures above share a training trajectory; these do not.", "",
+                  f"| ranking by (seed {seeds[0]}) | Spearman vs seed {s}'s top rung | Kendall | top-5 overlap |",
+                  "|---|---|---|---|"]
+        for k in range(top + 1):
+            label = f"rung {k} ({ladder.tokens[k]:,} tokens)" + (" = noise ceiling" if k == top else "")
+            ag = rank_agreement(rows[f"loss{k}"].to_numpy()[ok], other[f"loss{top}"].to_numpy()[ok], k=5)
+            lines.append(f"| {label} | {ag.spearman:.3f} [{ag.spearman_ci[0]:.2f}, {ag.spearman_ci[1]:.2f}] | "
+                         f"{ag.kendall:.3f} | {ag.top_k_overlap * ag.k:.0f}/{ag.k} |")
 
     # The promotion rule replayed on these results, arriving in this order (random draws, then the seeds).
     ids = list(rows.index)

@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", default="0,1", help="proxy seeds; the first is the search's, the others measure "
                                                   "agreement across seeds (noise ceiling)")
+    ap.add_argument("--no-train", action="store_true", help="report from the cached trainings only (seeds other "
+                                                             "than the first may then cover fewer genomes)")
     ap.add_argument("--out", default="experiments/results")
     args = ap.parse_args()
     started = time.perf_counter()
@@ -86,7 +88,7 @@ def main() -> None:
     done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["genome_id", "seed"])
     have = set(zip(done["genome_id"], done["seed"]))
     todo = [(g.to_json(), {**kwargs, "seed": s}, ladder.tokens, n) for s in seeds for g, n in genomes
-            if (g.id, s) not in have]
+            if (g.id, s) not in have and not args.no_train]
     print(f"ladder fidelity: {len(genomes)} genomes, {len(todo)} to train, ladder {list(ladder.tokens)}",
           file=sys.stderr, flush=True)
     if todo:
@@ -134,6 +136,9 @@ def main() -> None:
         # Across seeds: a continued rung shares its trajectory with the top rung of the same seed, which inflates
         # the same-seed figures above; another seed's top rung has nothing in common with it but the data.
         ok = other[f"loss{top}"].notna().to_numpy()
+        if ok.sum() < 3:
+            lines += ["", f"Seed {s}: only {int(ok.sum())} genomes trained so far; no cross-seed figures."]
+            continue
         lines += ["", f"Across proxy seeds (seed {seeds[0]} vs seed {s}'s top rung, {int(ok.sum())} genomes): the "
                   "same-seed figures above share a training trajectory; these do not.", "",
                   f"| ranking by (seed {seeds[0]}) | Spearman vs seed {s}'s top rung | Kendall | top-5 overlap |",

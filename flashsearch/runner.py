@@ -27,7 +27,7 @@ from flashsearch.references import STUDY_ATTR as STUDY_REFERENCES
 from flashsearch.references import predict_references
 from flashsearch.search.latency_target import LatencyTarget
 from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
-from flashsearch.search.rungs import LADDER_ATTR, ladder_of
+from flashsearch.search.rungs import ladder_of
 from flashsearch.search.samplers import make_sampler
 from flashsearch.search.signals import graceful_stop
 from flashsearch.search.storage import repair_journal
@@ -167,9 +167,6 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         study = open_study(cfg, out_dir, sampler, force_new)
         if references and STUDY_REFERENCES not in study.user_attrs:
             study.set_user_attr(STUDY_REFERENCES, references)
-        ladder = ladder_of(cfg)
-        if ladder is not None and LADDER_ATTR not in study.user_attrs:
-            study.set_user_attr(LADDER_ATTR, ladder.as_attr())
     except FlashsearchError:
         lock.release()
         if created:

@@ -33,7 +33,6 @@ from flashsearch.errors import FlashsearchError
 RUNG_ATTR = "rung"
 TOP_ATTR = "top_rung"
 CANDIDATE_ATTR = "candidate"
-LADDER_ATTR = "flashsearch:ladder"   # study user attribute: {"tokens": [...], "eta": eta}
 
 
 @dataclass(frozen=True)
@@ -75,9 +74,6 @@ class Ladder:
     @property
     def top(self) -> int:
         return len(self.tokens) - 1
-
-    def as_attr(self) -> dict[str, Any]:
-        return {"tokens": list(self.tokens), "eta": self.eta}
 
 
 def ladder_of(cfg: Any) -> Ladder | None:
@@ -278,4 +274,4 @@ class ScreeningOnly(BaseSampler):
 
 __all__ = ["Ladder", "ladder_of", "RungResult", "promotions", "promotion_order", "pareto_layers", "study_results",
            "enqueue_promotions", "waiting_promotions", "ScreeningOnly", "rung_of", "candidate_of", "is_promotion",
-           "fidelity_attrs", "RUNG_ATTR", "TOP_ATTR", "CANDIDATE_ATTR", "LADDER_ATTR"]
+           "fidelity_attrs", "RUNG_ATTR", "TOP_ATTR", "CANDIDATE_ATTR"]

@@ -2,13 +2,13 @@
 
 Llama-style genomes (D blocks of attention + FFN, GQA group 4, head 128, SwiGLU x3, width W) over a grid of
 depths and widths are short-trained with the default CPU proxy (width / 16, so W = 1024..4096 trains at
-64..256) at 98k tokens. N is the proxy's non-embedding parameter count. The law is fitted on the
+64..256) at the YAML's budget.tokens (294,912: the top rung, where the search ranks its front). N is the proxy's non-embedding parameter count. The law is fitted on the
 smaller models and scored on the largest ones (extrapolation in N), and again with the deepest models held
 out (extrapolation in D); paper: within 5.3%. Then, with the H100 roofline predictor (batch-1 decode of 8k
 tokens, as hybrid_1b.yaml), the law picks the best depth and width under several latency budgets: deeper
 wins per parameter, but not necessarily per unit of latency (paper: depth 12 was best under 3 s).
 
-    python experiments/depth_width.py                  # 35 models, ~15 min on 2 CPU cores
+    python experiments/depth_width.py                  # 35 models, ~40 min on 2 CPU cores
     python experiments/depth_width.py --scale 8 --device cuda --workers 1
 
 Writes depth_width.{csv,md,png} to --out; training rows are cached in the CSV (reruns resume).
@@ -78,15 +78,17 @@ def best_under_budgets(law: DepthWidthLaw, proxy_width_of, params_of, predictor:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="source of the default proxy")
-    ap.add_argument("--tokens", type=int, default=98_304, help="training tokens per model (x --scale)")
+    ap.add_argument("--tokens", type=int, default=None,
+                    help="training tokens per model (x --scale); default: the YAML's budget.tokens, the budget its "
+                         "front is ranked at (the top rung of a multi-fidelity search)")
     add_common_args(ap)
     args = ap.parse_args()
     started = time.perf_counter()
     out = Path(args.out)
 
-    kwargs, _ = default_proxy(args.config)
+    kwargs, budget_tokens = default_proxy(args.config)
     kwargs = {**kwargs, "device": args.device}
-    tokens = int(round(args.tokens * args.scale))
+    tokens = int(round((args.tokens or budget_tokens) * args.scale))
     jobs = [TrainJob(key=f"t{tokens}-{args.device}|D{d}-W{w}", genome=llama_genome(d, w), tokens=tokens,
                      proxy=kwargs, tags={"D": d, "W_full": w}) for d in DEPTHS for w in WIDTHS]
     print(f"depth vs width: {len(jobs)} Llama-style models at {tokens:,} tokens, {args.workers} workers", flush=True)

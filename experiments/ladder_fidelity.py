@@ -3,25 +3,22 @@ front members would the promotion rule keep?
 
 Trains each genome through search_spaces/hybrid_1b.yaml's ladder exactly as a multi-fidelity search does (rung 0,
 then rung 1 and rung 2 continued from the rung checkpoints; warmup-stable-decay; the YAML's proxy, seed 0):
-24 genomes drawn uniformly from the space (seed 0: the first 20 are the proxy-fidelity study's) plus the YAML's 4
-seed architectures, with proxy seed 0 (the search's) and seed 1. Reports, against the top rung: Spearman / Kendall / top-5 overlap (bootstrap 5-95% interval)
-of each lower rung and of two zero-cost baselines (non-embedding parameter count, predicted latency); and, for
+24 genomes drawn uniformly from the space (seed 0) plus the YAML's 4 seed architectures and the Flash-1B and
+Gated DeltaNet + FFN references, with proxy seed 0 (the search's) and seed 1. Reports, against the top rung:
+Spearman / Kendall / top-5 overlap (bootstrap 5-95% interval) of each lower rung and of two zero-cost baselines (non-embedding parameter count, predicted latency); and, for
 the promotion rule (search/rungs.py) run on these results as if they had arrived in this order, how many members
 of the top rung's Pareto front (every genome trained to the top) the ladder would have promoted to the top.
 
     python experiments/ladder_fidelity.py                 # ~40 min on 2 CPU cores
     python experiments/ladder_fidelity.py --genomes 4 --out /tmp/lf    # smoke run
 
-Writes ladder_fidelity.{csv,md} to --out; the CSV caches each genome's trainings (a rerun trains what is missing).
+Writes ladder_fidelity.{csv,md} to --out; the CSV caches each genome's trainings (a rerun trains what is missing;
+experiments/proxy_fidelity.py reads and extends the same cache).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import multiprocessing as mp
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,32 +26,12 @@ import numpy as np
 import pandas as pd
 
 from flashsearch.archive import pareto_mask, write_text_atomic
-from flashsearch.genome import Genome
-from flashsearch.studies.common import default_proxy, sample_genomes
+from flashsearch.studies.common import default_proxy
+from flashsearch.studies.ladder import run_ladders, study_genomes, zero_cost_baselines
 from flashsearch.studies.output import header
 from flashsearch.studies.ranking import rank_agreement
 
 CONFIG = "search_spaces/hybrid_1b.yaml"
-
-
-def train_ladder(args: tuple) -> dict:
-    """One genome through every rung, continuing from checkpoints; the losses and seconds of each."""
-    import torch
-
-    from flashsearch.proxies.base import Budget
-    from flashsearch.proxies.quality.short_train import ShortTrain
-
-    torch.set_num_threads(1)
-    genome_json, kwargs, ladder, name = args
-    g = Genome.from_json(genome_json)
-    proxy = ShortTrain(**{**kwargs, "threads": 1})
-    row: dict = {"genome_id": g.id, "seed": proxy.seed, "name": name, "layers": g.n_layers, "d_model": g.d_model}
-    with tempfile.TemporaryDirectory(prefix="ladder-") as ckpt:
-        for k, tokens in enumerate(ladder):
-            t0 = time.process_time()
-            r = proxy.evaluate(g, Budget(tokens=tokens, ladder=ladder, checkpoint_dir=ckpt))
-            row[f"loss{k}"], row[f"cpu{k}"] = float(r.loss), round(time.process_time() - t0, 2)
-    return row
 
 
 def main() -> None:
@@ -71,55 +48,29 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    from flashsearch.builders import build_latency, build_workload, load_genome
     from flashsearch.config import load_config
-    from flashsearch.model import count_parameters
     from flashsearch.search.rungs import RungResult, ladder_of, promotions
 
     cfg = load_config(CONFIG)
     ladder = ladder_of(cfg)
     assert ladder is not None, f"{CONFIG} is not a multi-fidelity search"
     kwargs, _ = default_proxy(CONFIG)
-    genomes = [(g, "random") for g in sample_genomes(CONFIG, args.genomes, 0)]
-    genomes += [(load_genome(Path(CONFIG).parent / s), Path(s).stem) for s in cfg.search.seeds]
-
+    genomes = study_genomes(CONFIG, args.genomes, 0)
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
-    path = out / "ladder_fidelity.csv"
-    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["genome_id", "seed"])
-    have = set(zip(done["genome_id"], done["seed"]))
-    todo = [(g.to_json(), {**kwargs, "seed": s}, ladder.tokens, n) for s in seeds for g, n in genomes
-            if (g.id, s) not in have and not args.no_train]
-    print(f"ladder fidelity: {len(genomes)} genomes, {len(todo)} to train, ladder {list(ladder.tokens)}",
-          file=sys.stderr, flush=True)
-    if todo:
-        fields = ["genome_id", "seed", "name", "layers", "d_model"] + [f"{p}{k}" for k in range(len(ladder.tokens))
-                                                               for p in ("loss", "cpu")]
-        with open(path, "a", newline="") as f, mp.get_context("spawn").Pool(args.workers) as pool:
-            w = csv.DictWriter(f, fieldnames=fields)
-            if f.tell() == 0:
-                w.writeheader()
-            for i, row in enumerate(pool.imap_unordered(train_ladder, todo), start=1):
-                w.writerow(row)
-                f.flush()
-                print(f"  [{i}/{len(todo)}] {row['genome_id']} seed {row['seed']} losses "
-                      + " -> ".join(f"{row[f'loss{k}']:.3f}" for k in range(len(ladder.tokens)))
-                      + f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    every = pd.read_csv(path).drop_duplicates(["genome_id", "seed"])
+    every = run_ladders(genomes, kwargs, ladder.tokens, seeds, out / "ladder_fidelity.csv", args.workers,
+                        train=not args.no_train)
     order = [g.id for g, _ in genomes]
     rows = every[every["seed"] == seeds[0]].set_index("genome_id").loc[order]
     others = {s: every[every["seed"] == s].set_index("genome_id").reindex(order) for s in seeds[1:]}
-    by_id = {g.id: g for g, _ in genomes}
-    workload = build_workload(cfg)
-    predictor = build_latency(cfg)
-    rows["latency"] = [float(predictor.predict(by_id[i], workload)) for i in rows.index]
-    rows["params"] = [count_parameters(by_id[i]) - by_id[i].vocab_size * by_id[i].d_model for i in rows.index]
+    rows = rows.join(zero_cost_baselines(CONFIG, [g for g, _ in genomes]))
     top = len(ladder.tokens) - 1
     ref = rows[f"loss{top}"].to_numpy()
 
     lines = [header("Ladder fidelity: the multi-fidelity rungs against the top rung", started,
                     float(every[[f"cpu{k}" for k in range(top + 1)]].to_numpy().sum())),
              f"Genomes: {len(rows)} ({args.genomes} drawn uniformly from `{CONFIG}`'s space with seed 0, plus its "
-             f"{len(cfg.search.seeds)} seed architectures). Each trained through the ladder "
+             f"{len(cfg.search.seeds)} seed architectures and {len(rows) - args.genomes - len(cfg.search.seeds)} more "
+             "reference architectures). Each trained through the ladder "
              f"{list(ladder.tokens)} tokens as a multi-fidelity search trains a promoted candidate (rung k+1 "
              "continues from rung k's checkpoint; warmup-stable-decay), with the YAML's proxy (ShortTrain defaults, "
              "seed 0) on the default corpus (wikipedia). Reference: the top rung. Intervals: bootstrap 5-95% over "

@@ -1,167 +1,225 @@
-"""Proxy fidelity: does the default short-training proxy rank architectures the way longer training does?
+"""Proxy fidelity: do the search's rungs rank architectures the way 16x longer training does?
 
-Draws genomes uniformly from search_spaces/hybrid_1b.yaml's space, trains each with the proxy that YAML
-configures (the `default` rung) and with 8x its tokens (the `reference`), and reports Spearman, Kendall and
-top-5 overlap between the two rankings (paper: Spearman 0.888 between short and full training). The ladder
-trains the same genomes with cheaper and dearer proxies (fewer/more tokens, a wider model, two seeds
-averaged) and reports each rung's fidelity against the reference next to its CPU cost, so a user can pick a
-point.
+Genomes: 24 drawn uniformly from search_spaces/hybrid_1b.yaml's space (seed 0) plus the reference architectures
+(the YAML's 4 seeds, the Flash-1B pattern, Gated DeltaNet + FFN). Each is trained
+- through the YAML's multi-fidelity ladder exactly as the search trains a promoted candidate (proxy seed 0, the
+  search's), and again with proxy seed 1 (the noise ceiling: how well the proxy agrees with itself);
+- once as the reference: 16x the screening rung's tokens, proxy seed 2, one plain (cosine) run, on data the
+  short runs draw from too but without repeating it (the reference reads a few percent of the corpus).
+Reports, against the reference, Spearman / Kendall / top-5 overlap with bootstrap 5-95% intervals for every rung,
+for two seeds averaged, and for the zero-cost baselines a user would try first (non-embedding parameter count,
+the LiteTransformerSearch proxy; predicted latency), with each row's CPU cost; a paired bootstrap says whether
+the default beats the best baseline.
 
-    python experiments/proxy_fidelity.py                       # 20 genomes, ~1 h on 2 CPU cores
-    python experiments/proxy_fidelity.py --genomes 4 --scale 0.1 --out /tmp/pf   # a 2-minute smoke run
-    python experiments/proxy_fidelity.py --genomes 40 --scale 8 --device cuda --workers 1
+    python experiments/proxy_fidelity.py                  # ~100 CPU-min of trainings; the ladders are shared
+                                                          # with ladder_fidelity.py's cache
+    python experiments/proxy_fidelity.py --genomes 4 --scale 0.05 --out /tmp/pf    # a few-minute smoke run
+    python experiments/proxy_fidelity.py --scale 8 --device cuda --workers 1          # bigger, where a GPU is lent
 
-Writes proxy_fidelity.{csv,md,png} to --out. Training rows are cached in the CSV: rerunning the same command
-after an interruption only trains what is missing.
+Writes proxy_fidelity.{csv,md,png} to --out (and extends ladder_fidelity.csv there). Every training is cached
+in those CSVs the moment it finishes: rerunning after an interruption only trains what is missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from flashsearch.studies.common import add_common_args, default_proxy, describe_proxy, sample_genomes
-from flashsearch.studies.jobs import TrainJob, run_jobs
 from flashsearch.archive import write_text_atomic
+from flashsearch.studies.common import add_common_args, default_proxy, describe_proxy
+from flashsearch.studies.jobs import TrainJob, run_jobs
+from flashsearch.studies.ladder import run_ladders, study_genomes, zero_cost_baselines
 from flashsearch.studies.output import header, pyplot, save_figure
-from flashsearch.proxies.quality.corpus import DEFAULT_CORPUS
-from flashsearch.studies.ranking import rank_agreement
+from flashsearch.studies.ranking import rank_agreement, spearman_gap
 
-FIDELITY_BAR = 0.8  # the issue's bar for the demo's default proxy
-
-
-@dataclass(frozen=True)
-class Rung:
-    name: str
-    token_mult: float          # x the YAML's budget.tokens
-    width_divisor: int | None  # None = the YAML's
-    seeds: tuple[int, ...]     # losses averaged over these proxy seeds
+FIDELITY_BAR = 0.85  # the issue's bar for the default (screening) rung against the >= 16x reference
 
 
-REFERENCE = Rung("reference (8x tokens)", 8.0, None, (0,))
-LADDER = (
-    Rung("0.25x tokens", 0.25, None, (0,)),
-    Rung("0.5x tokens", 0.5, None, (0,)),
-    Rung("default", 1.0, None, (0,)),
-    Rung("2x tokens", 2.0, None, (0,)),
-    Rung("0.25x tokens, 2x wider", 0.25, 8, (0,)),
-    Rung("0.5x tokens, 2 seeds", 0.5, None, (0, 1)),
-    Rung("4x tokens", 4.0, None, (0,)),
-    Rung("6x tokens", 6.0, None, (0,)),
-)
+def reference_jobs(genomes, kwargs: dict, tokens: int, seeds: list[int], device: str) -> list[TrainJob]:
+    return [TrainJob(key=f"t{tokens}-w{kwargs.get('width_divisor', 16)}-s{s}-{device}|{g.id}", genome=g,
+                     tokens=tokens, proxy={**kwargs, "seed": s, "device": device},
+                     tags={"layers": g.n_layers, "d_model": g.d_model})
+            for s in seeds for g in genomes]
 
 
-def rung_jobs(rung: Rung, genomes, base_kwargs: dict, base_tokens: int, args) -> list[TrainJob]:
-    tokens = max(1, int(round(base_tokens * rung.token_mult * args.scale)))
-    jobs = []
-    for seed in rung.seeds:
-        kw = {**base_kwargs, "seed": seed, "device": args.device}
-        if rung.width_divisor is not None:
-            kw["width_divisor"] = rung.width_divisor
-        wd = kw.get("width_divisor", 16)
-        for g in genomes:
-            # the key names the training itself, so rungs that share a training share its row
-            jobs.append(TrainJob(key=f"t{tokens}-w{wd}-s{seed}-{args.device}|{g.id}", genome=g, tokens=tokens,
-                                 proxy=kw, tags={"layers": g.n_layers, "d_model": g.d_model}))
-    return jobs
-
-
-def rung_losses(rows: pd.DataFrame, jobs: list[TrainJob], genomes) -> tuple[np.ndarray, float]:
-    """Per-genome loss averaged over the rung's seeds, and the rung's mean CPU seconds per genome."""
-    by_key = rows.set_index("key")
-    sub = by_key.loc[[j.key for j in jobs]]
-    loss = sub.groupby("genome_id")["loss"].mean().reindex([g.id for g in genomes]).to_numpy()
-    return loss, float(sub["seconds"].sum()) / len(genomes)
+def agreement_row(label: str, tokens: str, values, ref, k: int, cost: float | None, default_cost: float) -> str:
+    ag = rank_agreement(values, ref, k=k)
+    money = "0 (no training)" if cost is None else f"{cost:.0f} ({cost / default_cost:.1f}x)"
+    return (f"| {label} | {tokens} | {ag.spearman:.3f} [{ag.spearman_ci[0]:.2f}, {ag.spearman_ci[1]:.2f}] | "
+            f"{ag.kendall:.3f} [{ag.kendall_ci[0]:.2f}, {ag.kendall_ci[1]:.2f}] | "
+            f"{ag.top_k_overlap * k:.0f}/{k} [{ag.top_k_ci[0] * k:.0f}, {ag.top_k_ci[1] * k:.0f}] | {money} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="space + default proxy")
-    ap.add_argument("--genomes", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0, help="genome sampling seed")
+    ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="space, ladder and proxy")
+    ap.add_argument("--genomes", type=int, default=24, help="random draws (the reference architectures come on top)")
+    ap.add_argument("--reference-mult", type=float, default=16.0, help="reference tokens / screening-rung tokens")
+    ap.add_argument("--reference-seeds", default="2", help="proxy seeds of the reference (two are averaged, and "
+                                                           "their agreement is the reference's own noise ceiling)")
     ap.add_argument("--top-k", type=int, default=5)
-    ap.add_argument("--base-tokens", type=int, default=49_152,
-                    help="the ladder's 1x (the demo's budget when this study set its default; the YAML now holds "
-                         "the study's verdict, so the ladder does not move with it)")
     add_common_args(ap)
     args = ap.parse_args()
-    args.top_k = min(args.top_k, args.genomes)
     started = time.perf_counter()
     out = Path(args.out)
 
-    genomes = sample_genomes(args.config, args.genomes, args.seed)
-    base_kwargs, _ = default_proxy(args.config)
-    base_tokens = args.base_tokens
-    plan = {r: rung_jobs(r, genomes, base_kwargs, base_tokens, args) for r in (REFERENCE, *LADDER)}
-    unique = {j.key: j for jobs in plan.values() for j in jobs}
-    print(f"proxy fidelity: {len(genomes)} genomes, {len(unique)} trainings, {args.workers} workers", flush=True)
-    rows = run_jobs(list(unique.values()), out / "proxy_fidelity.csv", args.workers, "fidelity")
-    failed = rows[rows["error"] != ""]
-    keep = [g for g in genomes if g.id not in set(failed["genome_id"])]
-    if len(keep) < len(genomes):
-        print(f"dropping {len(genomes) - len(keep)} genomes with a failed training", flush=True)
+    from flashsearch.config import load_config
+    from flashsearch.search.rungs import ladder_of
 
-    ref, ref_cost = rung_losses(rows, plan[REFERENCE], keep)
-    default_loss, default_cost = rung_losses(rows, plan[LADDER[2]], keep)
-    table, ladder_points = [], []
-    for rung in LADDER:
-        loss, cost = rung_losses(rows, plan[rung], keep)
-        ag = rank_agreement(loss, ref, k=args.top_k)
-        tokens = plan[rung][0].tokens
-        wd = plan[rung][0].proxy.get("width_divisor", 16)
-        table.append(f"| {rung.name} | {tokens:,} | d/{wd} | {len(rung.seeds)} | {ag.spearman:.3f} "
-                     f"[{ag.spearman_ci[0]:.2f}, {ag.spearman_ci[1]:.2f}] | {ag.kendall:.3f} | "
-                     f"{ag.top_k_overlap * ag.k:.0f}/{ag.k} | {cost:.0f} | {cost / default_cost:.2f}x |")
-        ladder_points.append((rung.name, cost, ag.spearman, ag.spearman_ci))
-    default_ag = rank_agreement(default_loss, ref, k=args.top_k)
-    passing = sorted((c, n) for n, c, s, _ in ladder_points if round(s, 3) >= FIDELITY_BAR)
-    verdict = (f"The default proxy's Spearman is {default_ag.spearman:.3f} "
-               + (f">= {FIDELITY_BAR}: it stays the default." if round(default_ag.spearman, 3) >= FIDELITY_BAR else
-                  f"< {FIDELITY_BAR}. Cheapest rung at or above the bar: "
-                  + (f"{passing[0][1]} ({passing[0][0] / default_cost:.2f}x the default's cost)." if passing
-                     else "none; a longer proxy than this ladder holds is needed.")))
+    cfg = load_config(args.config)
+    base = ladder_of(cfg)
+    ladder = [max(1, int(round(t * args.scale))) for t in (base.tokens if base else (cfg.budget.tokens,))]
+    kwargs, _ = default_proxy(args.config)
+    kwargs["device"] = args.device
+    genomes = study_genomes(args.config, args.genomes, 0)
+    ids = [g.id for g, _ in genomes]
+    k = min(args.top_k, len(genomes))
+    search_seed = int(kwargs.get("seed", 0))
+    ceiling_seed = search_seed + 1
+    ref_seeds = [int(s) for s in args.reference_seeds.split(",") if s.strip()]
+    if {search_seed, ceiling_seed} & set(ref_seeds):
+        raise SystemExit(f"--reference-seeds must differ from the ladders' proxy seeds {search_seed} and "
+                         f"{ceiling_seed}")
+    ref_tokens = int(round(args.reference_mult * ladder[0]))
 
-    md = header("Proxy fidelity", started, float(rows["seconds"].sum())) + f"""
-Genomes: {len(keep)} drawn uniformly from `{args.config}` (seed {args.seed}). Default proxy: that YAML's
-`quality` ({describe_proxy(base_kwargs)}) at {base_tokens:,} tokens (`--base-tokens`; the demo's budget before
-this study){' x scale ' + str(args.scale) if args.scale != 1 else ''}.
-Reference: the same proxy with {REFERENCE.token_mult:g}x the tokens ({plan[REFERENCE][0].tokens:,};
-{ref_cost:.0f} CPU-s per genome). Losses are validation bits per byte on the `{base_kwargs.get('corpus') or DEFAULT_CORPUS}` corpus; lower is better.
-Spearman's interval is a 5-95% bootstrap over genomes. Cost is CPU seconds per genome (one core each).
+    ladders = run_ladders(genomes, kwargs, ladder, [search_seed, ceiling_seed], out / "ladder_fidelity.csv",
+                          args.workers)
+    refs = run_jobs(reference_jobs([g for g, _ in genomes], kwargs, ref_tokens, ref_seeds, args.device),
+                    out / "proxy_fidelity.csv", args.workers, "reference")
+    failed = set(refs.loc[refs["error"] != "", "genome_id"])
+    keep = [i for i in ids if i not in failed]
+    if failed:
+        print(f"dropping {len(failed)} genomes whose reference training failed", flush=True)
 
-| rung | tokens | width | seeds | Spearman vs reference | Kendall | top-{args.top_k} overlap | CPU-s / genome | cost vs default |
-|---|---|---|---|---|---|---|---|---|
-""" + "\n".join(table) + f"""
+    top = len(ladder) - 1
+    s0 = ladders[ladders["seed"] == search_seed].set_index("genome_id").loc[keep]
+    s1 = ladders[ladders["seed"] == ceiling_seed].set_index("genome_id").loc[keep]
+    ref_by_seed = {s: refs[refs["seed"] == s].set_index("genome_id")["loss"].loc[keep].to_numpy() for s in ref_seeds}
+    ref = np.mean(list(ref_by_seed.values()), axis=0)
+    ref_cost = float(refs["seconds"].sum()) / len(keep)
+    base0 = zero_cost_baselines(args.config, [g for g, _ in genomes]).loc[keep]
+    cum = {r: s0[[f"cpu{j}" for j in range(r + 1)]].sum(axis=1).mean() for r in range(top + 1)}  # rung r pays 0..r
+    default_cost = float(cum[0])
+    corpus = _corpus_size(kwargs)
 
-{verdict}
+    lines = [header("Proxy fidelity: the search's rungs against 16x longer training", started,
+                    float(refs["seconds"].sum()
+                          + ladders[ladders["genome_id"].isin(keep)][[f"cpu{j}" for j in range(top + 1)]]
+                          .to_numpy().sum())),
+             f"- **reference: {ref_tokens:,} tokens per genome = {args.reference_mult:g}x the default (screening) "
+             f"rung's {ladder[0]:,}, proxy seed{'s' if len(ref_seeds) > 1 else ''} "
+             f"{', '.join(map(str, ref_seeds))}** (the search trains with seed {search_seed}), one cosine-schedule "
+             f"run{' per seed, averaged' if len(ref_seeds) > 1 else ''}; {ref_cost:.0f} CPU-s per genome. "
+             f"It reads {ref_tokens:,} of the corpus's {corpus:,} training bytes ({100 * ref_tokens / corpus:.1f}%) "
+             f"as random windows: about {50 * ref_tokens / corpus:.1f}% of what it reads overlaps an earlier "
+             "window, so no data is repeated epoch-wise.",
+             f"- genomes: {len(keep)} ({args.genomes} drawn uniformly from `{args.config}`'s space with seed 0, "
+             "plus " + ", ".join(n for _, n in genomes if n != "random") + ")",
+             f"- proxy: the YAML's `quality` ({describe_proxy(kwargs)}), byte-level, validation bits/byte on the "
+             f"`{kwargs.get('corpus') or 'wikipedia'}` corpus's fixed validation split; lower is better."
+             + (f" Every budget x scale {args.scale:g}." if args.scale != 1 else ""),
+             f"- ladder: {ladder} tokens (rung 0 screens every candidate; promoted candidates continue to the next "
+             "rung from a checkpoint; the front is ranked at the top rung). Cost: CPU seconds per genome, one core; "
+             "a rung's cost includes the rungs below it, which it continues from.",
+             f"- intervals: bootstrap 5-95% over genomes (2000 resamples).", "",
+             f"| ranking by | tokens | Spearman vs reference | Kendall | top-{k} overlap | CPU-s / genome (x default) |",
+             "|---|---|---|---|---|---|"]
+    for r in range(top + 1):
+        role = " = default (screens every candidate)" if r == 0 else (" (the front)" if r == top else "")
+        lines.append(agreement_row(f"rung {r}, seed {search_seed}{role}", f"{ladder[r]:,}",
+                                   s0[f"loss{r}"].to_numpy(), ref, k, float(cum[r]), default_cost))
+    two = (s0["loss0"].to_numpy() + s1["loss0"].to_numpy()) / 2
+    lines.append(agreement_row(f"rung 0, seeds {search_seed} and {ceiling_seed} averaged", f"2 x {ladder[0]:,}",
+                               two, ref, k, 2 * default_cost, default_cost))
+    zero = {"non-embedding parameters (more = better)": -base0["params"].to_numpy(dtype=float),
+            "predicted latency (slower = better)": -base0["latency"].to_numpy()}
+    for name, values in zero.items():
+        lines.append(agreement_row(name, "-", values, ref, k, None, default_cost))
 
-![proxy fidelity](proxy_fidelity.png)
-"""
-    write_text_atomic(out / "proxy_fidelity.md", md)
-    plot(out / "proxy_fidelity.png", default_loss, ref, ladder_points, default_ag)
-    print(md, flush=True)
+    default = rank_agreement(s0["loss0"].to_numpy(), ref, k=k)
+    best_name, best_values = max(zero.items(), key=lambda kv: rank_agreement(kv[1], ref, k=k).spearman)
+    gap, (glo, ghi) = spearman_gap(s0["loss0"].to_numpy(), best_values, ref)
+    reached = round(default.spearman, 3) >= FIDELITY_BAR
+    lines += ["", f"**Default rung (rung 0, {ladder[0]:,} tokens): Spearman {default.spearman:.3f} "
+              f"[{default.spearman_ci[0]:.2f}, {default.spearman_ci[1]:.2f}] against the {args.reference_mult:g}x "
+              f"reference: the {FIDELITY_BAR} bar is {'reached' if reached else 'NOT reached'}.** "
+              + _versus_baseline(best_name.split(" (")[0], gap, glo, ghi)]
+
+    lines += ["", "Noise ceiling: how well each rung agrees with itself under another proxy seed (the most any proxy "
+              "of that training can agree with a reference as noisy).", "",
+              f"| rung | tokens | Spearman seed {search_seed} vs seed {ceiling_seed} | Kendall | top-{k} overlap |",
+              "|---|---|---|---|---|"]
+    for r in range(top + 1):
+        ag = rank_agreement(s0[f"loss{r}"].to_numpy(), s1[f"loss{r}"].to_numpy(), k=k)
+        lines.append(f"| rung {r} | {ladder[r]:,} | {ag.spearman:.3f} [{ag.spearman_ci[0]:.2f}, "
+                     f"{ag.spearman_ci[1]:.2f}] | {ag.kendall:.3f} | {ag.top_k_overlap * k:.0f}/{k} |")
+    if len(ref_seeds) > 1:
+        ag = rank_agreement(ref_by_seed[ref_seeds[0]], ref_by_seed[ref_seeds[1]], k=k)
+        lines.append(f"| reference | {ref_tokens:,} | {ag.spearman:.3f} [{ag.spearman_ci[0]:.2f}, "
+                     f"{ag.spearman_ci[1]:.2f}] | {ag.kendall:.3f} | {ag.top_k_overlap * k:.0f}/{k} |")
+    else:
+        lines += ["", f"The reference's own seed-to-seed agreement is not measured: a second reference seed costs "
+                  f"another {ref_cost * len(keep) / 60:.0f} CPU-min (`--reference-seeds 2,3`). The top rung's "
+                  "ceiling above is the nearest measured figure; longer training is usually less seed-sensitive, "
+                  "but that is not shown here."]
+
+    lines += ["", "Per genome (bits/byte; params in millions, latency in seconds as the YAML predicts):", "",
+              "| genome | kind | layers | d_model | " + " | ".join(f"rung {r}" for r in range(top + 1))
+              + " | rung 0, seed 1 | reference | non-emb. params | latency |",
+              "|---|---|---|---|" + "---|" * (top + 1) + "---|---|---|---|"]
+    names = dict(zip(ids, (n for _, n in genomes)))
+    for i, gid in enumerate(keep):
+        row = s0.loc[gid]
+        lines.append(f"| {gid} | {names[gid]} | {row['layers']} | {row['d_model']} | "
+                     + " | ".join(f"{row[f'loss{r}']:.3f}" for r in range(top + 1))
+                     + f" | {s1.loc[gid, 'loss0']:.3f} | {ref[i]:.3f} | {base0.loc[gid, 'params'] / 1e6:.0f} | "
+                       f"{base0.loc[gid, 'latency']:.2f} |")
+    lines += ["", "![proxy fidelity](proxy_fidelity.png)"]
+    md = "\n".join(lines) + "\n"
+    plot(out / "proxy_fidelity.png", s0, ref, ladder, cum, default, args.reference_mult)
+    print(write_text_atomic(out / "proxy_fidelity.md", md).read_text(), flush=True)
 
 
-def plot(path: Path, default_loss, ref, ladder_points, default_ag) -> None:
+def _versus_baseline(name: str, gap: float, lo: float, hi: float) -> str:
+    where = f"{gap:+.3f} Spearman (paired bootstrap [{lo:+.2f}, {hi:+.2f}])"
+    if lo > 0:
+        return f"It beats the better zero-cost baseline ({name}) by {where}, an interval clear of zero."
+    if gap > 0:
+        return (f"It is ahead of the better zero-cost baseline ({name}) by {where}, but that interval includes "
+                "zero: not a clear win.")
+    return f"It does NOT beat the better zero-cost baseline ({name}): {where}."
+
+
+def _corpus_size(kwargs: dict) -> int:
+    """Training bytes of the corpus the proxy reads (one byte = one token)."""
+    from flashsearch.proxies.quality.short_train import ShortTrain
+
+    return int(ShortTrain(**{k: v for k, v in kwargs.items() if k != "device"}).corpus().train.numel())
+
+
+def plot(path: Path, s0: pd.DataFrame, ref, ladder, cum, default, mult: float) -> None:
     plt = pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
-    a1.scatter(default_loss, ref, s=22)
-    a1.set_xlabel("default proxy loss (bits/byte)")
-    a1.set_ylabel("reference loss, 8x tokens (bits/byte)")
-    a1.set_title(f"default vs reference: Spearman {default_ag.spearman:.2f}, Kendall {default_ag.kendall:.2f}")
-    for name, cost, rho, (lo, hi) in ladder_points:
-        a2.errorbar([cost], [rho], yerr=[[max(0.0, rho - lo)], [max(0.0, hi - rho)]], fmt="o", capsize=3)
-        a2.annotate(name, (cost, rho), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    a1.scatter(s0["loss0"], ref, s=22)
+    a1.set_xlabel(f"rung 0 loss, {ladder[0]:,} tokens (bits/byte)")
+    a1.set_ylabel(f"reference loss, {mult:g}x tokens (bits/byte)")
+    a1.set_title(f"default vs reference: Spearman {default.spearman:.2f}, Kendall {default.kendall:.2f}")
+    for r in range(len(ladder)):
+        ag = rank_agreement(s0[f"loss{r}"].to_numpy(), ref)
+        lo, hi = ag.spearman_ci
+        a2.errorbar([cum[r]], [ag.spearman], yerr=[[max(0.0, ag.spearman - lo)], [max(0.0, hi - ag.spearman)]],
+                    fmt="o", capsize=3)
+        a2.annotate(f"rung {r} ({ladder[r]:,})", (cum[r], ag.spearman), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
     a2.axhline(FIDELITY_BAR, color="grey", ls="--", lw=1)
     a2.set_xscale("log")
-    a2.set_xlabel("CPU seconds per genome")
+    a2.set_xlabel("CPU seconds per genome (rungs below included)")
     a2.set_ylabel("Spearman vs reference")
-    a2.set_title("proxy ladder: fidelity vs cost")
+    a2.set_title("the ladder: fidelity vs cost")
     save_figure(fig, path)
 
 

@@ -12,7 +12,7 @@ import pytest
 from flashsearch.genome import Genome
 from flashsearch.studies.common import default_proxy, sample_genomes
 from flashsearch.studies.jobs import TrainJob, run_jobs
-from flashsearch.studies.ranking import rank_agreement, top_k_overlap
+from flashsearch.studies.ranking import rank_agreement, spearman_gap, top_k_overlap
 from flashsearch.studies.scaling_law import DepthWidthLaw, fit_depth_width_law, relative_errors
 
 
@@ -42,6 +42,29 @@ def test_top_k_overlap_counts_lowest_losses():
     assert top_k_overlap(proxy, ref, 3) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="k must be"):
         top_k_overlap(proxy, ref, 7)
+
+
+def test_bootstrap_intervals_bracket_the_statistics():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=25)
+    noisy = ref + rng.normal(scale=0.7, size=25)
+    a = rank_agreement(noisy, ref, k=5, n_boot=400)
+    for value, (lo, hi) in ((a.spearman, a.spearman_ci), (a.kendall, a.kendall_ci), (a.top_k_overlap, a.top_k_ci)):
+        assert lo <= hi and lo - 0.05 <= value <= hi + 0.05
+    assert 0.0 <= a.top_k_ci[0] <= a.top_k_ci[1] <= 1.0
+    assert a.spearman_ci[1] - a.spearman_ci[0] > 0.05  # 25 noisy genomes do not pin rho down
+
+
+def test_spearman_gap_paired_bootstrap():
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=30)
+    good, bad = ref + rng.normal(scale=0.2, size=30), rng.normal(size=30)
+    gap, (lo, hi) = spearman_gap(good, bad, ref, n_boot=400)
+    assert gap > 0.5 and 0 < lo <= gap <= hi
+    same_gap, (lo2, hi2) = spearman_gap(good, good, ref, n_boot=100)
+    assert same_gap == 0.0 and lo2 == hi2 == 0.0  # identical proxies: the paired bootstrap cancels exactly
+    with pytest.raises(ValueError, match="equally long"):
+        spearman_gap(good[:5], bad, ref)
 
 
 @pytest.mark.parametrize("proxy,ref,msg", [
@@ -130,3 +153,34 @@ def test_run_jobs_rejects_duplicate_keys(tmp_path):
     job = TrainJob(key="same", genome=TINY, tokens=512)
     with pytest.raises(ValueError, match="unique"):
         run_jobs([job, job], tmp_path / "rows.csv")
+
+
+# ---- ladder trainings shared by ladder_fidelity.py and proxy_fidelity.py ------------------------------------
+def test_study_genomes_adds_each_reference_architecture_once():
+    from flashsearch.studies.ladder import REFERENCE_ARCHITECTURES, study_genomes
+
+    genomes = study_genomes("search_spaces/hybrid_1b.yaml", 5, seed=0,
+                            extra=REFERENCE_ARCHITECTURES + ("search_spaces/reference/mamba2_ffn_1b.yaml",))
+    kinds = [kind for _, kind in genomes]
+    assert kinds[:5] == ["random"] * 5
+    assert {"nemotron_flash_1b", "gated_deltanet_ffn_1b", "mamba2_ffn_1b", "attention_ffn_1b"} <= set(kinds)
+    assert kinds.count("mamba2_ffn_1b") == 1  # a YAML seed named again in `extra` is not trained twice
+    assert len({g.id for g, _ in genomes}) == len(genomes)
+
+
+def test_run_ladders_continues_rungs_caches_and_keys_by_ladder(tmp_path, capsys):
+    from flashsearch.studies.ladder import run_ladders
+
+    path = tmp_path / "ladders.csv"
+    proxy = {"eval_batches": 1}
+    rows = run_ladders([(TINY, "tiny")], proxy, (1024, 2048), [0, 1], path, workers=2)
+    assert sorted(rows["seed"]) == [0, 1] and set(rows["ladder"]) == {"1024-2048@cpu"}
+    assert np.isfinite(rows[["loss0", "loss1"]].to_numpy()).all()
+    assert (rows["loss1"] < rows["loss0"]).all()  # the second rung continued training: lower loss
+    assert (rows["cpu1"] > 0).all()
+    capsys.readouterr()
+    again = run_ladders([(TINY, "tiny")], proxy, (1024, 2048), [0, 1], path, workers=2)
+    assert "0 to train" in capsys.readouterr().err
+    assert sorted(again["loss1"]) == sorted(rows["loss1"])
+    other = run_ladders([(TINY, "tiny")], proxy, (1024, 3072), [0], path, workers=1, train=False)
+    assert other.empty  # another ladder's rows are not mistaken for this one's

@@ -1,0 +1,121 @@
+"""Genomes trained through a multi-fidelity ladder, for the studies that ask what each rung ranks.
+
+Each genome goes through every rung exactly as a promoted candidate does in a search (rung k+1 continues from
+rung k's checkpoint; warmup-stable-decay), and the loss and CPU seconds of each rung land in a CSV the moment the
+genome is done. Rows are keyed by (genome, seed, ladder@device), so ladder_fidelity.py and proxy_fidelity.py share
+one cache and an interrupted study trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing as mp
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from flashsearch.genome import Genome
+
+# The reference architectures a fidelity study adds to its random draws (besides the YAML's own seeds): the
+# genomes the issue and the paper compare, so the study says how they rank, not only how random draws do.
+REFERENCE_ARCHITECTURES = ("search_spaces/reference/nemotron_flash_1b.yaml",
+                           "search_spaces/reference/gated_deltanet_ffn_1b.yaml")
+KEY_COLUMNS = ["genome_id", "seed", "ladder"]
+
+
+def study_genomes(config_path: str, n_random: int, seed: int = 0,
+                  extra: Sequence[str] = REFERENCE_ARCHITECTURES) -> list[tuple[Genome, str]]:
+    """(genome, kind): n_random uniform draws from the YAML's space, then its seed architectures and `extra`
+    (each once; kind is the file's stem)."""
+    from flashsearch.builders import load_genome
+    from flashsearch.config import load_config
+    from flashsearch.studies.common import sample_genomes
+
+    cfg = load_config(config_path)
+    out = [(g, "random") for g in sample_genomes(config_path, n_random, seed)]
+    seen = {g.id for g, _ in out}
+    for path in [Path(config_path).parent / s for s in cfg.search.seeds] + [Path(p) for p in extra]:
+        g = load_genome(path)
+        if g.id not in seen:
+            out.append((g, path.stem))
+            seen.add(g.id)
+    return out
+
+
+def ladder_key(tokens: Sequence[int], device: str = "cpu") -> str:
+    return "-".join(str(t) for t in tokens) + f"@{device}"
+
+
+def _train_ladder(wired: tuple) -> dict[str, Any]:
+    """One genome through every rung, continuing from checkpoints; the loss and CPU seconds of each."""
+    import torch
+
+    from flashsearch.proxies.base import Budget
+    from flashsearch.proxies.quality.short_train import ShortTrain
+
+    torch.set_num_threads(1)
+    genome_json, kwargs, tokens, name, key = wired
+    g = Genome.from_json(genome_json)
+    proxy = ShortTrain(**{**kwargs, "threads": 1})
+    row: dict[str, Any] = {"genome_id": g.id, "seed": proxy.seed, "ladder": key, "name": name,
+                           "layers": g.n_layers, "d_model": g.d_model}
+    with tempfile.TemporaryDirectory(prefix="ladder-") as ckpt:
+        for k, t in enumerate(tokens):
+            t0 = time.process_time()
+            r = proxy.evaluate(g, Budget(tokens=t, ladder=tuple(tokens), checkpoint_dir=ckpt))
+            row[f"loss{k}"], row[f"cpu{k}"] = float(r.loss), round(time.process_time() - t0, 2)
+    return row
+
+
+def run_ladders(genomes: Sequence[tuple[Genome, str]], proxy: Mapping[str, Any], tokens: Sequence[int],
+                seeds: Sequence[int], path: str | Path, workers: int = 2, train: bool = True) -> pd.DataFrame:
+    """Train what the CSV at `path` lacks (unless train=False); return its rows for these genomes, seeds and
+    ladder, one per (genome, seed), with columns loss0.., cpu0.. (CPU seconds of each rung)."""
+    path = Path(path)
+    device = str(proxy.get("device", "cpu"))
+    key = ladder_key(tokens, device)
+    fields = KEY_COLUMNS + ["name", "layers", "d_model"] + [f"{p}{k}" for k in range(len(tokens))
+                                                          for p in ("loss", "cpu")]
+    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=fields)
+    if list(done.columns) != fields and len(done):
+        raise ValueError(f"{path} holds another ladder's columns ({list(done.columns)}); "
+                         "pass another --out to start a new cache")
+    have = set(zip(done["genome_id"], done["seed"], done["ladder"]))
+    todo = [(g.to_json(), {**proxy, "seed": s}, tuple(tokens), name, key) for s in seeds for g, name in genomes
+            if (g.id, s, key) not in have] if train else []
+    print(f"ladder: {len(genomes)} genomes x seeds {list(seeds)}, {len(todo)} to train, ladder {list(tokens)}",
+          file=sys.stderr, flush=True)
+    if todo:
+        started = time.perf_counter()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", newline="") as f, mp.get_context("spawn").Pool(workers) as pool:
+            w = csv.DictWriter(f, fieldnames=fields)
+            if f.tell() == 0:
+                w.writeheader()
+            for i, row in enumerate(pool.imap_unordered(_train_ladder, todo), start=1):
+                w.writerow(row)
+                f.flush()  # a killed study keeps every finished genome
+                print(f"  [{i}/{len(todo)}] {row['genome_id']} seed {row['seed']} losses "
+                      + " -> ".join(f"{row[f'loss{k}']:.3f}" for k in range(len(tokens)))
+                      + f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+    every = pd.read_csv(path).drop_duplicates(KEY_COLUMNS)
+    ids = {g.id for g, _ in genomes}
+    return every[(every["ladder"] == key) & every["seed"].isin(list(seeds)) & every["genome_id"].isin(ids)]
+
+
+def zero_cost_baselines(config_path: str, genomes: Sequence[Genome]) -> pd.DataFrame:
+    """Per genome id: the YAML's predicted decode latency and the decoder's non-embedding parameter count (the
+    LiteTransformerSearch proxy), the rankings a user would try before training anything."""
+    from flashsearch.builders import build_latency, build_workload
+    from flashsearch.config import load_config
+    from flashsearch.model import count_parameters
+
+    cfg = load_config(config_path)
+    workload, predictor = build_workload(cfg), build_latency(cfg)
+    return pd.DataFrame({"latency": [float(predictor.predict(g, workload)) for g in genomes],
+                         "params": [count_parameters(g) - g.vocab_size * g.d_model for g in genomes]},
+                        index=pd.Index([g.id for g in genomes], name="genome_id"))

@@ -31,7 +31,7 @@ from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.roofline import RooflinePredictor
 from flashsearch.studies.common import add_common_args, default_proxy
-from flashsearch.studies.jobs import TrainJob, run_jobs
+from flashsearch.studies.jobs import TrainJob, run_jobs, training_time
 from flashsearch.archive import write_text_atomic
 from flashsearch.studies.output import header, pyplot, save_figure
 
@@ -127,7 +127,7 @@ def main() -> None:
                      f"({(lat / target - 1) * 100:+.1f}%) | {np.nanmean(loss):.4f} ± {np.nanstd(loss):.4f} |")
     order = np.argsort([s[1] for s in stats])
     lines = [lines[i] for i in order]
-    md = header("Operator comparison at matched latency", started, float(rows["seconds"].sum())) + f"""
+    md = header("Operator comparison at matched latency", started, *training_time(rows)) + f"""
 Target: {target:.2f} s predicted batch-1 decode of 8k tokens on an H100 (roofline), from `{args.target}`.
 Every model is trained with `{args.config}`'s proxy at {tokens:,} tokens over {args.seeds} seeds (mean ± std of
 validation bits per byte; lower is better). Paper (Table 3, 1B scale, Wiki PPL at equal latency): searched

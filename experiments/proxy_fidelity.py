@@ -31,7 +31,7 @@ import pandas as pd
 
 from flashsearch.archive import write_text_atomic
 from flashsearch.studies.common import add_common_args, default_proxy, describe_proxy
-from flashsearch.studies.jobs import TrainJob, run_jobs
+from flashsearch.studies.jobs import TrainJob, run_jobs, training_time
 from flashsearch.studies.ladder import run_ladders, study_genomes, zero_cost_baselines
 from flashsearch.studies.output import header, pyplot, save_figure
 from flashsearch.studies.ranking import rank_agreement, spearman_gap
@@ -100,20 +100,30 @@ def main() -> None:
     s1 = ladders[ladders["seed"] == ceiling_seed].set_index("genome_id").loc[keep]
     ref_by_seed = {s: refs[refs["seed"] == s].set_index("genome_id")["loss"].loc[keep].to_numpy() for s in ref_seeds}
     ref = np.mean(list(ref_by_seed.values()), axis=0)
-    ref_cost = float(refs["seconds"].sum()) / len(keep)
     base0 = zero_cost_baselines(args.config, [g for g, _ in genomes]).loc[keep]
     cum = {r: s0[[f"cpu{j}" for j in range(r + 1)]].sum(axis=1).mean() for r in range(top + 1)}  # rung r pays 0..r
     default_cost = float(cum[0])
     corpus = _corpus_size(kwargs)
-
-    lines = [header("Proxy fidelity: the search's rungs against 16x longer training", started,
-                    float(refs["seconds"].sum()
-                          + ladders[ladders["genome_id"].isin(keep)][[f"cpu{j}" for j in range(top + 1)]]
-                          .to_numpy().sum())),
+    ladder_cpu = float(ladders[ladders["genome_id"].isin(keep)][[f"cpu{j}" for j in range(top + 1)]].to_numpy().sum())
+    ref_seconds, clock = training_time(refs)
+    if clock == "CPU":
+        ref_cost = ref_seconds / len(keep)
+        ref_cost_text = f"{ref_cost:.0f} CPU-s per genome"
+    else:  # rows from before jobs.py recorded process time: estimate CPU from the ladder's CPU per token
+        per_token = ladder_cpu / (len(keep) * len(ladders["seed"].unique()) * _ladder_tokens_trained(ladder))
+        ref_cost = per_token * ref_tokens * len(ref_seeds)
+        ref_cost_text = (f"{ref_seconds / len(keep):.0f} s per genome of wall time, measured while up to 4 "
+                         f"trainings shared the 2 cores (these rows predate the CSV's CPU column); at the ladder's "
+                         f"measured {1 / per_token:,.0f} tokens per CPU-second that is about {ref_cost:.0f} CPU-s")
+    total_cpu = ladder_cpu + ref_cost * len(keep)
+    lines = [header("Proxy fidelity: the search's rungs against 16x longer training", started, total_cpu),
+             f"- from nothing, this study is {total_cpu / 60:.0f} CPU-min of trainings, so about "
+             f"{total_cpu / 60 / args.workers:.0f} min on {args.workers} idle cores ({args.workers} workers); the "
+             "ladders are shared with ladder_fidelity.py's cache.",
              f"- **reference: {ref_tokens:,} tokens per genome = {args.reference_mult:g}x the default (screening) "
              f"rung's {ladder[0]:,}, proxy seed{'s' if len(ref_seeds) > 1 else ''} "
              f"{', '.join(map(str, ref_seeds))}** (the search trains with seed {search_seed}), one cosine-schedule "
-             f"run{' per seed, averaged' if len(ref_seeds) > 1 else ''}; {ref_cost:.0f} CPU-s per genome. "
+             f"run{' per seed, averaged' if len(ref_seeds) > 1 else ''}; {ref_cost_text}. "
              f"It reads {ref_tokens:,} of the corpus's {corpus:,} training bytes ({100 * ref_tokens / corpus:.1f}%) "
              f"as random windows: about {50 * ref_tokens / corpus:.1f}% of what it reads overlaps an earlier "
              "window, so no data is repeated epoch-wise.",
@@ -192,6 +202,12 @@ def _versus_baseline(name: str, gap: float, lo: float, hi: float) -> str:
         return (f"It is ahead of the better zero-cost baseline ({name}) by {where}, but that interval includes "
                 "zero: not a clear win.")
     return f"It does NOT beat the better zero-cost baseline ({name}): {where}."
+
+
+def _ladder_tokens_trained(ladder: list[int]) -> int:
+    """Tokens one genome trains through the ladder: each rung continues from 80% of the one below (where its
+    stable phase ended; proxies/quality/short_train.py), so it retrains that rung's decay."""
+    return ladder[0] + sum(t - int(0.8 * prev) for prev, t in zip(ladder, ladder[1:]))
 
 
 def _corpus_size(kwargs: dict) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 from flashsearch.builders import load_genome
 from flashsearch.studies.common import add_common_args, default_proxy
-from flashsearch.studies.jobs import TrainJob, run_jobs
+from flashsearch.studies.jobs import TrainJob, run_jobs, training_time
 from flashsearch.archive import write_text_atomic
 from flashsearch.studies.output import header, pyplot, save_figure
 
@@ -92,7 +92,7 @@ def main() -> None:
                 plot_rows.append((arch, variant, dm, ds))
             table.append(f"| {arch} | {variant} | {mean:.4f} ± {std:.4f} | {delta} | "
                          f"{v.seconds.mean() / base_secs:.2f}x |")
-    md = header("Training recipe ablation", started, float(rows["seconds"].sum())) + f"""
+    md = header("Training recipe ablation", started, *training_time(rows)) + f"""
 Proxy: `{args.config}`'s ShortTrain at {tokens:,} tokens; weight norm turns weight decay off (as the paper);
 meta tokens: {META_TOKENS} learnable tokens prepended to every window. {args.seeds} seeds per cell; losses are
 validation bits per byte (lower is better); Δ is paired per seed against the baseline. Paper: weight norm

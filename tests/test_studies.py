@@ -133,6 +133,7 @@ def test_run_jobs_writes_rows_and_resumes(tmp_path, capsys):
     assert sorted(rows["key"]) == ["j1024", "j512"]
     assert (rows["error"] == "").all() and np.isfinite(rows["loss"]).all()
     assert set(rows["note"]) == {"x"}
+    assert (rows["cpu_seconds"] > 0).all()  # process time: the cost, whatever else shares the cores
     before = pd.read_csv(path)
     capsys.readouterr()
     again = run_jobs(jobs, path, workers=2)  # everything cached: nothing retrained, same numbers
@@ -147,6 +148,19 @@ def test_run_jobs_records_a_failure_and_goes_on(tmp_path):
     rows = run_jobs(jobs, tmp_path / "rows.csv", workers=1).set_index("key")
     assert "less than one step" in rows.loc["too-small", "error"] and np.isnan(rows.loc["too-small", "loss"])
     assert rows.loc["ok", "error"] == "" and np.isfinite(rows.loc["ok", "loss"])
+
+
+def test_run_jobs_extends_a_csv_from_before_cpu_seconds(tmp_path):
+    from flashsearch.studies.jobs import RESULT_COLUMNS, training_time
+
+    path = tmp_path / "old.csv"
+    pd.DataFrame([{"key": "old", "genome_id": TINY.id, "tokens": 512, "seed": 0, "loss": 5.0, "proxy_params": 1,
+                   "seconds": 9.0, "error": ""}], columns=RESULT_COLUMNS).to_csv(path, index=False)
+    rows = run_jobs([TrainJob(key="old", genome=TINY, tokens=512),
+                     TrainJob(key="new", genome=TINY, tokens=512, proxy={"eval_batches": 1})], path, workers=1)
+    assert sorted(rows["key"]) == ["new", "old"] and "cpu_seconds" not in rows
+    seconds, clock = training_time(rows)
+    assert clock == "wall" and seconds == pytest.approx(9.0 + float(rows.set_index("key").loc["new", "seconds"]))
 
 
 def test_run_jobs_rejects_duplicate_keys(tmp_path):

@@ -23,6 +23,8 @@ import pandas as pd
 from flashsearch.genome import Genome
 
 RESULT_COLUMNS = ["key", "genome_id", "tokens", "seed", "loss", "proxy_params", "seconds", "error"]
+# Written to CSVs started since it was added; older CSVs keep their columns (it is then dropped, not an error).
+OPTIONAL_COLUMNS = ["cpu_seconds"]  # the training's process time: its cost, whatever else shares the cores
 
 
 @dataclass(frozen=True)
@@ -67,13 +69,14 @@ def _run_one(wired: tuple) -> dict[str, Any]:
     if proxy is None:  # one proxy object per setting: the corpus is read once per worker
         proxy = _PROXIES[cache_key] = ShortTrain(**kwargs)
     row = {"key": key, "genome_id": genome.id, "tokens": tokens, "seed": kwargs.get("seed", 0), **tags}
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         res = proxy.evaluate(genome, Budget(tokens=tokens))
         row.update(loss=float(res.loss), proxy_params=int(res.proxy_params), error="")
     except (TrialFailed, FlashsearchError) as e:
         row.update(loss=math.nan, proxy_params=0, error=str(e))
     row["seconds"] = round(time.perf_counter() - t0, 2)
+    row["cpu_seconds"] = round(time.process_time() - c0, 2)
     return row
 
 
@@ -96,7 +99,7 @@ def run_jobs(jobs: list[TrainJob], results_csv: str | Path, workers: int = 2, la
     todo = sorted((j for j in jobs if j.key not in set(done["key"])), key=TrainJob.cost, reverse=True)
     tag_cols = sorted({k for j in jobs for k in j.tags} - set(RESULT_COLUMNS))
     fresh = not path.exists() or path.stat().st_size == 0
-    columns = RESULT_COLUMNS + tag_cols if fresh else list(done.columns)
+    columns = RESULT_COLUMNS + OPTIONAL_COLUMNS + tag_cols if fresh else list(done.columns)
     missing = [c for c in RESULT_COLUMNS + tag_cols if c not in columns]
     if missing:
         raise ValueError(f"{path} was written by a different version of this study (no columns {missing}); "
@@ -130,3 +133,10 @@ def _run_pool(todo: list[TrainJob], path: Path, columns: list[str], fresh: bool,
             status = f"loss {row['loss']:.4f}" if not row["error"] else f"FAILED ({row['error'][:60]})"
             print(f"{prefix}[{i}/{len(todo)}] {row['key']} {status} {row['seconds']:.1f}s | "
                   f"elapsed {elapsed / 60:.1f} min, eta {eta / 60:.1f} min", file=sys.stdout, flush=True)
+
+
+def training_time(rows: pd.DataFrame) -> tuple[float, str]:
+    """(summed seconds, clock) of result rows: their CPU time where every row has it, else their wall time."""
+    if "cpu_seconds" in rows and len(rows) and rows["cpu_seconds"].notna().all():
+        return float(rows["cpu_seconds"].sum()), "CPU"
+    return float(rows["seconds"].sum()), "wall"

@@ -30,15 +30,17 @@ def command_line() -> str:
     return " ".join(["python", str(script), *sys.argv[1:]])
 
 
-def header(title: str, started: float, train_seconds: float) -> str:
+def header(title: str, started: float, train_seconds: float, clock: str = "CPU") -> str:
     """Markdown header: title, command, date, this invocation's wall time since `started`
-    (time.perf_counter()), the summed CPU time of every training behind the table, and the machine."""
+    (time.perf_counter()), the summed time of every training behind the table, and the machine. `clock` says what
+    train_seconds counts: "CPU" (process time) or "wall" (each training's own wall time, which exceeds its CPU
+    time when trainings outnumber the cores)."""
     minutes = (time.perf_counter() - started) / 60
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"# {title}\n\n"
             f"- command: `{command_line()}`\n"
             f"- finished: {date}; this invocation {minutes:.1f} min wall; the trainings behind the table took "
-            f"{train_seconds / 60:.1f} CPU-min in all (one core each). They are cached in the CSV next to this "
+            f"{train_seconds / 60:.1f} {clock}-min in all (one core each). They are cached in the CSV next to this "
             "file: a rerun only trains what is missing.\n"
             f"- machine: {machine_line()}\n")
 

@@ -59,6 +59,17 @@ def fit_and_score(df: pd.DataFrame, holdout: np.ndarray) -> tuple[DepthWidthLaw,
     return law, relative_errors(law, test.D, test.W, test.N, test.loss), constant
 
 
+MATCH_N = 1.15  # two models count as matched in parameters when their N differ by at most this factor
+
+
+def deeper_wins_at_matched_params(df: pd.DataFrame) -> tuple[int, int]:
+    """(pairs where the deeper model has the lower loss, pairs) over models of different depth matched in N."""
+    rows = list(df[["D", "N", "loss"]].itertuples(index=False))
+    pairs = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:]
+             if a.D != b.D and max(a.N, b.N) / min(a.N, b.N) <= MATCH_N]
+    return sum((a.loss < b.loss) == (a.D > b.D) for a, b in pairs), len(pairs)
+
+
 def best_under_budgets(law: DepthWidthLaw, proxy_width_of, params_of, predictor: RooflinePredictor):
     """For each latency budget: the (D, W) on the study's grid ranges with the lowest predicted loss."""
     rows = []
@@ -122,6 +133,7 @@ def main() -> None:
     per_param = _best_depth_per_params(law_all, proxy.proxy_d_model)
 
     observed = "; ".join(f"W={w}: D={int(g.loc[g.loss.idxmin(), 'D'])}" for w, g in df.groupby("W_full"))
+    wins, pairs = deeper_wins_at_matched_params(df)
     at_bound = [name for law in (law_n, law_d) for name in ("alpha", "beta", "gamma")
                 if min(abs(getattr(law, name) - b) for b in (MIN_EXPONENT, 3.0)) < 1e-3]
     warning = ("\n**The law does not describe these data:** fitted exponents sit on their bounds "
@@ -147,6 +159,9 @@ non-embedding parameters; losses are validation bits per byte.
 {const_d.mean() * 100:.1f}%, {const_d.max() * 100:.1f}%).
 
 **Observed lowest-loss depth per width:** {observed}.
+
+**Observed per parameter, without the law:** of the {pairs} pairs of models of different depth whose N differ by at
+most {MATCH_N - 1:.0%}, the deeper one has the lower loss in {wins} ({wins / max(pairs, 1):.0%}).
 {warning}
 **Per parameter** (law fitted on all points): at matched non-embedding parameters the best depth is
 {per_param}.

@@ -27,7 +27,7 @@ import pandas as pd
 
 from flashsearch.archive import pareto_mask, write_text_atomic
 from flashsearch.studies.common import default_proxy
-from flashsearch.studies.ladder import run_ladders, study_genomes, zero_cost_baselines
+from flashsearch.studies.ladder import replay_promotions, run_ladders, study_genomes, zero_cost_baselines
 from flashsearch.studies.output import header
 from flashsearch.studies.ranking import rank_agreement
 
@@ -49,7 +49,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     from flashsearch.config import load_config
-    from flashsearch.search.rungs import RungResult, ladder_of, promotions
+    from flashsearch.search.rungs import ladder_of
 
     cfg = load_config(CONFIG)
     ladder = ladder_of(cfg)
@@ -102,18 +102,7 @@ def main() -> None:
 
     # The promotion rule replayed on these results, arriving in this order (random draws, then the seeds).
     ids = list(rows.index)
-    results: list[RungResult] = []
-    attempted: set[tuple[int, int]] = set()
-    for c, gid in enumerate(ids):
-        results.append(RungResult(c, 0, float(rows.loc[gid, "loss0"]), float(rows.loc[gid, "latency"])))
-        while True:
-            due = promotions(results, attempted, ladder)
-            if not due:
-                break
-            for cand, k in due:
-                attempted.add((cand, k))
-                gk = ids[cand]
-                results.append(RungResult(cand, k, float(rows.loc[gk, f"loss{k}"]), float(rows.loc[gk, "latency"])))
+    results = replay_promotions(rows, ladder)
     reached = {r.candidate for r in results if r.rung == top}
     oracle = pareto_mask(rows[["latency", f"loss{top}"]].to_numpy())
     oracle_front = {c for c, m in enumerate(oracle) if m}

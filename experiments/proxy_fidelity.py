@@ -159,6 +159,8 @@ def main() -> None:
               f"reference: the {FIDELITY_BAR} bar is {'reached' if reached else 'NOT reached'}.** "
               + _versus_baseline(best_name.split(" (")[0], gap, glo, ghi)]
 
+    lines += ["", _front_recall(s0.join(base0), ref, base, names_of=dict((g.id, n) for g, n in genomes))]
+
     lines += ["", "Noise ceiling: how well each rung agrees with itself under another proxy seed (the most any proxy "
               "of that training can agree with a reference as noisy).", "",
               f"| rung | tokens | Spearman seed {search_seed} vs seed {ceiling_seed} | Kendall | top-{k} overlap |",
@@ -192,6 +194,32 @@ def main() -> None:
     md = "\n".join(lines) + "\n"
     plot(out / "proxy_fidelity.png", s0, ref, ladder, cum, default, args.reference_mult)
     print(write_text_atomic(out / "proxy_fidelity.md", md).read_text(), flush=True)
+
+
+def _front_recall(rows: pd.DataFrame, ref, ladder, names_of: dict) -> str:
+    """What a search on these genomes would publish, next to the reference's own loss-latency front."""
+    from flashsearch.archive import pareto_mask
+    from flashsearch.studies.ladder import replay_promotions
+
+    if ladder is None:
+        return ""
+    top = len(ladder.tokens) - 1
+    results = replay_promotions(rows, ladder)
+    at_top = sorted({r.candidate for r in results if r.rung == top})
+    lat = rows["latency"].to_numpy()
+    ref_front = {i for i, m in enumerate(pareto_mask(np.column_stack([lat, ref]))) if m}
+    published = {at_top[i] for i, m in enumerate(pareto_mask(np.column_stack(
+        [lat[at_top], rows[f"loss{top}"].to_numpy()[at_top]]))) if m} if at_top else set()
+
+    def label(i: int) -> str:
+        return f"{names_of[rows.index[i]]} ({rows['layers'].iloc[i]} layers, d {rows['d_model'].iloc[i]})"
+
+    return (f"**What a search would publish.** The promotion rule (search/rungs.py) replayed on these ladders, "
+            f"genomes arriving in table order, takes {len(at_top)} of {len(rows)} to the top rung; its published "
+            f"front (the top-rung front of those) has {len(published)} members, of which "
+            f"{len(published & ref_front)} are on the reference's own loss-latency front of {len(ref_front)} "
+            f"(reference loss vs predicted latency). Reference front: " + ", ".join(
+                label(i) + (" [published]" if i in published else "") for i in sorted(ref_front)) + ".")
 
 
 def _versus_baseline(name: str, gap: float, lo: float, hi: float) -> str:

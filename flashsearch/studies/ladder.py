@@ -119,3 +119,22 @@ def zero_cost_baselines(config_path: str, genomes: Sequence[Genome]) -> pd.DataF
     return pd.DataFrame({"latency": [float(predictor.predict(g, workload)) for g in genomes],
                          "params": [count_parameters(g) - g.vocab_size * g.d_model for g in genomes]},
                         index=pd.Index([g.id for g in genomes], name="genome_id"))
+
+
+def replay_promotions(rows: pd.DataFrame, ladder) -> list:
+    """The search's promotion rule (search/rungs.py) run on finished ladder trainings, as if the genomes had
+    arrived in row order: the RungResults a search would have produced (candidate = row position). `rows` needs
+    loss0.. and latency columns; `ladder` is the search's Ladder."""
+    from flashsearch.search.rungs import RungResult, promotions
+
+    losses = rows[[f"loss{k}" for k in range(len(ladder.tokens))]].to_numpy(dtype=float)
+    latency = rows["latency"].to_numpy(dtype=float)
+    results: list[RungResult] = []
+    attempted: set[tuple[int, int]] = set()
+    for c in range(len(rows)):
+        results.append(RungResult(c, 0, float(losses[c, 0]), float(latency[c])))
+        while due := promotions(results, attempted, ladder):
+            for cand, k in due:
+                attempted.add((cand, k))
+                results.append(RungResult(cand, k, float(losses[cand, k]), float(latency[cand])))
+    return results

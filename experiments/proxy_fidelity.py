@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from flashsearch.archive import write_text_atomic
+from flashsearch.proxies.quality.short_train import ShortTrain
 from flashsearch.studies.common import add_common_args, default_proxy, describe_proxy
 from flashsearch.studies.jobs import TrainJob, run_jobs, training_time
 from flashsearch.studies.ladder import run_ladders, study_genomes, zero_cost_baselines
@@ -95,9 +96,7 @@ def main() -> None:
     # The reference's own noise, on a subset: the cheapest genomes, with the next seed (a full second seed costs
     # as much as the first; --reference-seeds 2,3 does that and averages them).
     subset = [] if len(ref_seeds) > 1 else sorted(jobs, key=TrainJob.cost)[:max(0, args.ceiling_genomes)]
-    extra_seed = max(ref_seeds) + 1
-    if extra_seed in (search_seed, ceiling_seed):
-        extra_seed = max(ref_seeds + [search_seed, ceiling_seed]) + 1
+    extra_seed = max(ref_seeds + [search_seed, ceiling_seed]) + 1  # a seed no other training uses
     extra = reference_jobs([j.genome for j in subset], kwargs, ref_tokens, [extra_seed], args.device)
     every_ref = run_jobs(jobs + extra, out / "proxy_fidelity.csv", args.workers, "reference")
     refs = every_ref[every_ref["seed"].isin(ref_seeds)]
@@ -114,19 +113,32 @@ def main() -> None:
     base0 = zero_cost_baselines(args.config, [g for g, _ in genomes]).loc[keep]
     cum = {r: s0[[f"cpu{j}" for j in range(r + 1)]].sum(axis=1).mean() for r in range(top + 1)}  # rung r pays 0..r
     default_cost = float(cum[0])
-    corpus = _corpus_size(kwargs)
+    proxy = ShortTrain(**{key: v for key, v in kwargs.items() if key != "device"})
+    corpus = int(proxy.corpus().train.numel())  # training bytes (one byte = one token)
     ladder_cpu = float(ladders[ladders["genome_id"].isin(keep)][[f"cpu{j}" for j in range(top + 1)]].to_numpy().sum())
-    ref_seconds, clock = training_time(refs)
-    if clock == "CPU":
-        ref_cost = ref_seconds / len(keep)
+    # Each genome's CPU per token through the ladder (mean over seeds), for reference rows written before jobs.py
+    # recorded process time: a genome's reference then costs its own rate times its tokens.
+    cpu_cols = [f"cpu{j}" for j in range(top + 1)]
+    genome_cpu_per_token = (ladders.assign(cpu=ladders[cpu_cols].sum(axis=1)).groupby("genome_id")["cpu"].mean()
+                            / _ladder_tokens_trained(ladder, proxy.decay_fraction))
+    per_token = ladder_cpu / (len(keep) * len(ladders["seed"].unique())
+                              * _ladder_tokens_trained(ladder, proxy.decay_fraction))
+
+    def cpu_of(rows: pd.DataFrame) -> float:
+        seconds, clock = training_time(rows)
+        if clock == "CPU":
+            return seconds
+        return float((rows["tokens"] * rows["genome_id"].map(genome_cpu_per_token)).sum())
+
+    ref_cost = cpu_of(refs) / len(keep)
+    if training_time(refs)[1] == "CPU":
         ref_cost_text = f"{ref_cost:.0f} CPU-s per genome"
-    else:  # rows from before jobs.py recorded process time: estimate CPU from the ladder's CPU per token
-        per_token = ladder_cpu / (len(keep) * len(ladders["seed"].unique()) * _ladder_tokens_trained(ladder))
-        ref_cost = per_token * ref_tokens * len(ref_seeds)
-        ref_cost_text = (f"{ref_seconds / len(keep):.0f} s per genome of wall time, measured while up to 4 "
-                         f"trainings shared the 2 cores (these rows predate the CSV's CPU column); at the ladder's "
-                         f"measured {1 / per_token:,.0f} tokens per CPU-second that is about {ref_cost:.0f} CPU-s")
-    total_cpu = ladder_cpu + ref_cost * len(keep)
+    else:
+        ref_cost_text = (f"{training_time(refs)[0] / len(keep):.0f} s per genome of wall time (these rows predate "
+                         "the CSV's CPU column; wall exceeds CPU when trainings outnumber the cores); at each "
+                         f"genome's measured ladder rate (on average {1 / per_token:,.0f} tokens per CPU-second) "
+                         f"that is about {ref_cost:.0f} CPU-s")
+    total_cpu = ladder_cpu + cpu_of(refs) + cpu_of(every_ref[every_ref["seed"] == extra_seed])
     lines = [header("Proxy fidelity: the search's rungs against 16x longer training", started, total_cpu),
              f"- from nothing, this study is {total_cpu / 60:.0f} CPU-min of trainings, so about "
              f"{total_cpu / 60 / args.workers:.0f} min on {args.workers} idle cores ({args.workers} workers); the "
@@ -263,17 +275,10 @@ def _versus_baseline(name: str, gap: float, lo: float, hi: float) -> str:
     return f"It does NOT beat the better zero-cost baseline ({name}): {where}."
 
 
-def _ladder_tokens_trained(ladder: list[int]) -> int:
-    """Tokens one genome trains through the ladder: each rung continues from 80% of the one below (where its
-    stable phase ended; proxies/quality/short_train.py), so it retrains that rung's decay."""
-    return ladder[0] + sum(t - int(0.8 * prev) for prev, t in zip(ladder, ladder[1:]))
-
-
-def _corpus_size(kwargs: dict) -> int:
-    """Training bytes of the corpus the proxy reads (one byte = one token)."""
-    from flashsearch.proxies.quality.short_train import ShortTrain
-
-    return int(ShortTrain(**{k: v for k, v in kwargs.items() if k != "device"}).corpus().train.numel())
+def _ladder_tokens_trained(ladder: list[int], decay_fraction: float) -> float:
+    """Tokens one genome trains through the ladder: each rung continues from where the one below began its decay
+    (the last decay_fraction of its steps; proxies/quality/short_train.py), so it retrains that rung's decay."""
+    return ladder[0] + sum(t - (1.0 - decay_fraction) * prev for prev, t in zip(ladder, ladder[1:]))
 
 
 def plot(path: Path, s0: pd.DataFrame, ref, ladder, cum, default, mult: float) -> None:

@@ -2,9 +2,9 @@
 
 Llama-style genomes (D blocks of attention + FFN, GQA group 4, head 128, SwiGLU x3, width W) over a grid of
 depths and widths are short-trained with the default CPU proxy (width / 16, so W = 1024..4096 trains at
-64..256) at the YAML's budget.tokens (294,912: the top rung, where the search ranks its front). N is the proxy's non-embedding parameter count. The law is fitted on the
-smaller models and scored on the largest ones (extrapolation in N), and again with the deepest models held
-out (extrapolation in D); paper: within 5.3%. Then, with the H100 roofline predictor (batch-1 decode of 8k
+64..256) at the YAML's budget.tokens (294,912: the top rung, where the search ranks its front). N is the proxy's
+non-embedding parameter count. The law is fitted on the smaller models and scored on the largest ones
+(extrapolation in N), and again with the deepest models held out (extrapolation in D); paper: within 5.3%. Then, with the H100 roofline predictor (batch-1 decode of 8k
 tokens, as hybrid_1b.yaml), the law picks the best depth and width under several latency budgets: deeper
 wins per parameter, but not necessarily per unit of latency (paper: depth 12 was best under 3 s).
 

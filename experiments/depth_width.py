@@ -1,12 +1,13 @@
 """Depth vs width: fit L(D, W, N) = L0 + a D^-alpha + b W^-beta + c N^-gamma and test it out of sample.
 
-Llama-style genomes (D blocks of attention + FFN, GQA group 4, head 128, SwiGLU x3, width W) over a grid of
-depths and widths are short-trained with the default CPU proxy (width / 16, so W = 1024..4096 trains at
-64..256) at the YAML's budget.tokens (294,912: the top rung, where the search ranks its front). N is the proxy's
-non-embedding parameter count. The law is fitted on the smaller models and scored on the largest ones
-(extrapolation in N), and again with the deepest models held out (extrapolation in D); paper: within 5.3%. Then, with the H100 roofline predictor (batch-1 decode of 8k
-tokens, as hybrid_1b.yaml), the law picks the best depth and width under several latency budgets: deeper
-wins per parameter, but not necessarily per unit of latency (paper: depth 12 was best under 3 s).
+Llama-style genomes (D blocks of attention + FFN, GQA group 4, head 128, SwiGLU x3, width W) over a grid of depths
+and widths are short-trained with the default CPU proxy (width / 16, so W = 1024..4096 trains at 64..256) at the
+YAML's budget.tokens (294,912: the top rung, where the search ranks its front). N is the proxy's non-embedding
+parameter count. The law is fitted on the smaller models and scored on the largest ones (extrapolation in N), and
+again with the deepest models held out (extrapolation in D); paper: within 5.3%. Then, with the H100 roofline
+predictor (batch-1 decode of 8k tokens, as hybrid_1b.yaml), the law picks the best depth and width under several
+latency budgets: deeper wins per parameter, but not necessarily per unit of latency (paper: depth 12 was best under
+3 s).
 
     python experiments/depth_width.py                  # 35 models, ~40 min on 2 CPU cores
     python experiments/depth_width.py --scale 8 --device cuda --workers 1

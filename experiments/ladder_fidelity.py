@@ -2,14 +2,15 @@
 front members would the promotion rule keep?
 
 Trains each genome through search_spaces/hybrid_1b.yaml's ladder exactly as a multi-fidelity search does (rung 0,
-then rung 1 and rung 2 continued from the rung checkpoints; warmup-stable-decay; the YAML's proxy, seed 0):
-24 genomes drawn uniformly from the space (seed 0) plus the YAML's 4 seed architectures and the Flash-1B and
-Gated DeltaNet + FFN references, with proxy seed 0 (the search's) and seed 1. Reports, against the top rung:
-Spearman / Kendall / top-5 overlap (bootstrap 5-95% interval) of each lower rung and of two zero-cost baselines (non-embedding parameter count, predicted latency); and, for
-the promotion rule (search/rungs.py) run on these results as if they had arrived in this order, how many members
-of the top rung's Pareto front (every genome trained to the top) the ladder would have promoted to the top.
+then rung 1 and rung 2 continued from the rung checkpoints; warmup-stable-decay; the YAML's proxy, seed 0): 24
+genomes drawn uniformly from the space (seed 0) plus the YAML's 4 seed architectures and the Flash-1B and Gated
+DeltaNet + FFN references, with proxy seed 0 (the search's) and seed 1. Reports, against the top rung: Spearman /
+Kendall / top-5 overlap (bootstrap 5-95% interval) of each lower rung and of two zero-cost baselines (non-embedding
+parameter count, predicted latency); and, for the promotion rule (search/rungs.py) run on these results as if they
+had arrived in this order, how many members of the top rung's Pareto front (every genome trained to the top) the
+ladder would have promoted to the top.
 
-    python experiments/ladder_fidelity.py                 # ~40 min on 2 CPU cores
+    python experiments/ladder_fidelity.py                 # ~70 min on 2 CPU cores (143 CPU-min of trainings)
     python experiments/ladder_fidelity.py --genomes 4 --out /tmp/lf    # smoke run
 
 Writes ladder_fidelity.{csv,md} to --out; the CSV caches each genome's trainings (a rerun trains what is missing;

@@ -23,6 +23,7 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option
 
+from . import cpu_recurrent
 from ._common import acc_dtype, RMSNorm, ShortConv, cuda_kernel, fused_linear, l2norm, layer_cost, on_cuda, pad_time
 from .base import DecodeCost, Operator
 
@@ -100,6 +101,7 @@ class DeltaNet(Operator):
     name: ClassVar[str] = "deltanet"
     letter: ClassVar[str] = "D"
     role: ClassVar[str] = "mixer"
+    uses_cpu_kernels: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -139,7 +141,7 @@ class DeltaNet(Operator):
         B, T, _ = x.shape
         q, k, v, b = fused_linear(x, self.q_proj, self.k_proj, self.v_proj, self.b_proj)
         qkv_raw = torch.cat([q, k, v], dim=-1)                                  # [B, T, 3*H*hd]
-        qkv = F.silu(self.qkv_conv1d(qkv_raw, conv))
+        qkv = self.qkv_conv1d.silu(qkv_raw, conv, kernel=self.cpu_kernels)
         q, k, v = qkv.view(B, T, 3, self.n_heads, self.head_dim).unbind(2)     # [B, T, H, hd] each
         return l2norm(q), l2norm(k), v, torch.sigmoid(b), qkv_raw
 
@@ -156,6 +158,9 @@ class DeltaNet(Operator):
                       output_final_state=S0 is not None, use_qk_l2norm_in_kernel=False)
             return o, (None if S is None or S0 is None else S.to(S0.dtype))
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
+        if self.cpu_kernels and acc == torch.float32 and cpu_recurrent.applies(q):
+            return cpu_recurrent.delta_rule(*(z.to(acc) for z in (q, k, v, beta)), initial_state=S0,
+                                            scale=self.head_dim ** -0.5)
         return delta_rule_chunked(*(z.to(acc) for z in (q, k, v, beta)), self.chunk_size, initial_state=S0)
 
     def _out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

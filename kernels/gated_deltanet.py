@@ -29,6 +29,7 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
+from . import cpu_recurrent
 from ._common import RMSNorm, ShortConv, acc_dtype, fused_linear, l2norm, layer_cost, on_cuda, pad_time
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator
@@ -120,6 +121,7 @@ class GatedDeltaNet(Operator):
     letter: ClassVar[str] = "GD"
     role: ClassVar[str] = "mixer"
     aliases: ClassVar[tuple[str, ...]] = ("gdn",)
+    uses_cpu_kernels: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -182,7 +184,7 @@ class GatedDeltaNet(Operator):
         B, T, _ = x.shape
         q, k, v, a, b, *z = fused_linear(x, *self._linears())
         raw = torch.cat([q, k, v], dim=-1)
-        qkv = F.silu(self.qkv_conv1d(raw, conv))
+        qkv = self.qkv_conv1d.silu(raw, conv, kernel=self.cpu_kernels)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q = l2norm(q.view(B, T, self.n_heads, self.head_k_dim))
         k = l2norm(k.view(B, T, self.n_heads, self.head_k_dim))
@@ -200,6 +202,9 @@ class GatedDeltaNet(Operator):
             # Same [B, T, H, d] layout; fla accumulates in fp32 whatever q/k/v are.
             return fn(q, k, v, g.float(), beta.to(q.dtype), initial_state=S0, output_final_state=S0 is not None)
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
+        if self.cpu_kernels and acc == torch.float32 and cpu_recurrent.applies(q):
+            return cpu_recurrent.delta_rule(q.to(acc), k.to(acc), v.to(acc), beta.to(acc), g.to(acc),
+                                            initial_state=S0)
         return gated_delta_rule_chunked(*(z.to(acc) for z in (q, k, v, g, beta)), chunk_size=self.chunk_size,
                                         initial_state=S0)
 

@@ -24,7 +24,8 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
-from ._common import acc_dtype, GatedRMSNorm, ShortConv, causal_conv1d, cuda_kernel, layer_cost, on_cuda, pad_time
+from . import cpu_recurrent
+from ._common import acc_dtype, GatedRMSNorm, ShortConv, cuda_kernel, layer_cost, on_cuda, pad_time
 from .base import DecodeCost, Operator
 
 
@@ -120,6 +121,7 @@ class Mamba2(Operator):
     name: ClassVar[str] = "mamba2"
     letter: ClassVar[str] = "M2"
     role: ClassVar[str] = "mixer"
+    uses_cpu_kernels: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -188,7 +190,7 @@ class Mamba2(Operator):
     def _conv(self, xBC: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
         """SiLU(causal depthwise conv) of xBC [B, T, C] after the inputs in cache [B, C, K-1] (zeros if None)."""
         if not self._uses("causal_conv1d", xBC):
-            return F.silu(causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, cache))
+            return self.conv1d.silu(xBC, cache, kernel=self.cpu_kernels)
         fn = cuda_kernel(*CONV_KERNEL)
         assert fn is not None
         # causal_conv1d_fn: x [B, C, T], weight [C, K], bias [C], zero left padding, SiLU fused. A cache is
@@ -222,7 +224,10 @@ class Mamba2(Operator):
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, T, H]
         A = -self.A_log.to(acc).exp()                                           # [H]
         x32 = xs.to(acc)
-        y, final = ssd_chunked(x32, dt, A, Bm.to(acc), Cm.to(acc), self.chunk_size, S0)
+        if self.cpu_kernels and acc == torch.float32 and cpu_recurrent.applies(x32):
+            y, final = cpu_recurrent.ssd(x32, dt, A, Bm.to(acc), Cm.to(acc), S0)
+        else:
+            y, final = ssd_chunked(x32, dt, A, Bm.to(acc), Cm.to(acc), self.chunk_size, S0)
         return (y + x32 * self.D.to(acc)[:, None]).to(xs.dtype), final
 
     def _mix(self, x: torch.Tensor, state: Mamba2State | None) -> tuple[torch.Tensor, Mamba2State | None]:

@@ -110,6 +110,22 @@ class Bf16Linear(nn.Linear):
         return list(_Bf16SharedInputLinears.apply(x, *(lin.weight for lin in linears)))
 
 
+def cpu_kernels_(model: nn.Module) -> int:
+    """Let every operator in `model` that has compiled CPU kernels (the delta rules, Mamba2's scan, the short
+    convs; kernels/cpu_recurrent.py) use them for fp32 CPU inputs; returns how many operators were switched, 0
+    when the kernels cannot be built here (then the torch forms run, as before)."""
+    from flashsearch.kernels import Operator, cpu_recurrent
+
+    if not cpu_recurrent.available():
+        return 0
+    n = 0
+    for module in model.modules():
+        if isinstance(module, Operator) and type(module).uses_cpu_kernels:
+            module.cpu_kernels = True
+            n += 1
+    return n
+
+
 def bf16_linears_(model: nn.Module) -> int:
     """Switch every nn.Linear in `model` to the bf16 matmul in place; returns how many were switched.
     The parameters are untouched (the class changes, not the tensors), so optimizers and checkpoints see

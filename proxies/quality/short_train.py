@@ -292,7 +292,7 @@ class ShortTrain:
 
     def _evaluate(self, genome: Genome, budget: Budget, seed: int) -> QualityResult:
         from flashsearch.model import HybridLM, weight_normalize_
-        from flashsearch.model.fast import bf16_linears_, cpu_has_bf16
+        from flashsearch.model.fast import bf16_linears_, cpu_has_bf16, cpu_kernels_
 
         t0, c0 = time.perf_counter(), _own_seconds(self.device)
         corpus = self.corpus()
@@ -311,8 +311,10 @@ class ShortTrain:
         with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = HybridLM(pg, meta_tokens=self.meta_tokens).to(self.device)
-        if self._fast_cpu() and cpu_has_bf16():
-            bf16_linears_(model)
+        if self._fast_cpu():
+            cpu_kernels_(model)
+            if cpu_has_bf16():
+                bf16_linears_(model)
         model.train()
         if self.weight_norm:
             weight_normalize_(model)

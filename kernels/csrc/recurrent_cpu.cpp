@@ -1,0 +1,539 @@
+// CPU kernels for proxy training: the recurrent forms of the (gated) delta rule and Mamba2's SSD scan, and the
+// short causal depthwise conv + SiLU, forward and backward, fp32.
+//
+// Why recurrent on CPU: a proxy head's state is tiny (16 x 16 floats, in L1), so a token costs a few hundred
+// multiply-adds, while the chunked torch forms pay for [L, L] intra-chunk tensors, a triangular solve and ~100
+// small ops per layer (each one a memory pass and a dispatch). The recurrence does the same maths exactly; it is
+// the form fla and mamba_ssm use for decoding.
+//
+// Backward recomputes: the forward keeps the state at every SEG-th token only ([.., T/SEG, dk, dv]), the backward
+// re-runs each segment forward from its checkpoint into a local buffer and walks it back. Memory O(T/SEG) states
+// per head, compute ~1 extra forward.
+//
+// Layouts are fla's / mamba_ssm's: activations [B, T, H, d] (time-major, heads inner), contiguous. Work is split
+// over (batch, head) - over (batch, group) for SSD, whose B/C gradients sum over the heads of a group - with
+// at::parallel_for, so one torch thread runs it serially.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <array>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t SEG = 32;  // tokens between saved states
+
+void check(const torch::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
+              name, " must be a contiguous fp32 CPU tensor");
+  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dims, got ", t.dim());
+}
+
+inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+
+// ---- (gated) delta rule --------------------------------------------------------------------------------------
+// Per head:  S~ = exp(g_t) S_{t-1};  u_t = beta_t (v_t - S~^T k_t);  S_t = S~ + k_t u_t^T;  o_t = scale S_t^T q_t.
+// Without g (DeltaNet) the decay is 1. S: [dk, dv] row-major.
+
+// Compile-time head sizes (0 = the runtime value): at the proxy's 16 x 16 the whole state lives in registers.
+template <int64_t DKc, int64_t DVc, typename F>
+bool dispatch_sizes(int64_t dk, int64_t dv, F&& body) {
+  if ((DKc == 0 || dk == DKc) && (DVc == 0 || dv == DVc)) { body(std::integral_constant<int64_t, DKc>(),
+                                                                 std::integral_constant<int64_t, DVc>()); return true; }
+  return false;
+}
+
+template <typename F>
+void with_sizes(int64_t dk, int64_t dv, F&& body) {
+  dispatch_sizes<16, 16>(dk, dv, body) || dispatch_sizes<32, 32>(dk, dv, body) ||
+      dispatch_sizes<64, 64>(dk, dv, body) || dispatch_sizes<0, 0>(dk, dv, body);
+}
+
+struct DeltaArgs {
+  int64_t B, T, H, dk, dv, NS;
+  const float *q, *k, *v, *beta, *g, *s0;
+  float sc;
+};
+
+// A head's scratch: a std::array at compile-time sizes (a local the compiler keeps in registers), else a vector.
+template <int64_t Nc>
+using Buf = std::conditional_t<(Nc > 0), std::array<float, (Nc > 0 ? Nc : 1)>, std::vector<float>>;
+
+template <int64_t Nc>
+Buf<Nc> make_buf(int64_t n) {
+  if constexpr (Nc > 0) return Buf<Nc>{};
+  else return std::vector<float>(n);
+}
+
+template <int64_t DKc, int64_t DVc>
+void delta_fwd_head(const DeltaArgs& a, int64_t bh, float* __restrict__ o, float* __restrict__ sf,
+                    float* __restrict__ cp) {
+  const int64_t DK = DKc ? DKc : a.dk, DV = DVc ? DVc : a.dv, T = a.T, H = a.H, NS = a.NS;
+  const int64_t b = bh / H, h = bh % H;
+  const float sc = a.sc;
+  const float *q = a.q, *k = a.k, *v = a.v, *beta = a.beta, *g = a.g;
+  auto Sbuf = make_buf<DKc * DVc>(DK * DV);
+  auto ubuf = make_buf<DVc>(DV);
+  auto abuf = make_buf<DVc>(DV);
+  float* __restrict__ S = Sbuf.data();
+  float* __restrict__ u = ubuf.data();
+  float* __restrict__ acc = abuf.data();
+  if (a.s0) std::copy(a.s0 + bh * DK * DV, a.s0 + (bh + 1) * DK * DV, S);
+  else std::fill(S, S + DK * DV, 0.0f);
+  for (int64_t t = 0; t < T; ++t) {
+    if (t % SEG == 0) std::copy(S, S + DK * DV, cp + (bh * NS + t / SEG) * DK * DV);
+    const int64_t row = (b * T + t) * H + h;
+    const float* __restrict__ kt = k + row * DK;
+    const float* __restrict__ qt = q + row * DK;
+    const float* __restrict__ vt = v + row * DV;
+    const float bt = beta[row];
+    if (g) {
+      const float dec = std::exp(g[row]);
+      for (int64_t e = 0; e < DK * DV; ++e) S[e] *= dec;
+    }
+    for (int64_t j = 0; j < DV; ++j) u[j] = 0.0f;
+    for (int64_t i = 0; i < DK; ++i)
+      for (int64_t j = 0; j < DV; ++j) u[j] += S[i * DV + j] * kt[i];            // S~^T k
+    for (int64_t j = 0; j < DV; ++j) { u[j] = bt * (vt[j] - u[j]); acc[j] = 0.0f; }
+    for (int64_t i = 0; i < DK; ++i) {
+      const float ki = kt[i], qi = sc * qt[i];
+      for (int64_t j = 0; j < DV; ++j) {
+        const float st = S[i * DV + j] + ki * u[j];
+        S[i * DV + j] = st;
+        acc[j] += st * qi;
+      }
+    }
+    std::copy(acc, acc + DV, o + row * DV);
+  }
+  std::copy(S, S + DK * DV, sf + bh * DK * DV);
+}
+
+std::vector<torch::Tensor> delta_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor beta,
+                                     c10::optional<torch::Tensor> g_opt, c10::optional<torch::Tensor> s0_opt,
+                                     double scale) {
+  check(q, "q", 4); check(k, "k", 4); check(v, "v", 4); check(beta, "beta", 3);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), DK = q.size(3), DV = v.size(3);
+  if (g_opt.has_value()) check(*g_opt, "g", 3);
+  if (s0_opt.has_value()) check(*s0_opt, "initial_state", 4);
+  const int64_t NS = std::max<int64_t>((T + SEG - 1) / SEG, 1);
+  auto o = torch::empty({B, T, H, DV}, q.options());
+  auto S_final = torch::empty({B, H, DK, DV}, q.options());
+  auto ckpt = torch::empty({B, H, NS, DK, DV}, q.options());
+  const DeltaArgs a{B, T, H, DK, DV, NS, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+                    beta.data_ptr<float>(), g_opt.has_value() ? g_opt->data_ptr<float>() : nullptr,
+                    s0_opt.has_value() ? s0_opt->data_ptr<float>() : nullptr, static_cast<float>(scale)};
+  float *op = o.data_ptr<float>(), *sf = S_final.data_ptr<float>(), *cp = ckpt.data_ptr<float>();
+  with_sizes(DK, DV, [&](auto dkc, auto dvc) {
+    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bh = lo; bh < hi; ++bh) delta_fwd_head<decltype(dkc)::value, decltype(dvc)::value>(a, bh, op, sf, cp);
+    });
+  });
+  return {o, S_final, ckpt};
+}
+
+struct DeltaGrads {
+  const float *ckpt, *d_o, *dS;
+  float *dq, *dk, *dv, *dbeta, *dg, *dS0;
+};
+
+template <int64_t DKc, int64_t DVc>
+void delta_bwd_head(const DeltaArgs& a, const DeltaGrads& r, int64_t bh) {
+  const int64_t DK = DKc ? DKc : a.dk, DV = DVc ? DVc : a.dv, T = a.T, H = a.H, NS = a.NS;
+  const int64_t b = bh / H, h = bh % H;
+  const float sc = a.sc;
+  const float *q = a.q, *k = a.k, *v = a.v, *beta = a.beta, *g = a.g, *d_o = r.d_o;
+  float *dq = r.dq, *dk = r.dk, *dv = r.dv, *dbeta = r.dbeta, *dg = r.dg;
+  // Segment buffers: Sd[l] = decayed state S~ before token t0+l writes, U[l] = u, R[l] = v - S~^T k.
+  std::vector<float> Sd(SEG * DK * DV), U(SEG * DV), R(SEG * DV);
+  auto Sbuf = make_buf<DKc * DVc>(DK * DV);
+  auto dSbuf = make_buf<DKc * DVc>(DK * DV);
+  auto dubuf = make_buf<DVc>(DV);
+  auto dpbuf = make_buf<DVc>(DV);
+  float* __restrict__ S = Sbuf.data();
+  float* __restrict__ dS = dSbuf.data();
+  float* __restrict__ du = dubuf.data();
+  float* __restrict__ dp = dpbuf.data();
+  if (r.dS) std::copy(r.dS + bh * DK * DV, r.dS + (bh + 1) * DK * DV, dS);
+  else std::fill(dS, dS + DK * DV, 0.0f);
+  for (int64_t s = NS - 1; s >= 0; --s) {
+    const int64_t t0 = s * SEG, t1 = std::min(T, t0 + SEG);
+    std::copy(r.ckpt + (bh * NS + s) * DK * DV, r.ckpt + (bh * NS + s + 1) * DK * DV, S);
+    for (int64_t t = t0; t < t1; ++t) {                     // recompute the segment forward
+      const int64_t row = (b * T + t) * H + h, l = t - t0;
+      const float* __restrict__ kt = k + row * DK;
+      const float* __restrict__ vt = v + row * DV;
+      const float dec = g ? std::exp(g[row]) : 1.0f;
+      float* __restrict__ sd = Sd.data() + l * DK * DV;
+      float* __restrict__ rr = R.data() + l * DV;
+      float* __restrict__ u = U.data() + l * DV;
+      for (int64_t e = 0; e < DK * DV; ++e) sd[e] = dec * S[e];
+      for (int64_t j = 0; j < DV; ++j) rr[j] = 0.0f;
+      for (int64_t i = 0; i < DK; ++i)
+        for (int64_t j = 0; j < DV; ++j) rr[j] += sd[i * DV + j] * kt[i];
+      for (int64_t j = 0; j < DV; ++j) { rr[j] = vt[j] - rr[j]; u[j] = beta[row] * rr[j]; }
+      for (int64_t i = 0; i < DK; ++i)
+        for (int64_t j = 0; j < DV; ++j) S[i * DV + j] = sd[i * DV + j] + kt[i] * u[j];
+    }
+    for (int64_t t = t1 - 1; t >= t0; --t) {                // walk it back; dS = dL/dS_t
+      const int64_t row = (b * T + t) * H + h, l = t - t0;
+      const float* __restrict__ kt = k + row * DK;
+      const float* __restrict__ qt = q + row * DK;
+      const float* __restrict__ dot = d_o + row * DV;
+      const float* __restrict__ sd = Sd.data() + l * DK * DV;
+      const float* __restrict__ u = U.data() + l * DV;
+      const float* __restrict__ rr = R.data() + l * DV;
+      const float bt = beta[row];
+      float* __restrict__ dqt = dq + row * DK;
+      float* __restrict__ dkt = dk + row * DK;
+      float* __restrict__ dvt = dv + row * DV;
+      // o_t = scale S_t^T q_t  and  S_t = S~ + k u^T
+      for (int64_t j = 0; j < DV; ++j) du[j] = 0.0f;
+      for (int64_t i = 0; i < DK; ++i) {
+        float aq = 0.0f, ak = 0.0f;
+        const float ki = kt[i], qi = sc * qt[i];
+        for (int64_t j = 0; j < DV; ++j) {
+          aq += (sd[i * DV + j] + ki * u[j]) * dot[j];
+          const float ds = dS[i * DV + j] + qi * dot[j];
+          dS[i * DV + j] = ds;
+          ak += ds * u[j];
+          du[j] += ds * ki;
+        }
+        dqt[i] = sc * aq;
+        dkt[i] = ak;
+      }
+      // u = beta (v - S~^T k)
+      float dbt = 0.0f;
+      for (int64_t j = 0; j < DV; ++j) {
+        dbt += du[j] * rr[j];
+        dvt[j] = bt * du[j];
+        dp[j] = -bt * du[j];
+      }
+      dbeta[row] = dbt;
+      // S~^T k: dS~ = dS + k dp^T, dk += S~ dp;  S~ = a S_{t-1}: dS_{t-1} = a dS~, dg = <dS~, S~>
+      const float dec = g ? std::exp(g[row]) : 1.0f;
+      float dgt = 0.0f;
+      for (int64_t i = 0; i < DK; ++i) {
+        float ak = 0.0f;
+        const float ki = kt[i];
+        for (int64_t j = 0; j < DV; ++j) {
+          ak += sd[i * DV + j] * dp[j];
+          const float dsd = dS[i * DV + j] + ki * dp[j];
+          dgt += dsd * sd[i * DV + j];
+          dS[i * DV + j] = dec * dsd;
+        }
+        dkt[i] += ak;
+      }
+      if (g) dg[row] = dgt;
+    }
+  }
+  std::copy(dS, dS + DK * DV, r.dS0 + bh * DK * DV);
+}
+
+// Returns dq, dk, dv, dbeta, dg (empty if not gated), dS0.
+std::vector<torch::Tensor> delta_bwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor beta,
+                                     c10::optional<torch::Tensor> g_opt, torch::Tensor ckpt, torch::Tensor d_o,
+                                     c10::optional<torch::Tensor> dS_opt, double scale) {
+  check(d_o, "grad_o", 4); check(ckpt, "checkpoints", 5);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), DK = q.size(3), DV = v.size(3);
+  const bool gated = g_opt.has_value();
+  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  auto dbeta = torch::empty_like(beta);
+  auto dg = gated ? torch::empty_like(*g_opt) : torch::Tensor();
+  auto dS0 = torch::empty({B, H, DK, DV}, q.options());
+  const DeltaArgs a{B, T, H, DK, DV, ckpt.size(2), q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
+                    beta.data_ptr<float>(), gated ? g_opt->data_ptr<float>() : nullptr, nullptr,
+                    static_cast<float>(scale)};
+  const DeltaGrads r{ckpt.data_ptr<float>(), d_o.data_ptr<float>(),
+                     dS_opt.has_value() ? dS_opt->data_ptr<float>() : nullptr, dq.data_ptr<float>(),
+                     dk.data_ptr<float>(), dv.data_ptr<float>(), dbeta.data_ptr<float>(),
+                     gated ? dg.data_ptr<float>() : nullptr, dS0.data_ptr<float>()};
+  with_sizes(DK, DV, [&](auto dkc, auto dvc) {
+    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bh = lo; bh < hi; ++bh) delta_bwd_head<decltype(dkc)::value, decltype(dvc)::value>(a, r, bh);
+    });
+  });
+  return {dq, dk, dv, dbeta, dg, dS0};
+}
+
+// ---- Mamba2 SSD scan ----------------------------------------------------------------------------------------
+// Per head h of group g:  h_t = exp(dt_t A_h) h_{t-1} + dt_t x_t B_t^T  ([P, N]);  y_t = h_t C_t  (no D skip).
+
+struct SSDArgs {
+  int64_t B, T, H, G, P, N, NS;
+  const float *x, *dt, *A, *Bm, *Cm, *s0;
+};
+
+template <int64_t Pc, int64_t Nc>
+void ssd_fwd_head(const SSDArgs& a, int64_t bh, float* __restrict__ y, float* __restrict__ sf,
+                  float* __restrict__ cp) {
+  const int64_t P = Pc ? Pc : a.P, N = Nc ? Nc : a.N, T = a.T, H = a.H, G = a.G, NS = a.NS;
+  const int64_t b = bh / H, h = bh % H, grp = h / (H / G);
+  const float Ah = a.A[h];
+  const float *x = a.x, *dt = a.dt, *Bm = a.Bm, *Cm = a.Cm;
+  auto Sbuf = make_buf<Pc * Nc>(P * N);
+  float* __restrict__ S = Sbuf.data();
+  if (a.s0) std::copy(a.s0 + bh * P * N, a.s0 + (bh + 1) * P * N, S);
+  else std::fill(S, S + P * N, 0.0f);
+  for (int64_t t = 0; t < T; ++t) {
+    if (t % SEG == 0) std::copy(S, S + P * N, cp + (bh * NS + t / SEG) * P * N);
+    const int64_t row = (b * T + t) * H + h, grow = (b * T + t) * G + grp;
+    const float d = dt[row], dec = std::exp(d * Ah);
+    const float* __restrict__ xt = x + row * P;
+    const float* __restrict__ Bt = Bm + grow * N;
+    const float* __restrict__ Ct = Cm + grow * N;
+    float* __restrict__ yt = y + row * P;
+    for (int64_t p = 0; p < P; ++p) {
+      const float dx = d * xt[p];
+      float acc = 0.0f;
+      for (int64_t n = 0; n < N; ++n) {
+        const float st = dec * S[p * N + n] + dx * Bt[n];
+        S[p * N + n] = st;
+        acc += st * Ct[n];
+      }
+      yt[p] = acc;
+    }
+  }
+  std::copy(S, S + P * N, sf + bh * P * N);
+}
+
+std::vector<torch::Tensor> ssd_fwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
+                                   torch::Tensor Cm, c10::optional<torch::Tensor> s0_opt) {
+  check(x, "x", 4); check(dt, "dt", 3); check(A, "A", 1); check(Bm, "B", 4); check(Cm, "C", 4);
+  if (s0_opt.has_value()) check(*s0_opt, "initial_state", 4);
+  const int64_t Bsz = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), G = Bm.size(2), N = Bm.size(3);
+  TORCH_CHECK(H % G == 0, "SSD: groups must divide heads");
+  const int64_t NS = std::max<int64_t>((T + SEG - 1) / SEG, 1);
+  auto y = torch::empty_like(x);
+  auto S_final = torch::empty({Bsz, H, P, N}, x.options());
+  auto ckpt = torch::empty({Bsz, H, NS, P, N}, x.options());
+  const SSDArgs a{Bsz, T, H, G, P, N, NS, x.data_ptr<float>(), dt.data_ptr<float>(), A.data_ptr<float>(),
+                  Bm.data_ptr<float>(), Cm.data_ptr<float>(), s0_opt.has_value() ? s0_opt->data_ptr<float>() : nullptr};
+  float *yp = y.data_ptr<float>(), *sf = S_final.data_ptr<float>(), *cp = ckpt.data_ptr<float>();
+  with_sizes(P, N, [&](auto pc, auto nc) {
+    at::parallel_for(0, Bsz * H, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bh = lo; bh < hi; ++bh) ssd_fwd_head<decltype(pc)::value, decltype(nc)::value>(a, bh, yp, sf, cp);
+    });
+  });
+  return {y, S_final, ckpt};
+}
+
+struct SSDGrads {
+  const float *ckpt, *dy, *dS;
+  float *dx, *ddt, *dA, *dB, *dC, *dS0;
+};
+
+// One (batch, group): its heads in turn, since they add into the same dB / dC rows.
+template <int64_t Pc, int64_t Nc>
+void ssd_bwd_group(const SSDArgs& a, const SSDGrads& r, int64_t bg) {
+  const int64_t P = Pc ? Pc : a.P, N = Nc ? Nc : a.N, T = a.T, H = a.H, G = a.G, NS = a.NS, R = H / G;
+  const int64_t b = bg / G, grp = bg % G;
+  const float *x = a.x, *dt = a.dt, *Bm = a.Bm, *Cm = a.Cm, *dy = r.dy;
+  float *dx = r.dx, *ddt = r.ddt, *dB = r.dB, *dC = r.dC;
+  std::vector<float> Sp(SEG * P * N);
+  auto Sbuf = make_buf<Pc * Nc>(P * N);
+  auto dSbuf = make_buf<Pc * Nc>(P * N);
+  auto dBbuf = make_buf<Nc>(N);
+  auto dCbuf = make_buf<Nc>(N);
+  float* __restrict__ S = Sbuf.data();
+  float* __restrict__ dS = dSbuf.data();
+  float* __restrict__ dBh = dBbuf.data();
+  float* __restrict__ dCh = dCbuf.data();
+  for (int64_t h = grp * R; h < (grp + 1) * R; ++h) {
+    const int64_t bh = b * H + h;
+    const float Ah = a.A[h];
+    float dA_acc = 0.0f;
+    if (r.dS) std::copy(r.dS + bh * P * N, r.dS + (bh + 1) * P * N, dS);
+    else std::fill(dS, dS + P * N, 0.0f);
+    for (int64_t s = NS - 1; s >= 0; --s) {
+      const int64_t t0 = s * SEG, t1 = std::min(T, t0 + SEG);
+      std::copy(r.ckpt + (bh * NS + s) * P * N, r.ckpt + (bh * NS + s + 1) * P * N, S);
+      for (int64_t t = t0; t < t1; ++t) {                   // recompute: Sp[l] = state before token t0+l
+        const int64_t row = (b * T + t) * H + h, grow = (b * T + t) * G + grp;
+        float* __restrict__ sp = Sp.data() + (t - t0) * P * N;
+        std::copy(S, S + P * N, sp);
+        const float d = dt[row], dec = std::exp(d * Ah);
+        const float* __restrict__ xt = x + row * P;
+        const float* __restrict__ Bt = Bm + grow * N;
+        for (int64_t p = 0; p < P; ++p)
+          for (int64_t n = 0; n < N; ++n) S[p * N + n] = dec * S[p * N + n] + d * xt[p] * Bt[n];
+      }
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t row = (b * T + t) * H + h, grow = (b * T + t) * G + grp;
+        const float d = dt[row], dec = std::exp(d * Ah);
+        const float* __restrict__ xt = x + row * P;
+        const float* __restrict__ Bt = Bm + grow * N;
+        const float* __restrict__ Ct = Cm + grow * N;
+        const float* __restrict__ dyt = dy + row * P;
+        const float* __restrict__ sp = Sp.data() + (t - t0) * P * N;
+        float* __restrict__ dxt = dx + row * P;
+        float ddt_in = 0.0f, da = 0.0f;
+        for (int64_t n = 0; n < N; ++n) { dBh[n] = 0.0f; dCh[n] = 0.0f; }
+        for (int64_t p = 0; p < P; ++p) {
+          float dxb = 0.0f;
+          const float xp = xt[p], dyp = dyt[p];
+          for (int64_t n = 0; n < N; ++n) {
+            dCh[n] += (dec * sp[p * N + n] + d * xp * Bt[n]) * dyp;         // h_t . dy
+            const float ds = dS[p * N + n] + dyp * Ct[n];                   // dL/dh_t
+            dxb += ds * Bt[n];
+            dBh[n] += ds * xp;
+            da += ds * sp[p * N + n];
+            dS[p * N + n] = dec * ds;                                       // -> dL/dh_{t-1}
+          }
+          dxt[p] = d * dxb;
+          ddt_in += xp * dxb;
+        }
+        float* __restrict__ dBt = dB + grow * N;
+        float* __restrict__ dCt = dC + grow * N;
+        for (int64_t n = 0; n < N; ++n) { dBt[n] += d * dBh[n]; dCt[n] += dCh[n]; }
+        const float dlog = dec * da;                                        // d(dt * A)
+        ddt[row] = ddt_in + Ah * dlog;
+        dA_acc += d * dlog;
+      }
+    }
+    r.dA[bh] = dA_acc;
+    std::copy(dS, dS + P * N, r.dS0 + bh * P * N);
+  }
+}
+
+// Returns dx, ddt, dA [H], dB, dC, dS0.
+std::vector<torch::Tensor> ssd_bwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
+                                   torch::Tensor Cm, torch::Tensor ckpt, torch::Tensor dy,
+                                   c10::optional<torch::Tensor> dS_opt) {
+  check(dy, "grad_y", 4); check(ckpt, "checkpoints", 5);
+  const int64_t Bsz = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), G = Bm.size(2), N = Bm.size(3);
+  auto dx = torch::empty_like(x), ddt = torch::empty_like(dt);
+  auto dB = torch::zeros_like(Bm), dC = torch::zeros_like(Cm);
+  auto dA_part = torch::zeros({Bsz, H}, x.options());
+  auto dS0 = torch::empty({Bsz, H, P, N}, x.options());
+  const SSDArgs a{Bsz, T, H, G, P, N, ckpt.size(2), x.data_ptr<float>(), dt.data_ptr<float>(), A.data_ptr<float>(),
+                  Bm.data_ptr<float>(), Cm.data_ptr<float>(), nullptr};
+  const SSDGrads r{ckpt.data_ptr<float>(), dy.data_ptr<float>(),
+                   dS_opt.has_value() ? dS_opt->data_ptr<float>() : nullptr, dx.data_ptr<float>(),
+                   ddt.data_ptr<float>(), dA_part.data_ptr<float>(), dB.data_ptr<float>(), dC.data_ptr<float>(),
+                   dS0.data_ptr<float>()};
+  with_sizes(P, N, [&](auto pc, auto nc) {
+    at::parallel_for(0, Bsz * G, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bg = lo; bg < hi; ++bg) ssd_bwd_group<decltype(pc)::value, decltype(nc)::value>(a, r, bg);
+    });
+  });
+  return {dx, ddt, dA_part.sum(0), dB, dC, dS0};
+}
+
+// ---- short causal depthwise conv + SiLU ---------------------------------------------------------------------
+// y[t, c] = silu(bias[c] + sum_k w[c, k] x[t - K + 1 + k, c]), x [B, T, C] channels-last, w [C, K].
+
+torch::Tensor conv_silu_fwd(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
+  check(x, "x", 3); check(w, "weight", 2);
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
+  auto y = torch::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  float* yp = y.data_ptr<float>();
+  // Transposed weight [K, C] so the inner loop runs over contiguous channels.
+  std::vector<float> wt(K * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = 0; k < K; ++k) wt[k * C + c] = wp[c * K + k];
+  at::parallel_for(0, B * T, 16, [&](int64_t lo, int64_t hi) {
+    std::vector<float> z(C);
+    for (int64_t bt = lo; bt < hi; ++bt) {
+      const int64_t b = bt / T, t = bt % T;
+      for (int64_t c = 0; c < C; ++c) z[c] = bp ? bp[c] : 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t src = t - (K - 1) + k;
+        if (src < 0) continue;
+        const float* xs = xp + (b * T + src) * C;
+        const float* wk = wt.data() + k * C;
+        for (int64_t c = 0; c < C; ++c) z[c] += wk[c] * xs[c];
+      }
+      float* yt = yp + bt * C;
+      for (int64_t c = 0; c < C; ++c) yt[c] = z[c] * sigmoid(z[c]);
+    }
+  });
+  return y;
+}
+
+// Returns dx, dw [C, K], dbias (empty without bias).
+std::vector<torch::Tensor> conv_silu_bwd(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias,
+                                         torch::Tensor dy) {
+  check(dy, "grad_y", 3);
+  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
+  const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *dyp = dy.data_ptr<float>();
+  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  auto dz = torch::empty_like(x);
+  float* dzp = dz.data_ptr<float>();
+  std::vector<float> wt(K * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = 0; k < K; ++k) wt[k * C + c] = wp[c * K + k];
+  // dz = dy * silu'(z), z recomputed.
+  at::parallel_for(0, B * T, 16, [&](int64_t lo, int64_t hi) {
+    std::vector<float> z(C);
+    for (int64_t bt = lo; bt < hi; ++bt) {
+      const int64_t b = bt / T, t = bt % T;
+      for (int64_t c = 0; c < C; ++c) z[c] = bp ? bp[c] : 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t src = t - (K - 1) + k;
+        if (src < 0) continue;
+        const float* xs = xp + (b * T + src) * C;
+        const float* wk = wt.data() + k * C;
+        for (int64_t c = 0; c < C; ++c) z[c] += wk[c] * xs[c];
+      }
+      const float* dyt = dyp + bt * C;
+      float* dzt = dzp + bt * C;
+      for (int64_t c = 0; c < C; ++c) {
+        const float s = sigmoid(z[c]);
+        dzt[c] = dyt[c] * s * (1.0f + z[c] * (1.0f - s));
+      }
+    }
+  });
+  // dx[t] = sum_k w[k] dz[t + K - 1 - k];  dw[k] = sum_t dz[t] x[t - K + 1 + k];  db = sum_t dz[t].
+  auto dx = torch::empty_like(x);
+  float* dxp = dx.data_ptr<float>();
+  at::parallel_for(0, B * T, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t bt = lo; bt < hi; ++bt) {
+      const int64_t b = bt / T, t = bt % T;
+      float* dxt = dxp + bt * C;
+      for (int64_t c = 0; c < C; ++c) dxt[c] = 0.0f;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t dst = t + (K - 1) - k;
+        if (dst >= T) continue;
+        const float* dzs = dzp + (b * T + dst) * C;
+        const float* wk = wt.data() + k * C;
+        for (int64_t c = 0; c < C; ++c) dxt[c] += wk[c] * dzs[c];
+      }
+    }
+  });
+  std::vector<float> dwt(K * C, 0.0f), db(C, 0.0f);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const float* dzt = dzp + (b * T + t) * C;
+      for (int64_t c = 0; c < C; ++c) db[c] += dzt[c];
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t src = t - (K - 1) + k;
+        if (src < 0) continue;
+        const float* xs = xp + (b * T + src) * C;
+        float* dwk = dwt.data() + k * C;
+        for (int64_t c = 0; c < C; ++c) dwk[c] += dzt[c] * xs[c];
+      }
+    }
+  auto dw = torch::empty({C, K}, x.options());
+  float* dwp = dw.data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = 0; k < K; ++k) dwp[c * K + k] = dwt[k * C + c];
+  torch::Tensor dbias;
+  if (bp) dbias = torch::from_blob(db.data(), {C}, x.options()).clone();
+  return {dx, dw, dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("delta_fwd", &delta_fwd, "(gated) delta rule, recurrent forward");
+  m.def("delta_bwd", &delta_bwd, "(gated) delta rule, recurrent backward");
+  m.def("ssd_fwd", &ssd_fwd, "Mamba2 SSD scan, recurrent forward");
+  m.def("ssd_bwd", &ssd_bwd, "Mamba2 SSD scan, recurrent backward");
+  m.def("conv_silu_fwd", &conv_silu_fwd, "causal depthwise conv + SiLU forward");
+  m.def("conv_silu_bwd", &conv_silu_bwd, "causal depthwise conv + SiLU backward");
+}

@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
 	@# Compile the CPU proxy kernels now (~30-60 s, once per machine) rather than inside the first candidate.
-	$(PY) -c "from flashsearch.kernels import cpu_recurrent as k; print('CPU kernels built:', k.available())"
+	$(PY) -c "from flashsearch.kernels import cpu as k; print('CPU kernels built:', k.available())"
 	touch $@
 
 demo: setup

@@ -145,10 +145,10 @@ class ShortConv(nn.Module):
     def silu(self, x: torch.Tensor, cache: torch.Tensor | None = None, kernel: bool = False) -> torch.Tensor:
         """SiLU(conv(x)): with kernel=True, from zero history and for fp32 CPU input, the fused compiled kernel."""
         if kernel and cache is None:
-            from . import cpu_recurrent
+            from . import cpu
 
-            if cpu_recurrent.applies(x, self.weight):
-                return cpu_recurrent.conv_silu(x, self.weight, self.bias)
+            if cpu.applies(x, self.weight):
+                return cpu.conv_silu(x, self.weight, self.bias)
         return F.silu(self.forward(x, cache))
 
     def new_cache(self, x: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:

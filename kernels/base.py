@@ -49,7 +49,7 @@ class Operator(nn.Module):
     role: ClassVar[str] = "mixer"
     aliases: ClassVar[tuple[str, ...]] = ()
     hf_name: ClassVar[str | None] = None           # name in a Hugging Face config's layer_types (default: name)
-    # Whether forward may use the compiled CPU kernels (kernels/cpu_recurrent.py) for fp32 CPU inputs; set per
+    # Whether forward may use the compiled CPU kernels (kernels/cpu.py) for fp32 CPU inputs; set per
     # instance by flashsearch.model.fast.cpu_kernels_ (the proxy's fast path). Operators without them ignore it.
     uses_cpu_kernels: ClassVar[bool] = False       # whether the class has such kernels
     cpu_kernels: bool = False

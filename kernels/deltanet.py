@@ -23,7 +23,7 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option
 
-from . import cpu_recurrent
+from . import cpu
 from ._common import acc_dtype, RMSNorm, ShortConv, cuda_kernel, fused_linear, l2norm, layer_cost, on_cuda, pad_time
 from .base import DecodeCost, Operator
 
@@ -158,8 +158,8 @@ class DeltaNet(Operator):
                       output_final_state=S0 is not None, use_qk_l2norm_in_kernel=False)
             return o, (None if S is None or S0 is None else S.to(S0.dtype))
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
-        if self.cpu_kernels and acc == torch.float32 and cpu_recurrent.applies(q):
-            return cpu_recurrent.delta_rule(*(z.to(acc) for z in (q, k, v, beta)), initial_state=S0,
+        if self.cpu_kernels and acc == torch.float32 and cpu.applies(q):
+            return cpu.delta_rule(*(z.to(acc) for z in (q, k, v, beta)), initial_state=S0,
                                             scale=self.head_dim ** -0.5)
         return delta_rule_chunked(*(z.to(acc) for z in (q, k, v, beta)), self.chunk_size, initial_state=S0)
 

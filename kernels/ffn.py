@@ -10,6 +10,7 @@ from torch import nn
 
 from flashsearch.genome import Genome
 
+from . import cpu
 from ._common import fused_linear, layer_cost
 from .base import DecodeCost, Operator
 
@@ -21,6 +22,7 @@ class FFN(Operator):
     letter: ClassVar[str] = "F"
     role: ClassVar[str] = "ffn"
     aliases: ClassVar[tuple[str, ...]] = ("mlp",)
+    uses_cpu_kernels: ClassVar[bool] = True
     readers: ClassVar[tuple[str, ...]] = ("gate_proj", "up_proj")
     writers: ClassVar[tuple[str, ...]] = ("down_proj",)
 
@@ -32,6 +34,9 @@ class FFN(Operator):
         self.down_proj = nn.Linear(f, d, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The proxy's bf16 path (its linears switched to bf16 matmuls) with the CPU kernels: one fused function.
+        if self.cpu_kernels and getattr(self.down_proj, "matmul_dtype", None) is torch.bfloat16 and cpu.applies(x):
+            return cpu.swiglu_bf16(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         gate, up = fused_linear(x, self.gate_proj, self.up_proj)       # [B, T, F] each
         return self.down_proj(F.silu(gate) * up)                        # [B, T, D]
 

@@ -29,7 +29,7 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
-from . import cpu_recurrent
+from . import cpu
 from ._common import RMSNorm, ShortConv, acc_dtype, fused_linear, l2norm, layer_cost, on_cuda, pad_time
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator
@@ -202,8 +202,8 @@ class GatedDeltaNet(Operator):
             # Same [B, T, H, d] layout; fla accumulates in fp32 whatever q/k/v are.
             return fn(q, k, v, g.float(), beta.to(q.dtype), initial_state=S0, output_final_state=S0 is not None)
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
-        if self.cpu_kernels and acc == torch.float32 and cpu_recurrent.applies(q):
-            return cpu_recurrent.delta_rule(q.to(acc), k.to(acc), v.to(acc), beta.to(acc), g.to(acc),
+        if self.cpu_kernels and acc == torch.float32 and cpu.applies(q):
+            return cpu.delta_rule(q.to(acc), k.to(acc), v.to(acc), beta.to(acc), g.to(acc),
                                             initial_state=S0)
         return gated_delta_rule_chunked(*(z.to(acc) for z in (q, k, v, g, beta)), chunk_size=self.chunk_size,
                                         initial_state=S0)

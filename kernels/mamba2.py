@@ -24,7 +24,7 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
-from . import cpu_recurrent
+from . import cpu
 from ._common import acc_dtype, GatedRMSNorm, ShortConv, cuda_kernel, layer_cost, on_cuda, pad_time
 from .base import DecodeCost, Operator
 
@@ -224,8 +224,8 @@ class Mamba2(Operator):
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, T, H]
         A = -self.A_log.to(acc).exp()                                           # [H]
         x32 = xs.to(acc)
-        if self.cpu_kernels and acc == torch.float32 and cpu_recurrent.applies(x32):
-            y, final = cpu_recurrent.ssd(x32, dt, A, Bm.to(acc), Cm.to(acc), S0)
+        if self.cpu_kernels and acc == torch.float32 and cpu.applies(x32):
+            y, final = cpu.ssd(x32, dt, A, Bm.to(acc), Cm.to(acc), S0)
         else:
             y, final = ssd_chunked(x32, dt, A, Bm.to(acc), Cm.to(acc), self.chunk_size, S0)
         return (y + x32 * self.D.to(acc)[:, None]).to(xs.dtype), final

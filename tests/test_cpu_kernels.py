@@ -1,4 +1,4 @@
-"""The compiled CPU kernels (kernels/cpu_recurrent.py): forward and gradients against fla's naive recurrences and
+"""The compiled CPU kernels (kernels/cpu.py): forward and gradients against fla's naive recurrences and
 our torch forms, on awkward lengths (1, 3, a segment boundary +- 1, 257) and head sizes (the 16 x 16 compile-time
 path and a runtime-sized one), with and without an initial state; and the model switch that turns them on."""
 
@@ -13,10 +13,10 @@ from fla.ops.delta_rule import naive as delta_naive
 from fla.ops.gated_delta_rule import naive as gdn_naive
 
 from flashsearch.genome import Genome
-from flashsearch.kernels import cpu_recurrent, ssd_chunked
+from flashsearch.kernels import cpu, ssd_chunked
 from flashsearch.kernels._common import causal_conv1d, l2norm
 from flashsearch.model import HybridLM
-from flashsearch.model.fast import cpu_kernels_
+from flashsearch.model.fast import bf16_linears_, cpu_kernels_
 
 if shutil.which("c++") is None and shutil.which("g++") is None:
     pytest.skip("no C++ compiler on this machine: the CPU kernels cannot be built (the torch forms run instead)",
@@ -27,7 +27,7 @@ SIZES = ((16, 16), (24, 20))           # compile-time sizes, runtime sizes
 
 
 def test_the_kernels_build_here() -> None:
-    assert cpu_recurrent.available(), "a C++ compiler is present but the CPU kernels did not build (see the log)"
+    assert cpu.available(), "a C++ compiler is present but the CPU kernels did not build (see the log)"
 
 
 def delta_inputs(T: int, dk: int, dv: int, gated: bool, b: int = 2, h: int = 3):
@@ -57,7 +57,7 @@ def test_delta_rule_forward_and_gradients_match_fla_naive(T: int, dk: int, dv: i
     used = [z for z in inputs if z is not None]
     w = torch.randn(2, T, 3, dv)
     results = []
-    for fn in (lambda q, k, v, beta, g, S0: cpu_recurrent.delta_rule(q, k, v, beta, g, S0), fla_delta):
+    for fn in (lambda q, k, v, beta, g, S0: cpu.delta_rule(q, k, v, beta, g, S0), fla_delta):
         o, S = fn(*inputs)
         grads = torch.autograd.grad((o * w).sum() + S.square().sum(), used)
         results.append((o, S, grads))
@@ -72,7 +72,7 @@ def test_delta_rule_without_initial_state_and_output_only_gradient() -> None:
     q, k, v, beta, g, _ = delta_inputs(40, 16, 16, gated=True)
     for z in (q, k, v, beta, g):
         z.requires_grad_()
-    o, _ = cpu_recurrent.delta_rule(q, k, v, beta, g)             # the final state is not used: its grad is None
+    o, _ = cpu.delta_rule(q, k, v, beta, g)             # the final state is not used: its grad is None
     o_ref, _ = fla_delta(q, k, v, beta, g, None)
     torch.testing.assert_close(o, o_ref, atol=5e-5, rtol=1e-4)
     got = torch.autograd.grad(o.square().sum(), (q, k, v, beta, g))
@@ -92,7 +92,7 @@ def test_ssd_forward_and_gradients_match_the_chunked_form_in_fp64(T: int, p: int
     inputs = [z.requires_grad_() for z in (x, dt, A, B, C, S0)]
     ref_inputs = [z.detach().double().requires_grad_() for z in inputs]
     w = torch.randn(b, T, h, p)
-    y, S = cpu_recurrent.ssd(*inputs)
+    y, S = cpu.ssd(*inputs)
     y_ref, S_ref = ssd_chunked(*ref_inputs[:5], 16, ref_inputs[5])
     torch.testing.assert_close(y.double(), y_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(S.double(), S_ref, atol=1e-4, rtol=1e-4)
@@ -110,7 +110,7 @@ def test_conv_silu_matches_torch_conv(T: int, bias: bool) -> None:
     w = torch.randn(37, 1, 4, requires_grad=True)
     bb = torch.randn(37, requires_grad=True) if bias else None
     params = [z for z in (x, w, bb) if z is not None]
-    y = cpu_recurrent.conv_silu(x, w, bb)
+    y = cpu.conv_silu(x, w, bb)
     y_ref = F.silu(causal_conv1d(x, w, bb))
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     dy = torch.randn_like(y)
@@ -118,11 +118,33 @@ def test_conv_silu_matches_torch_conv(T: int, bias: bool) -> None:
         torch.testing.assert_close(a, r, atol=1e-4, rtol=1e-4)
 
 
+def test_swiglu_bf16_matches_the_bf16_linears_path() -> None:
+    """The fused bf16 FFN rounds where the Bf16Linear path rounds (GEMM inputs and outputs), so the two agree to
+    bf16 accumulation-order noise; both agree with fp32 to bf16 precision."""
+    torch.manual_seed(0)
+    ffn = HybridLM(HYBRID).layers[1].op
+    x = torch.randn(3, 29, 32, requires_grad=True)
+    ref32 = ffn(x)
+    bf16_linears_(ffn)
+    ref16 = ffn(x)
+    fused = cpu.swiglu_bf16(x, ffn.gate_proj.weight, ffn.up_proj.weight, ffn.down_proj.weight)
+    assert fused.dtype == torch.float32 and fused.shape == x.shape
+    torch.testing.assert_close(fused, ref16, atol=2e-3, rtol=2e-2)
+    torch.testing.assert_close(fused, ref32, atol=1e-2, rtol=5e-2)
+    dy = torch.randn_like(fused)
+    params = [x, ffn.gate_proj.weight, ffn.up_proj.weight, ffn.down_proj.weight]
+    for got, want in zip(torch.autograd.grad(fused, params, dy), torch.autograd.grad(ref16, params, dy)):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-2, rtol=5e-2)
+    ffn.cpu_kernels = True                                         # the operator picks the fused form itself
+    torch.testing.assert_close(ffn(x), fused, atol=0, rtol=0)
+
+
 def test_bad_inputs_are_refused_not_miscomputed() -> None:
     q = torch.randn(1, 4, 2, 8, dtype=torch.float64)
-    assert not cpu_recurrent.applies(q)                            # fp64 stays on the torch forms
+    assert not cpu.applies(q)                            # fp64 stays on the torch forms
     with pytest.raises(RuntimeError, match="fp32"):
-        cpu_recurrent._extension().delta_fwd(q, q, q, torch.rand(1, 4, 2, dtype=torch.float64), None, None, 1.0)
+        cpu._extension().delta_fwd(q, q, q, torch.rand(1, 4, 2, dtype=torch.float64), None, None, 1.0)
 
 
 HYBRID = Genome(layer_types=("deltanet", "ffn", "mamba2", "gated_deltanet", "attention", "ffn"), d_model=32,
@@ -135,7 +157,7 @@ def test_model_with_cpu_kernels_matches_the_torch_forms() -> None:
     ref = HybridLM(HYBRID)
     fast = HybridLM(HYBRID)
     fast.load_state_dict(ref.state_dict())
-    assert cpu_kernels_(fast) == 3                                 # deltanet, mamba2, gated_deltanet
+    assert cpu_kernels_(fast) == 5                                 # deltanet, mamba2, gated_deltanet, 2 FFNs
     assert not any(getattr(b.op, "cpu_kernels", False) for b in ref.layers)
     ids = torch.randint(0, 64, (2, 45))
     losses = []
@@ -151,7 +173,7 @@ def test_model_with_cpu_kernels_matches_the_torch_forms() -> None:
 
 
 def test_without_the_extension_the_model_keeps_its_torch_forms(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_recurrent, "available", lambda: False)
+    monkeypatch.setattr(cpu, "available", lambda: False)
     model = HybridLM(HYBRID)
     assert cpu_kernels_(model) == 0
     assert not any(getattr(b.op, "cpu_kernels", False) for b in model.layers)

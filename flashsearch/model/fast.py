@@ -97,6 +97,8 @@ class _Bf16SharedInputLinears(torch.autograd.Function):
 class Bf16Linear(nn.Linear):
     """nn.Linear whose matmul runs in bf16 (same parameters and state_dict as nn.Linear)."""
 
+    matmul_dtype = BF16                 # what operators read to choose a bf16-aware kernel (the FFN's SwiGLU)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = _Bf16Linear.apply(x, self.weight)
         return y if self.bias is None else y + self.bias
@@ -112,11 +114,11 @@ class Bf16Linear(nn.Linear):
 
 def cpu_kernels_(model: nn.Module) -> int:
     """Let every operator in `model` that has compiled CPU kernels (the delta rules, Mamba2's scan, the short
-    convs; kernels/cpu_recurrent.py) use them for fp32 CPU inputs; returns how many operators were switched, 0
+    convs; kernels/cpu.py) use them for fp32 CPU inputs; returns how many operators were switched, 0
     when the kernels cannot be built here (then the torch forms run, as before)."""
-    from flashsearch.kernels import Operator, cpu_recurrent
+    from flashsearch.kernels import Operator, cpu
 
-    if not cpu_recurrent.available():
+    if not cpu.available():
         return 0
     n = 0
     for module in model.modules():

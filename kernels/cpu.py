@@ -1,5 +1,5 @@
-"""Compiled CPU kernels for proxy training: the (gated) delta rule and the SSD scan in their recurrent form, and
-the short causal conv + SiLU, each with a hand-written backward (csrc/recurrent_cpu.cpp).
+"""Compiled CPU kernels for proxy training: the (gated) delta rule and the SSD scan in their recurrent form, the
+short causal conv + SiLU, and a bf16 SwiGLU FFN, each with a hand-written backward (csrc/cpu_kernels.cpp).
 
 At the proxy's sizes (16 x 16 states per head, 128-token sequences) the chunked torch forms spend their time on
 [L, L] tensors and on ~100 small ops per layer; the recurrence keeps one head's state in L1 and does the same
@@ -7,7 +7,9 @@ maths exactly (fp32), in one call forward and one backward. The source is compil
 (torch.utils.cpp_extension, ~30-60 s, cached under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions; `make setup`
 does it). Without a C++ compiler `available()` is False and the operators keep their torch forms.
 
-Layouts are the operators' own: [B, T, H, d] activations, fp32, CPU.
+Layouts are the operators' own: [B, T, H, d] activations, fp32, CPU. The SwiGLU FFN runs its GEMMs in bf16
+(the proxy's bf16 path, flashsearch.model.fast) and keeps its [N, 2F] / [N, F] intermediates in bf16 too, which
+are exactly the values that path rounds them to anyway, without their fp32 copies and casts.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).parent / "csrc" / "recurrent_cpu.cpp"
-EXTENSION_NAME = "flashsearch_recurrent_cpu"
+SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
+EXTENSION_NAME = "flashsearch_cpu_kernels"
 STALE_LOCK_S = 600
 
 
@@ -136,3 +138,36 @@ def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     """SiLU(causal depthwise conv) of x [B, T, C] with weight [C, 1, K] (nn.Conv1d's layout) and optional bias [C],
     from zero history: F.silu(_common.causal_conv1d(x, weight, bias)). Returns [B, T, C]."""
     return _ConvSiLU.apply(x, weight, bias).contiguous()
+
+
+BF16 = torch.bfloat16
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_gate, w_up, w_down):  # type: ignore[override]  # x [..., D]; w_gate/up [F, D]; w_down [D, F]
+        lead, D = x.shape[:-1], x.shape[-1]
+        xb = x.reshape(-1, D).to(BF16)                                       # [N, D]
+        w1 = torch.cat([w_gate, w_up]).to(BF16)                              # [2F, D]
+        wd = w_down.to(BF16)                                                 # [D, F]
+        h = xb @ w1.t()                                                      # [N, 2F] = [gate | up]
+        a = _extension().swiglu_fwd(h)                                       # [N, F] silu(gate) * up
+        ctx.save_for_backward(xb, w1, wd, h, a)
+        ctx.lead, ctx.F = lead, w_gate.shape[0]
+        return (a @ wd.t()).to(x.dtype).view(*lead, D)
+
+    @staticmethod
+    def backward(ctx, dy):  # type: ignore[override]
+        xb, w1, wd, h, a = ctx.saved_tensors
+        dyb = dy.reshape(-1, dy.shape[-1]).to(BF16)                          # [N, D]
+        dw_down = (dyb.t() @ a).float()                                      # [D, F]
+        dh = _extension().swiglu_bwd(h, (dyb @ wd).contiguous())            # [N, 2F]
+        dx = (dh @ w1).float().view(*ctx.lead, -1)                           # [..., D]
+        dw1 = (dh.t() @ xb).float()                                          # [2F, D]
+        return dx, dw1[:ctx.F], dw1[ctx.F:], dw_down
+
+
+def swiglu_bf16(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)) with bias-free fp32 weights, GEMMs in bf16 (fp32 accumulation); x [..., D] fp32
+    -> [..., D] fp32. Gradients are fp32, for the fp32 master weights."""
+    return _SwiGLU.apply(x, w_gate, w_up, w_down)

@@ -1,5 +1,5 @@
 // CPU kernels for proxy training: the recurrent forms of the (gated) delta rule and Mamba2's SSD scan, and the
-// short causal depthwise conv + SiLU, forward and backward, fp32.
+// short causal depthwise conv + SiLU, forward and backward, fp32; and the SwiGLU activation on bf16 GEMM outputs.
 //
 // Why recurrent on CPU: a proxy head's state is tiny (16 x 16 floats, in L1), so a token costs a few hundred
 // multiply-adds, while the chunked torch forms pay for [L, L] intra-chunk tensors, a triangular solve and ~100
@@ -19,6 +19,8 @@
 
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -527,6 +529,74 @@ std::vector<torch::Tensor> conv_silu_bwd(torch::Tensor x, torch::Tensor w, c10::
   return {dx, dw, dbias};
 }
 
+// ---- SwiGLU activation on bf16 GEMM outputs -----------------------------------------------------------------
+// h = [gate | up] as the fused gate|up GEMM writes it ([N, 2F], bf16); a = silu(gate) * up, in fp32, rounded to bf16.
+// bf16 <-> fp32 by bit shifts (round to nearest even), so the loops vectorize.
+
+inline float bf16_to_float(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline uint16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);                   // round to nearest even (finite values)
+  return static_cast<uint16_t>(u >> 16);
+}
+
+void check_bf16(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kBFloat16 && t.is_contiguous() && t.dim() == 2,
+              name, " must be a contiguous 2-d bf16 CPU tensor");
+}
+
+torch::Tensor swiglu_fwd(torch::Tensor h) {
+  check_bf16(h, "h");
+  const int64_t N = h.size(0), F2 = h.size(1), F = F2 / 2;
+  auto a = torch::empty({N, F}, h.options());
+  const uint16_t* hp = reinterpret_cast<const uint16_t*>(h.data_ptr<at::BFloat16>());
+  uint16_t* ap = reinterpret_cast<uint16_t*>(a.data_ptr<at::BFloat16>());
+  at::parallel_for(0, N, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const uint16_t* __restrict__ g = hp + r * F2;
+      const uint16_t* __restrict__ u = g + F;
+      uint16_t* __restrict__ out = ap + r * F;
+      for (int64_t c = 0; c < F; ++c) {
+        const float z = bf16_to_float(g[c]);
+        out[c] = float_to_bf16(z * sigmoid(z) * bf16_to_float(u[c]));
+      }
+    }
+  });
+  return a;
+}
+
+// Returns dh = [d gate | d up], bf16 [N, 2F].
+torch::Tensor swiglu_bwd(torch::Tensor h, torch::Tensor da) {
+  check_bf16(h, "h"); check_bf16(da, "grad_a");
+  const int64_t N = h.size(0), F2 = h.size(1), F = F2 / 2;
+  auto dh = torch::empty({N, F2}, h.options());
+  const uint16_t* hp = reinterpret_cast<const uint16_t*>(h.data_ptr<at::BFloat16>());
+  const uint16_t* dap = reinterpret_cast<const uint16_t*>(da.data_ptr<at::BFloat16>());
+  uint16_t* dhp = reinterpret_cast<uint16_t*>(dh.data_ptr<at::BFloat16>());
+  at::parallel_for(0, N, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const uint16_t* __restrict__ g = hp + r * F2;
+      const uint16_t* __restrict__ u = g + F;
+      const uint16_t* __restrict__ d = dap + r * F;
+      uint16_t* __restrict__ dg = dhp + r * F2;
+      uint16_t* __restrict__ du = dg + F;
+      for (int64_t c = 0; c < F; ++c) {
+        const float z = bf16_to_float(g[c]), s = sigmoid(z), dv = bf16_to_float(d[c]);
+        du[c] = float_to_bf16(dv * z * s);
+        dg[c] = float_to_bf16(dv * bf16_to_float(u[c]) * s * (1.0f + z * (1.0f - s)));
+      }
+    }
+  });
+  return dh;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -536,4 +606,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssd_bwd", &ssd_bwd, "Mamba2 SSD scan, recurrent backward");
   m.def("conv_silu_fwd", &conv_silu_fwd, "causal depthwise conv + SiLU forward");
   m.def("conv_silu_bwd", &conv_silu_bwd, "causal depthwise conv + SiLU backward");
+  m.def("swiglu_fwd", &swiglu_fwd, "silu(gate) * up on a bf16 [gate | up] GEMM output");
+  m.def("swiglu_bwd", &swiglu_bwd, "backward of swiglu_fwd");
 }

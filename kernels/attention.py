@@ -24,6 +24,7 @@ from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.operators import option
 
+from . import cpu
 from ._common import apply_rope, fused_linear, layer_cost, rope_cos_sin
 from .base import DecodeCost, Operator
 
@@ -55,6 +56,7 @@ class Attention(Operator):
     role: ClassVar[str] = "mixer"
     aliases: ClassVar[tuple[str, ...]] = ("attn", "full_attention")
     hf_name: ClassVar[str | None] = "full_attention"     # transformers' name for it
+    uses_cpu_kernels: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -105,6 +107,8 @@ class Attention(Operator):
         With absolute positions q_pos [Tq], k_pos [Tk]: causal (and windowed) mask built from them."""
         gqa = self.n_heads != self.n_kv_heads
         if q_pos is None or k_pos is None:
+            if self.cpu_kernels and cpu.applies(q, k, v):   # the proxy's CPU path: small heads, see kernels/cpu.py
+                return cpu.causal_attention(q, k, v, self.window)
             Tq = q.shape[-2]
             if self.window is None or Tq <= self.window:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)

@@ -140,6 +140,31 @@ def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     return _ConvSiLU.apply(x, weight, bias).contiguous()
 
 
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, scale, window):  # type: ignore[override]
+        q, k, v = _c(q), _c(k), _c(v)
+        o, lse = _extension().attn_fwd(q, k, v, scale, window)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale, ctx.window = scale, window
+        return o
+
+    @staticmethod
+    def backward(ctx, do):  # type: ignore[override]
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _extension().attn_bwd(q, k, v, o, lse, do.contiguous(), ctx.scale, ctx.window)
+        return dq, dk, dv, None, None
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None,
+                     scale: float | None = None) -> torch.Tensor:
+    """Causal softmax attention, query i over keys max(0, i - window + 1) .. i (window None = all earlier keys).
+    q [B, H, T, D]; k, v [B, Hkv, T, D] with Hkv dividing H (GQA); scale defaults to D**-0.5. Returns [B, H, T, D].
+    For the proxy's small heads (D = 16), where torch's fused CPU attention is dominated by its blocking overhead."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return _Attention.apply(q, k, v, float(scale), int(window or 0))
+
+
 BF16 = torch.bfloat16
 
 

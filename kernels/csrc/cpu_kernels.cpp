@@ -17,6 +17,10 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -268,6 +272,8 @@ struct SSDArgs {
   const float *x, *dt, *A, *Bm, *Cm, *s0;
 };
 
+// The forward keeps the state transposed, St[n][p], so that y_t = h_t C_t accumulates over n as a vector over p
+// (no horizontal sums); checkpoints and the final state are written in the [p][n] layout the backward reads.
 template <int64_t Pc, int64_t Nc>
 void ssd_fwd_head(const SSDArgs& a, int64_t bh, float* __restrict__ y, float* __restrict__ sf,
                   float* __restrict__ cp) {
@@ -276,29 +282,40 @@ void ssd_fwd_head(const SSDArgs& a, int64_t bh, float* __restrict__ y, float* __
   const float Ah = a.A[h];
   const float *x = a.x, *dt = a.dt, *Bm = a.Bm, *Cm = a.Cm;
   auto Sbuf = make_buf<Pc * Nc>(P * N);
-  float* __restrict__ S = Sbuf.data();
-  if (a.s0) std::copy(a.s0 + bh * P * N, a.s0 + (bh + 1) * P * N, S);
-  else std::fill(S, S + P * N, 0.0f);
+  auto ybuf = make_buf<Pc>(P);
+  float* __restrict__ St = Sbuf.data();
+  float* __restrict__ acc = ybuf.data();
+  if (a.s0) {
+    const float* s0 = a.s0 + bh * P * N;
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t n = 0; n < N; ++n) St[n * P + p] = s0[p * N + n];
+  } else {
+    std::fill(St, St + P * N, 0.0f);
+  }
+  auto store = [&](float* dst) {
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t n = 0; n < N; ++n) dst[p * N + n] = St[n * P + p];
+  };
   for (int64_t t = 0; t < T; ++t) {
-    if (t % SEG == 0) std::copy(S, S + P * N, cp + (bh * NS + t / SEG) * P * N);
+    if (t % SEG == 0) store(cp + (bh * NS + t / SEG) * P * N);
     const int64_t row = (b * T + t) * H + h, grow = (b * T + t) * G + grp;
     const float d = dt[row], dec = std::exp(d * Ah);
     const float* __restrict__ xt = x + row * P;
     const float* __restrict__ Bt = Bm + grow * N;
     const float* __restrict__ Ct = Cm + grow * N;
-    float* __restrict__ yt = y + row * P;
-    for (int64_t p = 0; p < P; ++p) {
-      const float dx = d * xt[p];
-      float acc = 0.0f;
-      for (int64_t n = 0; n < N; ++n) {
-        const float st = dec * S[p * N + n] + dx * Bt[n];
-        S[p * N + n] = st;
-        acc += st * Ct[n];
+    for (int64_t p = 0; p < P; ++p) acc[p] = 0.0f;
+    for (int64_t n = 0; n < N; ++n) {
+      const float bn = d * Bt[n], cn = Ct[n];
+      float* __restrict__ Sn = St + n * P;
+      for (int64_t p = 0; p < P; ++p) {
+        const float st = dec * Sn[p] + bn * xt[p];
+        Sn[p] = st;
+        acc[p] += st * cn;
       }
-      yt[p] = acc;
     }
+    std::copy(acc, acc + P, y + row * P);
   }
-  std::copy(S, S + P * N, sf + bh * P * N);
+  store(sf + bh * P * N);
 }
 
 std::vector<torch::Tensor> ssd_fwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
@@ -529,6 +546,182 @@ std::vector<torch::Tensor> conv_silu_bwd(torch::Tensor x, torch::Tensor w, c10::
   return {dx, dw, dbias};
 }
 
+// ---- causal (optionally sliding-window) softmax attention, small heads ------------------------------------------
+// q [B, H, T, D], k, v [B, Hkv, T, D] (GQA: query head h reads kv head h / (H / Hkv)); query i attends keys
+// j in [i - window + 1, i] (window 0 = all j <= i). Forward returns o and the row log-sum-exp; the backward
+// recomputes the probabilities from it. One task per (batch, kv head): its query heads add into the same dK, dV.
+// Keys and values are transposed once per task ([D, T]) so that the score and dP rows vectorize over keys.
+
+struct AttnArgs {
+  int64_t B, H, HKV, T, D, window;
+  float scale;
+  const float *q, *k, *v;
+};
+
+// Keys are visited in fixed blocks of BLK (one vector register of scores), the partial blocks at both ends masked:
+// a fixed trip count, where a per-row key count made every row's loops branch differently.
+constexpr int64_t BLK = 16;
+constexpr float MASKED_BELOW = 80.0f;                // masked scores: row max - 80, exp ~1e-35 (a normal float:
+                                                     // libm's exp takes a slow path for results below that)
+
+inline int64_t first_key(int64_t i, int64_t window) { return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0; }
+
+// s[j] = sum_c w[c] * XT[c][j] for the key blocks jb0 .. jb1 (XT: [D, Tp] transposed keys or values). One vector
+// register per block, written with intrinsics where AVX-512 is there (the auto-vectorizer spilled this loop nest).
+inline void block_dots(const float* __restrict__ w, const float* __restrict__ XT, int64_t D, int64_t Tp, int64_t jb0,
+                       int64_t jb1, float* __restrict__ s) {
+  for (int64_t jb = jb0; jb <= jb1; ++jb) {
+#ifdef __AVX512F__
+    static_assert(BLK == 16, "one AVX-512 register of fp32 per key block");
+    __m512 acc = _mm512_setzero_ps();
+    for (int64_t c = 0; c < D; ++c)
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(w[c]), _mm512_loadu_ps(XT + c * Tp + jb * BLK), acc);
+    _mm512_storeu_ps(s + jb * BLK, acc);
+#else
+    float acc[BLK] = {0.0f};
+    for (int64_t c = 0; c < D; ++c)
+      for (int64_t l = 0; l < BLK; ++l) acc[l] += w[c] * XT[c * Tp + jb * BLK + l];
+    std::copy(acc, acc + BLK, s + jb * BLK);
+#endif
+  }
+}
+
+inline void transpose_padded(const float* __restrict__ X, int64_t T, int64_t D, int64_t Tp, float* __restrict__ XT) {
+  std::fill(XT, XT + D * Tp, 0.0f);
+  for (int64_t j = 0; j < T; ++j)
+    for (int64_t c = 0; c < D; ++c) XT[c * Tp + j] = X[j * D + c];
+}
+
+template <int64_t Dc>
+void attn_fwd_group(const AttnArgs& a, int64_t bk, float* __restrict__ o, float* __restrict__ lse) {
+  const int64_t D = Dc ? Dc : a.D, T = a.T, R = a.H / a.HKV, b = bk / a.HKV, kh = bk % a.HKV;
+  const int64_t Tp = (T + BLK - 1) / BLK * BLK;
+  const float* __restrict__ V = a.v + bk * T * D;
+  std::vector<float> KT(D * Tp), s(Tp), qs(D);
+  transpose_padded(a.k + bk * T * D, T, D, Tp, KT.data());
+  auto obuf = make_buf<Dc>(D);
+  float* __restrict__ acc = obuf.data();
+  for (int64_t h = kh * R; h < (kh + 1) * R; ++h) {
+    const int64_t bh = b * a.H + h;
+    for (int64_t i = 0; i < T; ++i) {
+      const float* __restrict__ qi = a.q + (bh * T + i) * D;
+      for (int64_t c = 0; c < D; ++c) qs[c] = a.scale * qi[c];
+      const int64_t j0 = first_key(i, a.window), jb0 = j0 / BLK, jb1 = i / BLK;
+      const int64_t lo = jb0 * BLK, hi = (jb1 + 1) * BLK;
+      float* __restrict__ sr = s.data();
+      block_dots(qs.data(), KT.data(), D, Tp, jb0, jb1, sr);
+      float m = sr[i];
+      for (int64_t j = j0; j <= i; ++j) m = std::max(m, sr[j]);
+      for (int64_t j = lo; j < j0; ++j) sr[j] = m - MASKED_BELOW;
+      for (int64_t j = i + 1; j < hi; ++j) sr[j] = m - MASKED_BELOW;
+      float l = 0.0f;
+      for (int64_t j = lo; j < hi; ++j) { sr[j] = std::exp(sr[j] - m); l += sr[j]; }
+      for (int64_t c = 0; c < D; ++c) acc[c] = 0.0f;
+      for (int64_t j = j0; j <= i; ++j) {
+        const float pj = sr[j];
+        const float* __restrict__ vj = V + j * D;
+        for (int64_t c = 0; c < D; ++c) acc[c] += pj * vj[c];
+      }
+      float* __restrict__ oi = o + (bh * T + i) * D;
+      const float inv = 1.0f / l;
+      for (int64_t c = 0; c < D; ++c) oi[c] = acc[c] * inv;
+      lse[bh * T + i] = m + std::log(l);
+    }
+  }
+}
+
+template <int64_t Dc>
+void attn_bwd_group(const AttnArgs& a, int64_t bk, const float* __restrict__ o, const float* __restrict__ lse,
+                    const float* __restrict__ dO, float* __restrict__ dq, float* __restrict__ dk,
+                    float* __restrict__ dv) {
+  const int64_t D = Dc ? Dc : a.D, T = a.T, R = a.H / a.HKV, b = bk / a.HKV, kh = bk % a.HKV;
+  const int64_t Tp = (T + BLK - 1) / BLK * BLK;
+  const float* __restrict__ K = a.k + bk * T * D;
+  std::vector<float> KT(D * Tp), VT(D * Tp), p(Tp), dp(Tp), qs(D);
+  transpose_padded(K, T, D, Tp, KT.data());
+  transpose_padded(a.v + bk * T * D, T, D, Tp, VT.data());
+  float* __restrict__ dK = dk + bk * T * D;
+  float* __restrict__ dV = dv + bk * T * D;
+  std::fill(dK, dK + T * D, 0.0f);
+  std::fill(dV, dV + T * D, 0.0f);
+  auto qbuf = make_buf<Dc>(D);
+  float* __restrict__ dqa = qbuf.data();
+  for (int64_t h = kh * R; h < (kh + 1) * R; ++h) {
+    const int64_t bh = b * a.H + h;
+    for (int64_t i = 0; i < T; ++i) {
+      const float* __restrict__ qi = a.q + (bh * T + i) * D;
+      const float* __restrict__ doi = dO + (bh * T + i) * D;
+      const float* __restrict__ oi = o + (bh * T + i) * D;
+      for (int64_t c = 0; c < D; ++c) qs[c] = a.scale * qi[c];
+      const int64_t j0 = first_key(i, a.window), jb0 = j0 / BLK, jb1 = i / BLK;
+      float di = 0.0f;
+      for (int64_t c = 0; c < D; ++c) di += doi[c] * oi[c];
+      float* __restrict__ pr = p.data();
+      float* __restrict__ dpr = dp.data();
+      block_dots(qs.data(), KT.data(), D, Tp, jb0, jb1, pr);   // scaled scores
+      block_dots(doi, VT.data(), D, Tp, jb0, jb1, dpr);        // dP = dO V^T
+      const float li = lse[bh * T + i];
+      for (int64_t j = jb0 * BLK; j < j0; ++j) pr[j] = li - MASKED_BELOW;   // as in the forward: no exp slow path
+      for (int64_t j = i + 1; j < (jb1 + 1) * BLK; ++j) pr[j] = li - MASKED_BELOW;
+      for (int64_t j = jb0 * BLK; j < (jb1 + 1) * BLK; ++j) {
+        pr[j] = std::exp(pr[j] - li);                                 // P_ij (masked keys are skipped below)
+        dpr[j] = pr[j] * (dpr[j] - di);                               // dS_ij before the scale
+      }
+      for (int64_t c = 0; c < D; ++c) dqa[c] = 0.0f;
+      for (int64_t j = j0; j <= i; ++j) {
+        const float ds = dpr[j], pj = pr[j], dss = a.scale * ds;
+        const float* __restrict__ kj = K + j * D;
+        float* __restrict__ dkj = dK + j * D;
+        float* __restrict__ dvj = dV + j * D;
+        for (int64_t c = 0; c < D; ++c) {
+          dqa[c] += ds * kj[c];
+          dkj[c] += dss * qi[c];
+          dvj[c] += pj * doi[c];
+        }
+      }
+      float* __restrict__ dqi = dq + (bh * T + i) * D;
+      for (int64_t c = 0; c < D; ++c) dqi[c] = a.scale * dqa[c];
+    }
+  }
+}
+
+void check_attn(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  check(q, "q", 4); check(k, "k", 4); check(v, "v", 4);
+  TORCH_CHECK(k.sizes() == v.sizes() && q.size(0) == k.size(0) && q.size(2) == k.size(2) && q.size(3) == k.size(3)
+              && q.size(1) % k.size(1) == 0, "attention: q [B, H, T, D], k and v [B, Hkv, T, D] with Hkv | H");
+}
+
+std::vector<torch::Tensor> attn_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t window) {
+  check_attn(q, k, v);
+  const AttnArgs a{q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), window, static_cast<float>(scale),
+                   q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>()};
+  auto o = torch::empty_like(q);
+  auto lse = torch::empty({a.B, a.H, a.T}, q.options());
+  float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>();
+  with_sizes(a.D, a.D, [&](auto dc, auto) {
+    at::parallel_for(0, a.B * a.HKV, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bk = lo; bk < hi; ++bk) attn_fwd_group<decltype(dc)::value>(a, bk, op, lp);
+    });
+  });
+  return {o, lse};
+}
+
+std::vector<torch::Tensor> attn_bwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor o,
+                                    torch::Tensor lse, torch::Tensor dO, double scale, int64_t window) {
+  check_attn(q, k, v); check(o, "o", 4); check(dO, "grad_o", 4); check(lse, "lse", 3);
+  const AttnArgs a{q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), window, static_cast<float>(scale),
+                   q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>()};
+  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  const float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>(), *dop = dO.data_ptr<float>();
+  float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
+  with_sizes(a.D, a.D, [&](auto dc, auto) {
+    at::parallel_for(0, a.B * a.HKV, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t bk = lo; bk < hi; ++bk) attn_bwd_group<decltype(dc)::value>(a, bk, op, lp, dop, dqp, dkp, dvp);
+    });
+  });
+  return {dq, dk, dv};
+}
+
 // ---- SwiGLU activation on bf16 GEMM outputs -----------------------------------------------------------------
 // h = [gate | up] as the fused gate|up GEMM writes it ([N, 2F], bf16); a = silu(gate) * up, in fp32, rounded to bf16.
 // bf16 <-> fp32 by bit shifts (round to nearest even), so the loops vectorize.
@@ -606,6 +799,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssd_bwd", &ssd_bwd, "Mamba2 SSD scan, recurrent backward");
   m.def("conv_silu_fwd", &conv_silu_fwd, "causal depthwise conv + SiLU forward");
   m.def("conv_silu_bwd", &conv_silu_bwd, "causal depthwise conv + SiLU backward");
+  m.def("attn_fwd", &attn_fwd, "causal / sliding-window softmax attention forward (small heads)");
+  m.def("attn_bwd", &attn_bwd, "backward of attn_fwd");
   m.def("swiglu_fwd", &swiglu_fwd, "silu(gate) * up on a bf16 [gate | up] GEMM output");
   m.def("swiglu_bwd", &swiglu_bwd, "backward of swiglu_fwd");
 }

@@ -311,8 +311,9 @@ class ShortTrain:
         with _INIT_LOCK, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = HybridLM(pg, meta_tokens=self.meta_tokens).to(self.device)
+        kernels = 0
         if self._fast_cpu():
-            cpu_kernels_(model)
+            kernels = cpu_kernels_(model)          # 0 where they cannot be built: the torch forms train instead
             if cpu_has_bf16():
                 bf16_linears_(model)
         model.train()
@@ -377,7 +378,7 @@ class ShortTrain:
             extra={"steps": steps, "proxy_d_model": pg.d_model, "proxy_n_heads": pg.n_heads,
                    "resumed_at_step": start, "new_tokens": (steps - start) * tokens_per_step,
                    "train_seconds": round(train_seconds, 3), "validate_seconds": round(validate_seconds, 3),
-                   "data": corpus.source,
+                   "data": corpus.source, "cpu_kernel_layers": kernels,
                    "final_train_bpb": curve[-1][1] if curve else float("nan")},
         )
 

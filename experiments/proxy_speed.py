@@ -39,28 +39,40 @@ PATHS = ("eager", "fast")
 
 
 NOTES = """
-What the time goes to (profile of the eager Flash-1B proxy step, one thread): GEMMs ~31% (already near this core's
-fp32 peak, so only bf16 can make them faster: 2.1x per GEMM at these sizes), elementwise work and copies ~35%
-(most of it inside the chunked cores' L x L intra-chunk tensors and on the strided conv output), conv and SiLU
-backward ~10%, optimizer + clipping ~2%, LM head + loss ~1%, validation ~2-3% of a candidate.
+What the fast path does (each piece was timed per proxy layer, fwd+bwd, before adopting it; the table above is
+the measurement that counts; numerics in tests/test_cpu_kernels.py and tests/test_proxy_fast.py):
+- compiled CPU kernels (kernels/csrc/cpu_kernels.cpp, built once per machine by torch's cpp_extension): the delta
+  rule, the gated delta rule and Mamba2's SSD scan in their recurrent form - a proxy head's 16 x 16 state stays in
+  registers, and the backward recomputes 32-token segments from saved states - instead of the chunked torch
+  forms' [L, L] tensors and ~100 small ops per layer; the short causal conv + SiLU; causal / sliding-window
+  attention for 16-wide heads, where torch's fused CPU attention is mostly blocking overhead; the SwiGLU
+  activation on the FFN's bf16 GEMM output;
+- projection GEMMs in bf16 with fp32 accumulation, fp32 master weights and residual stream, the linears that read
+  the same input as one GEMM; the FFN as one autograd function whose [N, F] intermediates stay bf16 (they are
+  rounded to bf16 by the GEMMs anyway);
+- 16-token chunks for the chunked torch forms that remain (GLA, and every operator where the kernels cannot be
+  built).
 
-What the fast path does (all measured per proxy layer, fwd+bwd, before adopting): 16-token chunks instead of 64
-(Mamba2 ~1.6x, DeltaNet/Gated DeltaNet ~1.1x; exact maths); projection GEMMs in bf16 with fp32 accumulation,
-master weights, cores and residual stream (FFN ~1.3x); the linears that read the same input as one GEMM (attention
-~1.1x, DeltaNet ~1.1x); a contiguous conv output (Mamba2/DeltaNet ~1.05-1.1x).
+Why 3x is not within reach on this CPU: the GEMM floor. The Flash-1B proxy's projections are ~8.5 GFLOP per step
+(forward and both backward GEMMs); this core runs bf16 GEMMs of these shapes at ~190 GFLOP/s (512x128x768:
+0.54 ms, near its peak; fp32 reaches ~85), so they alone take >= 45 ms per step, while a third of the eager step
+(0.245 s on an idle core) is 82 ms. Everything else - 24 layers of norms, activations, recurrent cores,
+attention, casts, the optimizer - would have to fit in ~37 ms; it takes ~90 ms now, mostly as ~20 small torch ops
+per layer of 10-50 us each. Attention + FFN, whose eager path is mostly fp32 GEMMs already, gains least (1.5x).
 
-Tried and not adopted: torch.compile of one operator block, reused across layers and candidates (one graph per
-operator type and shape was reused by every layer): FFN 1.28x, Mamba2 1.24x, attention 0.84x per layer, for
-~25 s (FFN, attention) to ~150 s (Mamba2) of compilation per operator type on this loaded machine, and a
-recompile for every proxy width of a search; the whole model in bf16 (no faster: bf16 elementwise ops are
-slower than fp32 on this CPU); a shift-and-add causal conv (~3%); a hand-written RMSNorm backward (~1.5%).
+Tried and not adopted: torch.compile of one operator block, reused across layers and candidates (FFN 1.28x,
+Mamba2 1.24x, attention 0.84x for 25-150 s of compilation per operator type and width); one 128-token chunk for
+the chunked cores (2x slower: the [128, 128] tensors are memory passes); the whole model in bf16 (bf16
+elementwise ops are slower than fp32 here); glibc malloc tuning (a fresh 512 KB tensor page-faults ~0.3 ms in a
+microbenchmark, but the training step reuses its memory: no change).
 
-Numerics: tests/test_proxy_fast.py trains a small hybrid 30 steps both ways: the curves agree within 0.03
-bits/byte (measured gap 0.009). The val bpb column above, after 48 steps of the full proxies, differs by up to 0.1:
-at that point of training the trajectory is sensitive to any rounding change. Changing only the chunk size
-(exact maths, fp32) moved DeltaNet + FFN from 4.608 to 4.472 bits/byte, bf16 alone (chunk 64) to 4.759 - the same
-size as the seed noise the recipe ablation measures. Whether the fast path ranks many genomes the same as the
-eager path at the full budget was not measured.
+Numerics: the kernels' maths is that of the torch forms (fp32) in another summation order; against fla's naive
+recurrences, torch's SDPA and the fp64 chunked SSD they agree to ~1e-5 in outputs and gradients on awkward lengths
+and head sizes. tests/test_proxy_fast.py trains a small hybrid 30 steps both ways: the loss curves agree within
+0.03 bits/byte. The val bpb column above, after 48 steps of the full proxies, differs by up to 0.12: at that point
+of training the trajectory is sensitive to any rounding change (the same size as the seed noise the recipe
+ablation measures). Whether the fast path ranks many genomes like the eager path at the full budget was not
+measured; the fidelity studies train on the fast path.
 """
 
 
@@ -180,7 +192,7 @@ def main() -> None:
         f"table; every later search and candidate loads the built module in well under a second).",
         "- eager = `fast: false` (fp32, the genome's chunk sizes: today's path); fast = `fast: true` (default: "
         "bf16 projection matmuls, 16-token chunks, compiled CPU kernels for the delta rules, the SSD scan, the "
-        "short convs and the SwiGLU FFN). val bpb: validation loss after the measured steps, same seed and data "
+        "short convs, attention and the SwiGLU FFN). val bpb: validation loss after the measured steps, same seed and data "
         "for both paths.\n",
         "| genome | eager tok/s | fast tok/s | eager s/candidate | fast s/candidate | speed-up (wall) | "
         "eager CPU s/cand. | fast CPU s/cand. | speed-up (CPU) | val bpb eager / fast |",

@@ -1,5 +1,7 @@
 """Compiled CPU kernels for proxy training: the (gated) delta rule and the SSD scan in their recurrent form, the
-short causal conv + SiLU, and a bf16 SwiGLU FFN, each with a hand-written backward (csrc/cpu_kernels.cpp).
+short causal conv + SiLU, causal / sliding-window attention for small heads, and a bf16 SwiGLU FFN, each with a
+hand-written backward (csrc/cpu_kernels.cpp). Operators use them when flashsearch.model.fast.cpu_kernels_ has
+switched them on (the proxy's fast path) and the inputs qualify (`applies`); otherwise their torch forms run.
 
 At the proxy's sizes (16 x 16 states per head, 128-token sequences) the chunked torch forms spend their time on
 [L, L] tensors and on ~100 small ops per layer; the recurrence keeps one head's state in L1 and does the same

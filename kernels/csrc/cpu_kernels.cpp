@@ -1,18 +1,22 @@
-// CPU kernels for proxy training: the recurrent forms of the (gated) delta rule and Mamba2's SSD scan, and the
-// short causal depthwise conv + SiLU, forward and backward, fp32; and the SwiGLU activation on bf16 GEMM outputs.
+// CPU kernels for proxy training, forward and backward (fp32 unless said): the recurrent forms of the (gated) delta
+// rule and Mamba2's SSD scan, the short causal depthwise conv + SiLU, causal / sliding-window attention for small
+// heads, and the SwiGLU activation on bf16 GEMM outputs. Bound to Python by kernels/cpu.py.
 //
 // Why recurrent on CPU: a proxy head's state is tiny (16 x 16 floats, in L1), so a token costs a few hundred
 // multiply-adds, while the chunked torch forms pay for [L, L] intra-chunk tensors, a triangular solve and ~100
 // small ops per layer (each one a memory pass and a dispatch). The recurrence does the same maths exactly; it is
 // the form fla and mamba_ssm use for decoding.
 //
-// Backward recomputes: the forward keeps the state at every SEG-th token only ([.., T/SEG, dk, dv]), the backward
-// re-runs each segment forward from its checkpoint into a local buffer and walks it back. Memory O(T/SEG) states
-// per head, compute ~1 extra forward.
+// The scans' backward recomputes: the forward keeps the state at every SEG-th token only ([.., T/SEG, dk, dv]),
+// the backward re-runs each segment forward from its checkpoint into a local buffer and walks it back. Memory
+// O(T/SEG) states per head, compute ~1 extra forward. Attention keeps each row's log-sum-exp instead.
 //
-// Layouts are fla's / mamba_ssm's: activations [B, T, H, d] (time-major, heads inner), contiguous. Work is split
-// over (batch, head) - over (batch, group) for SSD, whose B/C gradients sum over the heads of a group - with
-// at::parallel_for, so one torch thread runs it serially.
+// Layouts are fla's / mamba_ssm's: activations [B, T, H, d] (time-major, heads inner), contiguous; attention takes
+// SDPA's [B, H, T, d]. Work is split over (batch, head) - over (batch, group) or (batch, kv head) where gradients
+// sum over heads - with at::parallel_for, so one torch thread runs it serially.
+//
+// Built with -O3 -march=native -ffast-math (kernels/cpu.py): the reductions and exp vectorize; inputs are finite
+// (the proxy stops a run whose loss is not).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
 EXTENSION_NAME = "flashsearch_cpu_kernels"
-STALE_LOCK_S = 600
+STALE_LOCK_S = 1800
 
 
 @functools.lru_cache(maxsize=None)

@@ -62,6 +62,16 @@ void with_sizes(int64_t dk, int64_t dv, F&& body) {
       dispatch_sizes<64, 64>(dk, dv, body) || dispatch_sizes<0, 0>(dk, dv, body);
 }
 
+// body(std::integral_constant dk, std::integral_constant dv, task) for every task in [0, n), split over threads.
+template <typename F>
+void for_each_task(int64_t n, int64_t dk, int64_t dv, F&& body) {
+  with_sizes(dk, dv, [&](auto dkc, auto dvc) {
+    at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t task = lo; task < hi; ++task) body(dkc, dvc, task);
+    });
+  });
+}
+
 struct DeltaArgs {
   int64_t B, T, H, dk, dv, NS;
   const float *q, *k, *v, *beta, *g, *s0;
@@ -136,10 +146,8 @@ std::vector<torch::Tensor> delta_fwd(torch::Tensor q, torch::Tensor k, torch::Te
                     beta.data_ptr<float>(), g_opt.has_value() ? g_opt->data_ptr<float>() : nullptr,
                     s0_opt.has_value() ? s0_opt->data_ptr<float>() : nullptr, static_cast<float>(scale)};
   float *op = o.data_ptr<float>(), *sf = S_final.data_ptr<float>(), *cp = ckpt.data_ptr<float>();
-  with_sizes(DK, DV, [&](auto dkc, auto dvc) {
-    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t bh = lo; bh < hi; ++bh) delta_fwd_head<decltype(dkc)::value, decltype(dvc)::value>(a, bh, op, sf, cp);
-    });
+  for_each_task(B * H, DK, DV, [&](auto dkc, auto dvc, int64_t bh) {
+    delta_fwd_head<decltype(dkc)::value, decltype(dvc)::value>(a, bh, op, sf, cp);
   });
   return {o, S_final, ckpt};
 }
@@ -260,10 +268,8 @@ std::vector<torch::Tensor> delta_bwd(torch::Tensor q, torch::Tensor k, torch::Te
                      dS_opt.has_value() ? dS_opt->data_ptr<float>() : nullptr, dq.data_ptr<float>(),
                      dk.data_ptr<float>(), dv.data_ptr<float>(), dbeta.data_ptr<float>(),
                      gated ? dg.data_ptr<float>() : nullptr, dS0.data_ptr<float>()};
-  with_sizes(DK, DV, [&](auto dkc, auto dvc) {
-    at::parallel_for(0, B * H, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t bh = lo; bh < hi; ++bh) delta_bwd_head<decltype(dkc)::value, decltype(dvc)::value>(a, r, bh);
-    });
+  for_each_task(B * H, DK, DV, [&](auto dkc, auto dvc, int64_t bh) {
+    delta_bwd_head<decltype(dkc)::value, decltype(dvc)::value>(a, r, bh);
   });
   return {dq, dk, dv, dbeta, dg, dS0};
 }
@@ -335,10 +341,8 @@ std::vector<torch::Tensor> ssd_fwd(torch::Tensor x, torch::Tensor dt, torch::Ten
   const SSDArgs a{Bsz, T, H, G, P, N, NS, x.data_ptr<float>(), dt.data_ptr<float>(), A.data_ptr<float>(),
                   Bm.data_ptr<float>(), Cm.data_ptr<float>(), s0_opt.has_value() ? s0_opt->data_ptr<float>() : nullptr};
   float *yp = y.data_ptr<float>(), *sf = S_final.data_ptr<float>(), *cp = ckpt.data_ptr<float>();
-  with_sizes(P, N, [&](auto pc, auto nc) {
-    at::parallel_for(0, Bsz * H, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t bh = lo; bh < hi; ++bh) ssd_fwd_head<decltype(pc)::value, decltype(nc)::value>(a, bh, yp, sf, cp);
-    });
+  for_each_task(Bsz * H, P, N, [&](auto pc, auto nc, int64_t bh) {
+    ssd_fwd_head<decltype(pc)::value, decltype(nc)::value>(a, bh, yp, sf, cp);
   });
   return {y, S_final, ckpt};
 }
@@ -437,16 +441,36 @@ std::vector<torch::Tensor> ssd_bwd(torch::Tensor x, torch::Tensor dt, torch::Ten
                    dS_opt.has_value() ? dS_opt->data_ptr<float>() : nullptr, dx.data_ptr<float>(),
                    ddt.data_ptr<float>(), dA_part.data_ptr<float>(), dB.data_ptr<float>(), dC.data_ptr<float>(),
                    dS0.data_ptr<float>()};
-  with_sizes(P, N, [&](auto pc, auto nc) {
-    at::parallel_for(0, Bsz * G, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t bg = lo; bg < hi; ++bg) ssd_bwd_group<decltype(pc)::value, decltype(nc)::value>(a, r, bg);
-    });
+  for_each_task(Bsz * G, P, N, [&](auto pc, auto nc, int64_t bg) {
+    ssd_bwd_group<decltype(pc)::value, decltype(nc)::value>(a, r, bg);
   });
   return {dx, ddt, dA_part.sum(0), dB, dC, dS0};
 }
 
 // ---- short causal depthwise conv + SiLU ---------------------------------------------------------------------
 // y[t, c] = silu(bias[c] + sum_k w[c, k] x[t - K + 1 + k, c]), x [B, T, C] channels-last, w [C, K].
+
+// The weight transposed to [K, C], so that the inner loops run over contiguous channels.
+std::vector<float> transposed_weight(const float* wp, int64_t C, int64_t K) {
+  std::vector<float> wt(K * C);
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t k = 0; k < K; ++k) wt[k * C + c] = wp[c * K + k];
+  return wt;
+}
+
+// z = bias + sum_k w[k] x[t - K + 1 + k] for the row bt = b * T + t (zero history before t = 0).
+inline void conv_preactivation(const float* xp, const float* wt, const float* bp, int64_t T, int64_t C, int64_t K,
+                               int64_t bt, float* __restrict__ z) {
+  const int64_t b = bt / T, t = bt % T;
+  for (int64_t c = 0; c < C; ++c) z[c] = bp ? bp[c] : 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t src = t - (K - 1) + k;
+    if (src < 0) continue;
+    const float* __restrict__ xs = xp + (b * T + src) * C;
+    const float* __restrict__ wk = wt + k * C;
+    for (int64_t c = 0; c < C; ++c) z[c] += wk[c] * xs[c];
+  }
+}
 
 torch::Tensor conv_silu_fwd(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
   check(x, "x", 3); check(w, "weight", 2);
@@ -455,22 +479,11 @@ torch::Tensor conv_silu_fwd(torch::Tensor x, torch::Tensor w, c10::optional<torc
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  // Transposed weight [K, C] so the inner loop runs over contiguous channels.
-  std::vector<float> wt(K * C);
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t k = 0; k < K; ++k) wt[k * C + c] = wp[c * K + k];
+  const std::vector<float> wt = transposed_weight(wp, C, K);
   at::parallel_for(0, B * T, 16, [&](int64_t lo, int64_t hi) {
     std::vector<float> z(C);
     for (int64_t bt = lo; bt < hi; ++bt) {
-      const int64_t b = bt / T, t = bt % T;
-      for (int64_t c = 0; c < C; ++c) z[c] = bp ? bp[c] : 0.0f;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t src = t - (K - 1) + k;
-        if (src < 0) continue;
-        const float* xs = xp + (b * T + src) * C;
-        const float* wk = wt.data() + k * C;
-        for (int64_t c = 0; c < C; ++c) z[c] += wk[c] * xs[c];
-      }
+      conv_preactivation(xp, wt.data(), bp, T, C, K, bt, z.data());
       float* yt = yp + bt * C;
       for (int64_t c = 0; c < C; ++c) yt[c] = z[c] * sigmoid(z[c]);
     }
@@ -487,22 +500,12 @@ std::vector<torch::Tensor> conv_silu_bwd(torch::Tensor x, torch::Tensor w, c10::
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   auto dz = torch::empty_like(x);
   float* dzp = dz.data_ptr<float>();
-  std::vector<float> wt(K * C);
-  for (int64_t c = 0; c < C; ++c)
-    for (int64_t k = 0; k < K; ++k) wt[k * C + c] = wp[c * K + k];
+  const std::vector<float> wt = transposed_weight(wp, C, K);
   // dz = dy * silu'(z), z recomputed.
   at::parallel_for(0, B * T, 16, [&](int64_t lo, int64_t hi) {
     std::vector<float> z(C);
     for (int64_t bt = lo; bt < hi; ++bt) {
-      const int64_t b = bt / T, t = bt % T;
-      for (int64_t c = 0; c < C; ++c) z[c] = bp ? bp[c] : 0.0f;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t src = t - (K - 1) + k;
-        if (src < 0) continue;
-        const float* xs = xp + (b * T + src) * C;
-        const float* wk = wt.data() + k * C;
-        for (int64_t c = 0; c < C; ++c) z[c] += wk[c] * xs[c];
-      }
+      conv_preactivation(xp, wt.data(), bp, T, C, K, bt, z.data());
       const float* dyt = dyp + bt * C;
       float* dzt = dzp + bt * C;
       for (int64_t c = 0; c < C; ++c) {
@@ -702,10 +705,8 @@ std::vector<torch::Tensor> attn_fwd(torch::Tensor q, torch::Tensor k, torch::Ten
   auto o = torch::empty_like(q);
   auto lse = torch::empty({a.B, a.H, a.T}, q.options());
   float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>();
-  with_sizes(a.D, a.D, [&](auto dc, auto) {
-    at::parallel_for(0, a.B * a.HKV, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t bk = lo; bk < hi; ++bk) attn_fwd_group<decltype(dc)::value>(a, bk, op, lp);
-    });
+  for_each_task(a.B * a.HKV, a.D, a.D, [&](auto dc, auto, int64_t bk) {
+    attn_fwd_group<decltype(dc)::value>(a, bk, op, lp);
   });
   return {o, lse};
 }
@@ -718,10 +719,8 @@ std::vector<torch::Tensor> attn_bwd(torch::Tensor q, torch::Tensor k, torch::Ten
   auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
   const float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>(), *dop = dO.data_ptr<float>();
   float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
-  with_sizes(a.D, a.D, [&](auto dc, auto) {
-    at::parallel_for(0, a.B * a.HKV, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t bk = lo; bk < hi; ++bk) attn_bwd_group<decltype(dc)::value>(a, bk, op, lp, dop, dqp, dkp, dvp);
-    });
+  for_each_task(a.B * a.HKV, a.D, a.D, [&](auto dc, auto, int64_t bk) {
+    attn_bwd_group<decltype(dc)::value>(a, bk, op, lp, dop, dqp, dkp, dvp);
   });
   return {dq, dk, dv};
 }

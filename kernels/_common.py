@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu
 from .base import DecodeCost
 
 log = logging.getLogger(__name__)
@@ -144,11 +145,8 @@ class ShortConv(nn.Module):
 
     def silu(self, x: torch.Tensor, cache: torch.Tensor | None = None, kernel: bool = False) -> torch.Tensor:
         """SiLU(conv(x)): with kernel=True, from zero history and for fp32 CPU input, the fused compiled kernel."""
-        if kernel and cache is None:
-            from . import cpu
-
-            if cpu.applies(x, self.weight):
-                return cpu.conv_silu(x, self.weight, self.bias)
+        if kernel and cache is None and cpu.applies(x, self.weight):
+            return cpu.conv_silu(x, self.weight, self.bias)
         return F.silu(self.forward(x, cache))
 
     def new_cache(self, x: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:

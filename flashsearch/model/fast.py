@@ -1,4 +1,5 @@
-"""Faster CPU training of proxy models: small chunks for the chunked cores, and the projections' matmuls in
+"""Faster CPU training of proxy models: the compiled CPU kernels (flashsearch.kernels.cpu, switched on per
+operator by `cpu_kernels_`), small chunks for the chunked cores that remain, and the projections' matmuls in
 bf16 with everything else in fp32.
 
 Chunk size: the chunked forms (Mamba2's SSD, the delta rules) do O(T * L) elementwise work inside chunks of

@@ -107,7 +107,7 @@ class Attention(Operator):
         With absolute positions q_pos [Tq], k_pos [Tk]: causal (and windowed) mask built from them."""
         gqa = self.n_heads != self.n_kv_heads
         if q_pos is None or k_pos is None:
-            if self.cpu_kernels and cpu.applies(q, k, v):   # the proxy's CPU path: small heads, see kernels/cpu.py
+            if self.cpu_kernel_applies(q, k, v):            # the proxy's CPU path: small heads, see kernels/cpu.py
                 return cpu.causal_attention(q, k, v, self.window)
             Tq = q.shape[-2]
             if self.window is None or Tq <= self.window:

@@ -21,6 +21,8 @@ from torch import nn
 from flashsearch import operators
 from flashsearch.genome import Genome
 
+from . import cpu
+
 
 @dataclass(frozen=True)
 class DecodeCost:
@@ -74,6 +76,10 @@ class Operator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
         raise NotImplementedError
+
+    def cpu_kernel_applies(self, *tensors: torch.Tensor) -> bool:
+        """Whether forward takes the compiled CPU kernel for these inputs: switched on, and fp32 CPU tensors."""
+        return self.cpu_kernels and cpu.applies(*tensors)
 
     def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> Any:

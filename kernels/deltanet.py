@@ -158,10 +158,10 @@ class DeltaNet(Operator):
                       output_final_state=S0 is not None, use_qk_l2norm_in_kernel=False)
             return o, (None if S is None or S0 is None else S.to(S0.dtype))
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
-        if self.cpu_kernels and acc == torch.float32 and cpu.applies(q):
-            return cpu.delta_rule(*(z.to(acc) for z in (q, k, v, beta)), initial_state=S0,
-                                            scale=self.head_dim ** -0.5)
-        return delta_rule_chunked(*(z.to(acc) for z in (q, k, v, beta)), self.chunk_size, initial_state=S0)
+        q, k, v, beta = (z.to(acc) for z in (q, k, v, beta))
+        if self.cpu_kernel_applies(q):
+            return cpu.delta_rule(q, k, v, beta, initial_state=S0, scale=self.head_dim ** -0.5)
+        return delta_rule_chunked(q, k, v, beta, self.chunk_size, initial_state=S0)
 
     def _out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         B, T = o.shape[:2]                                                     # [B, T, H, hd]

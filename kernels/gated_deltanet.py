@@ -202,11 +202,10 @@ class GatedDeltaNet(Operator):
             # Same [B, T, H, d] layout; fla accumulates in fp32 whatever q/k/v are.
             return fn(q, k, v, g.float(), beta.to(q.dtype), initial_state=S0, output_final_state=S0 is not None)
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
-        if self.cpu_kernels and acc == torch.float32 and cpu.applies(q):
-            return cpu.delta_rule(q.to(acc), k.to(acc), v.to(acc), beta.to(acc), g.to(acc),
-                                            initial_state=S0)
-        return gated_delta_rule_chunked(*(z.to(acc) for z in (q, k, v, g, beta)), chunk_size=self.chunk_size,
-                                        initial_state=S0)
+        q, k, v, g, beta = (z.to(acc) for z in (q, k, v, g, beta))
+        if self.cpu_kernel_applies(q):
+            return cpu.delta_rule(q, k, v, beta, g, initial_state=S0)
+        return gated_delta_rule_chunked(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=S0)
 
     def _out(self, o: torch.Tensor, gate: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
         """o [B, T, H, dv] -> [B, T, D]: per-head RMSNorm, times SiLU(gate) (fla's norm-then-gate), o_proj."""

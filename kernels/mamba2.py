@@ -224,7 +224,7 @@ class Mamba2(Operator):
         dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, T, H]
         A = -self.A_log.to(acc).exp()                                           # [H]
         x32 = xs.to(acc)
-        if self.cpu_kernels and acc == torch.float32 and cpu.applies(x32):
+        if self.cpu_kernel_applies(x32):
             y, final = cpu.ssd(x32, dt, A, Bm.to(acc), Cm.to(acc), S0)
         else:
             y, final = ssd_chunked(x32, dt, A, Bm.to(acc), Cm.to(acc), self.chunk_size, S0)

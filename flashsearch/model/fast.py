@@ -114,9 +114,9 @@ class Bf16Linear(nn.Linear):
 
 
 def cpu_kernels_(model: nn.Module) -> int:
-    """Let every operator in `model` that has compiled CPU kernels (the delta rules, Mamba2's scan, the short
-    convs; kernels/cpu.py) use them for fp32 CPU inputs; returns how many operators were switched, 0
-    when the kernels cannot be built here (then the torch forms run, as before)."""
+    """Let every operator in `model` that has compiled CPU kernels (the delta rules, Mamba2's scan and their short
+    convs, attention, the FFN; kernels/cpu.py) use them for fp32 CPU inputs; returns how many operators were
+    switched, 0 when the kernels cannot be built here (then the torch forms run, as before)."""
     from flashsearch.kernels import Operator, cpu
 
     if not cpu.available():

@@ -25,6 +25,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -35,6 +36,9 @@
 namespace {
 
 constexpr int64_t SEG = 32;  // tokens between saved states
+
+// Saved states of a T-token scan: one per SEG-token segment (at least one slot, also for T = 0).
+inline int64_t num_segments(int64_t T) { return std::max<int64_t>((T + SEG - 1) / SEG, 1); }
 
 void check(const torch::Tensor& t, const char* name, int64_t dim) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
@@ -138,7 +142,7 @@ std::vector<torch::Tensor> delta_fwd(torch::Tensor q, torch::Tensor k, torch::Te
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), DK = q.size(3), DV = v.size(3);
   if (g_opt.has_value()) check(*g_opt, "g", 3);
   if (s0_opt.has_value()) check(*s0_opt, "initial_state", 4);
-  const int64_t NS = std::max<int64_t>((T + SEG - 1) / SEG, 1);
+  const int64_t NS = num_segments(T);
   auto o = torch::empty({B, T, H, DV}, q.options());
   auto S_final = torch::empty({B, H, DK, DV}, q.options());
   auto ckpt = torch::empty({B, H, NS, DK, DV}, q.options());
@@ -334,7 +338,7 @@ std::vector<torch::Tensor> ssd_fwd(torch::Tensor x, torch::Tensor dt, torch::Ten
   if (s0_opt.has_value()) check(*s0_opt, "initial_state", 4);
   const int64_t Bsz = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), G = Bm.size(2), N = Bm.size(3);
   TORCH_CHECK(H % G == 0, "SSD: groups must divide heads");
-  const int64_t NS = std::max<int64_t>((T + SEG - 1) / SEG, 1);
+  const int64_t NS = num_segments(T);
   auto y = torch::empty_like(x);
   auto S_final = torch::empty({Bsz, H, P, N}, x.options());
   auto ckpt = torch::empty({Bsz, H, NS, P, N}, x.options());

@@ -129,3 +129,27 @@ def test_a_forked_child_does_not_inherit_a_held_init_lock() -> None:
             os._exit(0 if ok and short_train._threads_state["active"] == 0 else 1)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_threads_sharing_a_proxy_never_see_a_half_loaded_corpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ray.address=local runs evaluations as threads sharing one proxy: a second thread must not get the corpus
+    before its validation windows exist (it failed its trial on `assert self._val is not None`)."""
+    import threading
+    import time
+
+    from flashsearch.proxies.quality import short_train
+
+    real = short_train.validation_windows
+
+    def slow_windows(*args: object, **kwargs: object) -> torch.Tensor:
+        time.sleep(0.5)                          # widen the window between loading the corpus and its windows
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(short_train, "validation_windows", slow_windows)
+    proxy = small(corpus="pydoc")
+    first = threading.Thread(target=proxy.corpus)
+    first.start()
+    time.sleep(0.2)
+    proxy.corpus()
+    assert proxy._val is not None
+    first.join()

@@ -43,14 +43,15 @@ def _own_seconds(device: Any) -> float:
 
 _INIT_LOCK = threading.Lock()
 _THREADS_LOCK = threading.Lock()
+_CORPUS_LOCK = threading.Lock()
 _threads_state = {"active": 0, "restore": 0}
 
 
 def _reset_after_fork() -> None:
     """A forked child (the studies' job pool forks) holds only the forking thread: a lock another thread held at
     the fork would never be released there, and that thread's evaluation is not running there."""
-    global _INIT_LOCK, _THREADS_LOCK
-    _INIT_LOCK, _THREADS_LOCK = threading.Lock(), threading.Lock()
+    global _INIT_LOCK, _THREADS_LOCK, _CORPUS_LOCK
+    _INIT_LOCK, _THREADS_LOCK, _CORPUS_LOCK = threading.Lock(), threading.Lock(), threading.Lock()
     _threads_state.update(active=0, restore=0)
 
 
@@ -233,12 +234,16 @@ class ShortTrain:
 
     # ---- pieces -----------------------------------------------------------------------------------------------
     def corpus(self) -> ByteCorpus:
-        """The data (loaded once per proxy object; errors surface as FlashsearchError on first use)."""
-        if self._corpus is None:
-            self._corpus = load_corpus(self.data_path, self.text_field, self.val_fraction,
-                                       None if self.data_path is not None else self.corpus_name)
-            self._val = validation_windows(self._corpus.validation, self.seq_len,
-                                           self.eval_batches * self.batch_size)
+        """The data (loaded once per proxy object; errors surface as FlashsearchError on first use).
+
+        Under a lock and published last: evaluations running as threads of one process (ray.address=local) share
+        this object, and one that saw the corpus set before its validation windows failed its trial."""
+        with _CORPUS_LOCK:
+            if self._corpus is None:
+                corpus = load_corpus(self.data_path, self.text_field, self.val_fraction,
+                                     None if self.data_path is not None else self.corpus_name)
+                self._val = validation_windows(corpus.validation, self.seq_len, self.eval_batches * self.batch_size)
+                self._corpus = corpus
         return self._corpus
 
     def proxy_d_model(self, d_model: int) -> int:

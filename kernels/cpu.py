@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,9 +33,26 @@ EXTENSION_NAME = "flashsearch_cpu_kernels"
 STALE_LOCK_S = 1800
 
 
-@functools.lru_cache(maxsize=None)
+_BUILD_LOCK = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    global _BUILD_LOCK                   # a forked child holds only the forking thread, never a lock's owner
+    _BUILD_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def _extension() -> Any | None:
-    """The compiled module, built on first call (None, said once, when it cannot be built)."""
+    """The compiled module, built on first call (None, said once, when it cannot be built). Locked: evaluations
+    running as threads of one process (ray.address=local) must not build or load it twice at once."""
+    with _BUILD_LOCK:
+        return _load()
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> Any | None:
     try:
         from torch.utils import cpp_extension
 

@@ -18,7 +18,7 @@ import numpy as np
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload, latency_source
-from flashsearch.studies.ranking import rank_correlations
+from flashsearch.ranking import rank_correlations
 
 
 def rank_stats(predicted: Sequence[float], measured: Sequence[float]) -> dict[str, float]:

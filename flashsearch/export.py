@@ -27,10 +27,12 @@ from typing import Any, Mapping
 import optuna
 import pandas as pd
 
-from flashsearch.archive import rank_front, trials_frame, write_text_atomic
+from flashsearch.atomic import write_text_atomic
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.model.hf_config import ARCHITECTURES, MODEL_TYPE, FlashsearchConfig
+from flashsearch.pareto import rank_front
+from flashsearch.trials import trials_frame
 
 _EXPORT_DIR = re.compile(r"^\d+-[0-9a-f]{12}$")  # folders this module writes (and may replace)
 

@@ -94,7 +94,8 @@ class WandbLogger:
                 columns=["trial", "state", "loss", "latency_s", "pattern", "d_model", "latency_source", "error",
                          "params"], data=self.trials)})
             if study is not None:
-                from flashsearch.archive import rank_front, trials_frame
+                from flashsearch.pareto import rank_front
+                from flashsearch.trials import trials_frame
 
                 front = rank_front(trials_frame(study), target_latency)
                 cols = ["rank", "trial", "loss", "latency_s", "pattern", "d_model", "params_b", "genome_id"]

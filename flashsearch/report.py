@@ -29,17 +29,9 @@ import pandas as pd  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from flashsearch.archive import (  # noqa: E402
-    atomic_path,
-    complete_trials,
-    hypervolume,
-    pareto_front,
-    pareto_mask,
-    published,
-    trials_frame,
-    write_text_atomic,
-    write_trials,
-)
+from flashsearch.atomic import atomic_path, write_text_atomic  # noqa: E402
+from flashsearch.pareto import hypervolume, pareto_front, pareto_mask  # noqa: E402
+from flashsearch.trials import complete_trials, published, trials_frame, write_trials  # noqa: E402
 
 from flashsearch.references import references_of  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Archive (trials table, Pareto front, hypervolume), report files and exported configs."""
+"""Trials table, Pareto front, hypervolume, atomic writes, report files and exported configs."""
 
 import json
 import random
@@ -8,13 +8,15 @@ import optuna
 import pandas as pd
 import pytest
 
-from flashsearch.archive import COLUMNS, hypervolume, pareto_front, pareto_mask, rank_front, trials_frame, write_trials
+from flashsearch.atomic import atomic_path, write_text_atomic
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.export import MODEL_TYPE, export_top, genome_from_hf_config, hf_config_dict
 from flashsearch.genome import Genome
+from flashsearch.pareto import hypervolume, pareto_front, pareto_mask, rank_front
 from flashsearch.report import write_report
 from flashsearch.search import AgingEvolutionSampler, run_search
 from flashsearch.space import StagedSpace
+from flashsearch.trials import COLUMNS, trials_frame, write_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -95,6 +97,22 @@ def test_hypervolume_matches_grid_count():
         pts = [(rng.randint(0, 9), rng.randint(0, 9)) for _ in range(rng.randint(1, 8))]
         cells = sum(any(px <= x and py <= y for px, py in pts) for x in range(10) for y in range(10))
         assert hypervolume(pts, (10, 10)) == pytest.approx(cells)
+
+
+# ---- atomic writes -------------------------------------------------------------------------------------------
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    write_text_atomic(path, "one")                          # creates the folder; a new file is world-readable
+    assert path.read_text() == "one" and path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o600)
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert path.read_text() == "one"                        # the previous file is intact
+    write_text_atomic(path, "two")
+    assert path.read_text() == "two" and path.stat().st_mode & 0o777 == 0o600   # a replaced file keeps its mode
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]                # no temporary files left behind
 
 
 # ---- trials table ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def save_training_state(path: str | os.PathLike, model: Any, optimizer: Any, gen
     import torch
     from safetensors.torch import save_file
 
-    from flashsearch.archive import atomic_path
+    from flashsearch.atomic import atomic_path
 
     tensors: dict[str, torch.Tensor] = {}
     # clone: tied weights share storage, which safetensors refuses; loading copies into the tied parameter once.

@@ -23,9 +23,9 @@ from flashsearch.builders import build_latency, build_quality, build_seeds, buil
 from flashsearch.config import RunConfig, to_dict
 from flashsearch.errors import FlashsearchError
 from flashsearch.evaluate import CandidateEvaluator
+from flashsearch.references import STUDY_ATTR as STUDY_REFERENCES
 from flashsearch.references import predict_references
 from flashsearch.search.latency_target import LatencyTarget
-from flashsearch.search import attrs
 from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
 from flashsearch.search.rungs import ladder_of
 from flashsearch.search.samplers import make_sampler
@@ -35,6 +35,7 @@ from flashsearch.space import SearchSpace
 from flashsearch.user_imports import import_modules
 
 STUDY_FILE = "study.journal"
+FINGERPRINT_ATTR = "flashsearch_fingerprint"
 
 
 @dataclass(frozen=True)
@@ -108,9 +109,9 @@ def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> 
             f"{path} is damaged and cannot be read ({type(e).__name__}: {e}); move it away, or pass --force-new "
             "to start this out_dir over") from None
     mine = json.loads(json.dumps(fingerprint(cfg)))
-    theirs = study.user_attrs.get(attrs.FINGERPRINT)
+    theirs = study.user_attrs.get(FINGERPRINT_ATTR)
     if theirs is None:
-        study.set_user_attr(attrs.FINGERPRINT, mine)
+        study.set_user_attr(FINGERPRINT_ATTR, mine)
         with warnings.catch_warnings():  # set_metric_names is marked experimental; only optuna-dashboard reads it
             warnings.simplefilter("ignore")
             study.set_metric_names(["loss", "latency_s"])
@@ -164,8 +165,8 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         for note in repair_journal(out_dir / STUDY_FILE):
             print(f"note: {note}", file=stream)
         study = open_study(cfg, out_dir, sampler, force_new)
-        if references and attrs.REFERENCES not in study.user_attrs:
-            study.set_user_attr(attrs.REFERENCES, references)
+        if references and STUDY_REFERENCES not in study.user_attrs:
+            study.set_user_attr(STUDY_REFERENCES, references)
     except FlashsearchError:
         lock.release()
         if created:

@@ -13,8 +13,8 @@ import pytest
 from flashsearch.cli import main
 from flashsearch.errors import FlashsearchError
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.latency.learned import (FEATURES, LearnedPredictor, LearnedRangeWarning, Measurement, features,
-                                         read_measurements)
+from flashsearch.proxies.latency.learned import (FEATURE_OPERATORS, FEATURES, LearnedPredictor, LearnedRangeWarning,
+                                                 Measurement, features, read_measurements)
 from flashsearch.proxies.latency.machine import OtherMachineWarning, cpu_name
 from flashsearch.proxies.latency.profile import ProfileRecipe
 
@@ -23,9 +23,9 @@ TRUE = {"const": 2e-4, "vocab_x_d": 3e-10, "n_ffn_x_d2": 4e-9, "n_attention": 6e
         "n_deltanet": 9e-5, "attention_kv_x_ctx": 2e-9}
 
 
-def synthetic(n: int, seed: int) -> list[Measurement]:
+def synthetic(n: int, seed: int, true: dict[str, float] = TRUE) -> list[Measurement]:
     rng = random.Random(seed)
-    coef = np.array([TRUE.get(k, 0.0) for k in FEATURES])
+    coef = np.array([true.get(k, 0.0) for k in FEATURES])
     rows = []
     for _ in range(n):
         layers = [rng.choice(["attention", "mamba2", "deltanet", "ffn"]) for _ in range(rng.randint(2, 24))]
@@ -42,10 +42,34 @@ def test_recovers_known_coefficients() -> None:
     for k, v in TRUE.items():
         assert got[k] == pytest.approx(v, rel=0.03), k
     assert sum(abs(got[k]) for k in FEATURES if k not in TRUE) < 0.02 * sum(TRUE.values())
-    assert all(c >= 0 for c in got.values())                                    # non-negative by construction
     assert model.train_mape < 1e-3
     for m in synthetic(20, 1):                                                  # unseen genomes
         assert model.predict(m.genome, m.workload) == pytest.approx(m.seconds, rel=0.01)
+
+
+def test_measurements_that_favour_a_layer_cannot_make_it_free_time() -> None:
+    """Rows in which every DeltaNet layer seems to save time (a confounded or noisy measurement) pull a least-squares
+    fit below zero for it. The fit stays physical: no coefficient is negative, so adding a layer of any kind or
+    widening the model never lowers a prediction."""
+    rows = synthetic(120, 7, {**TRUE, "n_deltanet": -4e-6})
+    assert min(m.seconds for m in rows) > 0
+    base = RECIPE.genome(["mamba2", "ffn", "attention", "ffn"] * 2, 128, 256)
+    deeper = base.with_layers(base.layer_types + ("deltanet",))
+    wl = Workload(device="cpu", prompt_len=32, decode_tokens=64)
+    x = np.stack([features(m.genome, m.workload) for m in rows])
+    y = np.array([m.seconds / m.workload.decode_tokens for m in rows])
+    unconstrained = np.linalg.lstsq(x, y, rcond=None)[0]
+    assert features(deeper, wl) @ unconstrained < features(base, wl) @ unconstrained   # the data pulls that way
+
+    model = LearnedPredictor.fit(rows, alpha=1e-10)
+    assert min(model.coefficients().values()) >= 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", LearnedRangeWarning)
+        before = model.predict(base, wl)
+        for op in FEATURE_OPERATORS:
+            assert model.predict(base.with_layers(base.layer_types + (op,)), wl) >= before, op
+        widths = [model.predict(RECIPE.genome(base.layer_types, d, 256), wl) for d in (64, 96, 128, 160, 192)]
+    assert widths == sorted(widths)
 
 
 def test_json_round_trip(tmp_path) -> None:

@@ -12,18 +12,8 @@ import yaml
 from flashsearch.config import RunConfig, resolve_relative
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
+from flashsearch.proxies.registry import LATENCY_PREDICTORS, QUALITY_PROXIES  # short name -> dotted path
 from flashsearch.space import SPACE_KINDS, ArchDefaults, LayerwiseSpace, SearchSpace, StagedSpace
-
-# Short names for the shipped plug-ins; anything else in `_target_` is a dotted import path.
-LATENCY_PREDICTORS = {
-    "roofline": "flashsearch.proxies.latency.roofline.RooflinePredictor",
-    "measured": "flashsearch.proxies.latency.measured.MeasuredPredictor",
-    "lut": "flashsearch.proxies.latency.lut.LutPredictor",
-    "learned": "flashsearch.proxies.latency.learned.LearnedPredictor",
-}
-QUALITY_PROXIES = {
-    "short_train": "flashsearch.proxies.quality.short_train.ShortTrain",
-}
 
 
 def build_space(cfg: RunConfig) -> SearchSpace:
@@ -52,7 +42,8 @@ def build_space(cfg: RunConfig) -> SearchSpace:
     return space
 
 
-def _import_target(target: str, short_names: Mapping[str, str], what: str) -> type:
+def resolve_target(target: str, short_names: Mapping[str, str], what: str) -> type:
+    """The class a `_target_` names: a short name from `short_names`, else a dotted import path."""
     path = short_names.get(target, target)
     module_name, _, attr = path.rpartition(".")
     if not module_name:
@@ -80,7 +71,7 @@ def spec_of(spec: Any) -> tuple[str, dict[str, Any]]:
 def instantiate(spec: Any, short_names: Mapping[str, str], what: str, **extra: Any) -> Any:
     """Build a plug-in from its spec; unknown constructor arguments are one clear error, not a TypeError."""
     target, kwargs = spec_of(spec)
-    cls = _import_target(target, short_names, what)
+    cls = resolve_target(target, short_names, what)
     params = inspect.signature(cls).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     unknown = [k for k in kwargs if k not in params and not takes_any]
@@ -178,4 +169,4 @@ def build_seeds(cfg: RunConfig, space: SearchSpace) -> tuple[list[dict[str, Any]
 
 
 __all__ = ["build_space", "build_workload", "build_latency", "build_quality", "build_seeds", "load_genome", "instantiate",
-           "LATENCY_PREDICTORS", "QUALITY_PROXIES", "LayerwiseSpace", "StagedSpace"]
+           "resolve_target", "spec_of", "LATENCY_PREDICTORS", "QUALITY_PROXIES", "LayerwiseSpace", "StagedSpace"]

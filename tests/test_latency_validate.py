@@ -7,11 +7,14 @@ import json
 import pandas as pd
 import pytest
 
+from factories import tiny_genome
 from flashsearch.cli import main
 from flashsearch.errors import FlashsearchError
+from flashsearch.model import count_parameters
+from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.lut import LutPredictor
 from flashsearch.proxies.latency.machine import cpu_name
-from flashsearch.proxies.latency.validate import rank_stats
+from flashsearch.proxies.latency.validate import ValidationContext, fits_on_measurements, rank_stats, validate
 
 
 def test_rank_stats_known_values() -> None:
@@ -55,3 +58,30 @@ def test_validate_json_on_a_tiny_sample(tmp_path, capsys) -> None:
 def test_validate_bad_input_is_one_line(capsys) -> None:
     code = main(["latency", "validate", "--predictor", "lut", "--n", "1"])
     assert code == 2 and capsys.readouterr().err.startswith("error: ")
+
+
+# ---- predictors declare what validation needs: no line in validate.py for any one of them ----------------------
+def _context(train=()) -> ValidationContext:
+    return ValidationContext(workload=Workload(device="cpu", batch=1, prompt_len=4, decode_tokens=8), table=None,
+                             roofline_device="cpu", train=list(train), out=None)
+
+
+def test_validate_scores_user_predictors_by_what_their_classes_declare(plugins_on_path) -> None:
+    genomes = [tiny_genome(d_model=d) for d in (32, 48, 64, 96)]
+    train = [(tiny_genome(d_model=d), count_parameters(tiny_genome(d_model=d)) * 3e-9) for d in (40, 80)]
+    measured = [count_parameters(g) * 3e-9 for g in genomes]       # the rate the fitted plug-in must recover
+    plain, fitted = "my_predictor.ParamsPredictor", "my_predictor.FittedParamsPredictor"
+    assert not fits_on_measurements([plain, "lut", "roofline"]) and fits_on_measurements([plain, fitted])
+    assert fits_on_measurements(["learned"])
+    r = validate([plain, fitted], genomes, measured, _context(train))
+    assert r[plain]["source"] == "plugin:params" and r[plain]["kendall_tau"] == pytest.approx(1.0)
+    assert r[plain]["mape"] == pytest.approx(1 - 1e-8 * 8 / 8192 / 3e-9)            # its default rate, scaled
+    assert "n_train" not in r[plain]                                                  # built plainly: not fitted
+    assert r[fitted]["source"] == "plugin:fitted-params" and r[fitted]["n_train"] == 2
+    assert r[fitted]["mape"] == pytest.approx(0.0, abs=1e-9) and r[fitted]["train_mape"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_an_unknown_predictor_fails_before_anything_is_timed(capsys) -> None:
+    code = main(["latency", "validate", "--predictor", "lut", "--predictor", "nowhere.Predictor", "--n", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot import module 'nowhere'" in err and "measure:" not in err

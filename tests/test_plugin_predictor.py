@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
+from factories import HYBRID_YAML, TINY_RUN
 from flashsearch.cli import main
-from test_cli import HYBRID, TINY
-
-PLUGINS = Path(__file__).resolve().parent / "plugins"
 
 
-def test_user_predictor_is_used_and_recorded(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.syspath_prepend(str(PLUGINS))                  # an importable module, not part of flashsearch
+def test_user_predictor_is_used_and_recorded(tmp_path, plugins_on_path, capsys) -> None:
     out = tmp_path / "run"
-    code = main(["run", HYBRID, *TINY, "search.trials=2", "budget.tokens=2048", "latency._target_=my_predictor.ParamsPredictor",
-                 "latency.seconds_per_param=2e-8", f"out_dir={out}"])
+    code = main(["run", HYBRID_YAML, *TINY_RUN, "search.trials=2", "budget.tokens=2048",
+                 "latency._target_=my_predictor.ParamsPredictor", "latency.seconds_per_param=2e-8", f"out_dir={out}"])
     assert code == 0, capsys.readouterr().err
     trials = pd.read_parquet(out / "trials.parquet")
     done = trials[trials["state"] == "COMPLETE"]

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.machine import device_name as machine_name
 from flashsearch.proxies.latency.machine import machine_label, recorded_name, warn_if_other_machine
+
+if TYPE_CHECKING:
+    from flashsearch.proxies.latency.validate import ValidationContext
 
 MODEL_FORMAT = "flashsearch-learned/1"
 DEFAULT_MODEL = "learned_cpu.json"          # shipped in proxies/latency/tables/ (fitted by `flashsearch latency validate`)
@@ -156,6 +159,9 @@ class LearnedPredictor:
     when a genome is far outside the training range.
     """
 
+    # `flashsearch latency validate` measures a separate training split for it (never the genomes it is scored on).
+    fits_on_measurements: ClassVar[bool] = True
+
     def __init__(self, model: str | Path | Mapping[str, Any] | None = None, device: str | None = None,
                  strict: bool = False):
         data = self._load(model)
@@ -197,6 +203,18 @@ class LearnedPredictor:
         return data
 
     # ---- fitting ------------------------------------------------------------------------------------------------
+    @classmethod
+    def for_validation(cls, ctx: ValidationContext) -> LearnedPredictor:
+        """For `flashsearch latency validate`: fitted on the run's training split, saved to its --out folder."""
+        if len(ctx.train) < 3:
+            raise FlashsearchError(f"learned needs at least 3 training measurements, got {len(ctx.train)}: "
+                                   "use --n-train 3 or more")
+        model = cls.fit([Measurement(g, ctx.workload, s, ctx.measured_on) for g, s in ctx.train], device="cpu",
+                        meta={"what": "fitted by flashsearch latency validate on its training split"})
+        if ctx.out is not None:
+            model.save(ctx.out / "learned_cpu.json")
+        return model
+
     @classmethod
     def fit(cls, rows: Iterable[Measurement], alpha: float = 1e-3, device: str | None = None,
             meta: Mapping[str, Any] | None = None) -> "LearnedPredictor":

@@ -20,7 +20,7 @@ import json
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from flashsearch.genome import Genome, canonical_operator
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.machine import machine_label, recorded_name, warn_if_other_machine
 from flashsearch.proxies.latency.profile import TABLE_FORMAT, ProfileRecipe
+
+if TYPE_CHECKING:
+    from flashsearch.proxies.latency.validate import ValidationContext
 
 DEFAULT_TABLE = "cpu.json"   # shipped in proxies/latency/tables/, profiled on the development CPU (see its meta)
 
@@ -118,6 +121,11 @@ class LutPredictor:
 
     def __repr__(self) -> str:
         return f"LutPredictor(device={self.device!r}, ops={sorted(self._ops)})"
+
+    @classmethod
+    def for_validation(cls, ctx: ValidationContext) -> LutPredictor:
+        """For `flashsearch latency validate` (CPU decoding): the --table given, else the shipped CPU table."""
+        return cls(table=ctx.table, device="cpu")
 
     # ---- public API -----------------------------------------------------------------------------------------
     def predict(self, genome: Genome, workload: Workload) -> float:

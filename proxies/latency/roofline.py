@@ -35,13 +35,17 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.devices import DTYPE_BYTES, DeviceProfile, canonical_dtype, load_device
+
+if TYPE_CHECKING:
+    from flashsearch.proxies.latency.validate import ValidationContext
 
 # Column order of a cost table row.
 _FIELDS = ("weight_elems", "state_read_elems", "state_write_elems", "flops", "launches")
@@ -155,6 +159,15 @@ class RooflinePredictor:
     def __repr__(self) -> str:
         return (f"RooflinePredictor(device={self.device!r}, dtype={self.dtype!r}, state_dtype={self.state_dtype!r}, "
                 f"cuda_graphs={self.cuda_graphs})")
+
+    @classmethod
+    def for_validation(cls, ctx: ValidationContext) -> RooflinePredictor:
+        """For `flashsearch latency validate`, which times fp32 CPU decoding: --roofline-device, where `cpu` is
+        the shipped CPU fit (it lives with the CPU tables, not among the GPU profiles)."""
+        device = ctx.roofline_device
+        if device == "cpu":
+            device = str(resources.files("flashsearch.proxies.latency").joinpath("tables", "roofline_cpu.yaml"))
+        return cls(device=device, dtype="fp32")
 
     # ---- public API -----------------------------------------------------------------------------------------
     def predict(self, genome: Genome, workload: Workload) -> float:

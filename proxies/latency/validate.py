@@ -1,15 +1,19 @@
 """Score latency predictors against measured decode latencies: Kendall tau and Spearman rho (ranking, what a
-search needs), MAPE (absolute accuracy) and the worst genomes.
+search needs), MAPE (absolute accuracy) and the worst genomes. The command around this is validate_command.py.
 
-`learned` is never scored on its training data: it is fitted on a separate sample of genomes (another seed,
-none shared with the validation set) measured the same way. The command around this is validate_command.py.
+Validation times decoding on this machine's CPU. A predictor class says how to build it for that, with no line
+here for any one predictor:
+  for_validation(ctx)    optional classmethod returning the predictor to score (ctx: ValidationContext); without
+                         it the class is built as a run builds it, with device="cpu" when it takes a device
+  fits_on_measurements   optional class attribute, default False: True measures a separate training split for it
+                         (ctx.train: other genomes, none shared with the validation set), so a fitted predictor
+                         is never scored on its own training data; its n_train and train_mape are reported
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,42 +36,41 @@ def rank_stats(predicted: Sequence[float], measured: Sequence[float]) -> dict[st
     return {"kendall_tau": kendall, "spearman": spearman, "mape": float(np.mean(np.abs(p - m) / m))}
 
 
-@dataclass
+@dataclass(frozen=True)
 class ValidationContext:
+    """What a validation run offers the predictors it builds (see the module docstring for how they use it)."""
+
     workload: Workload
-    table: str | None
-    roofline_device: str
-    train: list[tuple[Genome, float]]
-    out: Path | None
-    measured_on: str | None = None   # the machine the measurements come from (recorded by a fitted `learned`)
+    table: str | None                    # --table: the LUT table to score (None: the shipped CPU table)
+    roofline_device: str                 # --roofline-device: `cpu` (the shipped CPU fit) or a profile path
+    train: list[tuple[Genome, float]]    # (genome, measured seconds) of the training split; empty if none measured
+    out: Path | None                     # the --out folder, where a fitted predictor saves itself
+    measured_on: str | None = None       # the machine the measurements come from (recorded by a fitted predictor)
+
+
+def predictor_class(name: str) -> type:
+    """The class a --predictor names: a registered short name or a dotted path."""
+    from flashsearch.builders import LATENCY_PREDICTORS, resolve_target
+
+    return resolve_target(name, LATENCY_PREDICTORS, "latency")
+
+
+def fits_on_measurements(names: Sequence[str]) -> bool:
+    """Whether any of these predictors is fitted on measurements, so validation must measure a training split."""
+    return any(getattr(predictor_class(n), "fits_on_measurements", False) for n in names)
 
 
 def build_predictor(name: str, ctx: ValidationContext) -> Any:
-    """A predictor for validation by short name (lut, roofline, learned, measured) or dotted path."""
-    if name == "lut":
-        from flashsearch.proxies.latency.lut import LutPredictor
-
-        return LutPredictor(table=ctx.table, device="cpu")
-    if name == "roofline":
-        from flashsearch.proxies.latency.roofline import RooflinePredictor
-
-        device = ctx.roofline_device
-        if device == "cpu":  # the shipped CPU fit lives with the other CPU tables, not among the GPU profiles
-            device = str(resources.files("flashsearch.proxies.latency").joinpath("tables").joinpath("roofline_cpu.yaml"))
-        return RooflinePredictor(device=device, dtype="fp32")  # the CPU measures fp32
-    if name == "learned":
-        from flashsearch.proxies.latency.learned import LearnedPredictor, Measurement
-
-        if not ctx.train:
-            raise FlashsearchError("learned needs training measurements: use --n-train > 2")
-        model = LearnedPredictor.fit([Measurement(g, ctx.workload, s, ctx.measured_on) for g, s in ctx.train], device="cpu",
-                                     meta={"what": "fitted by flashsearch latency validate on its training split"})
-        if ctx.out is not None:
-            model.save(ctx.out / "learned_cpu.json")
-        return model
+    """The predictor to score: its class's `for_validation(ctx)` when it has one, else the class built the way a
+    run builds it, for the CPU (`device="cpu"` if its constructor takes a device)."""
     from flashsearch.builders import LATENCY_PREDICTORS, instantiate
 
-    return instantiate({"_target_": name}, LATENCY_PREDICTORS, "latency", device="cpu")
+    hook = getattr(predictor_class(name), "for_validation", None)
+    predictor = hook(ctx) if hook is not None else instantiate(name, LATENCY_PREDICTORS, "latency", device="cpu")
+    if not callable(getattr(predictor, "predict", None)):
+        raise FlashsearchError(f"latency: {type(predictor).__name__} has no predict(genome, workload) method; "
+                               "see the LatencyPredictor protocol in flashsearch.proxies.base")
+    return predictor
 
 
 def validate(predictors: Sequence[str], genomes: Sequence[Genome], measured: Sequence[float], ctx: ValidationContext,
@@ -87,10 +90,11 @@ def validate(predictors: Sequence[str], genomes: Sequence[Genome], measured: Seq
             "worst": [{"index": i, "pattern": genomes[i].summary(), "d_model": genomes[i].d_model,
                        "measured": measured[i], "predicted": values[i], "rel_error": err[i]} for i in order],
         }
-        if name == "learned":
+        if getattr(type(pred), "fits_on_measurements", False):
             results[name]["n_train"] = len(ctx.train)
             results[name]["train_mape"] = getattr(pred, "train_mape", None)
     return results
 
 
-__all__ = ["rank_stats", "ValidationContext", "build_predictor", "validate"]
+__all__ = ["rank_stats", "ValidationContext", "predictor_class", "fits_on_measurements", "build_predictor",
+           "validate"]

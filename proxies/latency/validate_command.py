@@ -15,7 +15,7 @@ from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.sample import measure_all, sample_small_genomes
-from flashsearch.proxies.latency.validate import ValidationContext, validate
+from flashsearch.proxies.latency.validate import ValidationContext, fits_on_measurements, validate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,6 +55,7 @@ def validate_cli(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.n < 3 or args.repeats < 1 or args.decode_tokens < 1 or args.prompt_len < 0 or args.vocab < 2:
         raise FlashsearchError("latency validate: --n >= 3, --repeats >= 1, --decode-tokens >= 1, --prompt-len >= 0")
+    needs_train = fits_on_measurements(args.predictor)   # also: an unknown predictor fails before any timing
     widths = [int(w) for w in str(args.widths).split(",") if w.strip()]
     space_path = args.space or str(ROOT / "search_spaces" / "hybrid_1b.yaml")
     space = build_space(load_config(space_path, []))
@@ -77,7 +78,7 @@ def validate_cli(args: argparse.Namespace) -> dict[str, Any]:
         measured_on = cpu_name()
         genomes = sample_small_genomes(space, args.n, args.seed, widths, args.vocab)
         train_genomes = []
-        if "learned" in args.predictor and args.n_train > 0:
+        if args.n_train > 0 and needs_train:
             train_genomes = sample_small_genomes(space, args.n_train, args.seed + 1000, widths, args.vocab,
                                                  exclude={g.id for g in genomes})
         # One measurement pass over both sets, interleaved, so both see the same machine conditions.

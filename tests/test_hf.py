@@ -8,35 +8,24 @@ import pandas as pd
 import pytest
 import torch
 
+from factories import TINY_VOCAB, every_operator_genome
 import flashsearch  # noqa: F401  (registers the model type with transformers' Auto classes)
 from flashsearch.export import export_top, genome_from_hf_config, hf_config_dict
-from flashsearch.genome import Genome
 from flashsearch.model import HybridLM
 from flashsearch.model.hf import FlashsearchCache, FlashsearchConfig, FlashsearchForCausalLM, MODEL_TYPE
 
-VOCAB = 101
-# Every built-in token mixer once.
-MIXERS = ["deltanet", "mamba2", "attention", "swa", "gated_deltanet", "gla"]
-
-
-def tiny_genome(**kw) -> Genome:
-    layers = tuple(t for op in MIXERS for t in (op, "ffn"))
-    small = {"chunk_size": 16}                        # short test sequences: small chunks are faster on CPU
-    options = {"mamba2": {"d_state": 16, "head_dim": 16, **small}, "swa": {"window": 6},
-               **{op: small for op in ("deltanet", "gated_deltanet", "gla") if op in MIXERS}}
-    return Genome(layer_types=layers, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=VOCAB,
-                  op_options=options, **kw)
+VOCAB = TINY_VOCAB
 
 
 @pytest.fixture(scope="module")
 def model() -> FlashsearchForCausalLM:
     torch.manual_seed(0)
-    return FlashsearchForCausalLM(FlashsearchConfig.from_genome(tiny_genome(), meta_tokens=2)).eval()
+    return FlashsearchForCausalLM(FlashsearchConfig.from_genome(every_operator_genome(), meta_tokens=2)).eval()
 
 
 # ---- config ----------------------------------------------------------------------------------------------------
 def test_config_round_trips_the_genome():
-    g = tiny_genome(ffn_ratio=2.5)
+    g = every_operator_genome(ffn_ratio=2.5)
     cfg = FlashsearchConfig.from_genome(g, meta_tokens=3)
     assert cfg.model_type == MODEL_TYPE and cfg.tie_word_embeddings
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (64, 4, 2, 16)
@@ -189,7 +178,7 @@ def test_auto_classes_resolve_in_process():
 def test_export_top_folders_load_with_auto_classes(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    genomes = [tiny_genome(), tiny_genome().with_layers(("mamba2", "ffn"))]
+    genomes = [every_operator_genome(), every_operator_genome().with_layers(("mamba2", "ffn"))]
     df = pd.DataFrame({"number": [0, 1], "state": ["COMPLETE"] * 2, "genome_id": [g.id for g in genomes],
                        "quality": [2.0, 3.0], "latency": [2.0, 1.0], "latency_source": ["roofline:h100"] * 2,
                        "genome_json": [g.to_json() for g in genomes]})

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 # missing fla fails the suite instead of silently skipping these tests.
 from fla.ops.delta_rule import naive
 
+from factories import awkward_genome, flash_1b_genome
 from flashsearch import operators
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
@@ -21,15 +22,6 @@ from flashsearch.kernels._common import l2norm
 
 MIXERS = ("attention", "swa", "mamba2", "deltanet")
 LENGTHS = (1, 3, 63, 65, 257)
-
-
-def small_genome(**opts) -> Genome:
-    """Non-power-of-two sizes everywhere: 3 query heads x 24, GQA with 1 KV head, d_model 48, odd d_state."""
-    op_options = {"swa": {"window": 20}, "mamba2": {"d_state": 10, "head_dim": 24, "n_groups": 2}}
-    for op, o in opts.items():
-        op_options[op] = {**op_options.get(op, {}), **o}
-    return Genome(layer_types=("attention", "ffn"), d_model=48, n_heads=3, n_kv_heads=1, head_dim=24,
-                  ffn_ratio=2.5, vocab_size=97, op_options=op_options)
 
 
 def decode(op, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +44,7 @@ def test_registry_names_and_aliases():
         assert spec.cls.name == spec.name and K.operator_class(spec.name) is spec.cls
     assert K.operator_class("m2") is Mamba2
     assert K.operator_class("a") is Attention
-    assert isinstance(K.build_operator("f", small_genome()), FFN)
+    assert isinstance(K.build_operator("f", awkward_genome()), FFN)
 
 
 def test_unknown_operator_is_a_clear_error():
@@ -67,7 +59,7 @@ def test_unknown_operator_is_a_clear_error():
     ("swa", {"window": 2.5}, "window"),
     ("attention", {"rope_theta": -1.0}, "rope_theta"),
     ("mamba2", {"head_dim": 40}, "head_dim"),                     # does not divide d_inner = 96
-    ("mamba2", {"n_groups": 3}, "n_groups"),                      # does not divide 4 heads
+    ("mamba2", {"n_groups": 3}, "n_groups"),                      # does not divide 8 heads
     ("mamba2", {"expand": 0}, "expand"),
     ("mamba2", {"d_conv": 0}, "d_conv"),
     ("deltanet", {"chunk_size": 0}, "chunk_size"),
@@ -75,7 +67,7 @@ def test_unknown_operator_is_a_clear_error():
 ])
 def test_bad_options_name_operator_and_option(op, opts, option):
     with pytest.raises(FlashsearchError) as err:
-        K.build_operator(op, small_genome(**{op: opts}))
+        K.build_operator(op, awkward_genome(op_options={op: opts}))
     msg = str(err.value)
     assert f"'{op}'" in msg and option in msg and "\n" not in msg
 
@@ -87,7 +79,7 @@ def test_attention_needs_even_head_dim():
 
 
 def test_readers_and_writers_are_linears():
-    g = small_genome()
+    g = awkward_genome()
     for name, cls in ((s.name, s.cls) for s in operators.specs() if s.cls.__module__.startswith("flashsearch.")):
         op = cls(g)
         assert cls.readers and cls.writers
@@ -100,7 +92,7 @@ def test_readers_and_writers_are_linears():
 @pytest.mark.parametrize("T", LENGTHS)
 def test_forward_matches_step_by_step(name, T):
     torch.manual_seed(T)
-    op = K.build_operator(name, small_genome()).eval()
+    op = K.build_operator(name, awkward_genome()).eval()
     x = torch.randn(2, T, 48)
     with torch.no_grad():
         torch.testing.assert_close(decode(op, x), op(x), atol=1e-4, rtol=1e-4)
@@ -109,7 +101,8 @@ def test_forward_matches_step_by_step(name, T):
 @pytest.mark.parametrize("name", MIXERS)
 def test_prefill_in_pieces_matches_forward(name):
     torch.manual_seed(0)
-    op = K.build_operator(name, small_genome(mamba2={"chunk_size": 16}, deltanet={"chunk_size": 16})).eval()
+    g = awkward_genome(op_options={"mamba2": {"chunk_size": 16}, "deltanet": {"chunk_size": 16}})
+    op = K.build_operator(name, g).eval()
     x = torch.randn(2, 70, 48)
     with torch.no_grad():
         state = op.init_state(2, 70)
@@ -124,7 +117,7 @@ def test_prefill_in_pieces_matches_forward(name):
 
 @pytest.mark.parametrize("name", ("attention", "swa"))
 def test_attention_cache_overflow_is_a_clear_error(name):
-    op = K.build_operator(name, small_genome()).eval()      # swa window 20 > max_len 2: the cache can overflow
+    op = K.build_operator(name, awkward_genome()).eval()      # swa window 20 > max_len 2: the cache can overflow
     state = op.init_state(1, 2)
     x = torch.randn(1, 1, 48)
     with torch.no_grad():
@@ -141,7 +134,7 @@ def test_step_with_static_buffers_matches_forward(name, T):
     as under a CUDA-graph replay (which runs no Python), buffers never reallocated; still the full forward
     (swa's window 20 ring wraps for T > 20)."""
     torch.manual_seed(T)
-    op = K.build_operator(name, small_genome()).eval()
+    op = K.build_operator(name, awkward_genome()).eval()
     x = torch.randn(2, T, 48)
     with torch.no_grad():
         state = op.init_state(2, T + 5)
@@ -157,7 +150,7 @@ def test_step_with_static_buffers_matches_forward(name, T):
 
 
 def test_swa_ring_decodes_past_the_window_forever():
-    op = K.build_operator("swa", small_genome(swa={"window": 4})).eval()
+    op = K.build_operator("swa", awkward_genome(op_options={"swa": {"window": 4}})).eval()
     state = op.init_state(1, 4)
     with torch.no_grad():
         for _ in range(9):
@@ -167,11 +160,11 @@ def test_swa_ring_decodes_past_the_window_forever():
 
 def test_mamba2_head_dim_error_suggests_a_fix():
     with pytest.raises(FlashsearchError, match=r"head_dim=40 .*d_inner = expand \* d_model = 96; e.g. head_dim=32"):
-        K.build_operator("mamba2", small_genome(mamba2={"head_dim": 40}))
+        K.build_operator("mamba2", awkward_genome(op_options={"mamba2": {"head_dim": 40}}))
 
 
 def test_swa_ring_buffer_is_window_sized():
-    op = K.build_operator("swa", small_genome()).eval()
+    op = K.build_operator("swa", awkward_genome()).eval()
     assert op.init_state(1, 1000).k.shape[2] == 20
     assert op.init_state(1, 7).k.shape[2] == 7
 
@@ -207,7 +200,7 @@ def reference_attention(op: Attention, x: torch.Tensor, window: int | None) -> t
 @pytest.mark.parametrize("T", (3, 20, 21, 65))
 def test_swa_matches_explicit_banded_mask(T):
     torch.manual_seed(1)
-    op = K.build_operator("swa", small_genome()).eval()
+    op = K.build_operator("swa", awkward_genome()).eval()
     x = torch.randn(2, T, 48)
     with torch.no_grad():
         torch.testing.assert_close(op(x), reference_attention(op, x, window=20), atol=1e-5, rtol=1e-4)
@@ -215,7 +208,7 @@ def test_swa_matches_explicit_banded_mask(T):
 
 def test_attention_matches_reference_and_swa_with_large_window():
     torch.manual_seed(2)
-    g = small_genome(swa={"window": 512})
+    g = awkward_genome(op_options={"swa": {"window": 512}})
     attn, swa = K.build_operator("attention", g).eval(), K.build_operator("swa", g).eval()
     swa.load_state_dict(attn.state_dict())
     x = torch.randn(2, 65, 48)
@@ -360,7 +353,7 @@ def test_ssd_long_decay_is_finite():
 def test_layer_gradients_chunked_match_recurrent(name):
     """Gradients through the whole layer (projections, conv, norm) agree between forward and step-by-step."""
     torch.manual_seed(3)
-    g = small_genome(mamba2={"chunk_size": 8}, deltanet={"chunk_size": 8})
+    g = awkward_genome(op_options={"mamba2": {"chunk_size": 8}, "deltanet": {"chunk_size": 8}})
     op = K.build_operator(name, g).double()
     x = torch.randn(2, 19, 48, dtype=torch.float64)
     w = torch.randn(2, 19, 48, dtype=torch.float64)
@@ -377,9 +370,7 @@ def test_layer_gradients_chunked_match_recurrent(name):
 
 
 # ---- sizes and decode costs ----------------------------------------------------------------------------------------
-FLASH_1B = Genome(layer_types=("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn"), d_model=2048, n_heads=16,
-                  n_kv_heads=4, head_dim=128, ffn_ratio=3, vocab_size=131072,
-                  op_options={"mamba2": {"d_state": 128, "expand": 2, "head_dim": 64}})
+FLASH_1B = flash_1b_genome()
 
 
 @pytest.mark.parametrize("name, expected", [("attention", 10.5e6), ("mamba2", 25.8e6), ("deltanet", 16.8e6),

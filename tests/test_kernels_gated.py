@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from fla.ops.gated_delta_rule import naive as gdn_naive
 from fla.ops.gla import naive as gla_naive
 
+from factories import awkward_genome, flash_1b_genome
 from flashsearch import kernels as K
 from flashsearch.errors import FlashsearchError
-from flashsearch.genome import Genome
 from flashsearch.kernels import (GLA, GatedDeltaNet, gated_delta_rule_chunked, gated_delta_rule_step, gla_chunked,
                                  gla_step)
 from flashsearch.kernels._common import l2norm
@@ -24,10 +24,8 @@ VARIANTS = [("gated_deltanet", {}), ("gated_deltanet", {"expand_v": 1.5, "use_ou
             ("gla", {}), ("gla", {"use_short_conv": True, "use_output_gate": False, "expand_v": 0.75})]
 
 
-def small_genome(**opts) -> Genome:
-    """d_model 48, 3 heads x 24 (GDN: dk 24, dv 24; GLA: key dim 24 -> dk 8, value dim 48 -> dv 16)."""
-    return Genome(layer_types=("gla", "ffn"), d_model=48, n_heads=3, n_kv_heads=1, head_dim=24, ffn_ratio=2.5,
-                  vocab_size=97, op_options=opts)
+# awkward_genome: d_model 48, 3 heads x 24 (GDN: dk 24, dv 24; GLA: key dim 24 -> dk 8, value dim 48 -> dv 16).
+GENOME = awkward_genome(("gla", "ffn"))
 
 
 def decode(op, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +39,7 @@ def decode(op, x: torch.Tensor) -> torch.Tensor:
 
 # ---- registry and options ----------------------------------------------------------------------------------------
 def test_registry_builds_both():
-    g = small_genome()
+    g = GENOME
     assert isinstance(K.build_operator("gated_deltanet", g), GatedDeltaNet)
     assert isinstance(K.build_operator("gdn", g), GatedDeltaNet)              # alias
     assert isinstance(K.build_operator("gla", g), GLA)
@@ -63,8 +61,8 @@ def test_registry_builds_both():
     ("gla", {"feature_map": "relu"}, "feature_map"),
 ])
 def test_bad_options_name_operator_and_option(op, opts, option):
-    for build in (lambda: K.build_operator(op, small_genome(**{op: opts})),
-                  lambda: K.decode_cost(small_genome(**{op: opts}), op, 10)):
+    for build in (lambda: K.build_operator(op, GENOME.with_options(op, **opts)),
+                  lambda: K.decode_cost(GENOME.with_options(op, **opts), op, 10)):
         with pytest.raises(FlashsearchError) as err:
             build()
         msg = str(err.value)
@@ -73,7 +71,7 @@ def test_bad_options_name_operator_and_option(op, opts, option):
 
 def test_readers_and_writers_are_linears():
     for name, opts in VARIANTS:
-        op = K.build_operator(name, small_genome(**{name: opts}))
+        op = K.build_operator(name, GENOME.with_options(name, **opts))
         for attr in op.readers + op.writers:
             assert isinstance(getattr(op, attr), torch.nn.Linear), (name, attr)
 
@@ -83,7 +81,7 @@ def test_readers_and_writers_are_linears():
 @pytest.mark.parametrize("T", LENGTHS)
 def test_forward_matches_step_by_step(name, opts, T):
     torch.manual_seed(T)
-    op = K.build_operator(name, small_genome(**{name: opts})).eval()
+    op = K.build_operator(name, GENOME.with_options(name, **opts)).eval()
     x = torch.randn(2, T, 48)
     with torch.no_grad():
         torch.testing.assert_close(decode(op, x), op(x), atol=1e-4, rtol=1e-4)
@@ -94,7 +92,7 @@ def test_decoding_sees_weight_updates(name, opts):
     """The short conv's weight is one parameter read by forward and step alike: after an in-place (optimizer-style)
     update of every parameter, stepping still equals the chunked forward, with outputs that moved."""
     torch.manual_seed(5)
-    op = K.build_operator(name, small_genome(**{name: opts})).eval()
+    op = K.build_operator(name, GENOME.with_options(name, **opts)).eval()
     assert hasattr(op, "qkv_conv1d")
     x = torch.randn(2, 9, 48)
     with torch.no_grad():
@@ -109,7 +107,7 @@ def test_decoding_sees_weight_updates(name, opts):
 @pytest.mark.parametrize("name, opts", VARIANTS)
 def test_prefill_in_pieces_matches_forward(name, opts):
     torch.manual_seed(0)
-    op = K.build_operator(name, small_genome(**{name: {**opts, "chunk_size": 16}})).eval()
+    op = K.build_operator(name, GENOME.with_options(name, **opts, chunk_size=16)).eval()
     x = torch.randn(2, 70, 48)
     with torch.no_grad():
         state = op.init_state(2, 70)
@@ -128,7 +126,7 @@ def test_prefill_in_pieces_matches_forward(name, opts):
 def test_layer_gradients_chunked_match_recurrent(name):
     """Gradients through the whole layer (projections, conv, gates, norm) agree between forward and stepping."""
     torch.manual_seed(3)
-    op = K.build_operator(name, small_genome(**{name: {"chunk_size": 8}})).double()
+    op = K.build_operator(name, GENOME.with_options(name, chunk_size=8)).double()
     x = torch.randn(2, 19, 48, dtype=torch.float64)
     w = torch.randn(2, 19, 48, dtype=torch.float64)
     params = list(op.parameters())
@@ -142,7 +140,7 @@ def test_layer_gradients_chunked_match_recurrent(name):
 def test_bf16_forward_is_close_to_fp32(name):
     """Low-precision inputs run the recurrence in fp32 (acc_dtype) and stay close to the fp32 layer."""
     torch.manual_seed(4)
-    op = K.build_operator(name, small_genome()).eval()
+    op = K.build_operator(name, GENOME).eval()
     x = torch.randn(2, 40, 48)
     with torch.no_grad():
         y32, y16 = op(x), op.to(torch.bfloat16)(x.bfloat16())
@@ -315,8 +313,7 @@ def test_gla_strong_decay_is_finite_and_exact():
 
 
 # ---- sizes and decode costs ------------------------------------------------------------------------------------------
-FLASH_1B = Genome(layer_types=("gated_deltanet", "ffn", "gla", "ffn"), d_model=2048, n_heads=16, n_kv_heads=4,
-                  head_dim=128, ffn_ratio=3, vocab_size=131072)
+FLASH_1B = flash_1b_genome()                # its width and heads; the operators are built one by one
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -361,9 +358,8 @@ def test_cuda_fast_path_matches_torch_form(name, T):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     torch.manual_seed(T)
-    op = K.build_operator(name, small_genome()).cuda()
-    if not op.use_fast_path:
-        pytest.skip("fla's Triton kernels do not import here")
+    op = K.build_operator(name, GENOME).cuda()
+    assert op.use_fast_path, "fla (a dev dependency) does not load its Triton kernels on this CUDA machine"
     x = torch.randn(2, T, 48, device="cuda", requires_grad=True)
     w = torch.randn(2, T, 48, device="cuda")
     results = []

@@ -2,49 +2,46 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from factories import TINY_VOCAB, full_size_genome, tiny_genome
 from flashsearch.errors import FlashsearchError
-from flashsearch.genome import Genome
 from flashsearch.proxies.base import LatencyPredictor, Workload, latency_source
 from flashsearch.proxies.latency.measured import LatencyStats, MeasuredPredictor
 from flashsearch.proxies.latency.static_decoder import StaticDecoder
 from flashsearch.proxies.latency.throughput import ThroughputResult, largest_fitting_batch
 
 WORKLOAD = Workload(device="cpu", prompt_len=8, decode_tokens=24)
-
-
-def tiny(layers: tuple[str, ...]) -> Genome:
-    return Genome(layer_types=layers, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, ffn_ratio=2.0,
-                  vocab_size=256, op_options={"mamba2": {"d_state": 16, "head_dim": 16}})
+BIG = full_size_genome(("attention", "ffn") * 12)              # 0.85 B parameters: above measured.max_params
 
 
 def test_cpu_positive_and_deeper_is_slower() -> None:
     pred = MeasuredPredictor(device="cpu", warmup=2, repeats=3, threads=1)
     assert isinstance(pred, LatencyPredictor)
     assert latency_source(pred) == "measured:cpu"
-    shallow = pred.predict(tiny(("attention", "ffn")), WORKLOAD)
-    deep = pred.predict(tiny(("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn") * 4), WORKLOAD)
+    shallow = pred.predict(tiny_genome(("attention", "ffn")), WORKLOAD)
+    deep = pred.predict(tiny_genome(("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn") * 4), WORKLOAD)
     assert 0 < shallow < deep
     # Every operator with a decode step times cleanly, also without a prompt and at batch > 1.
-    t = pred.predict(tiny(("swa", "mamba2", "deltanet", "ffn")), Workload(prompt_len=0, decode_tokens=4, batch=2))
+    t = pred.predict(tiny_genome(("swa", "mamba2", "deltanet", "ffn")), Workload(prompt_len=0, decode_tokens=4, batch=2))
     assert t > 0
 
 
 def test_threads_are_restored() -> None:
     before = torch.get_num_threads()
-    MeasuredPredictor(threads=1, repeats=1, warmup=0).predict(tiny(("attention",)), Workload(prompt_len=2,
+    MeasuredPredictor(threads=1, repeats=1, warmup=0).predict(tiny_genome(("attention",)), Workload(prompt_len=2,
                                                                                               decode_tokens=2))
     assert torch.get_num_threads() == before
 
 
 def test_guards_and_errors() -> None:
-    big = Genome(layer_types=("attention", "ffn") * 12, d_model=2048, n_heads=16, n_kv_heads=4, head_dim=128)
     with pytest.raises(FlashsearchError, match="above measured.max_params.*roofline"):
-        MeasuredPredictor(device="cpu").predict(big, WORKLOAD)
+        MeasuredPredictor(device="cpu").predict(BIG, WORKLOAD)
     with pytest.raises(FlashsearchError, match="decode_tokens"):
-        MeasuredPredictor().predict(tiny(("attention",)), Workload(decode_tokens=0))
+        MeasuredPredictor().predict(tiny_genome(("attention",)), Workload(decode_tokens=0))
     with pytest.raises(FlashsearchError, match="repeats"):
         MeasuredPredictor(repeats=0)
     with pytest.raises(FlashsearchError, match="dtype"):
@@ -79,13 +76,10 @@ def test_static_decoder_matches_model_step(bucket: int) -> None:
     wraps."""
     from flashsearch.model import HybridLM
 
-    g = Genome(layer_types=("swa", "ffn", "mamba2", "attention", "deltanet", "gla", "gated_deltanet", "ffn"),
-               d_model=64, n_heads=4,
-               n_kv_heads=2, head_dim=16, ffn_ratio=2.0, vocab_size=128,
-               op_options={"mamba2": {"d_state": 16, "head_dim": 16}, "swa": {"window": 6}})
+    g = tiny_genome(("swa", "ffn", "mamba2", "attention", "deltanet", "gla", "gated_deltanet", "ffn"))  # window 6
     torch.manual_seed(0)
     model = HybridLM(g).eval()
-    prompt = torch.randint(0, 128, (2, 5))
+    prompt = torch.randint(0, TINY_VOCAB, (2, 5))
     n = 11
     with torch.inference_mode():
         ref = _reference_logits(model, prompt, n)
@@ -106,15 +100,15 @@ def test_static_decoder_matches_model_step(bucket: int) -> None:
 
 def test_measure_stats() -> None:
     pred = MeasuredPredictor(device="cpu", warmup=1, repeats=3, threads=1)
-    stats = pred.measure(tiny(("mamba2", "ffn", "attention")), WORKLOAD)
+    stats = pred.measure(tiny_genome(("mamba2", "ffn", "attention")), WORKLOAD)
     assert isinstance(stats, LatencyStats) and pred.last_stats == stats
     assert 0 < stats.min_s <= stats.median_s <= stats.max_s and stats.repeats == 3
     assert stats.per_token_ms == pytest.approx(stats.median_s / WORKLOAD.decode_tokens * 1e3)
     assert stats.spread >= 0 and stats.source == "measured:cpu"
-    with pytest.raises(Exception):
-        stats.median_s = 1.0                     # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.median_s = 1.0  # type: ignore[misc]
     t = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1, clock="thread").predict(
-        tiny(("attention",)), WORKLOAD)
+        tiny_genome(("attention",)), WORKLOAD)
     assert t > 0
     with pytest.raises(FlashsearchError, match="clock"):
         MeasuredPredictor(clock="cycles")
@@ -123,7 +117,7 @@ def test_measure_stats() -> None:
 def test_throughput_cpu_bounded_by_max_batch() -> None:
     pred = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1)
     w = Workload(device="cpu", prompt_len=4, decode_tokens=4)
-    tps = pred.max_batch_throughput(tiny(("attention", "ffn")), w, max_batch=6)
+    tps = pred.max_batch_throughput(tiny_genome(("attention", "ffn")), w, max_batch=6)
     r = pred.last_throughput
     assert isinstance(r, ThroughputResult) and r.batch == 6 and r.limited_by == "max_batch"
     assert tps == pytest.approx(6 * 4 / r.seconds) and tps > 0
@@ -151,7 +145,7 @@ def test_throughput_search_stops_at_out_of_memory(monkeypatch: pytest.MonkeyPatc
         return real_fits(self, model, genome, workload, batch)
 
     monkeypatch.setattr(MeasuredPredictor, "_fits", fake_fits)
-    pred.max_batch_throughput(tiny(("mamba2",)), Workload(prompt_len=2, decode_tokens=2), max_batch=1000)
+    pred.max_batch_throughput(tiny_genome(("mamba2",)), Workload(prompt_len=2, decode_tokens=2), max_batch=1000)
     assert pred.last_throughput.batch == 11 and pred.last_throughput.limited_by == "memory"
     assert tried[:5] == [1, 2, 4, 8, 16] and len(tried) <= 9
 
@@ -164,22 +158,21 @@ def test_fits_catches_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(StaticDecoder, "__init__", boom)
     with torch.inference_mode():
-        assert pred._fits(None, tiny(("mamba2",)), WORKLOAD, 4) is False
+        assert pred._fits(None, tiny_genome(("mamba2",)), WORKLOAD, 4) is False
 
 
 def test_throughput_refuses_too_large_models() -> None:
-    big = Genome(layer_types=("attention", "ffn") * 12, d_model=2048, n_heads=16, n_kv_heads=4, head_dim=128)
     with pytest.raises(FlashsearchError, match="max_params"):
-        MeasuredPredictor(device="cpu").max_batch_throughput(big, WORKLOAD, max_batch=2)
+        MeasuredPredictor(device="cpu").max_batch_throughput(BIG, WORKLOAD, max_batch=2)
     with pytest.raises(FlashsearchError, match="max_batch"):
-        MeasuredPredictor(device="cpu").max_batch_throughput(tiny(("mamba2",)), WORKLOAD, max_batch=0)
+        MeasuredPredictor(device="cpu").max_batch_throughput(tiny_genome(("mamba2",)), WORKLOAD, max_batch=0)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_path() -> None:
     pred = MeasuredPredictor(device="cuda", repeats=3, bucket=8)
-    genome = tiny(("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn", "swa", "ffn"))
+    genome = tiny_genome(("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn", "swa", "ffn"))
     stats = pred.measure(genome, WORKLOAD)
     assert pred.capture_error is None, pred.capture_error
     assert stats.source.startswith("measured:cuda:") and 0 < stats.min_s <= stats.median_s <= stats.max_s
@@ -190,10 +183,10 @@ def test_cuda_graph_path() -> None:
 def test_cuda_graph_replay_matches_eager_step() -> None:
     from flashsearch.model import HybridLM
 
-    g = tiny(("swa", "ffn", "mamba2", "attention", "deltanet", "ffn"))
+    g = tiny_genome(("swa", "ffn", "mamba2", "attention", "deltanet", "ffn"))
     torch.manual_seed(0)
     model = HybridLM(g).cuda().eval()
-    prompt = torch.randint(0, 256, (2, 5), device="cuda")
+    prompt = torch.randint(0, TINY_VOCAB, (2, 5), device="cuda")
     n, bucket = 12, 4
     with torch.inference_mode():
         ref = _reference_logits(model, prompt, n)
@@ -214,9 +207,9 @@ def test_cuda_graph_replay_matches_eager_step() -> None:
 def test_cuda_eager_fallback_and_throughput(monkeypatch: pytest.MonkeyPatch) -> None:
     pred = MeasuredPredictor(device="cuda", repeats=1)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: (_ for _ in ()).throw(RuntimeError("no graphs")))
-    pred.predict(tiny(("attention", "ffn")), WORKLOAD)
+    pred.predict(tiny_genome(("attention", "ffn")), WORKLOAD)
     assert pred.source.startswith("measured:cuda-eager:") and "no graphs" in pred.capture_error
     monkeypatch.undo()
     tps = MeasuredPredictor(device="cuda", repeats=1).max_batch_throughput(
-        tiny(("attention", "ffn")), WORKLOAD, max_batch=64)
+        tiny_genome(("attention", "ffn")), WORKLOAD, max_batch=64)
     assert tps > 0

@@ -7,19 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from factories import REFERENCE_DIR, flash_1b_genome, full_size_genome
+from flashsearch.builders import load_genome
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import LatencyPredictor, Workload, latency_source
 from flashsearch.proxies.latency.devices import known_devices, load_device
 from flashsearch.proxies.latency.roofline import HEAD, RooflinePredictor, format_breakdown, piecewise_linear_table
 
-FLASH_1B = ("deltanet ffn mamba2 ffn attention ffn mamba2 ffn deltanet ffn mamba2 ffn attention ffn mamba2 ffn "
-            "deltanet ffn mamba2 ffn deltanet ffn mamba2 ffn").split()
-
-
-def genome(layers: list[str] | tuple[str, ...], d_model: int = 2048, **kw: object) -> Genome:
-    return Genome(layer_types=tuple(layers), d_model=d_model, n_heads=d_model // 128, n_kv_heads=max(1, d_model // 512),
-                  head_dim=128, ffn_ratio=3.0, vocab_size=131072, **kw)  # type: ignore[arg-type]
+FLASH_1B = flash_1b_genome()
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +29,6 @@ def test_protocol_and_source(h100: RooflinePredictor) -> None:
     assert RooflinePredictor("A100").source == "roofline:a100"
 
 
-REFERENCES = Path(__file__).resolve().parents[1] / "search_spaces" / "reference"
 # roofline:h100 for 8192 decode tokens after a 128-token prompt, batch 1, as calibrated and listed in README's
 # reference table (paper Table 6 measured 14.45 / 27.55 / 21.44 / 28.71 s). A change to the roofline model or the
 # H100 profile that moves any of them by more than 5% must be a deliberate recalibration that updates these.
@@ -43,24 +38,20 @@ CALIBRATED_H100_S = {"nemotron_flash_1b": 14.00, "qwen3_0_6b": 21.90, "llama3_2_
 
 @pytest.mark.parametrize("name", sorted(CALIBRATED_H100_S))
 def test_reference_latencies_stay_at_their_calibration(h100: RooflinePredictor, name: str) -> None:
-    from flashsearch.builders import load_genome
-
-    seconds = h100.predict(load_genome(REFERENCES / f"{name}.yaml"), Workload(prompt_len=128, decode_tokens=8192))
+    seconds = h100.predict(load_genome(REFERENCE_DIR / f"{name}.yaml"), Workload(prompt_len=128, decode_tokens=8192))
     assert seconds == pytest.approx(CALIBRATED_H100_S[name], rel=0.05)
 
 
 def test_flash_1b_beats_all_attention_of_fewer_parameters(h100: RooflinePredictor) -> None:
     w = Workload(prompt_len=128, decode_tokens=8192)
-    flash = h100.predict(genome(FLASH_1B, op_options={"mamba2": {"d_state": 128}}), w)
-    qwen_like = Genome(layer_types=("attention", "ffn") * 28, d_model=1024, n_heads=16, n_kv_heads=8, head_dim=128,
-                       ffn_ratio=3.0, vocab_size=151936)
-    assert h100.predict(qwen_like, w) > flash  # paper: 27.55 s vs 14.45 s
+    qwen = load_genome(REFERENCE_DIR / "qwen3_0_6b.yaml")                    # 0.6 B against 0.96 B
+    assert h100.predict(qwen, w) > h100.predict(FLASH_1B, w)  # paper: 27.55 s vs 14.45 s
 
 
 def test_more_full_attention_costs_more_at_long_context(h100: RooflinePredictor) -> None:
     # Same weights (SWA and attention share projections); only the number of full-attention layers differs.
     def model(n_full: int) -> Genome:
-        return genome(["attention", "ffn"] * n_full + ["swa", "ffn"] * (8 - n_full))
+        return full_size_genome(["attention", "ffn"] * n_full + ["swa", "ffn"] * (8 - n_full))
 
     long = Workload(prompt_len=128, decode_tokens=8192)
     times = [h100.predict(model(k), long) for k in (0, 2, 6, 8)]
@@ -71,8 +62,8 @@ def test_more_full_attention_costs_more_at_long_context(h100: RooflinePredictor)
 
 
 def test_swa_is_capped_while_attention_grows(h100: RooflinePredictor) -> None:
-    swa = genome(["swa", "ffn"] * 4, op_options={"swa": {"window": 256}})
-    attn = genome(["attention", "ffn"] * 4)
+    swa = full_size_genome(["swa", "ffn"] * 4, op_options={"swa": {"window": 256}})
+    attn = full_size_genome(["attention", "ffn"] * 4)
     w = Workload(prompt_len=0, decode_tokens=4096)
     s_swa, s_attn = h100.step_seconds(swa, w), h100.step_seconds(attn, w)
     # Per-step time of SWA stops growing once the window is full; attention keeps growing.
@@ -91,9 +82,9 @@ def test_swa_is_capped_while_attention_grows(h100: RooflinePredictor) -> None:
 def test_monotone_in_width_and_decode_length(h100: RooflinePredictor) -> None:
     layers = ["deltanet", "ffn", "attention", "ffn", "mamba2", "ffn"]
     w = Workload(decode_tokens=1024)
-    times = [h100.predict(genome(layers, d), w) for d in (1024, 1536, 2048, 2560)]
+    times = [h100.predict(full_size_genome(layers, d), w) for d in (1024, 1536, 2048, 2560)]
     assert all(a < b for a, b in zip(times, times[1:]))
-    g = genome(layers)
+    g = full_size_genome(layers)
     lengths = [h100.predict(g, Workload(decode_tokens=n)) for n in (128, 1024, 4096)]
     assert all(a < b for a, b in zip(lengths, lengths[1:]))
     # Larger batch: more state traffic and FLOPs, never faster.
@@ -101,14 +92,14 @@ def test_monotone_in_width_and_decode_length(h100: RooflinePredictor) -> None:
 
 
 def test_faster_device_and_eager_launches(h100: RooflinePredictor) -> None:
-    g = genome(FLASH_1B)
+    g = FLASH_1B
     w = Workload(decode_tokens=1024)
     assert RooflinePredictor("h200").predict(g, w) < h100.predict(g, w) < RooflinePredictor("a100").predict(g, w)
     assert RooflinePredictor("h100", cuda_graphs=False).predict(g, w) > h100.predict(g, w)
 
 
 def test_vectorized_equals_exact() -> None:
-    g = genome(["swa", "ffn", "attention", "ffn", "mamba2", "deltanet"], op_options={"swa": {"window": 300}})
+    g = full_size_genome(["swa", "ffn", "attention", "ffn", "mamba2", "deltanet"], op_options={"swa": {"window": 300}})
     w = Workload(prompt_len=17, decode_tokens=1000)
     fast, exact = RooflinePredictor("h100"), RooflinePredictor("h100", exact=True)
     np.testing.assert_allclose(fast.step_seconds(g, w), exact.step_seconds(g, w), rtol=1e-9)
@@ -124,7 +115,7 @@ def test_piecewise_linear_table_finds_kinks() -> None:
 
 
 def test_breakdown_sums_to_predict(h100: RooflinePredictor) -> None:
-    g = genome(FLASH_1B)
+    g = FLASH_1B
     w = Workload(decode_tokens=2048)
     rows = h100.breakdown(g, w)
     assert [r.op for r in rows] == ["deltanet", "ffn", "mamba2", "attention", HEAD]
@@ -142,7 +133,7 @@ def test_errors(tmp_path: Path) -> None:
     with pytest.raises(FlashsearchError, match="no fp8 peak"):
         RooflinePredictor("a100", dtype="fp8")
     with pytest.raises(FlashsearchError, match="decode_tokens"):
-        RooflinePredictor().predict(genome(["attention"]), Workload(decode_tokens=0))
+        RooflinePredictor().predict(full_size_genome(["attention"]), Workload(decode_tokens=0))
 
 
 def test_device_profiles_are_data_and_user_files_load(tmp_path: Path) -> None:
@@ -156,7 +147,7 @@ def test_device_profiles_are_data_and_user_files_load(tmp_path: Path) -> None:
     pred = RooflinePredictor(str(custom))
     assert pred.source == "roofline:mygpu"
     w = Workload(decode_tokens=256)
-    assert pred.predict(genome(FLASH_1B), w) > RooflinePredictor("h100").predict(genome(FLASH_1B), w)
+    assert pred.predict(FLASH_1B, w) > RooflinePredictor("h100").predict(FLASH_1B, w)
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nmemory_bandwidth_gbs: 1000\n")
     with pytest.raises(FlashsearchError, match="missing"):

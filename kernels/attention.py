@@ -26,7 +26,7 @@ from flashsearch.operators import option
 
 from . import cpu
 from ._common import apply_rope, fused_linear, layer_cost, rope_cos_sin
-from .base import DecodeCost, Operator
+from .base import DecodeCost, Operator, ProxyScale
 
 
 @dataclass
@@ -220,6 +220,14 @@ class SlidingWindowAttention(Attention):
         window: int = option(512, ge=1)                 # tokens a query sees, itself included
 
     opts: Options
+
+    @classmethod
+    def proxy_options(cls, options: Options, scale: ProxyScale) -> dict[str, int]:
+        """A proxy keeps the window's share of the training context: window * seq_len / reference_context (a
+        512 window of a 2048 context stays a quarter of a 128-byte proxy context, not all of it)."""
+        if scale.reference_context is None:
+            return {}
+        return {"window": max(1, round(options.window * scale.seq_len / scale.reference_context))}
 
     def __init__(self, genome: Genome):
         super().__init__(genome)

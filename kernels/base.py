@@ -13,7 +13,7 @@ A subclass that sets `name` registers itself (flashsearch.operators) with its le
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -38,12 +38,27 @@ class DecodeCost:
     launches: int                # kernels launched per step (fast-path implementation)
 
 
+@dataclass(frozen=True)
+class ProxyScale:
+    """How a quality proxy shrinks a genome into the small model it trains (proxies/quality/short_train.py), for
+    the operators whose options must shrink with it (Operator.proxy_options)."""
+
+    d_model: int                       # the proxy's width
+    head_dim: int                      # the proxy's attention head size
+    seq_len: int                       # the proxy's training context
+    reference_context: int | None      # the context length-bound options (windows) were chosen for; None: keep them
+    state_size: int                    # recurrent state size for state-space operators (e.g. mamba2's d_state)
+    state_head_dim: int                # head size for state-space operators (e.g. mamba2's head_dim)
+
+
 class Operator(nn.Module):
     """Base class of token mixers and the FFN.
 
     A subclass declares `name`, `letter` (layer-pattern letter), `role` ("mixer" or "ffn"), optional `aliases`
     and a frozen `Options` dataclass (typed fields with defaults, bounds via flashsearch.operators.option); it
-    is registered when its class body runs. `self.opts` is the validated Options instance.
+    is registered when its class body runs. `self.opts` is the validated Options instance. An operator whose
+    options are sized for the full model (a state size, a window) says how a quality proxy shrinks them by
+    overriding `proxy_options`.
     """
 
     name: ClassVar[str] = ""
@@ -73,6 +88,13 @@ class Operator(nn.Module):
     def options_of(cls, genome: Genome) -> Any:
         """The genome's op_options.<name> as this operator's validated Options (defaults filled in)."""
         return operators.spec(cls.name).parse_options(genome.options(cls.name))
+
+    @classmethod
+    def proxy_options(cls, options: Any, scale: ProxyScale) -> Mapping[str, Any]:
+        """Option overrides for the width-scaled copy a quality proxy trains, given the genome's validated Options.
+        Default: none (the genome's options stand). Override where an option is sized for the full model, e.g. a
+        state size or a window that would dwarf the proxy's width or context."""
+        return {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, T, D]
         raise NotImplementedError

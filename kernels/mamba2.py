@@ -26,7 +26,7 @@ from flashsearch.operators import option, option_error
 
 from . import cpu
 from ._common import acc_dtype, GatedRMSNorm, ShortConv, cuda_kernel, layer_cost, on_cuda, pad_time
-from .base import DecodeCost, Operator
+from .base import DecodeCost, Operator, ProxyScale
 
 
 # The fused CUDA kernels (optional: pip install flashsearch[gpu]).
@@ -135,6 +135,12 @@ class Mamba2(Operator):
     opts: Options
     readers: ClassVar[tuple[str, ...]] = ("in_proj",)
     writers: ClassVar[tuple[str, ...]] = ("out_proj",)
+
+    @classmethod
+    def proxy_options(cls, options: Options, scale: ProxyScale) -> dict[str, int]:
+        """A proxy takes the quality proxy's state size and head size: the full model's would outweigh the
+        proxy's narrow width."""
+        return {"d_state": scale.state_size, "head_dim": scale.state_head_dim}
 
     @classmethod
     def dims(cls, genome: Genome) -> dict[str, int]:

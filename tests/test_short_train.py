@@ -1,14 +1,23 @@
-"""Short-training quality proxy on tiny budgets: learning, determinism, failures, configuration errors."""
+"""Short-training quality proxy: learning on tiny budgets, determinism, failures, its config, its schedules and
+the operators' proxy rules."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
+from flashsearch.kernels import Operator, SlidingWindowAttention
+from flashsearch.kernels.base import ProxyScale
+from flashsearch.model import HybridLM
+from flashsearch.operators import option
 from flashsearch.proxies.base import Budget, QualityProxy
 from flashsearch.proxies.quality.short_train import ShortTrain
 
@@ -81,31 +90,13 @@ def test_recipe_options_run(tmp_path: Path) -> None:
     text = tmp_path / "data.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
     proxy = small(weight_norm=True, meta_tokens=4, data_path=str(text), threads=1)
-    assert proxy.weight_decay == 0.0
+    assert proxy.weight_decay is None and proxy.config.effective_weight_decay == 0.0
     before = torch.get_num_threads()
     r = proxy.evaluate(Genome(layer_types=("swa", "ffn"), d_model=512, n_heads=4, n_kv_heads=4, head_dim=128),
                        Budget(tokens=20 * 64 * 8))
     assert torch.get_num_threads() == before
     assert r.extra["data"] == str(text)
     assert r.curve[-1][1] < r.curve[0][1] - 0.5 and r.loss < 7.0
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    ({"width_divisor": 0}, "width_divisor"),
-    ({"lr": -1.0}, "lr"),
-    ({"lr": float("nan")}, "lr"),
-    ({"seq_len": 1}, "seq_len"),
-    ({"batch_size": 2.5}, "batch_size"),
-    ({"weight_norm": "yes"}, "weight_norm"),
-    ({"warmup_fraction": 1.5}, "warmup_fraction"),
-    ({"meta_tokens": -1}, "meta_tokens"),
-    ({"threads": 0}, "threads"),
-    ({"repeats": 0}, "repeats"),
-    ({"device": "tpu"}, "device"),
-])
-def test_bad_settings(kwargs: dict[str, object], match: str) -> None:
-    with pytest.raises(FlashsearchError, match=match):
-        ShortTrain(**kwargs)  # type: ignore[arg-type]
 
 
 def test_bad_budget_and_data(tmp_path: Path) -> None:
@@ -115,20 +106,37 @@ def test_bad_budget_and_data(tmp_path: Path) -> None:
         small(data_path=str(tmp_path / "nope.jsonl")).evaluate(HYBRID, Budget(tokens=64 * 8))
 
 
-def test_a_forked_child_does_not_inherit_a_held_init_lock() -> None:
-    """The studies' job pool forks; a thread-backend evaluation may hold the init lock at that moment. The child
-    must get a free lock (else its first training waits forever, as a hung job pool once did)."""
+def test_a_forked_child_does_not_inherit_a_held_lock() -> None:
+    """The studies' job pool forks; a thread-backend evaluation may hold the init, thread-count or corpus lock at
+    that moment. The child must get free locks (else its first training waits forever, as a hung job pool once
+    did) and count no running evaluation."""
     import os
 
-    from flashsearch.proxies.quality import short_train
+    from flashsearch.proxies.quality import short_train, threads, train_loop
 
-    with short_train._INIT_LOCK:
+    with train_loop._INIT_LOCK, threads._LOCK, short_train._CORPUS_LOCK:
         pid = os.fork()
         if pid == 0:  # the child: only this thread exists here
-            ok = short_train._INIT_LOCK.acquire(timeout=5) and short_train._THREADS_LOCK.acquire(timeout=5)
-            os._exit(0 if ok and short_train._threads_state["active"] == 0 else 1)
+            ok = all(lock.acquire(timeout=5) for lock in (train_loop._INIT_LOCK, threads._LOCK,
+                                                           short_train._CORPUS_LOCK))
+            os._exit(0 if ok and threads.active() == 0 else 1)
         _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_thread_count_is_set_by_the_first_evaluation_and_restored_by_the_last() -> None:
+    from flashsearch.proxies.quality.threads import active, torch_threads
+
+    before = torch.get_num_threads()
+    want = 2 if before != 2 else 3
+    with torch_threads(want):
+        assert torch.get_num_threads() == want and active() == 1
+        with torch_threads(5):                  # a second evaluation in the same process: the count stays
+            assert torch.get_num_threads() == want and active() == 2
+        assert torch.get_num_threads() == want  # the first is still running
+    assert torch.get_num_threads() == before and active() == 0
+    with torch_threads(None):                   # None leaves the count alone
+        assert torch.get_num_threads() == before
 
 
 def test_threads_sharing_a_proxy_never_see_a_half_loaded_corpus(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,3 +161,174 @@ def test_threads_sharing_a_proxy_never_see_a_half_loaded_corpus(monkeypatch: pyt
     proxy.corpus()
     assert proxy._val is not None
     first.join()
+
+
+# ---- the config: one home for the defaults and the checks -------------------------------------------------------
+def test_config_defaults_are_the_proxy_defaults_and_identity_is_every_setting() -> None:
+    import dataclasses
+
+    from flashsearch.proxies.quality.config import ShortTrainConfig
+
+    default = ShortTrainConfig()
+    assert ShortTrain().config == default and ShortTrain(default).config == default
+    assert ShortTrain(lr=1e-3, seq_len=64).config == ShortTrainConfig(lr=1e-3, seq_len=64)
+    assert (default.width_divisor, default.seq_len, default.batch_size, default.lr, default.threads) == \
+        (16, 128, 4, 3e-3, 1)
+    assert small(lr=1e-3).lr == 1e-3                       # settings read through the proxy too
+    ident = ShortTrain().identity()
+    assert set(ident) == {f.name for f in dataclasses.fields(ShortTrainConfig)}
+    # The defaults that depend on other settings are resolved, so a changed default changes the identity.
+    assert ident["weight_decay"] == 0.1 and ident["corpus"] == default.corpus_name is not None
+    assert ShortTrain(weight_norm=True).identity()["weight_decay"] == 0.0
+    assert ShortTrain(data_path="x.txt").identity()["corpus"] is None
+    changed = {"width_divisor": 8, "head_dim": 32, "mamba2_d_state": 8, "mamba2_head_dim": 8,
+               "swa_reference_context": None, "seq_len": 64, "batch_size": 8, "lr": 1e-3, "min_lr_ratio": 0.0,
+               "warmup_fraction": 0.2, "decay_fraction": 0.5, "weight_decay": 0.0, "weight_norm": True,
+               "grad_clip": None, "meta_tokens": 2, "eval_batches": 4, "log_every": 5, "seed": 7, "repeats": 2,
+               "data_path": "x.txt", "text_field": "body", "corpus": "pydoc", "val_fraction": 0.2, "threads": None,
+               "device": "cuda", "fast": False}
+    assert set(changed) == set(ident)                       # the list below covers every setting
+    for key, value in changed.items():
+        assert ShortTrain(**{key: value}).identity() != ident, key
+
+
+@pytest.mark.parametrize("key, value", [
+    ("width_divisor", 0), ("head_dim", 1.5), ("mamba2_d_state", 0), ("mamba2_head_dim", True),
+    ("swa_reference_context", 0), ("seq_len", 1), ("batch_size", 2.5), ("lr", -1.0), ("lr", float("nan")),
+    ("min_lr_ratio", 1.5), ("warmup_fraction", 1.5), ("decay_fraction", 0.0), ("weight_decay", -0.1),
+    ("weight_norm", "yes"), ("grad_clip", 0.0), ("meta_tokens", -1), ("eval_batches", 0), ("log_every", 0),
+    ("seed", 1.5), ("repeats", 0), ("data_path", 3), ("text_field", ""), ("corpus", "no_such_corpus"),
+    ("val_fraction", 0.6), ("threads", 0), ("device", "tpu"), ("fast", "yes"),
+])
+def test_every_bad_setting_is_one_line_naming_the_key(key: str, value: object) -> None:
+    from flashsearch.proxies.quality.config import ShortTrainConfig
+
+    with pytest.raises(FlashsearchError, match=rf"^quality\.{key} must be ") as info:
+        ShortTrain(**{key: value})
+    assert "\n" not in str(info.value)
+    with pytest.raises(FlashsearchError, match=rf"^quality\.{key} must be "):
+        ShortTrainConfig(**{key: value})  # type: ignore[arg-type]
+
+
+def test_unknown_settings_are_refused_from_python_and_from_yaml() -> None:
+    from flashsearch.builders import QUALITY_PROXIES, instantiate
+
+    with pytest.raises(FlashsearchError, match=r"does not take lrr \(did you mean lr\?\); it takes: width_divisor"):
+        ShortTrain(lrr=1e-3)
+    with pytest.raises(FlashsearchError, match="does not take warmup_steps"):
+        instantiate({"_target_": "short_train", "warmup_steps": 10}, QUALITY_PROXIES, "quality")
+    built = instantiate({"_target_": "short_train", "lr": 1e-3, "seq_len": 64}, QUALITY_PROXIES, "quality", seed=3)
+    assert built.config.lr == 1e-3 and built.config.seq_len == 64 and built.config.seed == 3
+    from flashsearch.proxies.quality.config import ShortTrainConfig
+
+    with pytest.raises(FlashsearchError, match="not both"):
+        ShortTrain(ShortTrainConfig(), lr=1e-3)
+
+
+def test_config_doubles_as_a_structured_schema() -> None:
+    from omegaconf import OmegaConf
+
+    from flashsearch.proxies.quality.config import ShortTrainConfig
+
+    merged = OmegaConf.merge(OmegaConf.structured(ShortTrainConfig), {"lr": 0.01, "threads": None})
+    assert OmegaConf.to_object(merged) == ShortTrainConfig(lr=0.01, threads=None)
+
+
+# ---- schedules ----------------------------------------------------------------------------------------------------
+def test_cosine_warms_up_linearly_then_decays_to_the_floor() -> None:
+    from flashsearch.proxies.quality.schedules import WarmupCosine
+
+    s = WarmupCosine(steps=13, warmup=3, min_ratio=0.1)
+    assert [s(i) for i in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    after = [s(i) for i in range(3, 13)]                 # the cosine starts at the peak the warmup reached
+    assert after[0] == 1.0 and all(a > b for a, b in itertools.pairwise(after)) and after[-1] > 0.1
+    assert s(13) == pytest.approx(0.1)                   # the floor is where the cosine would be after the last step
+    assert WarmupCosine(steps=1, warmup=1, min_ratio=0.1)(0) == 1.0
+
+
+@pytest.mark.parametrize("steps, warmup, decay", [(37, 3, 7), (5, 1, 1), (2, 1, 1), (11, 4, 7)])
+def test_warmup_stable_decay_shapes(steps: int, warmup: int, decay: int) -> None:
+    from flashsearch.proxies.quality.schedules import WarmupStableDecay
+
+    s = WarmupStableDecay(steps=steps, warmup=warmup, decay=decay, min_ratio=0.1)
+    lrs = [s(i) for i in range(steps)]
+    assert lrs[:warmup] == pytest.approx([(i + 1) / warmup for i in range(warmup)])
+    assert all(v == 1.0 for v in lrs[warmup:s.stable_end])          # the peak held until the decay
+    tail = lrs[s.stable_end:]
+    assert len(tail) == decay and tail[-1] == pytest.approx(0.1)      # the last step is at the floor exactly
+    steps_down = [a - b for a, b in itertools.pairwise([1.0, *tail])]
+    assert steps_down == pytest.approx([0.9 / decay] * decay)         # linear
+
+
+@pytest.mark.parametrize("tokens_per_step, rungs, warmup_fraction", [(128, (10, 30, 90), 0.1), (7, (5, 17, 41), 0.3),
+                                                                     (12, (2, 3, 9), 0.5)])
+def test_continuing_across_rungs_gives_the_schedule_of_one_run(tokens_per_step: int, rungs: tuple[int, ...],
+                                                               warmup_fraction: float) -> None:
+    """A staged run trains rung 0 up to its checkpoint, continues under rung 1 up to rung 1's, and so on: the LR it
+    sees at every step must be the one of an uninterrupted run to the top rung."""
+    from flashsearch.proxies.quality.schedules import schedule_for
+
+    ladder = tuple(r * tokens_per_step + 3 for r in rungs)   # budgets not a whole number of steps
+    scheds = [schedule_for(Budget(tokens=t, ladder=ladder), tokens_per_step, warmup_fraction, 0.2, 0.1)
+              for t in ladder]
+    assert [rung for _, rung in scheds] == [0, 1, 2]
+    top = scheds[-1][0]
+    staged, start = [], 0
+    for s, _ in scheds:
+        end = s.stable_end if s is not top else top.steps
+        staged += [s(i) for i in range(start, end)]
+        start = end
+    assert staged == [top(i) for i in range(top.steps)]
+    assert all(a.stable_end < b.stable_end for (a, _), (b, _) in itertools.pairwise(scheds))
+    one, rung = schedule_for(Budget(tokens=ladder[-1]), tokens_per_step, warmup_fraction, 0.2, 0.1)
+    assert rung is None and type(one).__name__ == "WarmupCosine"
+    with pytest.raises(FlashsearchError, match="is not a rung"):
+        schedule_for(Budget(tokens=ladder[-1] + 1, ladder=ladder), tokens_per_step, warmup_fraction, 0.2, 0.1)
+
+
+# ---- per-operator proxy rules ---------------------------------------------------------------------------------------
+class HalfRank(Operator):
+    """A user's operator with its own proxy rule: its `rank` option follows the proxy's width."""
+
+    name = "proxy_rule_toy"
+    letter = "PRT"
+    role = "mixer"
+
+    @dataclass(frozen=True)
+    class Options:
+        rank: int = option(256, ge=1)
+
+    @classmethod
+    def proxy_options(cls, options: Options, scale: ProxyScale) -> dict[str, int]:
+        return {"rank": max(1, scale.d_model // 2)}
+
+    def __init__(self, genome: Genome):
+        super().__init__(genome)
+        self.down = nn.Linear(genome.d_model, self.opts.rank, bias=False)
+        self.up = nn.Linear(self.opts.rank, genome.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                      # [B, T, D] -> [B, T, D]
+        return self.up(torch.tanh(self.down(x)))
+
+
+def test_a_user_operators_proxy_rule_is_honoured() -> None:
+    g = Genome(layer_types=("proxy_rule_toy", "ffn"), d_model=2048, n_heads=16, n_kv_heads=4, head_dim=128,
+               op_options={"proxy_rule_toy": {"rank": 512}})
+    pg = small().proxy_genome(g)
+    assert pg.d_model == 128 and pg.options("proxy_rule_toy")["rank"] == 64
+    assert g.options("proxy_rule_toy")["rank"] == 512                        # the genome itself is untouched
+    r = small().evaluate(g, Budget(tokens=2 * 64 * 8))                        # and the proxy trains with it
+    assert r.proxy_params == sum(p.numel() for p in HybridLM(small(fast=False).proxy_genome(g)).parameters())
+
+
+def test_builtin_operators_declare_their_proxy_rules() -> None:
+    from flashsearch import operators
+
+    scale = ProxyScale(d_model=64, head_dim=16, seq_len=128, reference_context=2048, state_size=8, state_head_dim=4)
+    rules = {s.name: dict(s.cls.proxy_options(s.parse_options({"window": 1024} if s.name == "swa" else {}), scale))
+             for s in operators.specs() if s.cls.__module__.startswith("flashsearch.")}
+    assert rules.pop("mamba2") == {"d_state": 8, "head_dim": 4}
+    assert rules.pop("swa") == {"window": 64}                                # 1024 of 2048 -> 64 of 128
+    assert rules and all(r == {} for r in rules.values())                      # the others keep their options
+    no_reference = dataclasses.replace(scale, reference_context=None)
+    assert SlidingWindowAttention.proxy_options(SlidingWindowAttention.Options(window=1024), no_reference) == {}

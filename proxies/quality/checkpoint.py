@@ -4,7 +4,7 @@ A checkpoint holds the model's weights, the optimizer's moments, the data sample
 safetensors (data, never pickles), plus a JSON header saying which training it belongs to. It is written
 atomically (temporary file, then rename), so a reader sees a whole checkpoint or none. A checkpoint that is
 missing, unreadable or from another training is ignored: the caller trains from scratch under the same schedule,
-which gives the same result, only slower.
+which gives the same result, only slower. `RungCheckpoints` decides which checkpoint one training reads and writes.
 """
 
 from __future__ import annotations
@@ -91,4 +91,43 @@ def remove_rung_checkpoints(directory: str | os.PathLike, genome_id: str, rung: 
         pass  # other rungs' checkpoints remain, or it never existed
 
 
-__all__ = ["checkpoint_path", "save_training_state", "load_training_state", "remove_rung_checkpoints", "CHECKPOINT_DIR"]
+class RungCheckpoints:
+    """The rung checkpoints of one multi-fidelity training: it resumes from the previous rung's checkpoint when
+    there is a valid one, and saves its own at the end of its stable phase when a higher rung may continue from
+    it. Inactive for single-fidelity training (rung None) or without budget.checkpoint_dir.
+
+    The header names the genome, seed, ladder, step size and every proxy setting (`settings`: the config's
+    identity()), so a checkpoint is only continued by the same training."""
+
+    def __init__(self, budget: Any, settings: dict[str, Any], genome_id: str, seed: int, rung: int | None,
+                 tokens_per_step: int, prev_stable_end: int | None) -> None:
+        self.active = rung is not None and budget.checkpoint_dir is not None
+        self.directory, self.genome_id, self.seed, self.rung = budget.checkpoint_dir, genome_id, seed, rung or 0
+        self.top = len(budget.ladder) - 1
+        self.header = {"genome_id": genome_id, "seed": seed, "ladder": [int(t) for t in budget.ladder],
+                       "tokens_per_step": tokens_per_step, "proxy": json.loads(json.dumps(settings, default=str))}
+        self.prev_stable_end = prev_stable_end       # the step the previous rung's checkpoint was taken at
+
+    def _path(self, rung: int) -> Path:
+        return checkpoint_path(self.directory, self.genome_id, rung, self.seed)
+
+    def resume(self, model: Any, optimizer: Any, generator: Any) -> dict[str, Any] | None:
+        """Load the previous rung's checkpoint into model/optimizer/generator: its header, or None (from scratch)."""
+        if not self.active or self.rung == 0:
+            return None
+        return load_training_state(self._path(self.rung - 1), model, optimizer, generator,
+                                   {**self.header, "step": self.prev_stable_end})
+
+    def save_step(self, stable_end: int) -> int | None:
+        """The step after which to save (the end of this rung's stable phase), or None: no higher rung follows."""
+        return stable_end if self.active and self.rung < self.top else None
+
+    def save(self, model: Any, optimizer: Any, generator: Any, step: int, curve: list,
+             window: tuple[float, int]) -> None:
+        """Save after `step` steps, with the training curve so far and the partial logging window."""
+        save_training_state(self._path(self.rung), model, optimizer, generator,
+                            {**self.header, "step": step, "curve": curve, "window": list(window)})
+
+
+__all__ = ["checkpoint_path", "save_training_state", "load_training_state", "remove_rung_checkpoints",
+           "RungCheckpoints", "CHECKPOINT_DIR"]

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factories import HYBRID_YAML
 from flashsearch.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-HYBRID = ROOT / "search_spaces" / "hybrid_1b.yaml"
+HYBRID = Path(HYBRID_YAML)
 
 
 def hybrid_with(tmp_path: Path, **changes) -> Path:
@@ -65,8 +65,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
     assert not out_dir.exists() and sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_a_search_whose_every_trial_fails_ends_with_its_report_not_an_export_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
+def test_a_search_whose_every_trial_fails_ends_with_its_report_not_an_export_error(tmp_path, capsys, monkeypatch,
+                                                                                   plugins_on_path):
     config = hybrid_with(tmp_path, quality={"_target_": "fs_test_plugins.SleepyQuality", "sleep_s": 0.0})
     out_dir = tmp_path / "run"
 

@@ -4,21 +4,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from factories import FLASH_1B_YAML, HYBRID_YAML, TINY_RUN
 from flashsearch.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-HYBRID = str(ROOT / "search_spaces" / "hybrid_1b.yaml")
-FLASH_1B = str(ROOT / "search_spaces" / "reference" / "nemotron_flash_1b.yaml")
-
-# A tiny, fast search: 2 widths' worth of proxy training on a few thousand tokens, in-process (no Ray).
-TINY = ["search.fidelity=single", "search.trials=5", "search.population=3", "search.sample_size=2", "search.workers=1", "ray.address=local",
-        "budget.tokens=4096", "quality.seq_len=32", "quality.batch_size=4", "quality.eval_batches=2",
-        "space.max_blocks_per_stage=2", "export_top=2"]
+HYBRID, TINY = HYBRID_YAML, TINY_RUN      # tests/test_plugin_predictor.py still imports these names from here
 
 
 def run_cli(args, capsys):
@@ -29,19 +22,19 @@ def run_cli(args, capsys):
 
 @pytest.mark.parametrize("args,needle", [
     (["run", "does/not/exist.yaml"], "config file not found"),
-    (["run", HYBRID, "search.trialz=3"], "unknown key 'search.trialz'"),
-    (["run", HYBRID, "space.operators=[attention,lstm]"], "unknown operator 'lstm'"),
-    (["run", HYBRID, "search.target_latency=0.001"], "cannot be met"),
-    (["run", HYBRID, "budget.tokens=0"], "budget.tokens must be positive"),
-    (["run", HYBRID, "search.trials=-3"], "search.trials must be positive"),
-    (["run", HYBRID, "search.workers=0"], "search.workers must be positive"),
-    (["run", HYBRID, "latency.device=tpu9"], "tpu9"),
-    (["run", HYBRID, "latency._target_=nowhere.Predictor"], "cannot import module 'nowhere'"),
-    (["run", HYBRID, "quality.learning_rate=1"], "does not take option(s) learning_rate"),
-    (["run", HYBRID, "space.op_options.swa.windw=3"], "does not support option(s) windw"),
-    (["run", HYBRID, "data.path=/no/such/corpus.txt"], "data.path"),
-    (["run", HYBRID, "data.corpus=shakespeare"], "unknown corpus 'shakespeare'"),
-    (["run", HYBRID, f"data.path={HYBRID}", "data.corpus=pydoc"], "not both"),
+    (["run", HYBRID_YAML, "search.trialz=3"], "unknown key 'search.trialz'"),
+    (["run", HYBRID_YAML, "space.operators=[attention,lstm]"], "unknown operator 'lstm'"),
+    (["run", HYBRID_YAML, "search.target_latency=0.001"], "cannot be met"),
+    (["run", HYBRID_YAML, "budget.tokens=0"], "budget.tokens must be positive"),
+    (["run", HYBRID_YAML, "search.trials=-3"], "search.trials must be positive"),
+    (["run", HYBRID_YAML, "search.workers=0"], "search.workers must be positive"),
+    (["run", HYBRID_YAML, "latency.device=tpu9"], "tpu9"),
+    (["run", HYBRID_YAML, "latency._target_=nowhere.Predictor"], "cannot import module 'nowhere'"),
+    (["run", HYBRID_YAML, "quality.learning_rate=1"], "does not take option(s) learning_rate"),
+    (["run", HYBRID_YAML, "space.op_options.swa.windw=3"], "does not support option(s) windw"),
+    (["run", HYBRID_YAML, "data.path=/no/such/corpus.txt"], "data.path"),
+    (["run", HYBRID_YAML, "data.corpus=shakespeare"], "unknown corpus 'shakespeare'"),
+    (["run", HYBRID_YAML, f"data.path={HYBRID_YAML}", "data.corpus=pydoc"], "not both"),
     (["describe", "nope.yaml"], "genome file not found"),
 ])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(args, needle, capsys, tmp_path):
@@ -65,7 +58,7 @@ def test_yaml_syntax_error(tmp_path, capsys):
 
 def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", HYBRID, "search.trialz=1",
+    proc = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", HYBRID_YAML, "search.trialz=1",
                            f"out_dir={tmp_path / 'x'}"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
@@ -73,7 +66,7 @@ def test_bad_input_in_a_real_process_has_no_traceback(tmp_path):
 
 
 def test_describe_flash_1b_json(capsys):
-    code, out, _ = run_cli(["describe", FLASH_1B, "--json"], capsys)
+    code, out, _ = run_cli(["describe", str(FLASH_1B_YAML), "--json"], capsys)
     assert code == 0
     info = json.loads(out)
     assert abs(info["params"] - 0.96e9) / 0.96e9 < 0.02
@@ -83,7 +76,7 @@ def test_describe_flash_1b_json(capsys):
 
 def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     out_dir = tmp_path / "run"
-    code, out, err = run_cli(["run", HYBRID, *TINY, f"out_dir={out_dir}"], capsys)
+    code, out, err = run_cli(["run", HYBRID_YAML, *TINY_RUN, f"out_dir={out_dir}"], capsys)
     assert code == 0, err
     for name in ("study.journal", "trials.parquet", "pareto.png", "pareto.html", "config.yaml"):
         assert (out_dir / name).is_file(), name
@@ -100,13 +93,13 @@ def test_tiny_run_end_to_end_and_resume(tmp_path, capsys):
     assert "trials complete" in out and "pareto.png" in out
 
     # Same command, more trials: resumes the study instead of starting over.
-    code, _, err = run_cli(["run", HYBRID, *TINY, "search.trials=6", f"out_dir={out_dir}"], capsys)
+    code, _, err = run_cli(["run", HYBRID_YAML, *TINY_RUN, "search.trials=6", f"out_dir={out_dir}"], capsys)
     assert code == 0, err
     df = pd.read_parquet(out_dir / "trials.parquet")
     assert (df["state"] == "COMPLETE").sum() == 6
 
     # A different space on the same out_dir is refused, not mixed in.
-    code, _, err = run_cli(["run", HYBRID, *TINY, "space.max_operators=20", f"out_dir={out_dir}"], capsys)
+    code, _, err = run_cli(["run", HYBRID_YAML, *TINY_RUN, "space.max_operators=20", f"out_dir={out_dir}"], capsys)
     assert code == 2 and "different space" in err
 
     # report and export rebuild from the study alone
@@ -126,7 +119,7 @@ def test_unreachable_ray_cluster_is_one_line_and_leaves_nothing(tmp_path, capsys
     monkeypatch.setattr(ray, "init", refuse)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     out_dir = tmp_path / "run"
-    code, _, err = run_cli(["run", HYBRID, "ray.address=10.0.0.1:9999", f"out_dir={out_dir}"], capsys)
+    code, _, err = run_cli(["run", HYBRID_YAML, "ray.address=10.0.0.1:9999", f"out_dir={out_dir}"], capsys)
     last = err.strip().splitlines()[-1]
     assert code == 2 and last.startswith("error: cannot join the Ray cluster") and "Traceback" not in err
     assert not out_dir.exists()

@@ -8,27 +8,27 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from factories import HYBRID_YAML, PLUGINS_DIR, TINY_RUN, tiny_genome
 from flashsearch import kernels as K
 from flashsearch import operators
 from flashsearch.cli import main
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
-from test_cli import HYBRID, TINY
 
-PLUGINS = Path(__file__).resolve().parent / "plugins"
-sys.path.insert(0, str(PLUGINS))  # an importable module that is not part of flashsearch
+sys.path.insert(0, str(PLUGINS_DIR))  # an importable module that is not part of flashsearch
 import fs_toy_ops  # noqa: E402  (registers 'cummean')
+
+TOY_LAYERS = ("cummean", "ffn", "deltanet", "ffn")
 
 
 def toy_genome(**options) -> Genome:
-    return Genome(layer_types=("cummean", "ffn", "deltanet", "ffn"), d_model=40, n_heads=2, n_kv_heads=1,
-                  head_dim=20, vocab_size=50, op_options={"cummean": options} if options else {})
+    """The toy operator in a tiny hybrid, with `options` for it."""
+    return tiny_genome(TOY_LAYERS, op_options={"cummean": options})
 
 
 # ---- the registry -----------------------------------------------------------------------------------------------
@@ -45,8 +45,7 @@ def test_summary_uses_the_toy_letter_and_parses_back():
     g = toy_genome()
     assert g.summary() == "CM F D F"
     assert g.n_mixers == 2
-    back = Genome(layer_types=tuple(g.summary().split()), d_model=40, n_heads=2, n_kv_heads=1, head_dim=20,
-                  vocab_size=50)
+    back = tiny_genome(g.summary().split(), op_options={"cummean": {}})
     assert back == g and back.id == g.id
 
 
@@ -114,7 +113,7 @@ def test_options_must_be_a_frozen_typed_dataclass():
 def test_toy_forward_equals_step_by_step(T):
     torch.manual_seed(0)
     op = K.build_operator("cummean", toy_genome(scale=0.5, bias=True)).double().eval()
-    x = torch.randn(2, T, 40, dtype=torch.float64)
+    x = torch.randn(2, T, 64, dtype=torch.float64)
     state = op.init_state(2, T, dtype=torch.float64)
     steps = []
     for t in range(T):
@@ -130,19 +129,19 @@ def test_toy_decode_cost_feeds_the_roofline():
     from flashsearch.proxies.latency.roofline import RooflinePredictor
 
     g = toy_genome()
-    assert K.decode_cost(g, "cummean", 10).weight_elems == 2 * 40 * 40
+    assert K.decode_cost(g, "cummean", 10).weight_elems == 2 * 64 * 64
     assert RooflinePredictor(device="h100").predict(g, Workload(device="h100", decode_tokens=64)) > 0
 
 
 # ---- end to end: config `imports:` -> controller, workers, summaries, export ------------------------------------
-TOY_RUN = [*TINY, "imports=[fs_toy_ops]", "space.operators=[cummean,deltanet]", "space.widths=[1024,1280]",
+TOY_RUN = [*TINY_RUN, "imports=[fs_toy_ops]", "space.operators=[cummean,deltanet]", "space.widths=[1024,1280]",
            "search.seeds=[]", "space.op_options.cummean.scale=0.5"]
 
 
 def test_tiny_search_with_the_toy_operator(tmp_path, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.syspath_prepend(str(PLUGINS_DIR))
     out = tmp_path / "run"
-    code = main(["run", HYBRID, *TOY_RUN, f"out_dir={out}"])
+    code = main(["run", HYBRID_YAML, *TOY_RUN, f"out_dir={out}"])
     assert code == 0, capsys.readouterr().err
     trials = pd.read_parquet(out / "trials.parquet")
     done = trials[trials["state"] == "COMPLETE"]
@@ -168,7 +167,7 @@ import sys
 from flashsearch.config import load_config
 from flashsearch.evaluate import CandidateEvaluator
 from flashsearch import operators
-cfg = load_config({HYBRID!r}, {TINY + ['imports=[fs_toy_ops]', 'budget.tokens=512']!r})
+cfg = load_config({HYBRID_YAML!r}, {TINY_RUN + ['imports=[fs_toy_ops]', 'budget.tokens=512']!r})
 assert 'fs_toy_ops' not in sys.modules
 genome = ('{{"d_model":64,"ffn_ratio":3.0,"head_dim":32,"layer_types":["cummean","ffn"],"n_heads":2,'
           '"n_kv_heads":1,"op_options":{{"cummean":{{"scale":2.0}}}},"vocab_size":256}}')
@@ -176,7 +175,7 @@ result = CandidateEvaluator(cfg)(genome)
 assert 'fs_toy_ops' in sys.modules and result['loss'] > 0, result
 print('ok', result['loss'])
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS_DIR), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
                           cwd=tmp_path)
     assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-2000:]
@@ -184,7 +183,7 @@ print('ok', result['loss'])
 
 def test_unimportable_module_is_one_line_exit_2_and_no_run_dir(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["run", HYBRID, *TINY, "imports=[no_such_flashsearch_plugin]", f"out_dir={out}"])
+    code = main(["run", HYBRID_YAML, *TINY_RUN, "imports=[no_such_flashsearch_plugin]", f"out_dir={out}"])
     err = capsys.readouterr().err
     assert code == 2
     assert "cannot import module 'no_such_flashsearch_plugin'" in err and "imports" in err
@@ -192,7 +191,7 @@ def test_unimportable_module_is_one_line_exit_2_and_no_run_dir(tmp_path, capsys)
 
 
 def test_operator_unknown_without_its_import_says_how_to_fix(tmp_path, capsys):
-    code = main(["run", HYBRID, *TINY, "space.operators=[not_registered_op]", f"out_dir={tmp_path / 'run'}"])
+    code = main(["run", HYBRID_YAML, *TINY_RUN, "space.operators=[not_registered_op]", f"out_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and "unknown operator 'not_registered_op'" in err and "imports:" in err
 
@@ -212,9 +211,9 @@ def test_real_ray_workers_import_the_run_modules(tmp_path):
     """The same tiny search on a real local Ray (fresh worker processes): `flashsearch run` as a user runs it."""
     out = tmp_path / "run"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled",
-           "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(PLUGINS_DIR), os.environ.get("PYTHONPATH", "")])}
     args = [a for a in TOY_RUN if not a.startswith(("ray.address", "search.trials", "search.workers", "space.ope"))]
-    proc = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", HYBRID, *args, "search.trials=2",
+    proc = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", HYBRID_YAML, *args, "search.trials=2",
                            "search.workers=2", "space.operators=[cummean]", f"out_dir={out}"], env=env, capture_output=True, text=True,
                           timeout=900, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from factories import REFERENCE_DIR
 from flashsearch import cli
 
-REFERENCE = Path(__file__).resolve().parents[1] / "search_spaces" / "reference"
 PUBLISHED = {                                   # file -> parameters its source publishes
     "nemotron_flash_1b.yaml": 0.96e9,
     "qwen3_0_6b.yaml": 0.60e9,
@@ -24,19 +24,19 @@ def published_params(path: Path) -> float | None:
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
 def test_describe_params_match_published(name):
-    path = REFERENCE / name
+    path = REFERENCE_DIR / name
     assert published_params(path) == PUBLISHED[name]          # the file documents the number checked here
     params = cli.describe(str(path))["params"]
     assert abs(params - PUBLISHED[name]) / PUBLISHED[name] < 0.02, f"{name}: {params:,} vs {PUBLISHED[name]:,.0f}"
 
 
 def test_every_published_count_is_checked():
-    documented = {p.name for p in REFERENCE.glob("*.yaml") if published_params(p) is not None}
+    documented = {p.name for p in REFERENCE_DIR.glob("*.yaml") if published_params(p) is not None}
     assert documented == set(PUBLISHED)
 
 
 def test_describe_cli_json(capsys):
-    path = REFERENCE / "qwen3_0_6b.yaml"
+    path = REFERENCE_DIR / "qwen3_0_6b.yaml"
     assert cli.main(["describe", str(path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["params"] == cli.describe(str(path))["params"]

@@ -16,16 +16,15 @@ from flashsearch.builders import load_genome
 from flashsearch.cli import main
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.roofline import RooflinePredictor
-from flashsearch.references import REFERENCE_DIR, STUDY_ATTR, predict_references
+from flashsearch.references import REFERENCE_DIR, predict_references
+from flashsearch.search import attrs
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("Flash-1B", "Qwen3-0.6B", "Llama-3.2-1B")
 
 
 @pytest.fixture()
-def run_dir(tmp_path, monkeypatch):
+def run_dir(tmp_path, plugins_on_path):
     """A 2-trial run over a space that holds Llama-3.2-1B exactly, seeded with it."""
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
     cfg = {
         "name": "refs", "seed": 0, "out_dir": str(tmp_path / "run"),
         "space": {"kind": "layerwise", "operators": ["attention", "ffn"], "widths": [2048], "min_layers": 30,
@@ -49,7 +48,7 @@ def load(out_dir: Path) -> optuna.Study:
 
 
 def test_run_stores_reference_latencies_from_its_own_predictor_and_workload(run_dir):
-    refs = load(run_dir).user_attrs[STUDY_ATTR]
+    refs = load(run_dir).user_attrs[attrs.REFERENCES]
     assert [r["name"] for r in refs] == list(NAMES)
     predictor, workload = RooflinePredictor(device="h100"), Workload(device="h100", decode_tokens=2048)
     files = dict(zip(NAMES, ("nemotron_flash_1b.yaml", "qwen3_0_6b.yaml", "llama3_2_1b.yaml")))
@@ -65,7 +64,7 @@ def test_run_stores_reference_latencies_from_its_own_predictor_and_workload(run_
 def test_plots_mark_the_seeded_reference_and_draw_lines_for_the_others(run_dir, monkeypatch):
     study = load(run_dir)
     df = trials_frame(study)
-    marks = {m["name"]: m for m in report.reference_marks(df, study.user_attrs[STUDY_ATTR])}
+    marks = {m["name"]: m for m in report.reference_marks(df, study.user_attrs[attrs.REFERENCES])}
     llama = df[df["genome_id"] == load_genome(REFERENCE_DIR / "llama3_2_1b.yaml").id].iloc[0]
     assert marks["Llama-3.2-1B"]["loss"] == pytest.approx(llama["quality"])  # evaluated as a seed: its point
     assert marks["Llama-3.2-1B"]["trial"] == llama["number"]

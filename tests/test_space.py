@@ -89,7 +89,9 @@ def test_encode_rejects_genomes_outside_the_space():
 
 def test_cheapest_candidates_are_smallest():
     space = StagedSpace()
-    for p in space.cheapest():
+    cheapest = space.cheapest()
+    assert cheapest
+    for p in cheapest:
         g = space.decode(p)
         assert g.d_model == min(space.widths) and g.n_layers == 3
 

@@ -1,11 +1,11 @@
-"""Workload validates itself once, for every predictor; the config's workload section builds one Workload."""
+"""Workload validates itself once, for every predictor; the config's workload section is a Workload."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from flashsearch.builders import build_workload
+from factories import HYBRID_YAML
 from flashsearch.config import load_config
 from flashsearch.errors import FlashsearchError
 from flashsearch.proxies.base import Workload
@@ -24,8 +24,10 @@ def test_numpy_integers_are_accepted_as_plain_ints() -> None:
     assert (w.batch, w.prompt_len, w.decode_tokens) == (2, 0, 16) and type(w.batch) is int
 
 
-def test_build_workload_reads_the_config_section() -> None:
-    cfg = load_config("search_spaces/hybrid_1b.yaml", ["workload.decode_tokens=512", "workload.batch=4"])
-    w = build_workload(cfg)
-    assert (w.device, w.batch, w.prompt_len, w.decode_tokens) == (cfg.workload.device, 4, cfg.workload.prompt_len,
-                                                                  512)
+def test_the_config_section_is_the_workload() -> None:
+    cfg = load_config(HYBRID_YAML, ["workload.decode_tokens=512", "workload.batch=4"])
+    w = cfg.workload
+    assert isinstance(w, Workload) and (w.batch, w.decode_tokens) == (4, 512)
+    assert (w.device, w.prompt_len) == ("h100", 128)                       # as the YAML says
+    with pytest.raises(FlashsearchError, match=r"workload\.batch must be an integer >= 1, got 0"):
+        load_config(HYBRID_YAML, ["workload.batch=0"])

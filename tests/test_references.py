@@ -11,7 +11,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 import flashsearch.report as report
-from flashsearch.archive import trials_frame
+from flashsearch.trials import trials_frame
 from flashsearch.builders import load_genome
 from flashsearch.cli import main
 from flashsearch.proxies.base import Workload

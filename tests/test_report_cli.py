@@ -1,21 +1,27 @@
 """`flashsearch report OUT_DIR` rebuilds everything from the study alone, including the hypervolume-over-evaluations
 plot and the ranked markdown table."""
 
+import json
 import math
+import random
 
 import optuna
 import pandas as pd
 import pytest
+import yaml
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from flashsearch.archive import hypervolume, trials_frame
 from flashsearch.cli import main
 from flashsearch.errors import TrialFailed
 from flashsearch.genome import Genome
+from flashsearch.pareto import hypervolume
 from flashsearch.report import hypervolume_curve, nondominated_ranks, ranking_table, reference_point
 from flashsearch.search import AgingEvolutionSampler, run_search
+from flashsearch.search.recovery import enqueue_seeds
 from flashsearch.space import StagedSpace
+from flashsearch.trials import trials_frame
+from run_configs import run_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = StagedSpace()
@@ -35,8 +41,9 @@ def run_dir(tmp_path_factory):
     storage = JournalStorage(JournalFileBackend(str(out / "study.journal")))
     study = optuna.create_study(study_name="r", storage=storage, directions=["minimize", "minimize"],
                                 sampler=AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0))
-    p = SPACE.sample(__import__("random").Random(3))
-    run_search(study, SPACE, toy_eval, n_trials=20, workers=2, ray_address="local", seeds=[p, p])
+    p = SPACE.sample(random.Random(3))
+    enqueue_seeds(study, [p, p], SPACE)
+    run_search(study, SPACE, toy_eval, run_config(20, 2))
     return out
 
 
@@ -87,16 +94,9 @@ def test_report_of_an_empty_study(tmp_path):
     assert (tmp_path / "hypervolume.png").is_file() and "0 of 0" in (tmp_path / "ranking.md").read_text()
 
 
-def test_wandb_logger_writes_an_offline_run_under_out_dir(tmp_path, monkeypatch, capsys):
-    """logger=wandb, offline: one history row per finished trial and the Pareto table, in OUT_DIR/wandb/."""
-    pytest.importorskip("wandb")
-    import json
-    from pathlib import Path
-
-    import yaml
-
-    plugins = Path(__file__).resolve().parent / "plugins"
-    monkeypatch.syspath_prepend(str(plugins))
+def test_wandb_logger_writes_an_offline_run_under_out_dir(tmp_path, monkeypatch, plugins_on_path):
+    """logger=wandb, offline (wandb is in the dev extra, so this runs in CI; nothing leaves the machine): one
+    history row per finished trial and the Pareto table, in OUT_DIR/wandb/."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_DIR", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -13,33 +13,12 @@ from flashsearch.config import RunConfig, resolve_relative
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.registry import LATENCY_PREDICTORS, QUALITY_PROXIES  # short name -> dotted path
-from flashsearch.space import SPACE_KINDS, ArchDefaults, LayerwiseSpace, SearchSpace, StagedSpace
+from flashsearch.space import SearchSpace, space_from_config
 
 
 def build_space(cfg: RunConfig) -> SearchSpace:
-    s = cfg.space
-    if s.kind not in SPACE_KINDS:
-        raise FlashsearchError(f"space.kind={s.kind!r} in {cfg.config_path}; choose one of {', '.join(SPACE_KINDS)}")
-    if s.head_dim <= 0 or s.kv_group <= 0 or s.vocab_size <= 0 or s.ffn_ratio <= 0:
-        raise FlashsearchError("space.head_dim, space.kv_group, space.vocab_size and space.ffn_ratio must be positive")
-    op_options = dict(s.op_options or {})
-    arch = ArchDefaults(head_dim=s.head_dim, kv_group=s.kv_group, ffn_ratio=s.ffn_ratio, vocab_size=s.vocab_size,
-                        op_options=op_options)
-    small = [w for w in s.widths if w < s.head_dim]
-    if small:
-        raise FlashsearchError(f"space.widths {small} are smaller than space.head_dim={s.head_dim}; "
-                               "raise the widths or lower head_dim")
-    if s.kind == "staged":
-        space: SearchSpace = StagedSpace(
-            operators=tuple(s.operators), widths=tuple(s.widths), n_stages=s.n_stages, ratios=tuple(s.ratios),
-            ffn_choices=tuple(s.ffn_choices), max_blocks_per_stage=s.max_blocks_per_stage,
-            max_operators=s.max_operators, arch=arch)
-    else:
-        space = LayerwiseSpace(operators=tuple(s.operators), widths=tuple(s.widths), min_layers=s.min_layers,
-                               max_layers=s.max_layers, arch=arch)
-    # Validate op_options against each operator's typed Options once, up front: a Genome checks them when built.
-    arch.genome(["ffn"] + [o for o in space.operators if o != "ffn"], space.widths[0])
-    return space
+    """The space of `space:`; its kinds and their defaults live in flashsearch/space.py."""
+    return space_from_config(cfg.space)
 
 
 def resolve_target(target: str, short_names: Mapping[str, str], what: str) -> type:
@@ -89,14 +68,6 @@ def instantiate(spec: Any, short_names: Mapping[str, str], what: str, **extra: A
         raise FlashsearchError(f"{what}: cannot build {target} with {kwargs}: {e}") from None
 
 
-def build_workload(cfg: RunConfig) -> Any:
-    """The Workload (flashsearch.proxies.base) that the config's `workload:` section describes."""
-    from flashsearch.proxies.base import Workload
-
-    w = cfg.workload
-    return Workload(device=w.device, batch=w.batch, prompt_len=w.prompt_len, decode_tokens=w.decode_tokens)
-
-
 def build_latency(cfg: RunConfig) -> Any:
     predictor = instantiate(cfg.latency, LATENCY_PREDICTORS, "latency", device=cfg.workload.device)
     if not callable(getattr(predictor, "predict", None)):
@@ -106,9 +77,6 @@ def build_latency(cfg: RunConfig) -> Any:
 
 
 def build_quality(cfg: RunConfig) -> Any:
-    if cfg.data.path is not None and cfg.data.corpus is not None:
-        raise FlashsearchError(f"data.path and data.corpus are both set in {cfg.config_path}; keep data.path for "
-                               "your own text or data.corpus for a named corpus, not both")
     data_path = data_path_of(cfg)
     extra: dict[str, Any] = {"seed": cfg.seed}
     if data_path is not None:
@@ -168,5 +136,5 @@ def build_seeds(cfg: RunConfig, space: SearchSpace) -> tuple[list[dict[str, Any]
     return seeds, notes
 
 
-__all__ = ["build_space", "build_workload", "build_latency", "build_quality", "build_seeds", "load_genome", "instantiate",
+__all__ = ["build_space", "build_latency", "build_quality", "build_seeds", "load_genome", "instantiate",
            "resolve_target", "spec_of", "LATENCY_PREDICTORS", "QUALITY_PROXIES", "LayerwiseSpace", "StagedSpace"]

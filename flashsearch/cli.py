@@ -192,9 +192,9 @@ def _import_run_modules(run_dir: Path) -> None:
 
 
 def _target_of(study: Any) -> float | None:
-    from flashsearch.runner import FINGERPRINT_ATTR
+    from flashsearch.search import attrs
 
-    return (study.user_attrs.get(FINGERPRINT_ATTR) or {}).get("target_latency")
+    return (study.user_attrs.get(attrs.FINGERPRINT) or {}).get("target_latency")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

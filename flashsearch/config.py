@@ -1,8 +1,15 @@
 """Run configuration: a user YAML composed with Hydra, command-line overrides, typed frozen dataclasses out.
 
-`load_config("search_spaces/hybrid_1b.yaml", ["search.trials=40", "latency.device=a100"])` composes
+`load_config("search_spaces/hybrid_1b.yaml", ["search.trials=40", "workload.device=a100"])` composes
 schema defaults <- the user's file <- overrides (Hydra override syntax), validates every key and type against
 the schema below, and returns a frozen `RunConfig`. Anything wrong becomes one FlashsearchError line.
+
+One home for each default and each check: every section is a frozen dataclass that checks its own values when
+built (so a config built in Python is as valid as one loaded from YAML), and doubles as the Hydra schema.
+Sections owned by a component live with it: `workload` is `flashsearch.proxies.base.Workload` itself; the
+`space` section leaves unset keys to the space kind's own defaults (flashsearch/space.py); plug-ins (`latency`,
+`quality`, `search.sampler`) are a short name or a mapping with `_target_`, whose options their class checks.
+Nothing here imports the search engine: search/ depends on config, never the other way round.
 """
 
 from __future__ import annotations
@@ -10,53 +17,111 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterable, List, Optional
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from flashsearch.errors import FlashsearchError
+from flashsearch.proxies.base import Workload
 
-SAMPLERS = ("aging", "random", "nsga2", "tpe")
 FIDELITIES = ("single", "multi")
 LOGGERS = ("none", "wandb")
 
 
+def _need(ok: bool, msg: str) -> None:
+    if not ok:
+        raise FlashsearchError(msg)
+
+
+def _positive(section: str, obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _need(value is None or value > 0, f"{section}.{name} must be positive, got {value}")
+
+
+def _plugin(key: str, spec: Any) -> None:
+    _need(isinstance(spec, str) or (isinstance(spec, dict) and "_target_" in spec),
+          f"{key} must be a short name (e.g. {key}=NAME) or a mapping with _target_, got {spec!r}")
+
+
 @dataclass(frozen=True)
 class SpaceConfig:
+    """The `space:` section. A key left unset (None) takes the default of its space kind, kept in
+    flashsearch/space.py next to the code it configures; keys of the other kind are refused there."""
+
     kind: str = "staged"                           # staged | layerwise
-    operators: List[str] = field(default_factory=lambda: ["attention", "mamba2", "deltanet"])
-    widths: List[int] = field(default_factory=lambda: [1024, 1280, 1536, 1792, 2048, 2304, 2560])
+    operators: Optional[List[str]] = None
+    widths: Optional[List[int]] = None
     # staged
-    n_stages: int = 3
-    ratios: List[str] = field(default_factory=lambda: ["0:1", "1:1", "1:2", "1:3"])
-    ffn_choices: List[int] = field(default_factory=lambda: [0, 1, 2])
-    max_blocks_per_stage: int = 4
-    max_operators: int = 30
+    n_stages: Optional[int] = None
+    ratios: Optional[List[str]] = None
+    ffn_choices: Optional[List[int]] = None
+    max_blocks_per_stage: Optional[int] = None
+    max_operators: Optional[int] = None
     # layerwise
-    min_layers: int = 4
-    max_layers: int = 24
-    # shared by every genome of the space
-    head_dim: int = 128
-    kv_group: int = 4
-    ffn_ratio: float = 3.0
-    vocab_size: int = 131072
+    min_layers: Optional[int] = None
+    max_layers: Optional[int] = None
+    # shared by every genome of the space (flashsearch.space.ArchDefaults)
+    head_dim: Optional[int] = None
+    kv_group: Optional[int] = None
+    ffn_ratio: Optional[float] = None
+    vocab_size: Optional[int] = None
     op_options: Any = field(default_factory=dict)
+
+    def given(self) -> dict[str, Any]:
+        """The keys the user set, for the space's builder."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "kind" and getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)
-class WorkloadConfig:
-    device: str = "h100"
-    batch: int = 1
-    prompt_len: int = 128
-    decode_tokens: int = 8192
+class Ladder:
+    """Multi-fidelity rungs: training budgets in tokens, strictly increasing; the last is the fidelity the front is
+    published at. eta: each rung promotes the best 1/eta of the candidates that reached it (search/rungs.py)."""
+
+    tokens: tuple[int, ...]
+    eta: int = 3
+
+    @classmethod
+    def of(cls, rungs: Iterable[Any] | None, eta: Any, top: int | None = None, n_rungs: Any = 3) -> "Ladder":
+        """Validated ladder; every problem is one line naming the key and the fix. With `rungs` empty the ladder
+        is derived: `n_rungs` budgets spaced by eta, ending at `top` (top / eta^k, k = n_rungs-1 .. 0)."""
+        if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
+            raise FlashsearchError(f"budget.eta must be an integer >= 2 (promote the best 1/eta of a rung), "
+                                   f"got {eta!r}")
+        rungs = list(rungs or [])
+        if not rungs:
+            if isinstance(n_rungs, bool) or not isinstance(n_rungs, int) or n_rungs < 1:
+                raise FlashsearchError(f"budget.n_rungs must be an integer >= 1, got {n_rungs!r}: an empty ladder "
+                                       "has no rung to train at (or list them: budget.rungs=[32768,98304,294912])")
+            if top is None:
+                raise FlashsearchError("budget.rungs is empty and there is no budget.tokens to derive it from")
+            rungs = [int(top) // eta ** k for k in range(n_rungs - 1, -1, -1)]
+            if rungs[0] < 1 or len(set(rungs)) < len(rungs):
+                raise FlashsearchError(f"budget.tokens={top} is too small for {n_rungs} rungs spaced by eta={eta}; "
+                                       "lower budget.n_rungs or raise budget.tokens")
+        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rungs):
+            raise FlashsearchError(f"budget.rungs must be positive integers (tokens), got {rungs}")
+        if any(b <= a for a, b in zip(rungs, rungs[1:])):
+            raise FlashsearchError(f"budget.rungs must be strictly increasing, got {rungs}")
+        if top is not None and rungs[-1] != top:
+            raise FlashsearchError(
+                f"budget.rungs must end at budget.tokens={top} (the top rung is the training budget the front is "
+                f"published at), got {rungs}; fix one of them, or drop budget.rungs to derive the ladder from "
+                "budget.tokens, budget.n_rungs and budget.eta")
+        return cls(tuple(int(r) for r in rungs), int(eta))
+
+    @property
+    def top(self) -> int:
+        return len(self.tokens) - 1
 
 
 @dataclass(frozen=True)
 class BudgetConfig:
     tokens: int = 200_000                          # training tokens per candidate (multi-fidelity: the top rung)
-    time_limit_s: Optional[float] = None
+    time_limit_s: Optional[float] = None           # per candidate: training stops (and fails "time_limit") past it
     # Multi-fidelity (search.fidelity=multi): the ladder of training budgets ending at `tokens`; every candidate
     # trains at the first rung, the best 1/eta of a rung are promoted to the next. Default: n_rungs rungs spaced
     # by eta (tokens / eta^k, so it follows a budget.tokens override); or list them in `rungs`.
@@ -64,36 +129,68 @@ class BudgetConfig:
     n_rungs: int = 3
     eta: int = 3
 
+    def __post_init__(self) -> None:
+        _positive("budget", self, "tokens", "time_limit_s")
+
+    def ladder(self) -> Ladder:
+        return Ladder.of(self.rungs, self.eta, top=self.tokens, n_rungs=self.n_rungs)
+
 
 @dataclass(frozen=True)
 class SearchConfig:
-    sampler: str = "aging"                         # aging | random | nsga2 | tpe
+    # A short name (aging | random | nsga2 | tpe) or {_target_: my_module.MySampler, ...options}: any Optuna
+    # sampler class (flashsearch/search/samplers.py).
+    sampler: Any = "aging"
     trials: int = 24                               # completed trials to reach (resume counts earlier ones)
     population: int = 12                           # P: newest completed trials that form the population
-    sample_size: int = 4                           # S: tournament size
+    sample_size: int = 4                           # S: tournament size (aging)
     target_latency: Optional[float] = None         # seconds; None = Pareto mode
     workers: int = 2                               # trials in flight
     seeds: List[str] = field(default_factory=list)  # genome YAMLs (relative to the config file) seeded first
-    max_failures: Optional[int] = None
+    max_failures: Optional[int] = None             # failures in one run before it stops (None: max(10, trials))
+    timeout_s: Optional[float] = None              # no new trials after this many seconds; those in flight finish
     trial_timeout_s: Optional[float] = None        # a trial running longer is cancelled and FAILED "timeout after N s"
     retries: int = 1                               # re-runs of a trial failed by a transient fault (time limit, OOM, lost worker, ...)
     children_per_ask: int = 1                      # aging: mutate K children, train the one a ridge on the trials predicts best
     fidelity: str = "single"                       # single: every candidate at budget.tokens; multi: budget.rungs (ASHA)
 
+    def __post_init__(self) -> None:
+        _plugin("search.sampler", self.sampler)
+        _positive("search", self, "trials", "population", "sample_size", "workers", "children_per_ask")
+        _need(self.target_latency is None or self.target_latency > 0,
+              f"search.target_latency must be a positive number of seconds, got {self.target_latency}")
+        for key in ("timeout_s", "trial_timeout_s"):
+            value = getattr(self, key)
+            _need(value is None or value > 0, f"search.{key} must be a positive number of seconds, got {value}")
+        _need(self.retries >= 0, f"search.retries must be >= 0, got {self.retries}")
+        _need(self.max_failures is None or self.max_failures >= 0,
+              f"search.max_failures must be >= 0, got {self.max_failures}")
+        _need(self.fidelity in FIDELITIES, f"search.fidelity={self.fidelity!r}; choose single or multi")
+
 
 @dataclass(frozen=True)
 class RayConfig:
-    address: Optional[str] = None                  # None: local ray.init(); "auto" or host:port joins a cluster
+    address: Optional[str] = None                  # None: local ray.init(); "auto" or host:port joins a cluster;
+                                                   # "local": no Ray, workers are threads in this process
     num_cpus_per_trial: float = 1.0
     num_gpus_per_trial: float = 0.0
+
+    def __post_init__(self) -> None:
+        _need(self.num_cpus_per_trial >= 0 and self.num_gpus_per_trial >= 0,
+              "ray.num_cpus_per_trial and ray.num_gpus_per_trial must be >= 0")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     path: Optional[str] = None                     # your own text: a .txt/.jsonl file or a directory of them
     text_field: str = "text"                       # the JSONL field holding the text
-    corpus: Optional[str] = None                   # a named corpus when path is unset: wikipedia (the default,
-                                                   # 11 MB), wikipedia_en or pydoc (proxies/quality/corpus.py)
+    corpus: Optional[str] = None                   # a named corpus when path is unset: wikipedia (the default),
+                                                   # wikipedia_en or pydoc (proxies/quality/corpus.py)
+
+    def __post_init__(self) -> None:
+        _need(self.path is None or self.corpus is None,
+              "data.path and data.corpus are both set; keep data.path for your own text or data.corpus for a named "
+              "corpus, not both")
 
 
 @dataclass(frozen=True)
@@ -108,13 +205,35 @@ class RunConfig:
     latency: Any = field(default_factory=lambda: {"_target_": "roofline"})
     quality: Any = field(default_factory=lambda: {"_target_": "short_train"})
     budget: BudgetConfig = field(default_factory=BudgetConfig)
-    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    workload: Workload = field(default_factory=Workload)
     search: SearchConfig = field(default_factory=SearchConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     data: DataConfig = field(default_factory=DataConfig)
     export_top: int = 3
     logger: str = "none"
     config_path: str = ""                          # set by load_config: the YAML this run came from
+
+    def __post_init__(self) -> None:
+        """Checks across sections (each section checked its own values when it was built)."""
+        _positive("", self, "export_top")
+        _need(self.logger in LOGGERS, f"logger={self.logger!r}; choose one of {', '.join(LOGGERS)}")
+        for name in self.imports:
+            _need(bool(re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name)),
+                  f"imports: {name!r} is not a module name; give dotted names like my_pkg.my_ops")
+        _need(bool(str(self.out_dir).strip()), "out_dir is empty; give a directory, e.g. out_dir=runs/my_search")
+        _plugin("latency", self.latency)
+        _plugin("quality", self.quality)
+        ladder = self.ladder()
+        if ladder is not None:
+            least = ladder.eta ** ladder.top  # each rung keeps 1/eta: fewer candidates never reach the top
+            _need(self.search.trials >= least,
+                  f"search.fidelity=multi with {ladder.top + 1} rungs and eta={ladder.eta} needs search.trials >= "
+                  f"{least} for any candidate to reach the top rung (got {self.search.trials}); raise "
+                  "search.trials, lower budget.n_rungs, or set search.fidelity=single")
+
+    def ladder(self) -> Ladder | None:
+        """The rungs candidates train at under search.fidelity=multi; None under single fidelity."""
+        return self.budget.ladder() if self.search.fidelity == "multi" else None
 
 
 _SCHEMA = "_flashsearch_schema"
@@ -205,8 +324,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         cfg.config_path = str(path)
         run = OmegaConf.to_object(cfg)
     except (OmegaConfBaseException, Exception) as e:  # hydra wraps everything in its own exception types
-        if isinstance(e, FlashsearchError):
-            raise
+        checked = e if isinstance(e, FlashsearchError) else e.__cause__
+        if isinstance(checked, FlashsearchError):  # a section's own check (its __post_init__)
+            raise FlashsearchError(f"invalid config {path}: {checked}") from None
         msg = _one_line(e)
         unknown = re.search(r"Could not override '([^']+)'|ConfigKeyError.*\(key ([^)]+)\)", msg)
         if unknown:
@@ -216,59 +336,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
                    "; check its spelling against the Configuration table in README.md")
         raise FlashsearchError(f"invalid config {path}: {msg}") from None
     assert isinstance(run, RunConfig)
-    validate(run)
     return run
-
-
-def validate(cfg: RunConfig) -> None:
-    """Checks a schema cannot express; each names the key and the fix."""
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise FlashsearchError(f"invalid config {cfg.config_path or ''}: {msg}".replace(" : ", ": "))
-
-    s = cfg.search
-    need(s.sampler in SAMPLERS, f"search.sampler={s.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    for key, value in (("search.trials", s.trials), ("search.population", s.population),
-                       ("search.sample_size", s.sample_size), ("search.workers", s.workers),
-                       ("search.children_per_ask", s.children_per_ask),
-                       ("budget.tokens", cfg.budget.tokens), ("workload.batch", cfg.workload.batch),
-                       ("workload.decode_tokens", cfg.workload.decode_tokens), ("export_top", cfg.export_top)):
-        need(value > 0, f"{key} must be positive, got {value}")
-    need(cfg.workload.prompt_len >= 0, f"workload.prompt_len must be >= 0, got {cfg.workload.prompt_len}")
-    need(s.sample_size <= s.population,
-         f"search.sample_size={s.sample_size} exceeds search.population={s.population}; lower it")
-    need(s.target_latency is None or s.target_latency > 0,
-         f"search.target_latency must be a positive number of seconds, got {s.target_latency}")
-    need(cfg.budget.time_limit_s is None or cfg.budget.time_limit_s > 0,
-         f"budget.time_limit_s must be positive, got {cfg.budget.time_limit_s}")
-    need(s.trial_timeout_s is None or s.trial_timeout_s > 0,
-         f"search.trial_timeout_s must be a positive number of seconds, got {s.trial_timeout_s}")
-    need(s.retries >= 0, f"search.retries must be >= 0, got {s.retries}")
-    need(cfg.ray.num_cpus_per_trial >= 0 and cfg.ray.num_gpus_per_trial >= 0,
-         "ray.num_cpus_per_trial and ray.num_gpus_per_trial must be >= 0")
-    need(s.fidelity in FIDELITIES, f"search.fidelity={s.fidelity!r}; choose single or multi")
-    if s.fidelity == "multi":
-        from flashsearch.search.rungs import ladder_of
-
-        try:
-            ladder = ladder_of(cfg)
-        except FlashsearchError as e:
-            need(False, str(e))
-        assert ladder is not None
-        least = cfg.budget.eta ** ladder.top  # each rung keeps 1/eta: fewer candidates never reach the top
-        need(s.trials >= least,
-             f"search.fidelity=multi with {ladder.top + 1} rungs and eta={cfg.budget.eta} needs search.trials >= "
-             f"{least} for any candidate to reach the top rung (got {s.trials}); raise search.trials, lower "
-             "budget.n_rungs, or set search.fidelity=single")
-    need(cfg.logger in LOGGERS, f"logger={cfg.logger!r}; choose one of {', '.join(LOGGERS)}")
-    for name in cfg.imports:
-        need(bool(re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", name)),
-             f"imports: {name!r} is not a module name; give dotted names like my_pkg.my_ops")
-    need(bool(str(cfg.out_dir).strip()), "out_dir is empty; give a directory, e.g. out_dir=runs/my_search")
-    for key in ("latency", "quality"):
-        spec = getattr(cfg, key)
-        need(isinstance(spec, str) or (isinstance(spec, dict) and "_target_" in spec),
-             f"{key} must be a short name (e.g. {key}=roofline) or a mapping with _target_, got {spec!r}")
 
 
 def to_dict(obj: Any) -> Any:

@@ -43,20 +43,17 @@ class CandidateEvaluator:
         b = self.cfg.budget
         if rung is None:
             return Budget(tokens=b.tokens, time_limit_s=b.time_limit_s)
-        from flashsearch.search.rungs import ladder_of
-
-        ladder = ladder_of(self.cfg).tokens  # type: ignore[union-attr]
+        ladder = b.ladder().tokens
         return Budget(tokens=ladder[rung], time_limit_s=b.time_limit_s, ladder=ladder,
                       checkpoint_dir=self.checkpoint_dir)
 
     def __call__(self, genome_json: str, rung: int | None = None) -> dict[str, Any]:
-        from flashsearch.builders import build_workload
         from flashsearch.proxies.base import latency_source
 
         import_modules(self.cfg.imports)    # in a fresh worker process: register the run's user operators
         genome = Genome.from_json(genome_json)
         quality, latency = self._objectives()
-        workload = build_workload(self.cfg)
+        workload = self.cfg.workload
 
         t0 = time.perf_counter()
         seconds = float(latency.predict(genome, workload))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from flashsearch.errors import FlashsearchError
+from flashsearch.search import attrs
 
 REFERENCE_DIR = Path(__file__).resolve().parents[1] / "search_spaces" / "reference"
 REFERENCE_MODELS: tuple[tuple[str, str], ...] = (
@@ -19,7 +20,6 @@ REFERENCE_MODELS: tuple[tuple[str, str], ...] = (
     ("Qwen3-0.6B", "qwen3_0_6b.yaml"),
     ("Llama-3.2-1B", "llama3_2_1b.yaml"),
 )
-STUDY_ATTR = "flashsearch:references"
 
 
 def predict_references(predictor: Any, workload: Any, source: str,
@@ -51,8 +51,8 @@ def predict_references(predictor: Any, workload: Any, source: str,
 
 def references_of(study: Any) -> list[dict]:
     """The reference marks a run stored in its study ([] for studies written before they existed)."""
-    marks = study.user_attrs.get(STUDY_ATTR) or []
+    marks = study.user_attrs.get(attrs.REFERENCES) or []
     return [dict(m) for m in marks if isinstance(m, Mapping) and {"name", "latency"} <= set(m)]
 
 
-__all__ = ["predict_references", "references_of", "REFERENCE_MODELS", "REFERENCE_DIR", "STUDY_ATTR"]
+__all__ = ["predict_references", "references_of", "REFERENCE_MODELS", "REFERENCE_DIR"]

@@ -14,28 +14,27 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-from flashsearch.builders import build_latency, build_quality, build_seeds, build_space, build_workload
+from flashsearch.builders import build_latency, build_quality, build_seeds, build_space
 from flashsearch.config import RunConfig, to_dict
 from flashsearch.errors import FlashsearchError
 from flashsearch.evaluate import CandidateEvaluator
-from flashsearch.references import STUDY_ATTR as STUDY_REFERENCES
 from flashsearch.references import predict_references
 from flashsearch.search.latency_target import LatencyTarget
+from flashsearch.search import attrs
 from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
-from flashsearch.search.rungs import ladder_of
-from flashsearch.search.samplers import make_sampler
+from flashsearch.search.samplers import build_sampler
 from flashsearch.search.signals import graceful_stop
 from flashsearch.search.storage import repair_journal
 from flashsearch.space import SearchSpace
 from flashsearch.user_imports import import_modules
 
 STUDY_FILE = "study.journal"
-FINGERPRINT_ATTR = "flashsearch_fingerprint"
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,7 @@ def fingerprint(cfg: RunConfig) -> dict[str, Any]:
     fidelity: dict[str, Any] = {}
     if cfg.search.fidelity == "multi":
         fidelity = {"fidelity": "multi"}
-        budget["rungs"] = list(ladder_of(cfg).tokens)  # type: ignore[union-attr]  # the ladder as trained
+        budget["rungs"] = list(cfg.budget.ladder().tokens)  # the ladder as trained
     else:  # the ladder does not apply (and studies made before it existed resume)
         budget = {k: v for k, v in budget.items() if k not in ("rungs", "n_rungs", "eta")}
     return {"space": to_dict(cfg.space), "latency": to_dict(cfg.latency), "quality": to_dict(cfg.quality),
@@ -77,7 +76,7 @@ def latency_target_of(cfg: RunConfig, space: SearchSpace, predictor: Any, source
             f"search.target_latency={target:g} needs a cheap latency predictor to solve each candidate's width, "
             "but latency=measured times a full model per prediction; use latency=roofline, lut or learned with "
             "the target (and measure the winners afterwards), or drop search.target_latency for Pareto mode")
-    workload = build_workload(cfg)
+    workload = cfg.workload
     constraint = LatencyTarget(space, lambda g: float(predictor.predict(g, workload)), target)
     w = cfg.workload
     best = min(constraint.latency(space.decode(p)) for p in space.cheapest())
@@ -109,9 +108,9 @@ def open_study(cfg: RunConfig, out_dir: Path, sampler: Any, force_new: bool) -> 
             f"{path} is damaged and cannot be read ({type(e).__name__}: {e}); move it away, or pass --force-new "
             "to start this out_dir over") from None
     mine = json.loads(json.dumps(fingerprint(cfg)))
-    theirs = study.user_attrs.get(FINGERPRINT_ATTR)
+    theirs = study.user_attrs.get(attrs.FINGERPRINT)
     if theirs is None:
-        study.set_user_attr(FINGERPRINT_ATTR, mine)
+        study.set_user_attr(attrs.FINGERPRINT, mine)
         with warnings.catch_warnings():  # set_metric_names is marked experimental; only optuna-dashboard reads it
             warnings.simplefilter("ignore")
             study.set_metric_names(["loss", "latency_s"])
@@ -143,9 +142,9 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         notes += more
     for note in notes:
         print(f"note: {note}", file=stream)
-    sampler = make_sampler(cfg, space, constraint)
+    sampler = build_sampler(cfg, space, constraint)
 
-    references, ref_notes = predict_references(predictor, build_workload(cfg), source)
+    references, ref_notes = predict_references(predictor, cfg.workload, source)
     for note in ref_notes:
         print(f"note: {note}", file=stream)
 
@@ -165,8 +164,8 @@ def run(cfg: RunConfig, *, force_new: bool = False, stream: TextIO | None = None
         for note in repair_journal(out_dir / STUDY_FILE):
             print(f"note: {note}", file=stream)
         study = open_study(cfg, out_dir, sampler, force_new)
-        if references and STUDY_REFERENCES not in study.user_attrs:
-            study.set_user_attr(STUDY_REFERENCES, references)
+        if references and attrs.REFERENCES not in study.user_attrs:
+            study.set_user_attr(attrs.REFERENCES, references)
     except FlashsearchError:
         lock.release()
         if created:
@@ -193,7 +192,8 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
     (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
     from flashsearch.progress import Progress
-    from flashsearch.search.driver import run_search
+    from flashsearch.search.driver import Hooks, run_search
+    from flashsearch.search.recovery import enqueue_seeds
 
     progress: Any = Progress(total=cfg.search.trials, stream=stream)
     logger = None
@@ -205,19 +205,16 @@ def _search(cfg: RunConfig, study: Any, space: SearchSpace, seeds: list, out_dir
     from flashsearch.export import export_top
     from flashsearch.report import write_report
 
-    from flashsearch.proxies.quality.checkpoint import CHECKPOINT_DIR
+    from flashsearch.proxies.quality.checkpoint import CHECKPOINT_DIR, remove_rung_checkpoints
 
-    ladder = ladder_of(cfg)
+    ladder = cfg.ladder()
     checkpoints = str((out_dir / CHECKPOINT_DIR).resolve()) if ladder is not None else None
     stop, restore = graceful_stop()
+    hooks = Hooks(progress=progress, stop=stop,
+                  rung_done=None if checkpoints is None else partial(remove_rung_checkpoints, checkpoints))
     try:
-        summary = run_search(
-            study, space, CandidateEvaluator(cfg, checkpoints), n_trials=cfg.search.trials, workers=cfg.search.workers,
-            ray_address=cfg.ray.address, num_cpus_per_trial=cfg.ray.num_cpus_per_trial,
-            num_gpus_per_trial=cfg.ray.num_gpus_per_trial, seeds=seeds, progress=progress,
-            max_failures=cfg.search.max_failures, target_latency=cfg.search.target_latency,
-            trial_timeout_s=cfg.search.trial_timeout_s, retries=cfg.search.retries, stop=stop, ladder=ladder,
-            checkpoint_dir=checkpoints)
+        enqueue_seeds(study, seeds, space)
+        summary = run_search(study, space, CandidateEvaluator(cfg, checkpoints), cfg, hooks)
     except KeyboardInterrupt:
         restore()  # a second Ctrl-C while the report is written stops at once
         if logger is not None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
+from flashsearch.config import SpaceConfig
 from flashsearch.errors import FlashsearchError
 from flashsearch import operators
 from flashsearch.genome import Genome, canonical_operator
@@ -37,6 +38,11 @@ class ArchDefaults:
     ffn_ratio: float = 3.0
     vocab_size: int = 131072
     op_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("head_dim", "kv_group", "ffn_ratio", "vocab_size"):
+            if not getattr(self, name) > 0:
+                raise FlashsearchError(f"space.{name} must be positive, got {getattr(self, name)}")
 
     def genome(self, layer_types: Sequence[str], d_model: int) -> Genome:
         n_heads = max(1, d_model // self.head_dim)
@@ -364,3 +370,27 @@ def _check_positive(**values: int) -> None:
 
 
 SPACE_KINDS: dict[str, type[SearchSpace]] = {"staged": StagedSpace, "layerwise": LayerwiseSpace}
+
+
+def space_from_config(config: SpaceConfig) -> SearchSpace:
+    """The space a `space:` section describes. Unset keys take the kind's defaults (the dataclasses above, their one
+    home); a key of the other kind is refused rather than silently ignored."""
+    cls = SPACE_KINDS.get(config.kind)
+    if cls is None:
+        raise FlashsearchError(f"space.kind={config.kind!r}; choose one of {', '.join(SPACE_KINDS)}")
+    given = config.given()
+    arch_keys = {f.name for f in fields(ArchDefaults)}
+    own = {f.name for f in fields(cls)} - {"arch", "name"}
+    foreign = sorted(set(given) - own - arch_keys)
+    if foreign:
+        raise FlashsearchError(f"space.{foreign[0]} does not apply to space.kind={config.kind}; remove it, or "
+                               f"set the kind it belongs to")
+    arch = ArchDefaults(**{k: (dict(v) if k == "op_options" else v) for k, v in given.items() if k in arch_keys})
+    space = cls(arch=arch, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if k in own})
+    small = [w for w in space.widths if w < arch.head_dim]
+    if small:
+        raise FlashsearchError(f"space.widths {small} are smaller than space.head_dim={arch.head_dim}; "
+                               "raise the widths or lower head_dim")
+    # Validate op_options against each operator's typed Options once, up front: a Genome checks them when built.
+    arch.genome(["ffn"] + [o for o in space.operators if o != "ffn"], space.widths[0])
+    return space

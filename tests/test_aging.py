@@ -11,17 +11,10 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from flashsearch.genome import Genome
-from flashsearch.search.aging import (
-    ATTR_MUTATION,
-    ATTR_ORIGIN,
-    ATTR_PARENT,
-    AgingEvolutionSampler,
-    Member,
-    _Digest,
-    dominates,
-    select_parent_constrained,
-    select_parent_pareto,
-)
+from flashsearch.search import attrs
+from flashsearch.search.aging import AgingEvolutionSampler
+from flashsearch.search.population import (Member, PopulationView, dominates, select_parent_constrained,
+                                           select_parent_pareto)
 from flashsearch.space import LayerwiseSpace, StagedSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -108,12 +101,12 @@ def test_population_is_newest_by_completion_not_number():
     # trial 0 finished last (a slow worker); trial 3 finished first.
     finish = {0: 40, 1: 10, 2: 20, 3: 5, 4: 30}
     trials = [_frozen(n, 1.0, base + dt.timedelta(seconds=s)) for n, s in finish.items()]
-    digest = _Digest(storage=None)
+    digest = PopulationView(storage=None)
     digest.update(trials, lambda t: None)
     assert [t.number for t in digest.newest(3)] == [2, 4, 0]
     # ties on completion time are ordered by number
     tied = [_frozen(n, 1.0, base) for n in range(4)]
-    digest = _Digest(storage=None)
+    digest = PopulationView(storage=None)
     digest.update(tied, lambda t: None)
     assert [t.number for t in digest.newest(2)] == [2, 3]
 
@@ -123,11 +116,11 @@ def test_random_until_population_is_full_counting_running_trials():
     space = StagedSpace()
     study = study_with(AgingEvolutionSampler(space, population=3, sample_size=2, seed=0))
     running = [ask(study, space)[0] for _ in range(3)]  # three workers start before anything finishes
-    assert all(sys_attrs(study, t.number)[ATTR_ORIGIN] == "random" for t in running)
+    assert all(sys_attrs(study, t.number)[attrs.AGING_ORIGIN] == "random" for t in running)
     for t in running:
         study.tell(t, [2.0, 10.0])
     step(study, space)
-    assert sys_attrs(study, 3)[ATTR_ORIGIN] == "mutation"
+    assert sys_attrs(study, 3)[attrs.AGING_ORIGIN] == "mutation"
 
 
 def test_running_trials_fill_the_population_so_workers_do_not_over_seed():
@@ -137,8 +130,8 @@ def test_running_trials_fill_the_population_so_workers_do_not_over_seed():
     step(study, space)
     ask(study, space)  # 2 complete + 1 running = population is full
     ask(study, space)
-    attrs = sys_attrs(study, 3)
-    assert attrs[ATTR_ORIGIN] == "mutation" and attrs[ATTR_PARENT] in (0, 1)
+    got = sys_attrs(study, 3)
+    assert got[attrs.AGING_ORIGIN] == "mutation" and got[attrs.AGING_PARENT] in (0, 1)
 
 
 def test_oldest_members_age_out_even_when_best():
@@ -149,7 +142,7 @@ def test_oldest_members_age_out_even_when_best():
         step(study, space, values=lambda g, i=i: [1.0 if i < 2 else 3.0 - 0.1 * i, 5.0])
     for _ in range(10):
         trial, _ = ask(study, space)
-        assert sys_attrs(study, trial.number)[ATTR_PARENT] == 5  # newest 3 = {3,4,5}; 5 has the lowest loss
+        assert sys_attrs(study, trial.number)[attrs.AGING_PARENT] == 5  # newest 3 = {3,4,5}; 5 has the lowest loss
         study.tell(trial, state=TrialState.FAIL)  # failed trials do not enter the population
 
 
@@ -161,11 +154,11 @@ def test_constrained_parent_respects_target_through_study():
         step(study, space)
     done = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     for t in done.values():
-        if t.system_attrs.get(ATTR_ORIGIN) != "mutation":
+        if t.system_attrs.get(attrs.AGING_ORIGIN) != "mutation":
             continue
         pop = newest_population([d for d in done.values() if d.datetime_complete < t.datetime_start], 8)
         feasible = [p for p in pop if p.values[1] <= target]
-        parent = done[t.system_attrs[ATTR_PARENT]]
+        parent = done[t.system_attrs[attrs.AGING_PARENT]]
         if feasible:
             assert parent.values[1] <= target
             assert parent.values[0] == min(p.values[0] for p in feasible)
@@ -179,10 +172,10 @@ def test_pareto_parent_is_non_dominated_in_population_through_study():
     done = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     checked = 0
     for t in done.values():
-        if t.system_attrs.get(ATTR_ORIGIN) != "mutation":
+        if t.system_attrs.get(attrs.AGING_ORIGIN) != "mutation":
             continue
         pop = newest_population([d for d in done.values() if d.datetime_complete < t.datetime_start], 6)
-        parent = done[t.system_attrs[ATTR_PARENT]]
+        parent = done[t.system_attrs[attrs.AGING_PARENT]]
         assert parent in pop
         pv = parent.values
         assert not any(p.values[0] <= pv[0] and p.values[1] <= pv[1] and p.values != pv for p in pop)
@@ -196,13 +189,13 @@ def test_child_differs_from_parent_in_exactly_the_recorded_factor():
     for _ in range(40):
         step(study, space)
     trials = study.get_trials()
-    mutated = [t for t in trials if t.system_attrs.get(ATTR_ORIGIN) == "mutation"]
+    mutated = [t for t in trials if t.system_attrs.get(attrs.AGING_ORIGIN) == "mutation"]
     assert len(mutated) >= 30
     factors = set()
     for t in mutated:
-        parent = trials[t.system_attrs[ATTR_PARENT]]
+        parent = trials[t.system_attrs[attrs.AGING_PARENT]]
         diff = [k for k in t.params if t.params[k] != parent.params[k]]
-        assert diff == [t.system_attrs[ATTR_MUTATION]]
+        assert diff == [t.system_attrs[attrs.AGING_MUTATION]]
         factors.add(diff[0])
     assert "d_model" in factors or len(factors) > 3
 
@@ -217,12 +210,12 @@ def test_constrained_mode_solves_width_instead_of_mutating_it():
         step(study, space)
     trials = study.get_trials()
     for t in trials:
-        if t.system_attrs.get(ATTR_ORIGIN) != "mutation":
+        if t.system_attrs.get(attrs.AGING_ORIGIN) != "mutation":
             continue
-        assert t.system_attrs[ATTR_MUTATION] != "d_model"
-        parent = trials[t.system_attrs[ATTR_PARENT]]
+        assert t.system_attrs[attrs.AGING_MUTATION] != "d_model"
+        parent = trials[t.system_attrs[attrs.AGING_PARENT]]
         diff = {k for k in t.params if t.params[k] != parent.params[k]}
-        assert diff - {"d_model"} == {t.system_attrs[ATTR_MUTATION]}
+        assert diff - {"d_model"} == {t.system_attrs[attrs.AGING_MUTATION]}
         widths = sorted(space.widths)
         w = t.params["d_model"]
         assert toy_latency(space.decode(t.params)) <= target  # infeasible children are never proposed
@@ -251,8 +244,8 @@ def test_stateless_a_fresh_sampler_on_the_same_storage_makes_the_same_choice(tmp
     assert t_new.number == t_old.number
     assert t_new.params == t_old.params
     a, b = sys_attrs(study, t_old.number), sys_attrs(resumed, t_new.number)
-    assert (a[ATTR_ORIGIN], a.get(ATTR_PARENT), a.get(ATTR_MUTATION)) == \
-           (b[ATTR_ORIGIN], b.get(ATTR_PARENT), b.get(ATTR_MUTATION))
+    assert (a[attrs.AGING_ORIGIN], a.get(attrs.AGING_PARENT), a.get(attrs.AGING_MUTATION)) == \
+           (b[attrs.AGING_ORIGIN], b.get(attrs.AGING_PARENT), b.get(attrs.AGING_MUTATION))
 
 
 def test_no_genome_is_proposed_twice_while_new_ones_exist():
@@ -280,7 +273,7 @@ def test_enqueued_trials_keep_their_params():
     study.enqueue_trial(seed)
     trial, _ = ask(study, space)
     assert trial.params == seed
-    assert ATTR_ORIGIN not in sys_attrs(study, trial.number)
+    assert attrs.AGING_ORIGIN not in sys_attrs(study, trial.number)
 
 
 def test_sample_independent_falls_back_to_random():
@@ -343,7 +336,7 @@ def test_digest_matches_a_full_recompute():
         if len(in_flight) == 3:
             for trial, genome in (in_flight.pop(1), in_flight.pop(0)):
                 study.tell(trial, state=TrialState.FAIL) if i % 7 == 0 else study.tell(trial, toy_values(genome))
-        digest = sampler._digest(study)
+        digest = sampler._view(study)
         trials = study.get_trials()
         assert [t.number for t in digest.newest(5)] == [t.number for t in newest_population(trials, 5)]
         assert digest.n_alive_finished + len(digest.open) == sum(t.state != TrialState.FAIL for t in trials)

@@ -8,6 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from run_configs import run_config
 from flashsearch.atomic import atomic_path, write_text_atomic
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.export import MODEL_TYPE, export_top, genome_from_hf_config, hf_config_dict
@@ -36,7 +37,7 @@ def toy_eval(genome_json: str) -> dict:
 def study() -> optuna.Study:
     s = optuna.create_study(directions=["minimize", "minimize"],
                             sampler=AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0))
-    run_search(s, SPACE, toy_eval, n_trials=25, workers=2, ray_address="local")
+    run_search(s, SPACE, toy_eval, run_config(25, 2))
     return s
 
 

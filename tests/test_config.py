@@ -32,8 +32,9 @@ def test_interpolation_and_short_name_override():
     (["search.trials=abc"], "could not be converted to Integer"),
     (["search.trials=0"], "search.trials must be positive"),
     (["budget.tokens=-5"], "budget.tokens must be positive"),
-    (["search.sampler=cmaes"], "choose one of aging, random, nsga2, tpe"),
-    (["search.sample_size=50"], "exceeds search.population"),
+    (["search.fidelity=multi", "search.trials=4"], "needs search.trials >= 9"),
+    (["workload.batch=0"], "workload.batch must be an integer >= 1"),
+    (["data.path=a.txt", "data.corpus=pydoc"], "data.path and data.corpus are both set"),
     (["search.target_latency=-1"], "target_latency must be a positive"),
     (["search.trials"], "use key=value"),
 ])
@@ -61,3 +62,31 @@ def test_bad_files(tmp_path):
     typed.write_text("search: {workers: many}\n")
     with pytest.raises(FlashsearchError, match="workers"):
         load_config(typed)
+
+
+def test_sections_check_themselves_when_built_in_python():
+    """A config built in code is as checked as one loaded from YAML: each section's own __post_init__."""
+    from flashsearch.config import BudgetConfig, SearchConfig
+
+    with pytest.raises(FlashsearchError, match="search.retries must be >= 0"):
+        SearchConfig(retries=-1)
+    with pytest.raises(FlashsearchError, match="budget.tokens must be positive"):
+        BudgetConfig(tokens=0)
+    with pytest.raises(FlashsearchError, match="search.sampler must be a short name"):
+        SearchConfig(sampler={"population": 3})
+    with pytest.raises(FlashsearchError, match="needs search.trials >= 9"):
+        RunConfig(search=SearchConfig(fidelity="multi", trials=3))
+
+
+def test_space_defaults_live_with_the_space_kind():
+    """Unset space keys take the kind's own defaults; a key of the other kind is refused, not ignored."""
+    from flashsearch.config import SpaceConfig
+    from flashsearch.space import LayerwiseSpace, StagedSpace, space_from_config
+
+    assert space_from_config(SpaceConfig(kind="staged")) == StagedSpace()
+    assert space_from_config(SpaceConfig(kind="layerwise")) == LayerwiseSpace()
+    assert space_from_config(SpaceConfig(kind="staged", widths=[256], head_dim=64)).widths == (256,)
+    with pytest.raises(FlashsearchError, match="space.min_layers does not apply to space.kind=staged"):
+        space_from_config(SpaceConfig(kind="staged", min_layers=3))
+    with pytest.raises(FlashsearchError, match="space.head_dim must be positive"):
+        space_from_config(SpaceConfig(head_dim=0))

@@ -20,8 +20,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from run_configs import run_config
 from flashsearch.search import run_search
-from flashsearch.search.recovery import SEEDS_ATTR, enqueue_seeds, recover_orphans
+from flashsearch.search import attrs
+from flashsearch.search.recovery import enqueue_seeds, recover_orphans
 from flashsearch.search.storage import journal_storage
 from flashsearch.space import StagedSpace
 
@@ -36,6 +38,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 from flashsearch.genome import Genome
 from flashsearch.search import run_search
 from flashsearch.search.recovery import INTERRUPTED, abandon, enqueue_seeds
+from run_configs import run_config
 from flashsearch.search.storage import journal_storage
 from flashsearch.space import StagedSpace
 
@@ -59,7 +62,7 @@ def kill_after(obj, name, when=lambda *a, **k: True):
 
 def killed(script: str, journal: Path) -> None:
     """Run PRELUDE + script in a fresh interpreter on `journal`; it must die by SIGKILL at the planted point."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(script), str(journal)], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -112,7 +115,7 @@ def test_kill_right_after_a_failed_trial_is_told_keeps_its_retry(tmp_path):
 def broken(genome_json):
     raise RuntimeError("transient")
 kill_after(study, "tell", lambda *a, **k: k.get("state") == TrialState.FAIL)
-run_search(study, SPACE, broken, n_trials=1, workers=1, ray_address="local", retries=1)
+run_search(study, SPACE, broken, run_config(1, 1, retries=1))
 """, journal)
     study = load(journal)
     assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["error_kind"] == "error"
@@ -133,7 +136,7 @@ kill_after(study, "enqueue_trial", lambda *a, **k: calls.append(1) or len(calls)
 enqueue_seeds(study, seeds)
 """, journal)
     study = load(journal)
-    assert study.user_attrs[SEEDS_ATTR] == 3 and len(study.trials) == 1
+    assert study.user_attrs[attrs.SEEDS_ENQUEUED] == 3 and len(study.trials) == 1
     assert enqueue_seeds(study, seeds) == 2  # the next start adds only the missing ones
     assert enqueue_seeds(study, seeds) == 0
     assert sorted(t.user_attrs["seed"] for t in study.trials) == [0, 1, 2]
@@ -162,7 +165,7 @@ def test_the_study_records_the_params_of_the_genome_evaluated(sampler):
     def evaluate(genome_json):
         return {"loss": 1.0, "latency": 1.0, "latency_source": "toy"}
 
-    run_search(study, space, evaluate, n_trials=20, workers=1, ray_address="local")
+    run_search(study, space, evaluate, run_config(20, 1))
     repaired = 0
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert space.repair(t.params) == t.params

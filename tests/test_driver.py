@@ -10,11 +10,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from run_configs import run_config
+from flashsearch.search.recovery import enqueue_seeds
+from flashsearch.search.driver import Hooks
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.progress import Progress, SearchEvent
 from flashsearch.search import AgingEvolutionSampler, run_search
-from flashsearch.search.recovery import INTERRUPTED, SEEDS_ATTR
+from flashsearch.search import attrs
+from flashsearch.search.recovery import INTERRUPTED
 from flashsearch.search.results import jsonable
 from flashsearch.space import LayerwiseSpace, StagedSpace
 
@@ -64,8 +68,7 @@ def states(study):
 def test_completes_exactly_n_trials_with_attributes():
     study = make_study()
     events: list[SearchEvent] = []
-    summary = run_search(study, SPACE, toy_eval, n_trials=12, workers=3, ray_address="local",
-                         progress=events.append)
+    summary = run_search(study, SPACE, toy_eval, run_config(12, 3), Hooks(progress=events.append))
     assert states(study) == {"COMPLETE": 12}
     assert summary.ok and summary.complete == 12 and summary.failed == 0
     assert summary.evaluated + summary.cached == 12
@@ -95,7 +98,7 @@ def test_failed_evaluations_are_recorded_and_the_search_goes_on():
         return toy_eval(genome_json)
 
     study = make_study(seed=1)
-    summary = run_search(study, SPACE, flaky, n_trials=10, workers=2, ray_address="local")
+    summary = run_search(study, SPACE, flaky, run_config(10, 2))
     failed = study.get_trials(states=(TrialState.FAIL,))
     assert states(study)["COMPLETE"] == 10
     assert failed and summary.failed == len(failed)
@@ -115,7 +118,7 @@ def test_non_finite_results_fail_the_trial(bad):
         return {**toy_eval(genome_json), "loss": bad}
 
     study = make_study()
-    summary = run_search(study, SPACE, broken, n_trials=2, workers=1, ray_address="local", max_failures=3)
+    summary = run_search(study, SPACE, broken, run_config(2, 1, max_failures=3))
     assert summary.stopped == "max_failures" and summary.failed == 4
     assert states(study) == {"FAIL": 4}
     assert all("loss" in t.user_attrs["error"] for t in study.trials)
@@ -123,8 +126,7 @@ def test_non_finite_results_fail_the_trial(bad):
 
 def test_missing_result_keys_fail_the_trial():
     study = make_study()
-    run_search(study, SPACE, lambda gj: {"loss": 1.0}, n_trials=1, workers=1, ray_address="local",
-               max_failures=0)
+    run_search(study, SPACE, lambda gj: {"loss": 1.0}, run_config(1, 1, max_failures=0))
     assert study.trials[0].user_attrs["error"] == "evaluator result lacks latency, latency_source"
 
 
@@ -133,7 +135,7 @@ def test_stops_early_after_max_failures_and_cancels_in_flight():
         raise TrialFailed("no")
 
     study = make_study()
-    summary = run_search(study, SPACE, always_fails, n_trials=50, workers=2, ray_address="local", max_failures=3)
+    summary = run_search(study, SPACE, always_fails, run_config(50, 2, max_failures=3))
     assert summary.stopped == "max_failures" and not summary.ok
     assert summary.failed == 4
     assert "stopped early after 4 failures (last: no)" in summary.line()
@@ -144,7 +146,8 @@ def test_identical_genomes_are_evaluated_once_and_replays_are_no_new_trials():
     ev = Counting()
     study = make_study()
     p = SPACE.sample(__import__("random").Random(0))
-    summary = run_search(study, SPACE, ev, n_trials=2, workers=1, ray_address="local", seeds=[p, p])
+    enqueue_seeds(study, [p, p], SPACE)
+    summary = run_search(study, SPACE, ev, run_config(2, 1))
     first, second = study.trials[:2]
     assert second.user_attrs["cached_from"] == first.number
     assert second.values == first.values
@@ -162,16 +165,17 @@ def test_replays_do_not_join_the_aging_population():
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
     rng = __import__("random").Random(3)
     a, b = space.sample(rng), space.sample(rng)
-    run_search(study, space, toy_eval, n_trials=3, workers=1, ray_address="local", seeds=[a, b, a])
+    enqueue_seeds(study, [a, b, a], space)
+    run_search(study, space, toy_eval, run_config(3, 1))
     replay = [t.number for t in study.trials if "cached_from" in t.user_attrs]
     assert replay == [2] and [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
-    assert [t.number for t in sampler._digest(study).newest(2)] == [1, 3]  # the replay (#2) is no member
+    assert [t.number for t in sampler._view(study).newest(2)] == [1, 3]  # the replay (#2) is no member
 
 
 def test_a_space_with_nothing_new_stops_as_exhausted():
     tiny = LayerwiseSpace(operators=("attention", "ffn"), widths=(64,), min_layers=2, max_layers=2)
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    summary = run_search(study, tiny, toy_eval, n_trials=50, workers=1, ray_address="local")
+    summary = run_search(study, tiny, toy_eval, run_config(50, 1))
     distinct = {t.user_attrs["genome_id"] for t in study.trials}
     assert summary.stopped == "exhausted" and summary.complete == summary.evaluated == len(distinct) < 50
     assert "space looks exhausted" in summary.line()
@@ -181,29 +185,31 @@ def test_seeds_are_enqueued_once_per_study(tmp_path):
     rng = __import__("random").Random(1)
     seeds = [SPACE.sample(rng) for _ in range(2)]
     study = make_study(storage=journal(tmp_path / "s.log"))
-    run_search(study, SPACE, toy_eval, n_trials=3, workers=1, ray_address="local", seeds=seeds)
+    enqueue_seeds(study, seeds, SPACE)
+    run_search(study, SPACE, toy_eval, run_config(3, 1))
     assert [t.params for t in study.trials[:2]] == seeds
     resumed = optuna.load_study(study_name="s", storage=journal(tmp_path / "s.log"),
                                 sampler=AgingEvolutionSampler(SPACE, population=4, sample_size=2, seed=0))
-    run_search(resumed, SPACE, toy_eval, n_trials=6, workers=1, ray_address="local", seeds=seeds)
+    enqueue_seeds(resumed, seeds, SPACE)
+    run_search(resumed, SPACE, toy_eval, run_config(6, 1))
     assert states(resumed) == {"COMPLETE": 6}
     assert sum("seed" in t.user_attrs for t in resumed.trials) == 2
-    assert resumed.user_attrs[SEEDS_ATTR] == 2
+    assert resumed.user_attrs[attrs.SEEDS_ENQUEUED] == 2
 
 
 def test_bad_seed_is_a_user_error_and_nothing_is_enqueued():
     study = make_study()
     good = SPACE.sample(__import__("random").Random(2))
     with pytest.raises(FlashsearchError, match="seed 1"):
-        run_search(study, SPACE, toy_eval, n_trials=1, workers=1, ray_address="local",
-                   seeds=[good, {**good, "d_model": 7}])
+        enqueue_seeds(study, [good, {**good, "d_model": 7}], SPACE)
+        run_search(study, SPACE, toy_eval, run_config(1, 1))
     assert study.trials == []
 
 
 def test_resume_reruns_trials_orphaned_by_a_crash(tmp_path):
     storage = journal(tmp_path / "s.log")
     study = make_study(storage=storage)
-    run_search(study, SPACE, toy_eval, n_trials=3, workers=1, ray_address="local")
+    run_search(study, SPACE, toy_eval, run_config(3, 1))
     # Simulate a controller killed with two trials in flight.
     orphans = [study.ask(fixed_distributions=SPACE.distributions()) for _ in range(2)]
     orphan_params = [dict(t.params) for t in orphans]
@@ -212,7 +218,7 @@ def test_resume_reruns_trials_orphaned_by_a_crash(tmp_path):
     ev = Counting()
     resumed = optuna.load_study(study_name="s", storage=journal(tmp_path / "s.log"),
                                 sampler=AgingEvolutionSampler(SPACE, population=4, sample_size=2, seed=0))
-    summary = run_search(resumed, SPACE, ev, n_trials=6, workers=2, ray_address="local")
+    summary = run_search(resumed, SPACE, ev, run_config(6, 2))
     assert summary.recovered == 2
     trials = resumed.trials
     assert states(resumed) == {"COMPLETE": 6, "FAIL": 2}
@@ -223,7 +229,7 @@ def test_resume_reruns_trials_orphaned_by_a_crash(tmp_path):
         assert len(retry) == 1 and retry[0].params == params and retry[0].state == TrialState.COMPLETE
     # The retries ran first (they were queued), and a second resume has nothing to do.
     assert summary.evaluated + summary.cached == 3
-    again = run_search(resumed, SPACE, ev, n_trials=6, workers=2, ray_address="local")
+    again = run_search(resumed, SPACE, ev, run_config(6, 2))
     assert again.recovered == 0 and again.evaluated == 0 and again.ok
 
 
@@ -233,7 +239,7 @@ def test_timeout_stops_asking_and_finishes_in_flight():
         return toy_eval(genome_json)
 
     study = make_study()
-    summary = run_search(study, SPACE, slow, n_trials=100, workers=2, ray_address="local", timeout_s=0.5)
+    summary = run_search(study, SPACE, slow, run_config(100, 2, timeout_s=0.5))
     assert summary.stopped == "timeout"
     assert 2 <= summary.complete < 100
     assert states(study).get("RUNNING", 0) == 0
@@ -242,20 +248,20 @@ def test_timeout_stops_asking_and_finishes_in_flight():
 def test_baseline_samplers_work_through_repair():
     space = StagedSpace(max_operators=12)  # random points often exceed it: the driver repairs before decoding
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(0))
-    run_search(study, space, toy_eval, n_trials=8, workers=2, ray_address="local")
+    run_search(study, space, toy_eval, run_config(8, 2))
     assert states(study) == {"COMPLETE": 8}
     assert all(Genome.from_json(t.user_attrs["genome"]).n_layers <= 12 for t in study.trials)
 
 
 def test_single_objective_study_is_rejected():
     with pytest.raises(FlashsearchError, match="two objectives"):
-        run_search(optuna.create_study(), SPACE, toy_eval, n_trials=1, workers=1, ray_address="local")
+        run_search(optuna.create_study(), SPACE, toy_eval, run_config(1, 1))
 
 
 def test_progress_printer_lines():
     buf = io.StringIO()
     study = make_study(target_latency=20.0)
-    run_search(study, SPACE, toy_eval, n_trials=3, workers=1, ray_address="local", progress=Progress(buf))
+    run_search(study, SPACE, toy_eval, run_config(3, 1), Hooks(progress=Progress(buf)))
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("[0/3] search started")
     assert lines[1].startswith("[1/3] #0 done  loss ") and "(toy)" in lines[1] and "ETA" in lines[1]
@@ -291,7 +297,7 @@ def test_real_local_ray_with_two_workers(monkeypatch):
 
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=AgingEvolutionSampler(space, population=3, sample_size=2, seed=0))
-    summary = run_search(study, space, evaluator, n_trials=6, workers=2, num_cpus_per_trial=1)
+    summary = run_search(study, space, evaluator, run_config(6, 2, address=None, num_cpus_per_trial=1))
     assert summary.complete == 6 and states(study)["COMPLETE"] == 6
     assert all(t.user_attrs["error"] == "too deep" for t in study.get_trials(states=(TrialState.FAIL,)))
     import ray
@@ -308,7 +314,7 @@ def test_nested_metrics_are_merged_and_flattened():
             "seconds": 1.5, "metrics": {"proxy_params": 7, "quality_metric": "val_bpb", "extra": {"x": 1}}}
 
     study = make_study()
-    run_search(study, SPACE, nested, n_trials=1, workers=1, ray_address="local")
+    run_search(study, SPACE, nested, run_config(1, 1))
     assert study.trials[0].user_attrs["metrics"] == {"seconds": 1.5, "proxy_params": 7, "quality_metric": "val_bpb",
                                                      "extra": {"x": 1}}
     row = trials_frame(study).iloc[0]

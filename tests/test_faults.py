@@ -10,6 +10,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from run_configs import run_config
+from flashsearch.search.recovery import enqueue_seeds
 from flashsearch.config import load_config
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
@@ -61,8 +63,8 @@ def test_each_fault_is_a_failed_trial_with_its_reason_and_the_search_goes_on():
     study = study_()
     seeds = [seed_of_width(w) for w in (256, 512, 768, 1024, 1280)]
     t0 = time.monotonic()
-    summary = run_search(study, SPACE, evaluator, n_trials=6, workers=2, ray_address="local", seeds=seeds,
-                         trial_timeout_s=0.5, max_failures=100)
+    enqueue_seeds(study, seeds, SPACE)
+    summary = run_search(study, SPACE, evaluator, run_config(6, 2, trial_timeout_s=0.5, max_failures=100))
     assert time.monotonic() - t0 < 2.5  # the 3 s evaluation was not waited for
     assert summary.ok and summary.complete == 6
     failed = {Genome.from_json(t.user_attrs["genome"]).id: t for t in study.get_trials(states=(TrialState.FAIL,))}
@@ -92,7 +94,7 @@ def test_torch_cuda_oom_is_out_of_memory():
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
 
     study = study_()
-    run_search(study, SPACE, evaluator, n_trials=1, workers=1, ray_address="local", max_failures=0)
+    run_search(study, SPACE, evaluator, run_config(1, 1, max_failures=0))
     t = study.trials[0]
     assert t.user_attrs["error_kind"] == "oom"
     assert t.user_attrs["error"].startswith("out of memory: OutOfMemoryError: CUDA out of memory.")
@@ -119,7 +121,7 @@ class FlakyOnce:
 def test_retries_rerun_transient_failures_and_record_retry_of():
     ev = FlakyOnce()
     study = study_()
-    summary = run_search(study, SPACE, ev, n_trials=4, workers=2, ray_address="local", retries=1)
+    summary = run_search(study, SPACE, ev, run_config(4, 2, retries=1))
     assert summary.ok and summary.complete == 4
     done = study.get_trials(states=(TrialState.COMPLETE,))
     failed = {t.number: t for t in study.get_trials(states=(TrialState.FAIL,))}
@@ -143,8 +145,8 @@ def test_retries_are_bounded_and_verdicts_are_not_retried():
 
     study = study_()
     seeds = [seed_of_width(256), seed_of_width(512)]
-    summary = run_search(study, SPACE, evaluator, n_trials=1, workers=1, ray_address="local", seeds=seeds,
-                         retries=2, max_failures=3)
+    enqueue_seeds(study, seeds, SPACE)
+    summary = run_search(study, SPACE, evaluator, run_config(1, 1, retries=2, max_failures=3))
     assert summary.stopped == "max_failures"
     assert always[SPACE.decode(seeds[0]).id] == 1
     assert always[SPACE.decode(seeds[1]).id] == 3  # first try + 2 retries, then given up
@@ -194,8 +196,8 @@ def test_real_ray_killed_worker_and_timeout(monkeypatch):
     t0 = time.monotonic()
     # The timeout counts from submission, so it includes starting a fresh Ray worker: on a machine whose cores
     # are busy with other jobs that took over 4 s (every trial then timed out), so the limit leaves room for it.
-    summary = run_search(study, SPACE, evaluator, n_trials=3, workers=2, num_cpus_per_trial=1,
-                         seeds=[killer, sleeper], trial_timeout_s=20.0)
+    enqueue_seeds(study, [killer, sleeper], SPACE)
+    summary = run_search(study, SPACE, evaluator, run_config(3, 2, address=None, num_cpus_per_trial=1, trial_timeout_s=20.0))
     assert time.monotonic() - t0 < 120
     assert summary.ok and summary.complete == 3
     failed = {t.user_attrs["genome_id"]: t for t in study.get_trials(states=(TrialState.FAIL,))}

@@ -17,7 +17,8 @@ from flashsearch.config import load_config
 from flashsearch.builders import build_space
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.roofline import RooflinePredictor
-from flashsearch.search.aging import ATTR_ORIGIN, AgingEvolutionSampler
+from flashsearch.search import attrs
+from flashsearch.search.aging import AgingEvolutionSampler
 from flashsearch.space import StagedSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -55,7 +56,7 @@ def test_every_candidate_random_ones_included_is_at_the_widest_width_meeting_the
     study = run_sampler(toy_latency)
     origins = collections.Counter()
     for t in study.get_trials():
-        origins[t.system_attrs[ATTR_ORIGIN]] += 1
+        origins[t.system_attrs[attrs.AGING_ORIGIN]] += 1
         assert t.values[1] <= TARGET, t.params  # no infeasible candidate is ever trained
         assert t.params["d_model"] == widest_meeting(SPACE, t.params, toy_latency, TARGET), t.params
     assert origins["random"] >= 6 and origins["mutation"] >= 20
@@ -132,10 +133,10 @@ def test_measured_latency_with_a_target_is_one_clear_error_and_writes_nothing(tm
 def test_baselines_get_the_target_as_a_constraint(tmp_path, plugins, sampler):
     config = write_config(tmp_path, target_latency=2.0, sampler=sampler, trials=3)
     from flashsearch.search.latency_target import LatencyTarget
-    from flashsearch.search.samplers import make_sampler
+    from flashsearch.search.samplers import build_sampler
 
     cfg = load_config(config)
-    built = make_sampler(cfg, build_space(cfg), LatencyTarget(build_space(cfg), lambda g: 1.0, 2.0))
+    built = build_sampler(cfg, build_space(cfg), LatencyTarget(build_space(cfg), lambda g: 1.0, 2.0))
     assert type(built).__name__ == {"tpe": "TPESampler", "nsga2": "NSGAIISampler", "random": "RandomSampler"}[sampler]
     assert main(["run", str(config)]) == 0
     done = load(tmp_path / "run").get_trials(states=(TrialState.COMPLETE,))

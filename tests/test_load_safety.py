@@ -15,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 import flashsearch.proxies.quality.short_train as short_train
+from run_configs import run_config
 from flashsearch.config import SearchConfig
 from flashsearch.errors import TimeLimitExceeded, TrialFailed
 from flashsearch.genome import Genome
@@ -76,8 +77,7 @@ def test_transient_failures_are_retried_once_by_default_and_no_candidate_is_lost
 
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=AgingEvolutionSampler(space, population=4, sample_size=2, seed=0))
-    summary = run_search(study, space, loaded, n_trials=10, workers=2, ray_address="local",
-                         retries=SearchConfig().retries)
+    summary = run_search(study, space, loaded, run_config(10, 2, retries=SearchConfig().retries))
     trials = study.get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed and all(t.user_attrs["error_kind"] == "time_limit" for t in failed)
@@ -95,7 +95,7 @@ def test_a_second_transient_failure_says_it_was_the_retry():
 
     study = optuna.create_study(directions=["minimize", "minimize"],
                                 sampler=AgingEvolutionSampler(space, population=4, sample_size=2, seed=0))
-    run_search(study, space, always_late, n_trials=1, workers=1, ray_address="local", retries=1, max_failures=1)
+    run_search(study, space, always_late, run_config(1, 1, retries=1, max_failures=1))
     first, second = study.trials[:2]
     assert second.user_attrs["retry_of"] == first.number
     assert second.user_attrs["error"].endswith("[time_limit: attempt 2 failed too; not retried again]")

@@ -14,13 +14,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from run_configs import run_config
 from flashsearch.archive import pareto_front, trials_frame
-from flashsearch.errors import FlashsearchError
+from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget
 from flashsearch.proxies.quality.short_train import ShortTrain
 from flashsearch.search import AgingEvolutionSampler, run_search
-from flashsearch.search.aging import _Digest
+from flashsearch.search.population import PopulationView
 from flashsearch.search.rungs import (Ladder, RungResult, ScreeningOnly, candidate_of, pareto_layers, promotion_order,
                                       promotions, rung_of)
 from flashsearch.space import StagedSpace
@@ -152,7 +153,7 @@ SAMPLERS = {
 def test_driver_runs_the_ladder_with_every_sampler(name) -> None:
     ev = RungEval()
     study = make_study(SAMPLERS[name]())
-    summary = run_search(study, SPACE, ev, n_trials=18, workers=3, ray_address="local", ladder=LADDER)
+    summary = run_search(study, SPACE, ev, run_config(18, 3, ladder=LADDER))
     assert summary.ok and summary.complete == 18
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     screening = [t for t in trials if rung_of(t) == 0 and "cached_from" not in t.user_attrs]
@@ -173,9 +174,9 @@ def test_driver_runs_the_ladder_with_every_sampler(name) -> None:
 
 def test_aging_population_has_one_member_per_candidate_compared_at_equal_rungs() -> None:
     study = make_study(AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0))
-    run_search(study, SPACE, RungEval(), n_trials=12, workers=2, ray_address="local", ladder=LADDER)
+    run_search(study, SPACE, RungEval(), run_config(12, 2, ladder=LADDER))
     sampler = study.sampler
-    digest = sampler._digest(study)
+    digest = sampler._view(study)
     members = digest.newest(100)
     assert all(rung_of(t) == 0 for t in members) and len(members) == 12
     promoted = [t for t in members if t.number in digest.rungs]
@@ -193,7 +194,7 @@ def test_aging_population_has_one_member_per_candidate_compared_at_equal_rungs()
 
 def test_baselines_see_screening_trials_only() -> None:
     study = make_study(ScreeningOnly(optuna.samplers.RandomSampler(seed=1)))
-    run_search(study, SPACE, RungEval(), n_trials=9, workers=1, ray_address="local", ladder=LADDER)
+    run_search(study, SPACE, RungEval(), run_config(9, 1, ladder=LADDER))
     from flashsearch.search.rungs import _ScreeningStudy
 
     view = _ScreeningStudy(study)
@@ -203,7 +204,7 @@ def test_baselines_see_screening_trials_only() -> None:
 def test_single_fidelity_is_unchanged() -> None:
     ev = RungEval()
     study = make_study(AgingEvolutionSampler(SPACE, population=4, sample_size=2, seed=0))
-    run_search(study, SPACE, ev, n_trials=8, workers=2, ray_address="local")
+    run_search(study, SPACE, ev, run_config(8, 2))
     assert {r for _, r in ev.calls} == {None}
     assert all("rung" not in t.user_attrs for t in study.get_trials())
     assert len(pareto_front(trials_frame(study))) >= 1
@@ -265,8 +266,7 @@ def test_target_mode_promotes_feasible_candidates_and_ranks_top_rung_results() -
     sampler = AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0, target_latency=target,
                                     latency_fn=latency)
     study = make_study(sampler)
-    summary = run_search(study, SPACE, RungEval(), n_trials=18, workers=2, ray_address="local", ladder=LADDER,
-                         target_latency=target)
+    summary = run_search(study, SPACE, RungEval(), run_config(18, 2, ladder=LADDER, target_latency=target))
     assert summary.ok
     promoted = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if rung_of(t) > 0]
     assert promoted and all(t.values[1] <= target for t in promoted)
@@ -278,7 +278,7 @@ def test_ranking_shows_each_front_candidate_s_losses_by_rung() -> None:
     from flashsearch.report import ranking_markdown, rung_history
 
     study = make_study(AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0))
-    run_search(study, SPACE, RungEval(), n_trials=9, workers=1, ray_address="local", ladder=LADDER)
+    run_search(study, SPACE, RungEval(), run_config(9, 1, ladder=LADDER))
     df = trials_frame(study)
     history = rung_history(df)
     top = df[(df["rung"] == 2) & (df["state"] == "COMPLETE")]
@@ -301,14 +301,21 @@ def test_eta_counts_the_promotions_still_to_come() -> None:
     assert run.eta() == pytest.approx(60.0 * 100.0 / 570.0)
     run.rung_seconds = {0: [10.0] * 27}
     run.evaluated = 27                                 # no promotion yet: their cost is estimated from rung 0's
-    expected = 9 * 10.0 * (300 - 80) / 100 + 3 * 10.0 * (900 - 240) / 100
+    # at rung 0's seconds per token over each rung's whole budget: an upper bound (it ignores continuation)
+    expected = 9 * 10.0 * 300 / 100 + 3 * 10.0 * 900 / 100
     assert run.eta() == pytest.approx(expected * 100.0 / 270.0)
 
 
 def test_export_without_a_top_rung_result_says_why(tmp_path) -> None:
     from flashsearch.export import export_top
 
+    class NoTopRung(RungEval):  # every top-rung training fails (and is not retried)
+        def __call__(self, genome_json: str, rung: int | None = None) -> dict:
+            if rung == LADDER.top:
+                raise TrialFailed("out of memory at the top rung")
+            return super().__call__(genome_json, rung)
+
     study = make_study(AgingEvolutionSampler(SPACE, population=3, sample_size=2, seed=0))
-    run_search(study, SPACE, RungEval(), n_trials=2, workers=1, ray_address="local", ladder=LADDER)
+    run_search(study, SPACE, NoTopRung(), run_config(9, 1, ladder=LADDER))
     with pytest.raises(FlashsearchError, match="no candidate has reached the top rung"):
         export_top(study, tmp_path / "export", 1)

@@ -5,8 +5,9 @@ import optuna
 import pytest
 
 from flashsearch.errors import FlashsearchError
-from flashsearch.search.aging import ATTR_MUTATION, ATTR_ORIGIN, ATTR_PARENT, AgingEvolutionSampler
-from flashsearch.search.screening import MIN_TRAIN, genome_features, pick_child, ridge_predict
+from flashsearch.search import attrs as names
+from flashsearch.search.aging import AgingEvolutionSampler
+from flashsearch.search.child_ranker import MIN_TRAIN, genome_features, pick_child, ridge_predict
 from flashsearch.space import StagedSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -75,10 +76,10 @@ def test_screened_child_is_still_one_mutation_of_a_tournament_member_and_meets_t
     for seed in range(6):
         study, trial, g = child_of(trials, 8, seed, target=target)
         attrs = study.get_trials()[trial.number].system_attrs
-        assert attrs[ATTR_ORIGIN] == "mutation"
-        parent = trials[attrs[ATTR_PARENT]]
+        assert attrs[names.AGING_ORIGIN] == "mutation"
+        parent = trials[attrs[names.AGING_PARENT]]
         params = study.get_trials()[trial.number].params
-        assert {k for k in params if params[k] != parent.params[k]} - {"d_model"} == {attrs[ATTR_MUTATION]}
+        assert {k for k in params if params[k] != parent.params[k]} - {"d_model"} == {attrs[names.AGING_MUTATION]}
         assert toy_latency(g) <= target
 
 
@@ -121,11 +122,11 @@ def test_config_key_reaches_the_sampler_and_is_validated():
     from pathlib import Path
 
     from flashsearch.config import load_config
-    from flashsearch.search.samplers import make_sampler
+    from flashsearch.search.samplers import build_sampler
 
     hybrid = Path(__file__).resolve().parents[1] / "search_spaces" / "hybrid_1b.yaml"
     cfg = load_config(hybrid, ["search.children_per_ask=6"])
-    assert make_sampler(cfg, SPACE).children_per_ask == 6
-    assert make_sampler(load_config(hybrid), SPACE).children_per_ask == 1
+    assert build_sampler(cfg, SPACE).children_per_ask == 6
+    assert build_sampler(load_config(hybrid), SPACE).children_per_ask == 1
     with pytest.raises(FlashsearchError, match="search.children_per_ask must be positive"):
         load_config(hybrid, ["search.children_per_ask=0"])

@@ -1,6 +1,36 @@
-"""Search: the aging-evolution sampler (baselines are Optuna's own samplers) and the ask/evaluate/tell driver."""
+"""Search: the ask/evaluate/tell driver over an Optuna study, the aging-evolution sampler, multi-fidelity rungs.
 
-from flashsearch.search.aging import AgingEvolutionSampler
-from flashsearch.search.driver import LOCAL, SearchSummary, run_search
+  driver.py        the loop: ask a candidate, evaluate it on a worker (backends.py), tell the result
+  attrs.py         the names of everything written into the study
+  samplers.py      the sampler a config names (short name or `_target_`)
+  aging.py         aging evolution as an Optuna sampler, built from population.py (the study as a population),
+                   proposal.py (mutate, dedup, width solve) and child_ranker.py (optional ridge over K children)
+  rungs.py         multi-fidelity: ladder promotions (ASHA-style)
+  failures.py, recovery.py, results.py, summary.py, lock.py, signals.py, storage.py, latency_target.py
 
-__all__ = ["AgingEvolutionSampler", "run_search", "SearchSummary", "LOCAL"]
+The names below load on first use (PEP 562), so importing one small module of this package (e.g. attrs) does not
+import the whole engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "AgingEvolutionSampler": "flashsearch.search.aging",
+    "run_search": "flashsearch.search.driver",
+    "Hooks": "flashsearch.search.driver",
+    "SearchSummary": "flashsearch.search.summary",
+    "LOCAL": "flashsearch.search.backends",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ = list(_LAZY)

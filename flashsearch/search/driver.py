@@ -8,12 +8,12 @@ see search/failures.py). Results are told as they land, not generation by genera
 Where workers run: search/backends.py. What happens before the loop (orphaned trials, seeds):
 search/recovery.py. What a run did: search/summary.py.
 
-Multi-fidelity (`ladder` given, search/rungs.py): every new candidate is a screening trial at rung 0;
+Multi-fidelity (search.fidelity=multi, search/rungs.py): every new candidate is a screening trial at rung 0;
 promotions (the same params at a higher rung, continuing from the candidate's checkpoint) are enqueued in the
-study as results land and run ahead of new candidates. `n_trials` counts candidates (screening trials); the search
-ends when they are done and no promotion is due. A rung-k checkpoint is deleted once rung k+1 has its result.
+study as results land and run ahead of new candidates. search.trials counts candidates (screening trials); the
+search ends when they are done and no promotion is due. Hooks.rung_done hears when a rung is no longer needed.
 
-With `retries=N`, a trial that failed for a transient kind (error, oom, timeout, time_limit, worker_died) is enqueued again
+With search.retries=N, a trial that failed for a transient kind (error, oom, timeout, time_limit, worker_died) is enqueued again
 with the same params, at most N times per genome; the new trial records `retry_of` (the failed trial number) and
 `attempt` (1 = first try). rejected / invalid_result are deterministic verdicts and are not retried.
 """
@@ -24,23 +24,25 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Hashable, Iterable, Mapping
+from typing import Any, Callable, Hashable, Mapping
 
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import Trial, TrialState
 
+from flashsearch.config import RunConfig, SearchConfig
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.progress import ProgressListener
 from flashsearch.search.backends import LOCAL, Backend, make_backend
 from flashsearch.search.latency_target import CONSTRAINT_KEY
 from flashsearch.search.failures import RETRYABLE, Evaluator, one_line
-from flashsearch.search.recovery import INTERRUPTED, SEEDS_ATTR, abandon, enqueue_seeds, recover_orphans
-from flashsearch.search.rungs import (RUNG_ATTR, TOP_ATTR, Ladder, candidate_of, enqueue_promotions,
-                                      fidelity_attrs, rung_of, waiting_promotions)
+from flashsearch.search.recovery import INTERRUPTED, abandon, recover_orphans
+from flashsearch.search.rungs import (candidate_of, enqueue_promotions, fidelity_attrs, rung_of,
+                                      waiting_promotions)
 from flashsearch.search.results import check_result, extras, jsonable
 from flashsearch.search.summary import EXHAUSTED_AFTER, Best, RunState, SearchSummary
+from flashsearch.search import attrs
 from flashsearch.space import SearchSpace
 
 
@@ -54,79 +56,52 @@ class _Pending:
     rung: int | None = None         # multi-fidelity rung (None: single fidelity)
 
 
-def run_search(
-    study: optuna.Study,
-    space: SearchSpace,
-    evaluator: Evaluator,
-    *,
-    n_trials: int,
-    workers: int,
-    ray_address: str | None = None,
-    num_cpus_per_trial: float = 1,
-    num_gpus_per_trial: float = 0,
-    seeds: Iterable[Mapping[str, Any]] = (),
-    progress: ProgressListener | None = None,
-    max_failures: int | None = None,
-    timeout_s: float | None = None,
-    target_latency: float | None = None,
-    trial_timeout_s: float | None = None,
-    retries: int = 0,
-    stop: threading.Event | None = None,
-    ladder: Ladder | None = None,
-    checkpoint_dir: str | None = None,
-) -> SearchSummary:
-    """Run until the study holds `n_trials` evaluated COMPLETE trials (earlier runs count; replays of an already
-    evaluated genome do not), W=`workers` in flight.
+@dataclass(frozen=True)
+class Hooks:
+    """What a caller plugs into a running search; every hook is optional."""
 
-    evaluator(genome_json) -> {"loss", "latency", "latency_source", ...extra metrics}; raises TrialFailed (or
-    anything) on failure. seeds: space params enqueued once per study (ahead of sampled trials).
-    max_failures: failures in this run before stopping early (default max(10, n_trials)).
-    timeout_s: no new trials after this many seconds; trials in flight are finished.
-    trial_timeout_s: a trial running longer is cancelled (its Ray worker killed) and FAILED "timeout after N s".
-    retries: re-run a trial that failed for a transient reason (see module doc) up to this many times.
-    stop: when set (e.g. by a signal handler), stop at the next safe point as on KeyboardInterrupt: trials in
-        flight are cancelled, failed as interrupted and re-queued, then KeyboardInterrupt is raised. Unlike an
-        exception raised by a handler, it never lands inside a storage write.
-    target_latency: the "best so far" shown in progress (defaults to the sampler's target, if any); under
-        multi-fidelity also the promotion rule's (candidates meeting it first).
-    ladder: multi-fidelity rungs (module doc); None = every candidate at the evaluator's one budget.
-    checkpoint_dir: where the evaluator keeps rung checkpoints (deleted here once no longer needed).
+    progress: ProgressListener | None = None       # trial events: console progress, the W&B logger (progress.py)
+    # Set it (e.g. from a signal handler) to stop at the next safe point, as on KeyboardInterrupt: trials in flight
+    # are cancelled, failed as interrupted and re-queued, then KeyboardInterrupt is raised. Unlike an exception
+    # raised by a handler, it never lands inside a storage write.
+    stop: threading.Event | None = None
+    # Multi-fidelity: called with (genome_id, rung) once rung+1 of that genome has its result, so whatever was kept
+    # to continue from that rung (the evaluator's checkpoint) can go.
+    rung_done: Callable[[str, int], None] | None = None
+
+
+def run_search(study: optuna.Study, space: SearchSpace, evaluator: Evaluator, config: RunConfig,
+               hooks: Hooks = Hooks()) -> SearchSummary:
+    """Run until the study holds `config.search.trials` evaluated COMPLETE trials (earlier runs count; replays of an
+    already evaluated genome do not), `config.search.workers` in flight, on the workers `config.ray` describes.
+
+    evaluator(genome_json[, rung]) -> {"loss", "latency", "latency_source", ...extra metrics}; raises TrialFailed
+    (or anything) on failure. Seeds are enqueued beforehand (recovery.enqueue_seeds). What each setting does:
+    the SearchConfig and RayConfig fields (flashsearch/config.py); under search.fidelity=multi the candidates
+    climb `config.ladder()`.
     """
     _check_study(study)
-    if n_trials < 0 or workers < 1:
-        raise FlashsearchError(f"need search.trials >= 0 and search.workers >= 1, got {n_trials} and {workers}")
-    seeds = [dict(p) for p in seeds]
-    for i, p in enumerate(seeds):  # validate all before enqueueing any: nothing half-written
-        try:
-            space.validate(p)
-        except FlashsearchError as e:
-            raise FlashsearchError(f"seed {i}: {e}") from None
-    if trial_timeout_s is not None and not (trial_timeout_s > 0):
-        raise FlashsearchError(f"search.trial_timeout_s must be a positive number of seconds, got {trial_timeout_s}")
-    if retries < 0:
-        raise FlashsearchError(f"search.retries must be >= 0, got {retries}")
-    budget = max(10, n_trials) if max_failures is None else int(max_failures)
-    if target_latency is None:
-        target_latency = getattr(study.sampler, "target_latency", None)
-
-    run = RunState(n_trials=n_trials, t0=time.monotonic(), progress=progress, best=Best(target_latency),
-               trial_timeout_s=None if trial_timeout_s is None else float(trial_timeout_s), retries=int(retries),
-               ladder=ladder, checkpoint_dir=checkpoint_dir)
+    search, ray = config.search, config.ray
+    n_trials, workers = search.trials, search.workers
+    budget = max(10, n_trials) if search.max_failures is None else int(search.max_failures)
+    ladder = config.ladder()
+    progress, stop = hooks.progress, hooks.stop
+    run = RunState(n_trials=n_trials, t0=time.monotonic(), progress=progress, best=Best(search.target_latency),
+                   ladder=ladder)
     recovered = recover_orphans(study, space)
-    enqueue_seeds(study, seeds)
     if ladder is not None:  # results told just before a stop may have left promotions due
-        enqueue_promotions(study, ladder, target_latency)
+        enqueue_promotions(study, ladder, search.target_latency)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         run.remember(t)
     summary = SearchSummary(n_trials=n_trials, complete=run.complete, recovered=recovered)
     run.emit("start", message=f"{run.complete} complete, {recovered} interrupted trial(s) re-queued, "
-                              f"{workers} worker(s)" + (" (in-process)" if ray_address == LOCAL else ""))
+                              f"{workers} worker(s)" + (" (in-process)" if ray.address == LOCAL else ""))
     if run.complete >= n_trials and not _promotion_due(study, run):
         return run.summarize(summary, "completed")
 
-    backend = make_backend(evaluator, workers, ray_address, num_cpus_per_trial, num_gpus_per_trial)
+    backend = make_backend(evaluator, workers, ray.address, ray.num_cpus_per_trial, ray.num_gpus_per_trial)
     dists = space.distributions()
-    deadline = None if timeout_s is None else run.t0 + float(timeout_s)
+    deadline = None if search.timeout_s is None else run.t0 + float(search.timeout_s)
     in_flight: dict[Hashable, _Pending] = {}
     stopped: str | None = None
     try:
@@ -139,7 +114,7 @@ def run_search(
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped = "timeout"
                     break
-                _ask_one(study, space, dists, backend, run, in_flight)
+                _ask_one(study, space, dists, backend, run, search, in_flight)
                 if run.failed > budget:
                     stopped = "max_failures"
                 elif run.replays_in_a_row >= EXHAUSTED_AFTER:
@@ -167,15 +142,15 @@ def run_search(
                     backend.cancel(handle)
                     del in_flight[handle]
                     run.running = len(in_flight)
-                    _tell(study, run, p, {"ok": False, "kind": "timeout", "seconds": now - p.started,
-                                          "error": f"timeout after {run.trial_timeout_s:g} s (search.trial_timeout_s)"})
+                    _tell(study, run, search, hooks, p, {"ok": False, "kind": "timeout", "seconds": now - p.started,
+                                          "error": f"timeout after {search.trial_timeout_s:g} s (search.trial_timeout_s)"})
                 if not expired and deadline is not None and now >= deadline:
                     stopped = "timeout"  # deadline passed while waiting: finish what is in flight, ask nothing new
             else:
                 handle, outcome = got
                 pending = in_flight.pop(handle)
                 run.running = len(in_flight)
-                _tell(study, run, pending, outcome)
+                _tell(study, run, search, hooks, pending, outcome)
             if run.failed > budget:
                 stopped = "max_failures"
     except KeyboardInterrupt:
@@ -205,7 +180,7 @@ def _check_study(study: optuna.Study) -> None:
 
 
 def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: Backend, run: RunState,
-             in_flight: dict[Hashable, _Pending]) -> None:
+             search: SearchConfig, in_flight: dict[Hashable, _Pending]) -> None:
     trial = study.ask(fixed_distributions=dict(dists))
     try:
         # Baseline samplers (TPE, NSGA-II, random) may propose points outside the space's limits: repair.
@@ -218,24 +193,24 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: B
         return
     if repaired != proposed:
         _record_repair(study, trial, dists, proposed, repaired)
-    trial.set_user_attr("genome", genome.to_json())
-    trial.set_user_attr("genome_id", genome.id)
+    trial.set_user_attr(attrs.GENOME, genome.to_json())
+    trial.set_user_attr(attrs.GENOME_ID, genome.id)
     rung = None
     if run.ladder is not None:
         rung = rung_of(trial)
-        if RUNG_ATTR not in trial.user_attrs:  # a new candidate: its screening trial
-            trial.set_user_attr(RUNG_ATTR, 0)
-            trial.set_user_attr(TOP_ATTR, run.ladder.top)
+        if attrs.RUNG not in trial.user_attrs:  # a new candidate: its screening trial
+            trial.set_user_attr(attrs.RUNG, 0)
+            trial.set_user_attr(attrs.TOP_RUNG, run.ladder.top)
     hit = run.cache.get(genome.id) if not rung else None  # a promotion is never a replay
     if hit is not None:
         # Identical genome already evaluated: replay its result instead of spending a worker on it. The replay
         # is COMPLETE (a sampler that models the study learns from it) but is no new trial: it does not count
         # toward search.trials nor join the aging population.
-        trial.set_user_attr("cached_from", hit.number)
-        trial.set_user_attr("latency_source", hit.latency_source)
+        trial.set_user_attr(attrs.CACHED_FROM, hit.number)
+        trial.set_user_attr(attrs.LATENCY_SOURCE, hit.latency_source)
         if hit.metrics is not None:
-            trial.set_user_attr("metrics", hit.metrics)
-        trial.set_user_attr("eval_seconds", 0.0)
+            trial.set_user_attr(attrs.METRICS, hit.metrics)
+        trial.set_user_attr(attrs.EVAL_SECONDS, 0.0)
         _record_constraint(trial, run, hit.values[1])
         frozen = study.tell(trial, list(hit.values))
         run.cached += 1
@@ -244,10 +219,10 @@ def _ask_one(study: optuna.Study, space: SearchSpace, dists: Mapping, backend: B
         run.emit("trial_cached", number=trial.number, loss=hit.values[0], latency=hit.values[1],
                  latency_source=hit.latency_source, cached_from=hit.number, **_about(genome, trial.params))
         return
-    attempt = int(trial.user_attrs.get("attempt", 1))
+    attempt = int(trial.user_attrs.get(attrs.ATTEMPT, 1))
     run.replays_in_a_row = 0
     started = time.monotonic()
-    deadline = math.inf if run.trial_timeout_s is None else started + run.trial_timeout_s
+    deadline = math.inf if search.trial_timeout_s is None else started + search.trial_timeout_s
     in_flight[backend.submit(genome.to_json(), rung)] = _Pending(trial, genome, started, deadline, attempt, rung)
     run.running = len(in_flight)
     run.emit("trial_started", number=trial.number, **_about(genome, trial.params), **_fidelity(trial, run))
@@ -262,25 +237,26 @@ def _fidelity(trial: Trial | Any, run: RunState) -> dict[str, Any]:
 
 def _about(genome: Genome, params: Mapping[str, Any]) -> dict[str, Any]:
     """What progress listeners (the W&B logger) get to know about a trial's candidate."""
-    return {"genome_id": genome.id, "summary": genome.summary(), "params": dict(params),
+    return {attrs.GENOME_ID: genome.id, "summary": genome.summary(), "params": dict(params),
             "d_model": genome.d_model, "n_layers": genome.n_layers}
 
 
-def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mapping[str, Any]) -> None:
+def _tell(study: optuna.Study, run: RunState, search: SearchConfig, hooks: Hooks, pending: _Pending,
+          outcome: Mapping[str, Any]) -> None:
     trial = pending.trial
     seconds = float(outcome.get("seconds", time.monotonic() - pending.started))
     about = _about(pending.genome, trial.params)
     if outcome.get("node"):
-        trial.set_user_attr("worker_node", str(outcome["node"]))   # the Ray node it ran on
+        trial.set_user_attr(attrs.WORKER_NODE, str(outcome["node"]))   # the Ray node it ran on
     if not outcome.get("ok"):
         if outcome.get("detail"):
-            trial.set_user_attr("error_detail", str(outcome["detail"]))
-        trial.set_user_attr("eval_seconds", seconds)
+            trial.set_user_attr(attrs.ERROR_DETAIL, str(outcome["detail"]))
+        trial.set_user_attr(attrs.EVAL_SECONDS, seconds)
         kind = str(outcome.get("kind") or "error")
         # Retry enqueued before the FAIL is written: a kill in between leaves the trial RUNNING with its retry
         # queued (the next start only fails it); the other order would lose the candidate.
         reason = str(outcome.get("error") or "unknown error")
-        if _maybe_retry(study, run, pending, kind):
+        if _maybe_retry(study, run, search.retries, pending, kind):
             reason += f" [{kind}: queued again as attempt {pending.attempt + 1}]"
         elif pending.attempt > 1:
             reason += f" [{kind}: attempt {pending.attempt} failed too; not retried again]"
@@ -289,14 +265,14 @@ def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mappin
     result = outcome["result"]
     problem = check_result(result)
     if problem is not None:
-        trial.set_user_attr("eval_seconds", seconds)
+        trial.set_user_attr(attrs.EVAL_SECONDS, seconds)
         _fail(study, run, trial, problem, "invalid_result", about)
         return
     loss, latency = float(result["loss"]), float(result["latency"])
     source = str(result["latency_source"])
-    trial.set_user_attr("latency_source", source)
-    trial.set_user_attr("metrics", jsonable(extras(result)))
-    trial.set_user_attr("eval_seconds", seconds)
+    trial.set_user_attr(attrs.LATENCY_SOURCE, source)
+    trial.set_user_attr(attrs.METRICS, jsonable(extras(result)))
+    trial.set_user_attr(attrs.EVAL_SECONDS, seconds)
     _record_constraint(trial, run, latency)
     frozen = study.tell(trial, [loss, latency])
     run.evaluated += 1
@@ -306,25 +282,23 @@ def _tell(study: optuna.Study, run: RunState, pending: _Pending, outcome: Mappin
     run.emit("trial_done", number=trial.number, loss=loss, latency=latency, latency_source=source,
              metrics=extras(result), **about, **_fidelity(frozen, run))
     if run.ladder is not None:
-        _after_rung(study, run, frozen)
+        _after_rung(study, run, hooks, frozen)
 
 
-def _after_rung(study: optuna.Study, run: RunState, t: Any) -> None:
-    """A rung result landed: enqueue the promotions now due, and drop the checkpoint it continued from (rung k's
-    result makes rung k-1's checkpoint useless: any later promotion continues from rung k)."""
+def _after_rung(study: optuna.Study, run: RunState, hooks: Hooks, t: Any) -> None:
+    """A rung result landed: enqueue the promotions now due, and tell the caller that the rung it continued from is
+    done with (rung k's result makes rung k-1's checkpoint useless: any later promotion continues from rung k)."""
     assert run.ladder is not None
     run.promoted += len(enqueue_promotions(study, run.ladder, run.best.target))
     k = rung_of(t)
-    if k > 0 and run.checkpoint_dir is not None:
-        from flashsearch.proxies.quality.checkpoint import remove_rung_checkpoints
-
-        remove_rung_checkpoints(run.checkpoint_dir, str(t.user_attrs.get("genome_id")), k - 1)
+    if k > 0 and hooks.rung_done is not None:
+        hooks.rung_done(str(t.user_attrs.get(attrs.GENOME_ID)), k - 1)
 
 
 def _fail(study: optuna.Study, run: RunState, trial: Trial, reason: str, kind: str = "error",
           about: Mapping[str, Any] | None = None) -> None:
-    trial.set_user_attr("error", reason)
-    trial.set_user_attr("error_kind", kind)
+    trial.set_user_attr(attrs.ERROR, reason)
+    trial.set_user_attr(attrs.ERROR_KIND, kind)
     study.tell(trial, state=TrialState.FAIL)
     run.failed += 1
     run.last_error = reason
@@ -335,7 +309,7 @@ def _record_repair(study: optuna.Study, trial: Trial, dists: Mapping, proposed: 
                    repaired: Mapping[str, Any]) -> None:
     """Store the params of the genome actually evaluated (the proposal is kept in `proposed_params`): a sampler
     that models the study (TPE, NSGA-II) must learn what was measured, not a many-to-one encoding of it."""
-    trial.set_user_attr("proposed_params", {k: v for k, v in proposed.items()})
+    trial.set_user_attr(attrs.PROPOSED_PARAMS, {k: v for k, v in proposed.items()})
     for name, value in repaired.items():
         dist = dists.get(name)
         if dist is None or proposed.get(name) == value:
@@ -351,18 +325,16 @@ def _record_constraint(trial: Trial, run: RunState, latency: float) -> None:
         trial.set_constraint(CONSTRAINT_KEY, float(latency) - run.best.target)
 
 
-def _maybe_retry(study: optuna.Study, run: RunState, pending: _Pending, kind: str) -> bool:
+def _maybe_retry(study: optuna.Study, run: RunState, retries: int, pending: _Pending, kind: str) -> bool:
     """Enqueue the failed trial's params again (retry_of, attempt + 1) if retries are left for this kind; the
     retry is a new task, on a fresh worker process wherever the backend gives one (Ray)."""
-    if kind not in RETRYABLE or pending.attempt > run.retries:
+    if kind not in RETRYABLE or pending.attempt > retries:
         return False
     number = pending.trial.number
-    study.enqueue_trial(dict(pending.trial.params), user_attrs={"retry_of": number, "attempt": pending.attempt + 1,
+    study.enqueue_trial(dict(pending.trial.params), user_attrs={attrs.RETRY_OF: number, attrs.ATTEMPT: pending.attempt + 1,
                                                                 **fidelity_attrs(pending.trial)})
     run.retried += 1
     return True
 
 
-# Re-exported: older code and tests import these from the driver.
-__all__ = ["run_search", "SearchSummary", "recover_orphans", "enqueue_seeds", "jsonable", "LOCAL",
-           "INTERRUPTED", "SEEDS_ATTR"]
+__all__ = ["run_search", "Hooks"]

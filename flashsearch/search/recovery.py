@@ -11,10 +11,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from flashsearch.errors import FlashsearchError
+from flashsearch.search import attrs
 from flashsearch.search.rungs import fidelity_attrs
 from flashsearch.space import SearchSpace
 
-SEEDS_ATTR = "flashsearch:seeds_enqueued"
 INTERRUPTED = "interrupted (controller stopped)"
 
 
@@ -30,14 +31,14 @@ def abandon(study: optuna.Study, trial_id: int, reason: str, expected: Iterable[
     if t.state.is_finished():
         return False
     params = t.system_attrs.get("fixed_params") or t.params
-    complete = "genome" in t.user_attrs or "fixed_params" in t.system_attrs or (
+    complete = attrs.GENOME in t.user_attrs or "fixed_params" in t.system_attrs or (
         expected is not None and set(expected) <= set(params or {}))
     # Stopped while being asked (before its genome was decided, params possibly half-written): nothing to
     # re-run; the sampler proposes afresh.
     if complete and params and not requeued(study, t.number):
         # An interrupted attempt does not count as one: keep its attempt number.
-        study.enqueue_trial(dict(params), user_attrs={"retry_of": t.number,
-                                                      "attempt": int(t.user_attrs.get("attempt", 1)),
+        study.enqueue_trial(dict(params), user_attrs={attrs.RETRY_OF: t.number,
+                                                      "attempt": int(t.user_attrs.get(attrs.ATTEMPT, 1)),
                                                       **fidelity_attrs(t)})
     study._storage.set_trial_user_attr(trial_id, "error", reason)
     study._storage.set_trial_user_attr(trial_id, "error_kind", "interrupted")
@@ -47,7 +48,7 @@ def abandon(study: optuna.Study, trial_id: int, reason: str, expected: Iterable[
 
 def requeued(study: optuna.Study, number: int) -> bool:
     """Whether a trial retrying trial `number` is already in the study (enqueued just before a kill)."""
-    return any(t.user_attrs.get("retry_of") == number for t in study.get_trials(deepcopy=False))
+    return any(t.user_attrs.get(attrs.RETRY_OF) == number for t in study.get_trials(deepcopy=False))
 
 
 def recover_orphans(study: optuna.Study, space: SearchSpace | None = None) -> int:
@@ -61,23 +62,30 @@ def recover_orphans(study: optuna.Study, space: SearchSpace | None = None) -> in
     return sum(abandon(study, t._trial_id, INTERRUPTED, expected) for t in orphans)
 
 
-def enqueue_seeds(study: optuna.Study, seeds: Sequence[Mapping[str, Any]]) -> int:
-    """Enqueue seed params once per study; returns how many were enqueued now.
+def enqueue_seeds(study: optuna.Study, seeds: Sequence[Mapping[str, Any]], space: SearchSpace | None = None) -> int:
+    """Enqueue seed params once per study (ahead of sampled trials); returns how many were enqueued now. With
+    `space`, every seed is validated first, so a bad one leaves nothing enqueued.
 
     Idempotent under a kill at any point: the done-marker (study attribute: how many seeds this study takes) is
     written first, then each seed not yet in the study (trials carry their `seed` index). A run killed midway
     enqueues only the missing ones on its next start; none is enqueued (and trained) twice."""
     if not seeds:
         return 0
-    n = study.user_attrs.get(SEEDS_ATTR)
+    for i, p in enumerate(seeds):
+        try:
+            if space is not None:
+                space.validate(p)
+        except FlashsearchError as e:
+            raise FlashsearchError(f"seed {i}: {e}") from None
+    n = study.user_attrs.get(attrs.SEEDS_ENQUEUED)
     if n is None:
         n = len(seeds)
-        study.set_user_attr(SEEDS_ATTR, n)
-    present = {t.user_attrs.get("seed") for t in study.get_trials(deepcopy=False)}
+        study.set_user_attr(attrs.SEEDS_ENQUEUED, n)
+    present = {t.user_attrs.get(attrs.SEED) for t in study.get_trials(deepcopy=False)}
     missing = [i for i in range(min(int(n), len(seeds))) if i not in present]
     for i in missing:
-        study.enqueue_trial(dict(seeds[i]), user_attrs={"seed": i})
+        study.enqueue_trial(dict(seeds[i]), user_attrs={attrs.SEED: i})
     return len(missing)
 
 
-__all__ = ["abandon", "requeued", "recover_orphans", "enqueue_seeds", "SEEDS_ATTR", "INTERRUPTED"]
+__all__ = ["abandon", "requeued", "recover_orphans", "enqueue_seeds", "INTERRUPTED"]

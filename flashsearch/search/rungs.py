@@ -28,65 +28,12 @@ from typing import Any, Iterable, Sequence
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from flashsearch.errors import FlashsearchError
-
-RUNG_ATTR = "rung"
-TOP_ATTR = "top_rung"
-CANDIDATE_ATTR = "candidate"
-
-
-@dataclass(frozen=True)
-class Ladder:
-    """Training budgets in tokens, strictly increasing; the last is the fidelity the front is published at."""
-
-    tokens: tuple[int, ...]
-    eta: int = 3
-
-    @classmethod
-    def of(cls, rungs: Iterable[Any] | None, eta: Any, top: int | None = None, n_rungs: Any = 3) -> "Ladder":
-        """Validated ladder; every problem is one line naming the key and the fix. With `rungs` empty the ladder
-        is derived: `n_rungs` budgets spaced by eta, ending at `top` (top / eta^k, k = n_rungs-1 .. 0)."""
-        if isinstance(eta, bool) or not isinstance(eta, int) or eta < 2:
-            raise FlashsearchError(f"budget.eta must be an integer >= 2 (promote the best 1/eta of a rung), "
-                                   f"got {eta!r}")
-        rungs = list(rungs or [])
-        if not rungs:
-            if isinstance(n_rungs, bool) or not isinstance(n_rungs, int) or n_rungs < 1:
-                raise FlashsearchError(f"budget.n_rungs must be an integer >= 1, got {n_rungs!r}: an empty ladder "
-                                       "has no rung to train at (or list them: budget.rungs=[32768,98304,294912])")
-            if top is None:
-                raise FlashsearchError("budget.rungs is empty and there is no budget.tokens to derive it from")
-            rungs = [int(top) // eta ** k for k in range(n_rungs - 1, -1, -1)]
-            if rungs[0] < 1 or len(set(rungs)) < len(rungs):
-                raise FlashsearchError(f"budget.tokens={top} is too small for {n_rungs} rungs spaced by eta={eta}; "
-                                       "lower budget.n_rungs or raise budget.tokens")
-        if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rungs):
-            raise FlashsearchError(f"budget.rungs must be positive integers (tokens), got {rungs}")
-        if any(b <= a for a, b in zip(rungs, rungs[1:])):
-            raise FlashsearchError(f"budget.rungs must be strictly increasing, got {rungs}")
-        if top is not None and rungs[-1] != top:
-            raise FlashsearchError(
-                f"budget.rungs must end at budget.tokens={top} (the top rung is the training budget the front is "
-                f"published at), got {rungs}; fix one of them, or drop budget.rungs to derive the ladder from "
-                "budget.tokens, budget.n_rungs and budget.eta")
-        return cls(tuple(int(r) for r in rungs), int(eta))
-
-    @property
-    def top(self) -> int:
-        return len(self.tokens) - 1
-
-
-def ladder_of(cfg: Any) -> Ladder | None:
-    """A RunConfig's ladder under search.fidelity=multi; None under single fidelity."""
-    if cfg.search.fidelity != "multi":
-        return None
-    b = cfg.budget
-    return Ladder.of(b.rungs, b.eta, top=b.tokens, n_rungs=b.n_rungs)
-
+from flashsearch.config import Ladder
+from flashsearch.search import attrs
 
 # ---- what a trial says about its fidelity ------------------------------------------------------------------
 def rung_of(t: FrozenTrial) -> int:
-    return int(t.user_attrs.get(RUNG_ATTR, 0))
+    return int(t.user_attrs.get(attrs.RUNG, 0))
 
 
 def is_promotion(t: FrozenTrial) -> bool:
@@ -95,13 +42,13 @@ def is_promotion(t: FrozenTrial) -> bool:
 
 def candidate_of(t: FrozenTrial) -> int:
     """The screening trial a result belongs to (itself for a screening trial)."""
-    return int(t.user_attrs.get(CANDIDATE_ATTR, t.number))
+    return int(t.user_attrs.get(attrs.CANDIDATE, t.number))
 
 
 def fidelity_attrs(t: FrozenTrial) -> dict[str, Any]:
     """The attributes a re-run of `t` (retry, interrupted trial) must carry to stay the same rung of the same
     candidate."""
-    return {k: t.user_attrs[k] for k in (RUNG_ATTR, TOP_ATTR, CANDIDATE_ATTR) if k in t.user_attrs}
+    return {k: t.user_attrs[k] for k in (attrs.RUNG, attrs.TOP_RUNG, attrs.CANDIDATE) if k in t.user_attrs}
 
 
 # ---- the promotion rule (pure) -----------------------------------------------------------------------------
@@ -191,7 +138,7 @@ def study_results(trials: Sequence[FrozenTrial]) -> tuple[list[RungResult], set[
     attempted: set[tuple[int, int]] = set()
     screening: dict[int, FrozenTrial] = {}
     for t in trials:
-        if "cached_from" in t.user_attrs:
+        if attrs.CACHED_FROM in t.user_attrs:
             continue
         c, k = candidate_of(t), rung_of(t)
         if k > 0:
@@ -211,8 +158,8 @@ def enqueue_promotions(study: Any, ladder: Ladder, target_latency: float | None 
     due = [(c, k) for c, k in promotions(results, attempted, ladder, target_latency) if c in screening]
     for c, k in due:
         study.enqueue_trial(dict(screening[c].params),
-                            user_attrs={RUNG_ATTR: k, TOP_ATTR: ladder.top, CANDIDATE_ATTR: c,
-                                        "genome_id": screening[c].user_attrs.get("genome_id")})
+                            user_attrs={attrs.RUNG: k, attrs.TOP_RUNG: ladder.top, attrs.CANDIDATE: c,
+                                        "genome_id": screening[c].user_attrs.get(attrs.GENOME_ID)})
     return due
 
 
@@ -272,6 +219,6 @@ class ScreeningOnly(BaseSampler):
         self.inner.reseed_rng()
 
 
-__all__ = ["Ladder", "ladder_of", "RungResult", "promotions", "promotion_order", "pareto_layers", "study_results",
+__all__ = ["Ladder", "RungResult", "promotions", "promotion_order", "pareto_layers", "study_results",
            "enqueue_promotions", "waiting_promotions", "ScreeningOnly", "rung_of", "candidate_of", "is_promotion",
-           "fidelity_attrs", "RUNG_ATTR", "TOP_ATTR", "CANDIDATE_ATTR"]
+           "fidelity_attrs"]

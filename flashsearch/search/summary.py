@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial
 from flashsearch.search.rungs import Ladder, rung_of
 
 from flashsearch.progress import EventKind, ProgressListener, SearchEvent, format_duration
+from flashsearch.search import attrs
 
 
 # Consecutive proposals of already-evaluated genomes after which a search stops as "exhausted": replays do not
@@ -104,10 +105,7 @@ class RunState:
     retried: int = 0
     replays_in_a_row: int = 0       # cached replays since the last candidate sent to a worker
     last_error: str | None = None
-    trial_timeout_s: float | None = None
-    retries: int = 0
     ladder: Ladder | None = None    # multi-fidelity rungs (None: single fidelity)
-    checkpoint_dir: str | None = None
     promoted: int = 0
     rung_seconds: dict[int, list[float]] = field(default_factory=dict)  # this run's evaluation seconds per rung
 
@@ -136,8 +134,9 @@ class RunState:
                 expected //= eta
             done_k = len(self.rung_seconds.get(k, ())) if k else self.complete
             times = self.rung_seconds.get(k)
-            # a promotion trains from the previous rung's checkpoint: roughly the tokens it adds
-            mean = sum(times) / len(times) if times else mean0 * (tokens[k] - 0.8 * tokens[k - 1]) / tokens[0]
+            # Until a rung has a result, charge it rung 0's time per token at its full budget: an upper bound, since
+            # a promotion continues from a checkpoint (how far back it resumes is the proxy's business).
+            mean = sum(times) / len(times) if times else mean0 * tokens[k] / tokens[0]
             remaining += max(0, expected - done_k) * mean
         spent = sum(sum(v) for v in self.rung_seconds.values())
         return remaining * self.elapsed() / spent if spent > 0 else remaining
@@ -147,15 +146,15 @@ class RunState:
         candidate) and index its result by genome id (for dedup) and for the best-so-far (under multi-fidelity,
         top-rung results only: losses of different rungs do not compare)."""
         rung = rung_of(t)
-        if "cached_from" not in t.user_attrs and rung == 0:
+        if attrs.CACHED_FROM not in t.user_attrs and rung == 0:
             self.complete += 1
         if t.values is None or len(t.values) < 2:
             return
         loss, latency = float(t.values[0]), float(t.values[1])
-        gid = t.user_attrs.get("genome_id")
+        gid = t.user_attrs.get(attrs.GENOME_ID)
         if gid is not None and gid not in self.cache and rung == 0:
-            self.cache[gid] = Cached(t.number, (loss, latency), t.user_attrs.get("latency_source"),
-                                     t.user_attrs.get("metrics"))
+            self.cache[gid] = Cached(t.number, (loss, latency), t.user_attrs.get(attrs.LATENCY_SOURCE),
+                                     t.user_attrs.get(attrs.METRICS))
         if self.ladder is None or rung == self.ladder.top:
             self.best.offer(t.number, loss, latency)
 

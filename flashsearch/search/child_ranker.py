@@ -1,21 +1,23 @@
-"""Surrogate screening for aging evolution: of K mutated children, train the one a cheap model predicts best.
+"""Child ranking for aging evolution (search.children_per_ask = K > 1): of K mutated children, train the one a
+cheap model predicts best.
 
 The model is a ridge regression on generic genome features, refitted on every ask from the study's completed
 trials (stateless, like the sampler: the same study gives the same choice). Training a candidate costs minutes
-to hours; fitting a 20-feature ridge on a few hundred trials costs a millisecond, so screening K children per
+to hours; fitting a 20-feature ridge on a few hundred trials costs a millisecond, so ranking K children per
 training spends almost nothing to avoid training children the completed trials already argue against.
+(Not to be confused with multi-fidelity *screening*, the cheap first rung every candidate trains at.)
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from flashsearch.genome import Genome
 
-# Fewer completed trials than this: the fit is noise; screening keeps the first child (plain aging).
+# Fewer completed trials than this: the fit is noise; the ranker keeps the first child (plain aging).
 MIN_TRAIN = 8
 
 
@@ -85,4 +87,35 @@ def pick_child(children: Sequence[np.ndarray], trained: Sequence[np.ndarray], lo
     return int(np.argmin(score))
 
 
-__all__ = ["genome_features", "Ridge", "ridge_predict", "pick_child", "MIN_TRAIN"]
+class ChildRanker:
+    """pick_child over genomes, with each genome's features computed once (they are a pure function of it).
+
+    operators: the space's mixers in a fixed order (FFN is added), so feature columns mean the same on every ask.
+    latency_fn: Pareto mode with a cheap latency predictor: the children's latencies are predicted, not fitted."""
+
+    def __init__(self, operators: Sequence[str], latency_fn: Callable[[Genome], float] | None = None) -> None:
+        self.operators = tuple(dict.fromkeys((*operators, "ffn")))
+        self.latency_fn = latency_fn
+        self._features: dict[str, np.ndarray] = {}
+
+    def features(self, genome_id: str, genome: Callable[[], Genome]) -> np.ndarray:
+        f = self._features.get(genome_id)
+        if f is None:
+            f = self._features[genome_id] = genome_features(genome(), self.operators)
+        return f
+
+    def pick(self, children: Sequence[Genome], trained: Sequence[tuple[str, Callable[[], Genome], float, float]],
+             weight: float | None) -> int:
+        """Index of the child to train. trained: (genome id, genome, loss, latency) of every completed trial;
+        weight: the Pareto scalarisation's (None in latency-target mode: loss only)."""
+        if len(children) <= 1:
+            return 0
+        child_lat = None
+        if weight is not None and self.latency_fn is not None:
+            child_lat = [self.latency_fn(g) for g in children]
+        return pick_child([self.features(g.id, lambda g=g: g) for g in children],
+                          [self.features(gid, genome) for gid, genome, _, _ in trained],
+                          [loss for _, _, loss, _ in trained], [lat for _, _, _, lat in trained], child_lat, weight)
+
+
+__all__ = ["genome_features", "Ridge", "ridge_predict", "pick_child", "ChildRanker", "MIN_TRAIN"]

@@ -116,12 +116,10 @@ class ShortTrainConfig:
                 raise FlashsearchError("quality.data_path and quality.corpus are both set; keep data_path for your "
                                        "own text or corpus for a named one")
         if self.data_path is None:
-            from .corpus import CORPORA, DEFAULT_CORPUS, check_corpus
-
-            if self.corpus is not None and str(self.corpus).strip().lower() not in CORPORA:
-                raise _bad("corpus", f"one of {', '.join(CORPORA)} (data.corpus in a run's YAML)", self.corpus)
+            from .corpus import DEFAULT_CORPUS, check_corpus
 
             # Checked now (known, installed): a typo or a missing corpus fails the run before any worker starts.
+            # Its error names data.corpus, where a run's YAML sets it.
             checked = check_corpus(self.corpus or DEFAULT_CORPUS)
             if self.corpus is not None:
                 put("corpus", checked)
@@ -134,7 +132,7 @@ class ShortTrainConfig:
         if unknown:
             hints = [f"{k} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(k, known, 1)) else k
                      for k in unknown]
-            raise FlashsearchError(f"quality: short_train does not take {', '.join(hints)}; it takes: "
+            raise FlashsearchError(f"quality: short_train does not take option(s) {', '.join(hints)}; it takes: "
                                    f"{', '.join(known)}")
         return cls(**options)
 

@@ -1,7 +1,7 @@
 """Collect real short-train evaluations of genomes from search_spaces/hybrid_1b.yaml's space (surrogate data).
 
 The NAS-Bench-301 approach: evaluate a few hundred architectures with the real quality proxy once, save them as
-data in the repository, and fit a surrogate on them (experiments/searcher_benchmark.py --objective surrogate).
+data in the repository, and fit a surrogate on them (experiments/searcher_benchmark, objective: surrogate).
 
 Genomes: a mix of uniform `space.sample` draws and short mutation chains (a random start, then `space.mutate` +
 `repair` a few times), so the data covers both the space and single-factor neighbourhoods (what aging evolution
@@ -9,40 +9,46 @@ actually proposes). Duplicates (same genome id) are skipped. Every genome is eva
 proxy (default settings, seed 0, so a genome's score is deterministic) at a SMALL token budget, and its H100
 roofline decode latency (8192 tokens, batch 1) and parameter count are recorded.
 
-    python experiments/collect_evaluations.py --measure 3            # time 3 genomes at a few budgets
-    python experiments/collect_evaluations.py --n 160 --tokens 12288 --workers 2
+    python -m experiments run collect_evaluations measure=3     # time 3 genomes at a few budgets
+    python -m experiments run collect_evaluations                # 160 genomes at 12,288 tokens, 2 workers
 
-Writes experiments/data/short_train_evals.csv (+ .meta.json: command, date, machine, settings).
+Writes short_train_evals.csv to `out` (experiments/collect_evaluations/results, read by the searcher benchmarks
+through experiments/lib/surrogate.py), with a .meta.json: the proxy, budget, latency model and space, besides the
+revision, settings and machine every result carries.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import random
-import sys
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from flashsearch.proxies.base import Budget
+from flashsearch.proxies.quality.corpus import DEFAULT_CORPUS
 
-from flashsearch.genome import Genome  # noqa: E402
-from flashsearch.proxies.base import Budget, Workload  # noqa: E402
-from flashsearch.proxies.quality.corpus import DEFAULT_CORPUS  # noqa: E402
-from flashsearch.space import ArchDefaults, StagedSpace  # noqa: E402
+from experiments.lib.output import write_text
+from experiments.lib.surrogate import SPACE, WORKLOAD, layer_params
 
-# The hybrid_1b.yaml space (its space: section; these are also StagedSpace's defaults).
-SPACE = StagedSpace(arch=ArchDefaults(op_options={"mamba2": {"d_state": 128, "expand": 2, "head_dim": 64}}))
-WORKLOAD = Workload(device="h100", batch=1, prompt_len=128, decode_tokens=8192)
-DEFAULT_OUT = Path(__file__).parent / "data" / "short_train_evals.csv"
+OUT_NAME = "short_train_evals.csv"
 COLUMNS = ["genome_id", "genome_json", "params_json", "origin", "loss", "latency", "n_params", "budget_tokens",
            "seconds"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    n: int               # distinct genomes to evaluate
+    tokens: int          # ShortTrain budget.tokens per genome
+    eval_batches: int    # ShortTrain eval_batches (its default 32; fewer keeps validation cheap on 2 cores)
+    seed: int            # genome sampling seed (the proxy's seed stays 0)
+    measure: int         # > 0: only time this many genomes at a few budgets, write nothing
+    workers: int
+    out: str             # folder for short_train_evals.csv
 
 
 def sample_genomes(n: int, seed: int = 0, chain_fraction: float = 0.4, chain_len: int = 4) -> list[tuple[dict, str]]:
@@ -76,10 +82,7 @@ _PROXY = None
 _PRED = None
 
 
-EVAL_BATCHES = 8  # ShortTrain's default is 32; 8 x 4 windows of 128 bytes keeps validation cheap on 2 cores
-
-
-def _init_worker() -> None:
+def _init_worker(eval_batches: int) -> None:
     global _PROXY, _PRED
     import torch
 
@@ -87,78 +90,28 @@ def _init_worker() -> None:
     from flashsearch.proxies.quality.short_train import ShortTrain
 
     torch.set_num_threads(1)
-    _PROXY = ShortTrain(threads=1, eval_batches=EVAL_BATCHES)
+    _PROXY = ShortTrain(threads=1, eval_batches=eval_batches)
     _PRED = RooflinePredictor(device="h100")
 
 
 def evaluate(job: tuple[dict, str, int]) -> dict:
     """Real ShortTrain loss (val bits/byte) + roofline latency of one genome (runs in a worker)."""
     params, origin, tokens = job
-    if _PROXY is None:
-        _init_worker()
     g = SPACE.decode(params)
     t0 = time.perf_counter()
     res = _PROXY.evaluate(g, Budget(tokens=tokens))
     secs = time.perf_counter() - t0
     return {"genome_id": g.id, "genome_json": g.to_json(), "params_json": json.dumps(params, sort_keys=True),
             "origin": origin, "loss": float(res.loss), "latency": float(_PRED.predict(g, WORKLOAD)),
-            "n_params": int(g_params(g)), "budget_tokens": int(tokens), "seconds": round(secs, 3)}
+            "n_params": int(sum(layer_params(op, g) for op in g.layer_types)), "budget_tokens": int(tokens),
+            "seconds": round(secs, 3)}
 
 
-def g_params(g: Genome) -> int:
-    """Non-embedding parameter count of the full-size genome (matrices only, as in searcher_benchmark)."""
-    d, q, kv = g.d_model, g.n_heads * g.head_dim, g.n_kv_heads * g.head_dim
-    total = 0
-    for op in g.layer_types:
-        if op == "ffn":
-            total += 3 * d * g.ffn_hidden
-        elif op in ("attention", "swa"):
-            total += 2 * d * q + 2 * d * kv
-        elif op == "mamba2":
-            total += 6 * d * d
-        else:
-            total += 4 * d * d
-    return total
-
-
-def load_evaluations(path: str | Path = DEFAULT_OUT) -> pd.DataFrame:
-    """Read and validate the collected CSV: required columns, finite values, unique ids, ids match genomes."""
-    import numpy as np
-
-    df = pd.read_csv(path, comment="#")
-    missing = [c for c in ("genome_id", "genome_json", "loss", "latency", "budget_tokens") if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    if df.empty:
-        raise ValueError(f"{path}: no rows")
-    for c in ("loss", "latency"):
-        if not np.isfinite(df[c].to_numpy(dtype=float)).all():
-            raise ValueError(f"{path}: non-finite values in column {c!r}")
-    if df["genome_id"].duplicated().any():
-        raise ValueError(f"{path}: duplicate genome ids")
-    if df["budget_tokens"].nunique() != 1:
-        raise ValueError(f"{path}: mixed budgets {sorted(df['budget_tokens'].unique())}")
-    for gid, gj in zip(df["genome_id"], df["genome_json"]):
-        if Genome.from_json(gj).id != gid:
-            raise ValueError(f"{path}: genome_id {gid} does not match its genome_json")
-    return df
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=160, help="distinct genomes to evaluate")
-    ap.add_argument("--tokens", type=int, default=12288, help="ShortTrain budget.tokens per genome")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0, help="genome sampling seed (the proxy's seed stays 0)")
-    ap.add_argument("--measure", type=int, default=0, help="only time this many genomes at a few budgets")
-    ap.add_argument("--out", default=str(DEFAULT_OUT))
-    ap.add_argument("--eval-batches", type=int, default=EVAL_BATCHES, help="ShortTrain eval_batches")
-    args = ap.parse_args()
-    globals()["EVAL_BATCHES"] = args.eval_batches
-
+def main(args: Settings, meta: dict) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     genomes = sample_genomes(args.n, args.seed)
     if args.measure:
-        _init_worker()
+        _init_worker(args.eval_batches)
         for tokens in (8192, 12288, 16384):
             for p, o in genomes[:args.measure]:
                 r = evaluate((p, o, tokens))
@@ -166,12 +119,12 @@ def main() -> None:
                       f"{r['seconds']:.2f} s loss {r['loss']:.4f}", flush=True)
         return
 
-    out = Path(args.out)
+    out = Path(args.out) / OUT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     t0 = time.perf_counter()
     jobs = [(p, o, args.tokens) for p, o in genomes]
-    with mp.get_context("fork").Pool(args.workers, initializer=_init_worker) as pool:
+    with mp.get_context("fork").Pool(args.workers, initializer=_init_worker, initargs=(args.eval_batches,)) as pool:
         for i, r in enumerate(pool.imap_unordered(evaluate, jobs), 1):
             rows.append(r)
             el = time.perf_counter() - t0
@@ -181,18 +134,12 @@ def main() -> None:
                 pd.DataFrame(rows, columns=COLUMNS).to_csv(out, index=False)
     df = pd.DataFrame(rows, columns=COLUMNS).sort_values("genome_id").reset_index(drop=True)
     df.to_csv(out, index=False)
-    meta = {"command": "python experiments/collect_evaluations.py " + " ".join(sys.argv[1:]),
-            "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), Python {platform.python_version()}",
-            "proxy": f"ShortTrain(eval_batches={EVAL_BATCHES}, threads=1), otherwise defaults (width_divisor 16, seq_len 128, "
-                     f"batch 4, lr 3e-3, seed 0, corpus {DEFAULT_CORPUS})",
-            "budget_tokens": args.tokens, "workers": args.workers, "genomes": len(df),
-            "latency": "roofline h100, bf16, batch 1, prompt 128, 8192 decode tokens",
-            "space": "search_spaces/hybrid_1b.yaml (staged; attention/mamba2/deltanet)",
-            "wall_seconds": round(time.perf_counter() - t0, 1)}
-    out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(json.dumps(meta, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    facts = {"proxy": f"ShortTrain(eval_batches={args.eval_batches}, threads=1), otherwise defaults (width_divisor "
+                      f"16, seq_len 128, batch 4, lr 3e-3, seed 0, corpus {DEFAULT_CORPUS})",
+             "budget_tokens": args.tokens, "workers": args.workers, "genomes": len(df),
+             "latency": "roofline h100, bf16, batch 1, prompt 128, 8192 decode tokens",
+             "space": "search_spaces/hybrid_1b.yaml (staged; attention/mamba2/deltanet)",
+             "wall_seconds": round(time.perf_counter() - t0, 1)}
+    # the runner adds the revision, settings and machine to this sidecar
+    write_text(out.with_suffix(".meta.json"), json.dumps(facts, indent=2) + "\n")
+    print(json.dumps(facts, indent=2))

@@ -2,27 +2,27 @@
 
 Part 1 - controller cost per trial: the real driver (run_search: ask, dedup, submit, wait, tell, progress) with
 the aging-evolution sampler and a no-op evaluator on in-process workers, so everything measured is the
-controller. Reported as ms/trial in windows ending at checkpoints up to --trials (goal: < 20 ms/trial), for
+controller. Reported as ms/trial in windows ending at checkpoints up to `trials` (goal: < 20 ms/trial), for
 Optuna's in-memory storage and for the journal file that `flashsearch run` uses.
 
-Part 2 - throughput through real Ray: a sleep evaluator (--sleep s per trial) with W = 1, 2, 4, 8 workers
+Part 2 - throughput through real Ray: a sleep evaluator (`sleep` s per trial) with W = 1, 2, 4, 8 workers
 (goal: >= 0.8 x W trials per sleep period). "steady" excludes the first W completions (Ray worker start-up);
 "overall" includes everything from the first ask to the last tell, Ray start-up excluded.
 
-    python experiments/controller_overhead.py                      # 10,000 trials, W = 1,2,4,8, sleep 0.5 s
-    python experiments/controller_overhead.py --trials 2000 --workers 1,2 --out /tmp/o.md
+    python -m experiments run controller_overhead                  # 10,000 trials, W = 1,2,4,8, sleep 0.5 s
+    python -m experiments run controller_overhead trials=2000 workers=[1,2]
 
-Writes a markdown table (default experiments/results/overhead_cpu.md) with the command and machine.
+Writes overhead_cpu.md to `out` with the revision, settings and machine.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -32,6 +32,8 @@ import optuna  # noqa: E402
 from flashsearch.genome import Genome  # noqa: E402
 from flashsearch.search import AgingEvolutionSampler, run_search  # noqa: E402
 from flashsearch.space import StagedSpace  # noqa: E402
+
+from experiments.lib.output import header, write_text  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = StagedSpace()
@@ -129,32 +131,29 @@ def ray_throughput(workers: int, sleep_s: float, per_worker: int) -> dict:
 
 
 def machine() -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs while measured; timings "
-            f"are noisy), Python {platform.python_version()}, optuna {optuna.__version__}, "
-            f"ray {__import__('ray').__version__}")
+    return (f"{platform.machine()} (CPU cores shared with other jobs while measured; timings are noisy), "
+            f"optuna {optuna.__version__}, ray {__import__('ray').__version__}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=10000)
-    ap.add_argument("--storages", default="memory,journal,journal-fsync-all")
-    ap.add_argument("--fsync-all-trials", type=int, default=1000,
-                    help="trials for 'journal-fsync-all' (Optuna's backend, ~25 fsyncs per trial: slow)")
-    ap.add_argument("--workers", default="1,2,4,8")
-    ap.add_argument("--sleep", type=float, default=0.5)
-    ap.add_argument("--per-worker", type=int, default=6, help="trials per worker in the Ray throughput runs")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "overhead_cpu.md"))
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Settings:
+    trials: int                  # controller-cost trials per storage
+    storages: tuple[str, ...]    # memory, journal, journal-fsync-all
+    fsync_all_trials: int        # trials for journal-fsync-all (Optuna's backend, ~25 fsyncs per trial: slow)
+    workers: tuple[int, ...]     # Ray throughput: W values
+    sleep: float                 # seconds per trial of the sleep evaluator
+    per_worker: int              # trials per worker in the Ray throughput runs
+    out: str                     # folder for overhead_cpu.md
 
-    lines = ["# Controller overhead and Ray throughput", "",
-             f"Command: `{' '.join(['python experiments/controller_overhead.py', *sys.argv[1:]])}`",
-             f"Machine: {machine()}", ""]
+
+def main(args: Settings, meta: dict) -> None:
+    lines = [header("Controller overhead and Ray throughput", meta).rstrip("\n"), f"- software: {machine()}", ""]
     lines += ["## Controller cost per trial (no-op evaluator, in-process, aging sampler P=100 S=25)", "",
               "Goal: < 20 ms/trial. Each value is the mean over the window that ends at that trial count. "
               "journal = flashsearch.search.storage.JournalFile as `flashsearch run` uses it (fsync on trial state "
               "changes only); journal-fsync-all = Optuna's JournalFileBackend (fsync on every append).", ""]
     results = {}
-    for kind in [s for s in args.storages.split(",") if s]:
+    for kind in args.storages:
         n = min(args.trials, args.fsync_all_trials) if kind == "journal-fsync-all" else args.trials
         print(f"controller cost, {kind} storage, {n} trials", file=sys.stderr)
         results[kind] = controller_cost(kind, n)
@@ -173,17 +172,11 @@ def main() -> None:
     lines += ["", f"## Throughput through real Ray (sleep evaluator {args.sleep:g} s, {args.per_worker} trials per "
               "worker)", "", "Goal: >= 0.8 x W (trials finished per sleep period).", "",
               "| W | trials | Ray start (s) | wall (s) | overall (x) | steady (x) | steady / W |", "|---|---|---|---|---|---|---|"]
-    for w in [int(x) for x in args.workers.split(",") if x]:
+    for w in args.workers:
         print(f"ray throughput, W={w}", file=sys.stderr)
         r = ray_throughput(w, args.sleep, args.per_worker)
         print(f"  {r}", file=sys.stderr)
         lines.append(f"| {w} | {r['trials']} | {r['ray_init_s']:.1f} | {r['wall_s']:.1f} | {r['overall_x']:.2f} | "
                      f"{r['steady_x']:.2f} | {r['steady_x'] / w:.2f} |")
-    text = "\n".join(lines) + "\n"
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
+    print(write_text(Path(args.out) / "overhead_cpu.md", "\n".join(lines) + "\n").read_text())
 
-
-if __name__ == "__main__":
-    main()

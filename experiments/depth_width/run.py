@@ -9,16 +9,16 @@ predictor (batch-1 decode of 8k tokens, as hybrid_1b.yaml), the law picks the be
 latency budgets: deeper wins per parameter, but not necessarily per unit of latency (paper: depth 12 was best under
 3 s).
 
-    python experiments/depth_width.py                  # 35 models, ~40 min on 2 CPU cores
-    python experiments/depth_width.py --scale 8 --device cuda --workers 1
+    python -m experiments run depth_width                # 35 models, ~40 min on 2 CPU cores
+    python -m experiments run depth_width scale=8 device=cuda workers=1
 
-Writes depth_width.{csv,md,png} to --out; training rows are cached in the CSV (reruns resume).
+Writes depth_width.{csv,md,png} to `out`; training rows are cached in the CSV (reruns resume).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +27,12 @@ import pandas as pd
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.roofline import RooflinePredictor
-from flashsearch.studies.common import add_common_args, default_proxy
-from flashsearch.studies.jobs import TrainJob, run_jobs, training_time
-from flashsearch.archive import write_text_atomic
-from flashsearch.studies.output import header, pyplot, save_figure
-from flashsearch.studies.scaling_law import MIN_EXPONENT, DepthWidthLaw, fit_depth_width_law, relative_errors
 
-DEPTHS = (2, 3, 4, 6, 8, 12, 16)
-WIDTHS = (1024, 1536, 2048, 3072, 4096)
+from experiments.lib.common import default_proxy
+from experiments.lib.jobs import TrainJob, run_jobs, training_time
+from experiments.lib.output import header, pyplot, save_figure, write_text
+from experiments.lib.scaling_law import MIN_EXPONENT, DepthWidthLaw, fit_depth_width_law, relative_errors
+
 WORKLOAD = Workload(device="h100", batch=1, prompt_len=128, decode_tokens=8192)
 BUDGETS_S = (4.0, 6.0, 8.0, 12.0, 16.0)
 
@@ -71,12 +69,13 @@ def deeper_wins_at_matched_params(df: pd.DataFrame) -> tuple[int, int]:
     return sum((a.loss < b.loss) == (a.D > b.D) for a, b in pairs), len(pairs)
 
 
-def best_under_budgets(law: DepthWidthLaw, proxy_width_of, params_of, predictor: RooflinePredictor):
+def best_under_budgets(law: DepthWidthLaw, proxy_width_of, params_of, predictor: RooflinePredictor,
+                       depths: tuple[int, ...], widths: tuple[int, ...]):
     """For each latency budget: the (D, W) on the study's grid ranges with the lowest predicted loss."""
     rows = []
     cands = []
-    for d in range(min(DEPTHS), max(DEPTHS) + 1):
-        for w in range(min(WIDTHS), max(WIDTHS) + 1, 512):  # heads stay a multiple of the GQA group
+    for d in range(min(depths), max(depths) + 1):
+        for w in range(min(widths), max(widths) + 1, 512):  # heads stay a multiple of the GQA group
             g = llama_genome(d, w)
             cands.append((d, w, predictor.predict(g, WORKLOAD),
                           float(law.predict(d, proxy_width_of(w), params_of(d, w)))))
@@ -90,14 +89,20 @@ def best_under_budgets(law: DepthWidthLaw, proxy_width_of, params_of, predictor:
     return rows, cands
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="source of the default proxy")
-    ap.add_argument("--tokens", type=int, default=None,
-                    help="training tokens per model (x --scale); default: the YAML's budget.tokens, the budget its "
-                         "front is ranked at (the top rung of a multi-fidelity search)")
-    add_common_args(ap)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Settings:
+    config: str            # source of the default proxy
+    tokens: int | None     # training tokens per model (x scale); null: the YAML's budget.tokens (its top rung)
+    depths: tuple[int, ...]  # the grid of Llama-style models (D blocks at width W)
+    widths: tuple[int, ...]
+    scale: float           # multiply every token budget by this (the same study, bigger; with device=cuda)
+    device: str            # cpu or cuda (ShortTrain's device)
+    workers: int           # parallel trainings (1 per CPU core; 1 on a GPU)
+    out: str               # folder for the CSV, markdown and figure
+
+
+def main(args: Settings, meta: dict) -> None:
+    depths, widths = args.depths, args.widths
     started = time.perf_counter()
     out = Path(args.out)
 
@@ -105,7 +110,7 @@ def main() -> None:
     kwargs = {**kwargs, "device": args.device}
     tokens = int(round((args.tokens or budget_tokens) * args.scale))
     jobs = [TrainJob(key=f"t{tokens}-{args.device}|D{d}-W{w}", genome=llama_genome(d, w), tokens=tokens,
-                     proxy=kwargs, tags={"D": d, "W_full": w}) for d in DEPTHS for w in WIDTHS]
+                     proxy=kwargs, tags={"D": d, "W_full": w}) for d in depths for w in widths]
     print(f"depth vs width: {len(jobs)} Llama-style models at {tokens:,} tokens, {args.workers} workers", flush=True)
     rows = run_jobs(jobs, out / "depth_width.csv", args.workers, "depth-width")
     bad = rows[rows["error"] != ""]
@@ -121,7 +126,7 @@ def main() -> None:
     df = df.sort_values("N").reset_index(drop=True)
 
     by_n = df["N"].to_numpy() > np.quantile(df["N"], 0.7)          # the largest ~30% of models
-    by_d = df["D"].to_numpy() == max(DEPTHS)                         # the deepest models
+    by_d = df["D"].to_numpy() == max(depths)                         # the deepest models
     law_n, err_n, const_n = fit_and_score(df, by_n)
     law_d, err_d, const_d = fit_and_score(df, by_d)
     law_all = fit_depth_width_law(df.D, df.W, df.N, df.loss)
@@ -130,8 +135,10 @@ def main() -> None:
 
     predictor = RooflinePredictor(device="h100")
     budget_rows, cands = best_under_budgets(law_all, proxy.proxy_d_model,
-                                            lambda d, w: _params(d, proxy.proxy_d_model(w)), predictor)
-    per_param = _best_depth_per_params(law_all, proxy.proxy_d_model)
+                                            lambda d, w: _params(d, proxy.proxy_d_model(w)), predictor,
+                                            depths, widths)
+
+    per_param = _best_depth_per_params(law_all, depths)
 
     observed = "; ".join(f"W={w}: D={int(g.loc[g.loss.idxmin(), 'D'])}" for w, g in df.groupby("W_full"))
     wins, pairs = deeper_wins_at_matched_params(df)
@@ -145,7 +152,7 @@ def main() -> None:
                       f"{abs(r.predicted - r.loss) / r.loss * 100:.1f}% | {r.role} |" for r in df.itertuples())
     budgets = "\n".join(f"| {b:g} | {d} | {w} | {lat:.2f} | {loss:.4f} |" if d else f"| {b:g} | none fits | | | |"
                         for b, d, w, lat, loss in budget_rows)
-    md = header("Depth vs width", started, *training_time(rows)) + f"""
+    md = header("Depth vs width", meta, started, *training_time(rows)) + f"""
 {len(df)} Llama-style models (D blocks of attention + FFN) trained with the default proxy at {tokens:,} tokens
 (`{args.config}`'s ShortTrain, width / 16). W is the full width (proxy width in brackets); N the proxy's
 non-embedding parameters; losses are validation bits per byte.
@@ -155,7 +162,7 @@ non-embedding parameters; losses are validation bits per byte.
 (paper: within 5.3%). A constant (the fitted models' mean loss) scores {const_n.mean() * 100:.1f}% mean,
 {const_n.max() * 100:.1f}% max on the same models: every loss here lies in {df.loss.min():.2f}-{df.loss.max():.2f} bits/byte.
 
-**Fitted without the deepest models (D = {max(DEPTHS)}), scored on them** (extrapolation in D):
+**Fitted without the deepest models (D = {max(depths)}), scored on them** (extrapolation in D):
 `{law_d.formula()}`; held-out relative error mean {err_d.mean() * 100:.1f}%, max {err_d.max() * 100:.1f}% (the constant:
 {const_d.mean() * 100:.1f}%, {const_d.max() * 100:.1f}%).
 
@@ -167,8 +174,8 @@ most {MATCH_N - 1:.0%}, the deeper one has the lower loss in {wins} ({wins / max
 **Per parameter** (law fitted on all points): at matched non-embedding parameters the best depth is
 {per_param}.
 
-**Per latency** (same law; H100 roofline, batch 1, 8k decode tokens; D in {min(DEPTHS)}..{max(DEPTHS)}, W in
-{min(WIDTHS)}..{max(WIDTHS)} step 512):
+**Per latency** (same law; H100 roofline, batch 1, 8k decode tokens; D in {min(depths)}..{max(depths)}, W in
+{min(widths)}..{max(widths)} step 512):
 
 | latency budget (s) | best depth | best width | predicted latency (s) | predicted loss |
 |---|---|---|---|---|
@@ -180,7 +187,7 @@ most {MATCH_N - 1:.0%}, the deeper one has the lower loss in {wins} ({wins / max
 
 ![depth vs width](depth_width.png)
 """
-    write_text_atomic(out / "depth_width.md", md)
+    write_text(out / "depth_width.md", md)
     plot(out / "depth_width.png", df, law_n, law_all, proxy.proxy_d_model, budget_rows, cands)
     print(md, flush=True)
 
@@ -192,11 +199,11 @@ def _params(depth: int, proxy_width: int) -> float:
     return depth * (2 * w * w + 2 * w * kv + 9 * w * w + 2 * w) + w
 
 
-def _best_depth_per_params(law: DepthWidthLaw, proxy_width_of) -> str:
+def _best_depth_per_params(law: DepthWidthLaw, depths: tuple[int, ...]) -> str:
     parts = []
     for target in (0.5e6, 1e6, 2e6, 4e6):
         best = None
-        for d in range(min(DEPTHS), 33):
+        for d in range(min(depths), 33):
             # the width (continuous) that gives `target` parameters at depth d
             w = np.sqrt(target / d / 11.5)
             if not 32 <= w <= 512:
@@ -242,6 +249,3 @@ def plot(path: Path, df, law_n, law_all, proxy_width_of, budget_rows, cands) -> 
     a3.set_title("best depth under latency budgets")
     save_figure(fig, path)
 
-
-if __name__ == "__main__":
-    main()

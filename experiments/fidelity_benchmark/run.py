@@ -8,112 +8,67 @@ continuing from the rung checkpoint. Both publish only top-rung results, and bot
 flight, completions in order of a simulated clock (each evaluation takes its training cost).
 
 The objective, refit to the fidelity data:
-- true loss f(g): the searcher benchmark's ridge surrogate of real short-train evaluations (searcher_benchmark.py);
+- true loss f(g): the searcher benchmark's ridge surrogate of real short-train evaluations (experiments/lib/surrogate.py);
   latency: the roofline H100 prediction (exact and free).
 - what a rung observes: f(g) + e_k(g). The error is a fixed function of (genome, rung, proxy seed) - ShortTrain is
   deterministic for a genome, so re-evaluating does not average it away - with a part shared across the rungs of
-  a genome (`--shared`, continued trainings share a trajectory) and a part per rung. Its size per rung is set so
+  a genome (`shared`, continued trainings share a trajectory) and a part per rung. Its size per rung is set so
   that the rung ranks genomes against the truth with a measured Spearman: corr(f + e_k, f) = rho_k, i.e.
-  sd(e_k) = sd(f) sqrt(1/rho_k^2 - 1). By default (`--fidelity-data reference`) each rung's rho is its measured
-  agreement with experiments/proxy_fidelity.py's reference, 16x the screening rung with another seed (0.44, 0.39,
-  0.63). `--fidelity-data ladder` chains each rung's same-seed agreement with the top rung (ladder_fidelity.csv)
-  with the top rung's 0.94 against 8x training on pydoc, which flatters the rungs; `--fidelity-data pydoc` takes
-  the first study's token ladder (~0.58 at 24k-49k tokens, 0.64 at 98k).
+  sd(e_k) = sd(f) sqrt(1/rho_k^2 - 1). Each rung's rho is its measured agreement (seed 0, ladder_fidelity's
+  CSV) with experiments/proxy_fidelity's reference, 16x the screening rung with another seed.
 - cost of an evaluation, in top-rung trainings: (steps it trains) / (top-rung steps) + a fixed share for building
-  and validating the model (`--overhead`, measured ~0.03: ~5 s of ~170 s). A promotion trains from its rung
+  and validating the model (`overhead`, measured ~0.03: ~5 s of ~170 s). A promotion trains from its rung
   checkpoint (end of the previous rung's stable phase, 80% of its steps) to the end of its rung.
 
 Metric: normalized hypervolume of the TRUE (loss, latency) of the published front (the observed top-rung front),
 as a function of CPU spent; one reference point for all runs. Reported: hypervolume at single fidelity's full
 budget, and the CPU multi-fidelity needs to reach single fidelity's final hypervolume (paired per seed).
 
-    python experiments/fidelity_benchmark.py --evaluations 100 --seeds 10
+    python -m experiments run fidelity_benchmark          # 10 seeds of 100 evaluations, ~2 min
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
 import hashlib
 import heapq
 import math
 import os
-import platform
+import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).parent))
-from searcher_benchmark import (SPACE, FittedSurrogate, RidgeSurrogate, ask_genome, choose_alpha,  # noqa: E402
-                                design, load_evaluations, observed_front, wilcoxon_line)
+from flashsearch.pareto import hypervolume
+from flashsearch.search import AgingEvolutionSampler, attrs
+from flashsearch.search.rungs import Ladder, ScreeningOnly, enqueue_promotions, rung_of
 
-from flashsearch.archive import hypervolume, write_text_atomic  # noqa: E402
-from flashsearch.search import AgingEvolutionSampler  # noqa: E402
-from flashsearch.search.rungs import (CANDIDATE_ATTR, RUNG_ATTR, TOP_ATTR, Ladder, ScreeningOnly,  # noqa: E402
-                                      enqueue_promotions, rung_of)
-from flashsearch.studies.output import pyplot, save_figure  # noqa: E402
+from experiments.lib.output import header, pyplot, save_figure, write_text
+from experiments.lib.surrogate import (SPACE, FittedSurrogate, RidgeSurrogate, ask_genome, choose_alpha, design,
+                                       load_evaluations, observed_front, wilcoxon_line)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 LADDER = Ladder((32768, 98304, 294912), eta=3)
 TOKENS_PER_STEP = 512
 DECAY_FRACTION = 0.2                      # ShortTrain's default: a rung's checkpoint is at 80% of its steps
-# The first proxy-fidelity study (pydoc corpus, 20 genomes, a reference 8x its 49k default, seed 0 throughout).
-FIDELITY_CSV = Path(__file__).parent / "results" / "proxy_fidelity_pydoc.csv"
-# experiments/proxy_fidelity.py's references: 16x the screening rung, another seed (wikipedia, 30 genomes).
-REFERENCE_CSV = Path(__file__).parent / "results" / "proxy_fidelity.csv"
-REFERENCE_SEED = 2
+REFERENCE_SEED = 2  # proxy_fidelity's reference seed (its CSV also holds a second seed's noise-ceiling rows)
 
 
-def measured_rho() -> dict[int, float]:
-    """Spearman vs the 8x reference per token budget (seed 0, d/16), from the first (pydoc) proxy-fidelity study."""
+def reference_rho(ladder_csv: str, reference_csv: str) -> list[float]:
+    """Spearman of each rung (seed 0, ladder_fidelity's CSV) against proxy_fidelity's 16x reference."""
     from scipy.stats import spearmanr
 
-    d = pd.read_csv(FIDELITY_CSV)
-    d = d[d["key"].str.contains("-w16-") & (d["seed"] == 0) & d["error"].isna()]
-    p = d.pivot_table(index="genome_id", columns="tokens", values="loss")
-    ref = p[p.columns.max()]
-    return {int(t): float(spearmanr(p[t], ref).statistic) for t in p.columns if t != p.columns.max()}
-
-
-LADDER_CSV = Path(__file__).parent / "results" / "ladder_fidelity.csv"
-
-
-def ladder_rho() -> list[float]:
-    """Spearman of each lower rung against the top rung, from experiments/ladder_fidelity.py's trainings."""
-    from scipy.stats import spearmanr
-
-    d = pd.read_csv(LADDER_CSV)
-    d = d[d["seed"] == 0].drop_duplicates("genome_id") if "seed" in d else d.drop_duplicates("genome_id")
-    return [float(spearmanr(d[f"loss{k}"], d[f"loss{LADDER.top}"]).statistic) for k in range(LADDER.top)]
-
-
-def reference_rho() -> list[float]:
-    """Spearman of each rung (seed 0, ladder_fidelity.csv) against proxy_fidelity.py's 16x reference."""
-    from scipy.stats import spearmanr
-
-    ref = pd.read_csv(REFERENCE_CSV)
-    # seed 2 only: the CSV also holds the second-seed references of proxy_fidelity.py's noise ceiling
+    ref = pd.read_csv(reference_csv)
+    # seed 2 only: the CSV also holds the second-seed references of proxy_fidelity's noise ceiling
     ref = ref[ref["error"].isna() & (ref["seed"] == REFERENCE_SEED)].set_index("genome_id")["loss"]
-    d = pd.read_csv(LADDER_CSV)
+    d = pd.read_csv(ladder_csv)
     d = d[d["seed"] == 0].drop_duplicates("genome_id").set_index("genome_id").join(ref.rename("ref"), how="inner")
     return [float(spearmanr(d[f"loss{k}"], d["ref"]).statistic) for k in range(LADDER.top + 1)]
-
-
-def rung_rho(rho: dict[int, float], tokens: int) -> float:
-    """Fidelity at `tokens`, interpolated in log tokens between measured budgets."""
-    xs = sorted(rho)
-    if tokens <= xs[0]:
-        return rho[xs[0]]
-    for a, b in zip(xs, xs[1:]):
-        if a <= tokens <= b:
-            w = (math.log(tokens) - math.log(a)) / (math.log(b) - math.log(a))
-            return rho[a] + w * (rho[b] - rho[a])
-    return rho[xs[-1]]
 
 
 def gauss(*key: object) -> float:
@@ -160,11 +115,11 @@ def run_one(name: str, multi: bool, seed: int, budget: float, obj: RungObjective
         while len(busy) < args.workers and started < budget:
             trial, genome = ask_genome(study, dists)
             rung = rung_of(trial) if multi else 0
-            if multi and RUNG_ATTR not in trial.user_attrs:
-                trial.set_user_attr(RUNG_ATTR, 0)
-                trial.set_user_attr(TOP_ATTR, top)
+            if multi and attrs.RUNG not in trial.user_attrs:
+                trial.set_user_attr(attrs.RUNG, 0)
+                trial.set_user_attr(attrs.TOP_RUNG, top)
             if rung == 0 and genome.id in known:     # the driver's cached replay: free, not a candidate
-                trial.set_user_attr("cached_from", -1)
+                trial.set_user_attr(attrs.CACHED_FROM, -1)
                 study.tell(trial, known[genome.id])
                 continue
             k = rung
@@ -181,7 +136,7 @@ def run_one(name: str, multi: bool, seed: int, budget: float, obj: RungObjective
             known[genome.id] = [observed, latency]
         study.tell(trial, [observed, latency])
         spent += cost
-        rows.append({"cpu": spent, "rung": rung, "candidate": trial.user_attrs.get(CANDIDATE_ATTR, trial.number),
+        rows.append({"cpu": spent, "rung": rung, "candidate": trial.user_attrs.get(attrs.CANDIDATE, trial.number),
                      "true": true, "observed": observed, "latency": latency, "top": rung == top})
         if multi:
             enqueue_promotions(study, LADDER)
@@ -203,51 +158,37 @@ def hv_curve(df: pd.DataFrame, grid: np.ndarray, ref: tuple[float, float], lo: n
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--evaluations", type=int, default=100, help="single fidelity's evaluations = the CPU budget")
-    ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--samplers", default="aging,nsga2")
-    ap.add_argument("--workers", type=int, default=10)
-    ap.add_argument("--population", type=int, default=20)
-    ap.add_argument("--sample-size", type=int, default=5)
-    ap.add_argument("--shared", type=float, default=0.5, help="share of a genome's rung error common to its rungs")
-    ap.add_argument("--overhead", type=float, default=0.03, help="per-evaluation cost (build + validation)")
-    ap.add_argument("--fidelity-data", choices=("reference", "ladder", "pydoc"), default="reference",
-                    help="where the rung fidelities come from: reference = every rung against proxy_fidelity.py's "
-                         "16x reference (another seed); ladder = each rung vs the top rung (same seed, "
-                         "ladder_fidelity.csv) chained with the top rung's 0.94 vs 8x training on pydoc; pydoc = "
-                         "the first proxy-fidelity study's token ladder")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "fidelity_benchmark.md"))
-    args = ap.parse_args()
-    t0, started = time.perf_counter(), dt.datetime.now(dt.timezone.utc)
+@dataclass(frozen=True)
+class Settings:
+    evaluations: int             # single fidelity's evaluations = the CPU budget
+    seeds: int
+    samplers: tuple[str, ...]    # aging and/or nsga2
+    workers: int                 # trials in flight
+    population: int              # aging P, NSGA-II population
+    sample_size: int             # aging S (tournament)
+    shared: float                # share of a genome's rung error common to its rungs
+    overhead: float              # per-evaluation cost in top-rung trainings (build + validation)
+    data: str                    # collected evaluations the surrogate is fitted to
+    ladder_csv: str              # ladder_fidelity's trainings (each rung's loss, seed 0)
+    reference_csv: str           # proxy_fidelity's 16x references
+    out: str                     # folder for the markdown, figure and CSV
+
+
+def main(args: Settings, meta: dict) -> None:
+    t0 = time.perf_counter()
     load = os.getloadavg()
 
-    df = load_evaluations()
+    df = load_evaluations(args.data)
     X, y = design(df)
     surrogate = FittedSurrogate(RidgeSurrogate(choose_alpha(X, y)).fit(X, y))
-    import random
-
     draws = [SPACE.decode(SPACE.repair(SPACE.sample(random.Random(f"draw/{i}")))) for i in range(500)]
     sd_f = float(np.std([surrogate.loss(g) for g in draws]))
-    rho_data = measured_rho()
-    rho_top = rho_data[max(rho_data)]   # the top rung's budget (295k) against 8x-longer training
-    if args.fidelity_data == "reference":
-        rhos = reference_rho()
-        source = (f"every rung (seed 0, {LADDER_CSV.name}) against {REFERENCE_CSV.name}'s reference: 16x the "
-                  "screening rung, proxy seed 2, wikipedia")
-    elif args.fidelity_data == "ladder":
-        # rung k vs the top rung, measured on this ladder (wikipedia, WSD, continued from checkpoints), chained
-        # with the top rung's own fidelity: corr(rung k, truth) ~ corr(rung k, top) x corr(top, truth)
-        rhos = [r * rho_top for r in ladder_rho()] + [rho_top]
-        source = (f"rungs 0-{LADDER.top - 1} vs the top rung from {LADDER_CSV.name} (wikipedia, this ladder), "
-                  f"times the top rung's {rho_top:.3f} vs 8x-longer training from {FIDELITY_CSV.name} (pydoc)")
-    else:
-        rhos = [rung_rho(rho_data, t) for t in LADDER.tokens[:-1]] + [rho_top]
-        source = f"from {FIDELITY_CSV.name}, pydoc corpus, 8x reference, interpolated in log tokens"
+    rhos = reference_rho(args.ladder_csv, args.reference_csv)
+    source = (f"every rung (seed 0, {Path(args.ladder_csv).name}) against {Path(args.reference_csv).name}'s "
+              f"reference: 16x the screening rung, proxy seed {REFERENCE_SEED}, wikipedia")
     obj = RungObjective(surrogate, sd_f, rhos, args.shared, args.overhead)
     budget = args.evaluations * (1.0 + args.overhead)
-    names = [s for s in args.samplers.split(",") if s]
+    names = list(args.samplers)
 
     runs: dict[tuple[str, str, int], pd.DataFrame] = {}
     for seed in range(args.seeds):
@@ -268,15 +209,15 @@ def main() -> None:
         for x, v in zip(grid, c):
             rows.append({"sampler": name, "fidelity": mode, "seed": seed, "cpu": x, "hypervolume": v})
     res = pd.DataFrame(rows)
-    out = Path(args.out)
+    out = Path(args.out) / "fidelity_benchmark.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     res.to_csv(out.with_suffix(".csv"), index=False)
 
-    cost_s = 170.0   # CPU-s of one top-rung training on one core (experiments/results/proxy_speed.md, fast path)
-    lines = ["# Multi-fidelity vs single-fidelity search at equal CPU time (surrogate objective)", "",
-             f"Command: `python experiments/fidelity_benchmark.py {' '.join(sys.argv[1:])}`  ",
-             f"Date: {started:%Y-%m-%d %H:%M} UTC; wall {time.perf_counter() - t0:.0f} s; machine {platform.machine()}, "
-             f"{os.cpu_count()} cores (load {load[0]:.1f} at start), Python {platform.python_version()}, "
-             f"optuna {optuna.__version__}.", "",
+    cost_s = 170.0   # CPU-s of one top-rung training on one core (proxy_speed's results, fast path)
+    lines = [header("Multi-fidelity vs single-fidelity search at equal CPU time (surrogate objective)",
+                    meta).rstrip("\n"),
+             f"- wall {time.perf_counter() - t0:.0f} s (load {load[0]:.1f} at start); optuna {optuna.__version__}.",
+             "",
              f"Ladder {list(LADDER.tokens)} tokens, eta {LADDER.eta}; single fidelity trains every candidate at "
              f"{LADDER.tokens[-1]}. CPU budget = {args.evaluations} single-fidelity evaluations "
              f"({budget:.1f} top-rung trainings incl. overhead {args.overhead}); cost per evaluation in top-rung "
@@ -342,8 +283,5 @@ def main() -> None:
         ax.legend(fontsize=8)
     save_figure(fig, out.with_suffix(".png"))
     lines += ["", f"Plot: {out.with_suffix('.png').name}; curves of every run: {out.with_suffix('.csv').name}."]
-    print(write_text_atomic(out, "\n".join(lines) + "\n").read_text())
+    print(write_text(out, "\n".join(lines) + "\n").read_text())
 
-
-if __name__ == "__main__":
-    main()

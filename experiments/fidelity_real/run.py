@@ -1,44 +1,62 @@
 """Multi-fidelity vs single-fidelity search with real short training, at equal CPU time.
 
 Each run is a real `flashsearch run` of search_spaces/hybrid_1b.yaml (aging evolution, Pareto mode, 2 in-process
-workers) at a reduced top rung (`--tokens`, default 49,152 tokens: a sixth of the demo's, so that 5 seeds of both
-fidelities fit in about half an hour on 2 cores): single fidelity trains `--sf-trials` candidates at the top rung;
+workers) at a reduced top rung (`tokens`, default 49,152 tokens: a sixth of the demo's, so that 5 seeds of both
+fidelities fit in about half an hour on 2 cores): single fidelity trains `sf_trials` candidates at the top rung;
 multi-fidelity screens 3x as many with the demo's ladder shape (3 rungs, eta 3: tokens/9, tokens/3, tokens),
 spending about the same CPU. Both publish only top-rung results, which come from the same proxy at the same budget,
 so their fronts compare directly: the metric is the hypervolume of the observed published front as a function of
 the CPU spent (the sum of the trials' evaluation seconds in completion order), one reference point for all runs.
 
-    python experiments/fidelity_real.py --seeds 5
+    python -m experiments run fidelity_real      # 5 seeds of both fidelities, ~25 min on 2 cores
+
+The run directories (runs_dir, not committed) are named by a hash of every setting that changes a run (the
+overrides, the YAML's text and the proxy's resolved settings), so a rerun resumes only runs made the same way.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
+import io
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
+from flashsearch.pareto import hypervolume
+from flashsearch.trials import published, trials_frame
+
+from experiments.lib.cachekey import digest, proxy_fingerprint
+from experiments.lib.common import default_proxy
+from experiments.lib.output import header, pyplot, save_figure, write_text
+from experiments.lib.surrogate import wilcoxon_line
 
 
-def run_search(fidelity: str, seed: int, trials: int, tokens: int, out: Path) -> pd.DataFrame:
-    """One real search; its trials table (cached: an existing run dir is resumed, i.e. read back)."""
-    import io
+@dataclass(frozen=True)
+class Settings:
+    config: str        # the search's YAML
+    seeds: int         # search seeds 0..seeds-1 (the proxy's seed stays the YAML's)
+    tokens: int        # top rung (single fidelity's budget)
+    sf_trials: int     # single fidelity's trials; multi-fidelity runs 3x as many
+    runs_dir: str      # run directories (resumable; not committed)
+    out: str           # folder for the markdown, figure and CSV
 
-    from flashsearch.archive import trials_frame
+
+def run_search(config: str, fidelity: str, seed: int, trials: int, tokens: int, runs_dir: Path) -> pd.DataFrame:
+    """One real search; its trials table (cached: an existing run dir made with the same settings is resumed,
+    i.e. read back)."""
     from flashsearch.config import load_config
     from flashsearch.runner import STUDY_FILE, run
 
-    overrides = [f"seed={seed}", f"out_dir={out}", f"search.fidelity={fidelity}", f"search.trials={trials}",
+    overrides = [f"seed={seed}", f"search.fidelity={fidelity}", f"search.trials={trials}",
                  f"budget.tokens={tokens}", "ray.address=local", "search.workers=2", "export_top=1"]
-    cfg = load_config(ROOT / "search_spaces" / "hybrid_1b.yaml", overrides)
+    key = digest(overrides, Path(config).read_text(), proxy_fingerprint(default_proxy(config)[0]))
+    out = runs_dir / f"{fidelity}-s{seed}-{key}"
+    cfg = load_config(config, [*overrides, f"out_dir={out}"])
     run(cfg, stream=io.StringIO())
     import optuna
 
@@ -52,8 +70,6 @@ def run_search(fidelity: str, seed: int, trials: int, tokens: int, out: Path) ->
 def curve(df: pd.DataFrame, grid: np.ndarray, ref: tuple[float, float]) -> np.ndarray:
     """Hypervolume of the published front after each CPU value of `grid` (CPU = evaluation seconds summed in
     completion order, failed and promoted trials included, cached replays free)."""
-    from flashsearch.archive import hypervolume, published
-
     done = df[df["state"].isin(["COMPLETE", "FAIL"]) & df["cached_from"].isna()].sort_values("datetime_complete")
     cpu = done["eval_seconds"].fillna(0).cumsum().to_numpy()
     ok = (done["state"] == "COMPLETE").to_numpy() & published(done).to_numpy()
@@ -65,29 +81,21 @@ def curve(df: pd.DataFrame, grid: np.ndarray, ref: tuple[float, float]) -> np.nd
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, default=5)
-    ap.add_argument("--tokens", type=int, default=49152, help="top rung (single fidelity's budget)")
-    ap.add_argument("--sf-trials", type=int, default=12)
-    ap.add_argument("--runs-dir", default="runs/fidelity_real", help="run directories (resumable; not committed)")
-    ap.add_argument("--out", default=str(ROOT / "experiments" / "results" / "fidelity_real.md"))
-    args = ap.parse_args()
-    t0, started, load = time.perf_counter(), dt.datetime.now(dt.timezone.utc), os.getloadavg()
+def main(args: Settings, meta: dict) -> None:
+    t0, load = time.perf_counter(), os.getloadavg()
+    out = Path(args.out) / "fidelity_real.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     frames = []
     for seed in range(args.seeds):
         for fidelity, trials in (("single", args.sf_trials), ("multi", 3 * args.sf_trials)):
-            out = Path(args.runs_dir) / f"{fidelity}-s{seed}"
             t = time.perf_counter()
-            df = run_search(fidelity, seed, trials, args.tokens, out)
+            df = run_search(args.config, fidelity, seed, trials, args.tokens, Path(args.runs_dir))
             frames.append(df)
             print(f"{fidelity:6s} seed {seed}: {len(df)} trials, {df['eval_seconds'].sum():.0f} CPU-s "
                   f"({time.perf_counter() - t:.0f} s wall)", file=sys.stderr, flush=True)
     allt = pd.concat(frames, ignore_index=True)
-    allt.drop(columns=["genome_json", "params", "metrics"]).to_csv(Path(args.out).with_suffix(".csv"), index=False)
-
-    from flashsearch.archive import published
+    allt.drop(columns=["genome_json", "params", "metrics"]).to_csv(out.with_suffix(".csv"), index=False)
 
     pub = allt[(allt["state"] == "COMPLETE") & published(allt)]
     lo, hi = pub[["quality", "latency"]].min().to_numpy(), pub[["quality", "latency"]].max().to_numpy()
@@ -100,15 +108,9 @@ def main() -> None:
     curves = {(f, s): curve(allt[(allt["fidelity"] == f) & (allt["seed"] == s)], grid, ref) / box
               for f in ("single", "multi") for s in range(args.seeds)}
 
-    from searcher_benchmark import wilcoxon_line
-
-    from flashsearch.studies.output import machine_line
-
-    lines = ["# Multi-fidelity vs single-fidelity search, real short training, equal CPU", "",
-             f"Command: `python experiments/fidelity_real.py {' '.join(sys.argv[1:])}`  ",
-             f"Date: {started:%Y-%m-%d %H:%M} UTC; wall {time.perf_counter() - t0:.0f} s; {machine_line()}; shared "
-             f"with other jobs (load {load[0]:.1f} at start).", "",
-             f"Each run: `flashsearch run search_spaces/hybrid_1b.yaml seed=S budget.tokens={args.tokens} "
+    lines = [header("Multi-fidelity vs single-fidelity search, real short training, equal CPU", meta).rstrip("\n"),
+             f"- wall {time.perf_counter() - t0:.0f} s; shared with other jobs (load {load[0]:.1f} at start).", "",
+             f"Each run: `flashsearch run {args.config} seed=S budget.tokens={args.tokens} "
              "ray.address=local search.workers=2` (aging evolution, Pareto mode, the YAML's 4 seed architectures "
              f"first, wikipedia corpus, short_train defaults). Single fidelity: search.trials={args.sf_trials} at "
              f"{args.tokens} tokens. Multi-fidelity: search.trials={3 * args.sf_trials}, ladder "
@@ -147,9 +149,6 @@ def main() -> None:
               f"Hypervolume at single fidelity's CPU, multi vs single: {wilcoxon_line(a, b, lower_is_better=False)}.",
               "", f"**Goal (<= 1/2 of the CPU): {'reached' if med <= 0.5 else 'NOT reached'}** (median {med:.2f})."]
 
-    from flashsearch.archive import write_text_atomic
-    from flashsearch.studies.output import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
     for f, color in (("single", "tab:gray"), ("multi", "tab:red")):
@@ -162,11 +161,7 @@ def main() -> None:
     ax.set_title(f"real short training, top rung {args.tokens} tokens, {args.seeds} seeds (mean +- std)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    out = Path(args.out)
     save_figure(fig, out.with_suffix(".png"))
     lines += ["", f"Plot: {out.with_suffix('.png').name}; every trial of every run: {out.with_suffix('.csv').name}."]
-    print(write_text_atomic(out, "\n".join(lines) + "\n").read_text())
+    print(write_text(out, "\n".join(lines) + "\n").read_text())
 
-
-if __name__ == "__main__":
-    main()

@@ -19,17 +19,16 @@ given the same q/k/v, which is what the references implement:
 Optionally (on by default) the whole layers are timed too (our operator modules, input projection to output
 projection), to show what share of a layer the core is.
 
-    python experiments/kernel_bench.py            # default shapes, < 10 minutes on 2 cores
-    python experiments/kernel_bench.py --quick    # small shapes, a few seconds
+    python -m experiments run kernel_bench            # default shapes, < 10 minutes on 2 cores
+    python -m experiments run kernel_bench --quick    # small shapes, a few seconds
 
-Writes experiments/results/kernel_bench_cpu.md (machine, threads, torch version, date, command, load average).
-Runs single-threaded by default (--threads), like each short_train proxy worker.
+Writes kernel_bench_cpu.md to `out` (revision, settings, machine, threads, torch version, date, load average).
+Runs single-threaded by default (threads: 1), like each short_train proxy worker.
 A benchmark, not a test: nothing here asserts; the ratios are for reading.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import math
 import os
@@ -46,8 +45,10 @@ import torch.nn.functional as F
 
 from flashsearch.genome import Genome
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "experiments" / "results" / "kernel_bench_cpu.md"
+from experiments.lib.output import write_text
+from experiments.lib.provenance import header_lines
+
+OUT_NAME = "kernel_bench_cpu.md"
 LINEAR_TIME = ("deltanet", "gated_deltanet", "gla", "mamba2")   # chunked operators with a >= 3x target
 
 Tensors = tuple[torch.Tensor, ...]
@@ -383,8 +384,8 @@ def _fmt_tps(x: float) -> str:
 
 
 def render(results: list[Result], layers: dict[str, list[tuple[str, float, str]]], notes: list[str],
-           meta: dict[str, str]) -> str:
-    lines = ["# Kernel benchmark: CPU training throughput (forward + backward, fp32)", ""]
+           meta: dict[str, str], provenance: list[str]) -> str:
+    lines = ["# Kernel benchmark: CPU training throughput (forward + backward, fp32)", "", *provenance]
     lines += [f"- {k}: {v}" for k, v in meta.items()]
     lines += ["", "Core-op level: the recurrence / attention itself on the same q, k, v (same inputs for both "
               "sides). tokens/s = B*T / median time of one forward + backward; repeats interleaved, order "
@@ -437,29 +438,28 @@ def render(results: list[Result], layers: dict[str, list[tuple[str, float, str]]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small shapes and few repeats (seconds)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repeats per side (default 7, quick 3)")
-    p.add_argument("--min-seconds", type=float, default=None,
-                   help="minimum wall time of one sample; fast cases loop inside it (default 0.2, quick 0.05)")
-    p.add_argument("--case-budget", type=float, default=None,
-                   help="seconds one comparison may take; slow ones get fewer repeats, min 3 (default 25, quick 5)")
-    p.add_argument("--no-layers", action="store_true", help="skip the whole-layer table")
-    p.add_argument("--ops", default=None, help="comma-separated subset, e.g. deltanet,mamba2")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: what each short_train proxy worker uses, and far less sensitive "
-                        "to other load on a shared machine; 0 = torch's default, all cores)")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"markdown output (default {DEFAULT_OUT.relative_to(ROOT)})")
-    args = p.parse_args(argv)
+@dataclass(frozen=True)
+class Settings:
+    small: bool                   # small shapes and few repeats (seconds)
+    repeats: int | None           # interleaved repeats per side (null: 7, quick 3)
+    min_seconds: float | None     # minimum wall time of one sample; fast cases loop inside it (null: 0.2, quick 0.05)
+    case_budget: float | None     # seconds one comparison may take; slow ones get fewer repeats, min 3
+                                  # (null: 25, quick 5)
+    layers: bool                  # also time whole layers
+    ops: tuple[str, ...] | None   # a subset of operators, e.g. [deltanet, mamba2]; null: all
+    threads: int                  # torch threads (1: what each short_train proxy worker uses, and far less
+                                  # sensitive to other load on a shared machine; 0 = torch's default, all cores)
+    out: str                      # folder for kernel_bench_cpu.md
 
+
+def main(args: Settings, run_meta: dict) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
-    repeats = args.repeats or (3 if args.quick else 7)
-    min_seconds = args.min_seconds if args.min_seconds is not None else (0.05 if args.quick else 0.2)
-    case_budget = args.case_budget if args.case_budget is not None else (5.0 if args.quick else 25.0)
-    only = set(args.ops.split(",")) if args.ops else None
+    shapes = QUICK_SHAPES if args.small else DEFAULT_SHAPES
+    repeats = args.repeats or (3 if args.small else 7)
+    min_seconds = args.min_seconds if args.min_seconds is not None else (0.05 if args.small else 0.2)
+    case_budget = args.case_budget if args.case_budget is not None else (5.0 if args.small else 25.0)
+    only = set(args.ops) if args.ops else None
 
     import fla  # noqa: F401 - version for the report (its naive references are CPU torch code)
 
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(f" ours {_fmt_tps(r.ours_tps)} tok/s, ref {_fmt_tps(r.ref_tps)} tok/s -> "
                   f"{r.ours_tps / r.ref_tps:.1f}x (n={r.repeats}, max |diff| {r.max_diff:.1e})", flush=True)
-        if not args.no_layers and not only:
+        if args.layers and not only:
             layers[shape.label()] = measure_layers(shape, max(3, repeats // 2), min_seconds)
             print(f"[{time.perf_counter() - t_start:6.1f}s] layers {shape.label()}: " +
                   ", ".join(f"{op} {_fmt_tps(t)}" for op, t, _ in layers[shape.label()]), flush=True)
@@ -488,8 +488,6 @@ def main(argv: list[str] | None = None) -> int:
 
     meta = {
         "date": started.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]] if argv is None
-                                        else ["experiments/kernel_bench.py", *argv]),
         "machine": f"{_cpu_model()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}",
         "threads": str(torch.get_num_threads()),
         "software": f"Python {platform.python_version()}, torch {torch.__version__}, "
@@ -499,12 +497,6 @@ def main(argv: list[str] | None = None) -> int:
                    f"comparison would take over {case_budget:.0f}s; samples >= {min_seconds}s; wall time "
                    f"{time.perf_counter() - t_start:.0f}s",
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(results, layers, notes, meta))
+    out = write_text(Path(args.out) / OUT_NAME, render(results, layers, notes, meta, header_lines(run_meta)))
     print(f"wrote {out}")
-    return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,66 +10,68 @@ parameter count, predicted latency); and, for the promotion rule (search/rungs.p
 had arrived in this order, how many members of the top rung's Pareto front (every genome trained to the top) the
 ladder would have promoted to the top.
 
-    python experiments/ladder_fidelity.py                 # ~70 min on 2 CPU cores (143 CPU-min of trainings)
-    python experiments/ladder_fidelity.py --genomes 4 --out /tmp/lf    # smoke run
+    python -m experiments run ladder_fidelity          # ~70 min on 2 CPU cores (143 CPU-min of trainings)
+    python -m experiments run ladder_fidelity --quick  # smoke run
 
-Writes ladder_fidelity.{csv,md} to --out; the CSV caches each genome's trainings (a rerun trains what is missing;
-experiments/proxy_fidelity.py reads and extends the same cache).
+Writes ladder_fidelity.{csv,md} to `out`; the CSV caches each genome's trainings (a rerun trains what is missing;
+experiments/proxy_fidelity reads and extends the same cache).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 
-from flashsearch.archive import pareto_mask, write_text_atomic
-from flashsearch.studies.common import default_proxy
-from flashsearch.studies.ladder import replay_promotions, run_ladders, study_genomes, zero_cost_baselines
-from flashsearch.studies.output import header
-from flashsearch.studies.ranking import rank_agreement
+from flashsearch.errors import FlashsearchError
+from flashsearch.pareto import pareto_mask
 
-CONFIG = "search_spaces/hybrid_1b.yaml"
+from experiments.lib.common import default_proxy, search_ladder
+from experiments.lib.ladder import replay_promotions, run_ladders, study_genomes, zero_cost_baselines
+from experiments.lib.output import header, write_text
+from experiments.lib.ranking import rank_agreement
+
+@dataclass(frozen=True)
+class Settings:
+    config: str              # space, ladder and proxy
+    genomes: int             # uniform draws (the reference architectures come on top)
+    seeds: tuple[int, ...]   # proxy seeds; the first is the search's, the others measure agreement across seeds
+    train: bool              # false: report from the cached trainings only
+    scale: float             # multiply every rung's tokens by this
+    workers: int             # parallel trainings
+    out: str                 # folder for the CSV (the ladder cache) and markdown
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--genomes", type=int, default=24)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seeds", default="0,1", help="proxy seeds; the first is the search's, the others measure "
-                                                  "agreement across seeds (noise ceiling)")
-    ap.add_argument("--no-train", action="store_true", help="report from the cached trainings only (seeds other "
-                                                             "than the first may then cover fewer genomes)")
-    ap.add_argument("--out", default="experiments/results")
-    args = ap.parse_args()
+def main(args: Settings, meta: dict) -> None:
+    config = args.config
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     from flashsearch.config import load_config
-    from flashsearch.search.rungs import ladder_of
 
-    cfg = load_config(CONFIG)
-    ladder = ladder_of(cfg)
-    assert ladder is not None, f"{CONFIG} is not a multi-fidelity search"
-    kwargs, _ = default_proxy(CONFIG)
-    genomes = study_genomes(CONFIG, args.genomes, 0)
-    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    cfg = load_config(config)
+    ladder = search_ladder(cfg)
+    if ladder is None:
+        raise FlashsearchError(f"ladder_fidelity: {config} is not a multi-fidelity search")
+    ladder = dataclasses.replace(ladder, tokens=tuple(max(1, round(t * args.scale)) for t in ladder.tokens))
+    kwargs, _ = default_proxy(config)
+    genomes = study_genomes(config, args.genomes, 0)
+    seeds = list(args.seeds)
     every = run_ladders(genomes, kwargs, ladder.tokens, seeds, out / "ladder_fidelity.csv", args.workers,
-                        train=not args.no_train)
+                        train=args.train)
     order = [g.id for g, _ in genomes]
     rows = every[every["seed"] == seeds[0]].set_index("genome_id").loc[order]
     others = {s: every[every["seed"] == s].set_index("genome_id").reindex(order) for s in seeds[1:]}
-    rows = rows.join(zero_cost_baselines(CONFIG, [g for g, _ in genomes]))
+    rows = rows.join(zero_cost_baselines(config, [g for g, _ in genomes]))
     top = len(ladder.tokens) - 1
     ref = rows[f"loss{top}"].to_numpy()
 
-    lines = [header("Ladder fidelity: the multi-fidelity rungs against the top rung", started,
+    lines = [header("Ladder fidelity: the multi-fidelity rungs against the top rung", meta, started,
                     float(every[[f"cpu{k}" for k in range(top + 1)]].to_numpy().sum())),
-             f"Genomes: {len(rows)} ({args.genomes} drawn uniformly from `{CONFIG}`'s space with seed 0, plus its "
+             f"Genomes: {len(rows)} ({args.genomes} drawn uniformly from `{config}`'s space with seed 0, plus its "
              f"{len(cfg.search.seeds)} seed architectures and {len(rows) - args.genomes - len(cfg.search.seeds)} more "
              "reference architectures). Each trained through the ladder "
              f"{list(ladder.tokens)} tokens as a multi-fidelity search trains a promoted candidate (rung k+1 "
@@ -127,8 +129,5 @@ def main() -> None:
         lines.append(f"| {gid} | {r['name']} | {r['layers']} | {r['d_model']} | "
                      + " | ".join(f"{r[f'loss{k}']:.3f}" for k in range(top + 1))
                      + f" | {r['latency']:.2f} | {r['params'] / 1e6:.0f} | {'yes' if c in oracle_front else ''} |")
-    print(write_text_atomic(out / "ladder_fidelity.md", "\n".join(lines) + "\n").read_text())
+    print(write_text(out / "ladder_fidelity.md", "\n".join(lines) + "\n").read_text())
 
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Measured decode latency and max-batch throughput of the reference architectures next to the paper's Table 6.
 
 For each reference genome (search_spaces/reference/*.yaml: Nemotron-Flash-1B/3B, Qwen3-0.6B, Llama-3.2-1B and,
-unless --no-baselines, the pure single-operator 1B baselines) the table shows
+unless baselines is false, the pure single-operator 1B baselines) the table shows
 
 - the paper's H100 numbers (Table 6 of the Nemotron-Flash paper, arXiv 2511.18890: 8k decode tokens at batch 1; tokens/s at max batch),
 - the bandwidth floor of the FULL-size model: bf16 weight bytes x decode tokens / datasheet bandwidth of the
@@ -11,31 +11,32 @@ unless --no-baselines, the pure single-operator 1B baselines) the table shows
   max-batch throughput (largest batch that fits, tokens/s),
 - the ratio Qwen3-0.6B / Flash-1B of each latency column, next to the paper's 1.9x.
 
-On CPU (default) the measured models are REDUCED -- width / --width-div (heads kept, head_dim, Mamba2 head_dim and
-d_state divided too), vocab --vocab, SWA window scaled like the decode length -- and decode --decode-tokens tokens
-(default 256) instead of 8192, fp32, --threads 1; the table header says so. The paper, floor and roofline
-columns are always the full-size 8k numbers. CPU throughput is bounded by --max-batch (CPU memory is not probed).
+On CPU (default) the measured models are REDUCED -- width / width_div (heads kept, head_dim, Mamba2 head_dim and
+d_state divided too), vocab `vocab`, SWA window scaled like the decode length -- and decode `decode_tokens` tokens
+(default 256) instead of 8192, fp32, one thread; the table header says so. The paper, floor and roofline
+columns are always the full-size 8k numbers. CPU throughput is bounded by max_batch (CPU memory is not probed).
 
-    python experiments/latency_table.py                     # CPU, reduced; writes results/latency_table_cpu.md
-    python experiments/latency_table.py --full              # GPU, full size, bf16, 8k decode, CUDA graphs
-                                                            # -> results/latency_table_gpu.md
+    python -m experiments run latency_table                 # CPU, reduced; writes latency_table_cpu.md
+    python -m experiments run latency_table full=true       # GPU, full size, bf16, 8k decode, CUDA graphs
+                                                            # -> latency_table_gpu.md
 
 A benchmark, not a test: nothing here asserts.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import os
 import platform
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from experiments.lib.output import write_text
+from experiments.lib.provenance import ROOT, header_lines
+
 REF = ROOT / "search_spaces" / "reference"
 
 # (label, yaml, paper latency s, paper throughput tok/s) -- Table 6 of the Nemotron-Flash paper, arXiv 2511.18890 (H100, 8k decode, batch 1).
@@ -92,26 +93,25 @@ def _fmt_tps(x: float | None) -> str:
     return f"{x / 1e3:.1f}k" if x >= 1e4 else f"{x:.0f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="full-size models, bf16, 8k decode on CUDA")
-    ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda with --full, else cpu)")
-    ap.add_argument("--profile", default="h100", help="device profile for floor and roofline (default h100)")
-    ap.add_argument("--width-div", type=int, default=16, help="CPU: divide widths by this (default 16)")
-    ap.add_argument("--vocab", type=int, default=1024, help="CPU: vocabulary of the reduced models")
-    ap.add_argument("--decode-tokens", type=int, default=None, help="default 8192 with --full, else 256")
-    ap.add_argument("--prompt-len", type=int, default=None, help="default 128 with --full, else 16")
-    ap.add_argument("--throughput-tokens", type=int, default=None,
-                    help="decode tokens of the throughput runs (default: CPU 64, --full: --decode-tokens)")
-    ap.add_argument("--max-batch", type=int, default=None, help="throughput search bound (CPU 16, GPU 4096)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--no-baselines", action="store_true", help="only the four Table 6 models")
-    ap.add_argument("--no-throughput", action="store_true")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
+@dataclass(frozen=True)
+class Settings:
+    full: bool                        # full-size models, bf16, 8k decode on CUDA
+    device: str | None                # cpu / cuda (null: cuda when full, else cpu)
+    profile: str                      # device profile for floor and roofline
+    width_div: int                    # CPU: divide widths by this
+    vocab: int                        # CPU: vocabulary of the reduced models
+    decode_tokens: int | None         # null: 8192 when full, else 256
+    prompt_len: int | None            # null: 128 when full, else 16
+    throughput_tokens: int | None     # decode tokens of the throughput runs (null: CPU 64, full: decode_tokens)
+    max_batch: int | None             # throughput search bound (null: CPU 16, GPU 4096)
+    repeats: int
+    threads: int
+    baselines: bool                   # false: only the four Table 6 models
+    throughput: bool
+    out: str                          # folder for latency_table_{cpu,gpu}.md
 
-    sys.path.insert(0, str(ROOT))
+
+def main(args: Settings, meta: dict) -> None:
     from flashsearch.builders import load_genome
     from flashsearch.model import count_parameters
     from flashsearch.proxies.base import Workload
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt = args.prompt_len if args.prompt_len is not None else (FULL_PROMPT if full else 16)
     tp_tokens = args.throughput_tokens or (decode if full else 64)
     max_batch = args.max_batch or (4096 if device.startswith("cuda") else 16)
-    out = Path(args.out) if args.out else ROOT / "experiments" / "results" / (
-        "latency_table_gpu.md" if full else "latency_table_cpu.md")
+    out = Path(args.out) / ("latency_table_gpu.md" if full else "latency_table_cpu.md")
 
     pred = MeasuredPredictor(device=device, warmup=8, repeats=args.repeats, threads=args.threads,
                              max_params=10**12 if full else 50_000_000)
@@ -137,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     tp_w = Workload(device=device, batch=1, prompt_len=prompt, decode_tokens=tp_tokens)
 
     entries = [(n, f, lat, tp) for n, f, lat, tp in MODELS]
-    if not args.no_baselines:
+    if args.baselines:
         entries += [(n, f, None, None) for n, f in BASELINES]
 
     t_start = time.perf_counter()
@@ -153,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         stats = pred.measure(mg, lat_w)
         tps = batch = limited = None
-        if not args.no_throughput:
+        if args.throughput:
             tps = tput.max_batch_throughput(mg, tp_w, max_batch=max_batch)
             batch, limited = tput.last_throughput.batch, tput.last_throughput.limited_by
         el = time.perf_counter() - t0
@@ -173,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     tp_ratio_paper = 7289 / 160
     tp_ratio_meas = (f["tps"] / q["tps"]) if f["tps"] and q["tps"] else None
 
-    cmd = "python " + " ".join([os.path.relpath(__file__, ROOT)] + (argv if argv is not None else sys.argv[1:]))
     if full:
         mode = (f"FULL-size models, {str(pred.dtype).removeprefix('torch.')}, prompt {prompt} + decode {decode} "
                 f"tokens at batch 1, {pred.source}")
@@ -187,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"# Decode latency and throughput vs the paper's Table 6 ({'GPU, full size' if full else 'CPU, reduced size'})",
         "",
+        *header_lines(meta),
         f"- date: {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- command: {cmd}",
         f"- machine: {gpu + ', ' if gpu else ''}{_cpu_model()}, {os.cpu_count()} logical CPUs, "
         f"{platform.system()} {platform.release()} (CPU shared with other jobs while measured)",
         f"- software: Python {platform.python_version()}, torch {torch.__version__}",
@@ -197,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         f"- latency: median of {args.repeats} timed decodes [min-max], each after a fresh prefill, after "
         f"{pred.warmup} warm-up steps; ms/tok = median / decode tokens.",
         "- throughput: largest batch that fits (doubling then bisection; "
-        + ("bounded by --max-batch " + str(max_batch) + " on CPU, memory not probed" if not device.startswith("cuda")
-           else f"CUDA out-of-memory or --max-batch {max_batch}")
+        + ("bounded by max_batch " + str(max_batch) + " on CPU, memory not probed" if not device.startswith("cuda")
+           else f"CUDA out-of-memory or max_batch {max_batch}")
         + f"), prompt {prompt} + decode {tp_tokens} tokens, tokens/s = batch x decode tokens / time.",
         f"- paper: Table 6 of the Nemotron-Flash paper, arXiv 2511.18890 (H100, TensorRT-LLM, CUDA graphs, 8k decode, batch 1; tok/s at max batch). "
         f"floor: full-size bf16 weight bytes x {FULL_DECODE} / {args.profile} datasheet bandwidth. roofline: "
@@ -217,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['n_meas'] / 1e6:.2f}M | {_fmt_tps(r['paper_tps'])} | {tp} |")
     lines += [
         "",
-        "(*) batch bounded by --max-batch, not by memory.",
+        "(*) batch bounded by max_batch, not by memory.",
         "",
         "Qwen3-0.6B / Nemotron-Flash-1B:",
         "",
@@ -235,19 +233,11 @@ def main(argv: list[str] | None = None) -> int:
             "not by bytes, so the measured Qwen3 / Flash ratio reflects depth (56 vs 24 layers) the way the "
             "paper's launch/latency argument does; the floor ratio (bytes only) favours the smaller Qwen3. "
             "Reduced-width throughput says little about the paper's max-batch numbers, which are set by KV-cache "
-            "memory at full size (run --full on a GPU).",
+            "memory at full size (run with full=true on a GPU).",
             "",
         ]
     errs = [f"{r['name']}: {r['capture_error']}" for r in rows if r["capture_error"]]
     if errs:
         lines += ["CUDA graph capture failed (timed eagerly): " + "; ".join(errs), ""]
-    text = "\n".join(lines)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(text)
+    print(write_text(out, "\n".join(lines)).read_text())
     print(f"wrote {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,2 +1,3 @@
-"""Building blocks of the paper studies in experiments/: rank agreement, the depth-width law, a resumable
-pool of short-training jobs, and the header every result file carries (command, runtime, machine)."""
+"""The study library (not part of the installed package): settings files, result provenance, cache keys, the
+resumable training-job pool, multi-fidelity ladders, rank agreement, the depth-width law and the surrogate
+objective the searcher benchmarks share. Product code never imports it."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import random
 from typing import Any
 
@@ -40,17 +39,14 @@ def default_proxy(config_path: str) -> tuple[dict[str, Any], int]:
     return kwargs, int(cfg.budget.tokens)
 
 
-def add_common_args(ap: argparse.ArgumentParser, workers: int = 2) -> None:
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="multiply every token budget by this (the same study, bigger; use with --device cuda)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda (ShortTrain's device)")
-    ap.add_argument("--workers", type=int, default=workers, help="parallel trainings (1 per CPU core; 1 on a GPU)")
-    ap.add_argument("--out", default="experiments/results", help="folder for the CSV, markdown and figure")
-
-
 def describe_proxy(kwargs: dict[str, Any]) -> str:
     """'ShortTrain defaults (seed 0)' or 'ShortTrain(width_divisor=8, seed=0)', for result tables."""
     extra = {k: v for k, v in kwargs.items() if k not in ("seed", "device")}
     if not extra:
         return f"ShortTrain defaults (seed {kwargs.get('seed', 0)})"
     return "ShortTrain(" + ", ".join(f"{k}={v!r}" for k, v in sorted(extra.items())) + ")"
+
+
+def search_ladder(cfg):
+    """The multi-fidelity Ladder a search with this config trains (None for single fidelity)."""
+    return cfg.ladder()

@@ -2,6 +2,8 @@
 
 Each job trains one genome with one ShortTrain setting. Results are appended to a CSV the moment they finish,
 so an interrupted study picks up where it stopped (rerun the same command) and finished rows are never redone.
+A row is reused only when both its key and its `settings` column (a hash of the proxy's resolved settings, the
+tokens and the genome: experiments/lib/cachekey.py) match the job, so a changed default retrains it.
 Jobs run in forked worker processes with one torch thread each (on a small CPU, N single-threaded trainings
 beat one N-threaded training), longest first so the pool does not idle on a straggler at the end.
 """
@@ -22,7 +24,7 @@ import pandas as pd
 
 from flashsearch.genome import Genome
 
-RESULT_COLUMNS = ["key", "genome_id", "tokens", "seed", "loss", "proxy_params", "seconds", "error"]
+RESULT_COLUMNS = ["key", "settings", "genome_id", "tokens", "seed", "loss", "proxy_params", "seconds", "error"]
 # Written to CSVs started since it was added; older CSVs keep their columns (it is then dropped, not an error).
 OPTIONAL_COLUMNS = ["cpu_seconds"]  # the training's process time: its cost, whatever else shares the cores
 
@@ -41,6 +43,17 @@ class TrainJob:
         width = max(16, self.genome.d_model / wd)
         return self.tokens * self.genome.n_layers * (width / 64.0 + (width / 64.0) ** 2)
 
+    @property
+    def settings(self) -> str:
+        """Hash of everything that changes this job's result (see the module doc)."""
+        from experiments.lib.cachekey import proxy_digest
+
+        return proxy_digest(self.proxy, self.tokens, self.genome.id)
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return self.key, self.settings
+
 
 _PROXIES: dict[tuple, Any] = {}
 
@@ -53,7 +66,7 @@ def _init_worker() -> None:
 
 def _wire(job: TrainJob) -> tuple:
     """What crosses the process boundary (genomes hold read-only mappings, which do not pickle)."""
-    return job.key, job.genome.to_json(), job.tokens, dict(job.proxy), dict(job.tags)
+    return job.key, job.settings, job.genome.to_json(), job.tokens, dict(job.proxy), dict(job.tags)
 
 
 def _run_one(wired: tuple) -> dict[str, Any]:
@@ -61,14 +74,14 @@ def _run_one(wired: tuple) -> dict[str, Any]:
     from flashsearch.proxies.base import Budget
     from flashsearch.proxies.quality.short_train import ShortTrain
 
-    key, genome_json, tokens, kwargs, tags = wired
+    key, settings, genome_json, tokens, kwargs, tags = wired
     genome = Genome.from_json(genome_json)
     kwargs.setdefault("threads", 1)
     cache_key = tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
     proxy = _PROXIES.get(cache_key)
     if proxy is None:  # one proxy object per setting: the corpus is read once per worker
         proxy = _PROXIES[cache_key] = ShortTrain(**kwargs)
-    row = {"key": key, "genome_id": genome.id, "tokens": tokens, "seed": kwargs.get("seed", 0), **tags}
+    row = {"key": key, "settings": settings, "genome_id": genome.id, "tokens": tokens, "seed": kwargs.get("seed", 0), **tags}
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         res = proxy.evaluate(genome, Budget(tokens=tokens))
@@ -83,20 +96,25 @@ def _run_one(wired: tuple) -> dict[str, Any]:
 def _read_done(path: Path) -> pd.DataFrame:
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame(columns=RESULT_COLUMNS)
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype={"key": str, "settings": str})
+    if "settings" not in df.columns:
+        raise ValueError(f"{path} predates settings hashes in cache keys, so its rows cannot be matched to the "
+                         "settings that made them: move it away to start over")
     df["error"] = df["error"].fillna("").astype(str)  # an empty error reads back as NaN
+    df["settings"] = df["settings"].astype(str)
     return df
 
 
 def run_jobs(jobs: list[TrainJob], results_csv: str | Path, workers: int = 2, label: str = "") -> pd.DataFrame:
-    """Run the jobs not yet in results_csv; return every row for these jobs' keys (old and new)."""
+    """Run the jobs not yet in results_csv; return every row for these jobs (old and new)."""
     keys = [j.key for j in jobs]
     if len(set(keys)) != len(keys):
         raise ValueError("job keys must be unique")
     path = Path(results_csv)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = _read_done(path)
-    todo = sorted((j for j in jobs if j.key not in set(done["key"])), key=TrainJob.cost, reverse=True)
+    have = set(zip(done["key"], done["settings"]))
+    todo = sorted((j for j in jobs if j.identity not in have), key=TrainJob.cost, reverse=True)
     tag_cols = sorted({k for j in jobs for k in j.tags} - set(RESULT_COLUMNS))
     fresh = not path.exists() or path.stat().st_size == 0
     columns = RESULT_COLUMNS + OPTIONAL_COLUMNS + tag_cols if fresh else list(done.columns)
@@ -110,7 +128,9 @@ def run_jobs(jobs: list[TrainJob], results_csv: str | Path, workers: int = 2, la
     if todo:
         _run_pool(todo, path, columns, fresh, workers, prefix)
     out = _read_done(path)
-    return out[out["key"].isin(set(keys))].reset_index(drop=True)
+    wanted = {j.identity for j in jobs}
+    mine = [ident in wanted for ident in zip(out["key"], out["settings"])]
+    return out[mine].drop_duplicates(["key", "settings"]).reset_index(drop=True)
 
 
 def _run_pool(todo: list[TrainJob], path: Path, columns: list[str], fresh: bool, workers: int, prefix: str) -> None:

@@ -2,8 +2,9 @@
 
 Each genome goes through every rung exactly as a promoted candidate does in a search (rung k+1 continues from
 rung k's checkpoint; warmup-stable-decay), and the loss and CPU seconds of each rung land in a CSV the moment the
-genome is done. Rows are keyed by (genome, seed, ladder@device), so ladder_fidelity.py and proxy_fidelity.py share
-one cache and an interrupted study trains only what is missing.
+genome is done. Rows are keyed by (genome, seed, ladder@device, settings), where settings hashes the proxy's
+resolved configuration and the ladder (experiments/lib/cachekey.py), so ladder_fidelity and proxy_fidelity share
+one cache, an interrupted study trains only what is missing, and a changed proxy default retrains.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from flashsearch.genome import Genome
 # genomes the issue and the paper compare, so the study says how they rank, not only how random draws do.
 REFERENCE_ARCHITECTURES = ("search_spaces/reference/nemotron_flash_1b.yaml",
                            "search_spaces/reference/gated_deltanet_ffn_1b.yaml")
-KEY_COLUMNS = ["genome_id", "seed", "ladder"]
+KEY_COLUMNS = ["genome_id", "seed", "ladder", "settings"]
 
 
 def study_genomes(config_path: str, n_random: int, seed: int = 0,
@@ -33,7 +34,7 @@ def study_genomes(config_path: str, n_random: int, seed: int = 0,
     (each once; kind is the file's stem)."""
     from flashsearch.builders import load_genome
     from flashsearch.config import load_config
-    from flashsearch.studies.common import sample_genomes
+    from experiments.lib.common import sample_genomes
 
     cfg = load_config(config_path)
     out = [(g, "random") for g in sample_genomes(config_path, n_random, seed)]
@@ -50,6 +51,14 @@ def ladder_key(tokens: Sequence[int], device: str = "cpu") -> str:
     return "-".join(str(t) for t in tokens) + f"@{device}"
 
 
+def ladder_settings(proxy: Mapping[str, Any], tokens: Sequence[int]) -> str:
+    """Hash of everything that changes a ladder's losses: the proxy's resolved settings (seed included) and the
+    rungs."""
+    from experiments.lib.cachekey import proxy_digest
+
+    return proxy_digest(proxy, list(tokens))
+
+
 def _train_ladder(wired: tuple) -> dict[str, Any]:
     """One genome through every rung, continuing from checkpoints; the loss and CPU seconds of each."""
     import torch
@@ -58,10 +67,11 @@ def _train_ladder(wired: tuple) -> dict[str, Any]:
     from flashsearch.proxies.quality.short_train import ShortTrain
 
     torch.set_num_threads(1)
-    genome_json, kwargs, tokens, name, key = wired
+    genome_json, kwargs, tokens, name, key, settings = wired
     g = Genome.from_json(genome_json)
     proxy = ShortTrain(**{**kwargs, "threads": 1})
-    row: dict[str, Any] = {"genome_id": g.id, "seed": proxy.seed, "ladder": key, "name": name,
+    row: dict[str, Any] = {"genome_id": g.id, "seed": proxy.seed, "ladder": key, "settings": settings,
+                           "name": name,
                            "layers": g.n_layers, "d_model": g.d_model}
     with tempfile.TemporaryDirectory(prefix="ladder-") as ckpt:
         for k, t in enumerate(tokens):
@@ -80,13 +90,15 @@ def run_ladders(genomes: Sequence[tuple[Genome, str]], proxy: Mapping[str, Any],
     key = ladder_key(tokens, device)
     fields = KEY_COLUMNS + ["name", "layers", "d_model"] + [f"{p}{k}" for k in range(len(tokens))
                                                           for p in ("loss", "cpu")]
-    done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=fields)
+    done = _read(path) if path.exists() else pd.DataFrame(columns=fields)
     if list(done.columns) != fields and len(done):
-        raise ValueError(f"{path} holds another ladder's columns ({list(done.columns)}); "
-                         "pass another --out to start a new cache")
-    have = set(zip(done["genome_id"], done["seed"], done["ladder"]))
-    todo = [(g.to_json(), {**proxy, "seed": s}, tuple(tokens), name, key) for s in seeds for g, name in genomes
-            if (g.id, s, key) not in have] if train else []
+        why = ("predates settings hashes in cache keys, so its rows cannot be matched to the settings that made "
+               "them" if "settings" not in done.columns else f"holds another ladder's columns ({list(done.columns)})")
+        raise ValueError(f"{path} {why}: move it away or set another cache path to start over")
+    settings = {s: ladder_settings({**proxy, "seed": s}, tokens) for s in seeds}
+    have = set(zip(done["genome_id"], done["seed"], done["ladder"], done["settings"]))
+    todo = [(g.to_json(), {**proxy, "seed": s}, tuple(tokens), name, key, settings[s]) for s in seeds
+            for g, name in genomes if (g.id, s, key, settings[s]) not in have] if train else []
     print(f"ladder: {len(genomes)} genomes x seeds {list(seeds)}, {len(todo)} to train, ladder {list(tokens)}",
           file=sys.stderr, flush=True)
     if todo:
@@ -102,9 +114,16 @@ def run_ladders(genomes: Sequence[tuple[Genome, str]], proxy: Mapping[str, Any],
                 print(f"  [{i}/{len(todo)}] {row['genome_id']} seed {row['seed']} losses "
                       + " -> ".join(f"{row[f'loss{k}']:.3f}" for k in range(len(tokens)))
                       + f"  ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    every = pd.read_csv(path).drop_duplicates(KEY_COLUMNS)
+    if not path.exists():
+        return pd.DataFrame(columns=fields)
+    every = _read(path).drop_duplicates(KEY_COLUMNS)
     ids = {g.id for g, _ in genomes}
-    return every[(every["ladder"] == key) & every["seed"].isin(list(seeds)) & every["genome_id"].isin(ids)]
+    mine = pd.Series([settings.get(int(s)) == h for s, h in zip(every["seed"], every["settings"])], index=every.index)
+    return every[mine & (every["ladder"] == key) & every["seed"].isin(list(seeds)) & every["genome_id"].isin(ids)]
+
+
+def _read(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"genome_id": str, "settings": str, "ladder": str})
 
 
 def zero_cost_baselines(config_path: str, genomes: Sequence[Genome]) -> pd.DataFrame:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flashsearch.ranking import rank_correlations
+
 
 @dataclass(frozen=True)
 class RankAgreement:
@@ -42,13 +44,6 @@ def top_k_overlap(proxy, reference, k: int) -> float:
     best_p = set(np.argsort(p, kind="stable")[:k].tolist())
     best_r = set(np.argsort(r, kind="stable")[:k].tolist())
     return len(best_p & best_r) / k
-
-
-def rank_correlations(a, b) -> tuple[float, float]:
-    """(Spearman rho, Kendall tau-b) of two equally long sequences; the one place both are computed."""
-    from scipy.stats import kendalltau, spearmanr
-
-    return float(spearmanr(a, b).statistic), float(kendalltau(a, b).statistic)
 
 
 def rank_agreement(proxy, reference, k: int = 5, n_boot: int = 2000, seed: int = 0) -> RankAgreement:

@@ -11,29 +11,30 @@ so heads stay whole). The search
 runs hybrid_1b.yaml in constrained mode (search.target_latency = the target), which solves each candidate's
 width under the target.
 
-    python experiments/operator_comparison.py                 # ~20 min on 2 CPU cores
-    python experiments/operator_comparison.py --scale 8 --device cuda --workers 1 --trials 48
+    python -m experiments run operator_comparison                # ~20 min on 2 CPU cores
+    python -m experiments run operator_comparison scale=8 device=cuda workers=1 trials=48
 
-Writes operator_comparison.{csv,md,png} to --out (the search's own run lands in runs/operator_comparison-t<tokens>).
+Writes operator_comparison.{csv,md,png} to `out` (the search's own run lands in runs/operator_comparison-t<tokens>).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from flashsearch.builders import load_genome
+from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.roofline import RooflinePredictor
-from flashsearch.studies.common import add_common_args, default_proxy
-from flashsearch.studies.jobs import TrainJob, run_jobs, training_time
-from flashsearch.archive import write_text_atomic
-from flashsearch.studies.output import header, pyplot, save_figure
+
+from experiments.lib.common import default_proxy
+from experiments.lib.jobs import TrainJob, run_jobs, training_time
+from experiments.lib.output import header, pyplot, save_figure, write_text
 
 WORKLOAD = Workload(device="h100", batch=1, prompt_len=128, decode_tokens=8192)
 REFERENCE = Path("search_spaces/reference")
@@ -79,19 +80,24 @@ def search_best_hybrid(config: str, target: float, trials: int, workers: int, to
     df = pd.read_parquet(out_dir / "trials.parquet")
     ok = df[(df.state == "COMPLETE") & (df.latency <= target * 1.001)].sort_values("quality")
     if ok.empty:
-        raise SystemExit("error: the search found no candidate meeting the target latency; raise --trials")
+        raise FlashsearchError("operator_comparison: the search found no candidate meeting the target latency; "
+                               "raise trials")
     return Genome.from_json(ok.iloc[0].genome_json)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="space, proxy and search settings")
-    ap.add_argument("--target", default=str(REFERENCE / "flash_mix_staged_1b.yaml"),
-                    help="genome YAML whose predicted latency is the target, or a number of seconds")
-    ap.add_argument("--seeds", type=int, default=3, help="proxy seeds per model")
-    ap.add_argument("--trials", type=int, default=16, help="trials of the short hybrid search")
-    add_common_args(ap)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Settings:
+    config: str     # space, proxy and search settings
+    target: str     # genome YAML whose predicted latency is the target, or a number of seconds
+    seeds: int      # proxy seeds per model
+    trials: int     # trials of the short hybrid search
+    scale: float    # multiply every token budget by this
+    device: str     # cpu or cuda (ShortTrain's device)
+    workers: int    # parallel trainings
+    out: str        # folder for the CSV, markdown and figure
+
+
+def main(args: Settings, meta: dict) -> None:
     started = time.perf_counter()
     out = Path(args.out)
 
@@ -127,7 +133,7 @@ def main() -> None:
                      f"({(lat / target - 1) * 100:+.1f}%) | {np.nanmean(loss):.4f} ± {np.nanstd(loss):.4f} |")
     order = np.argsort([s[1] for s in stats])
     lines = [lines[i] for i in order]
-    md = header("Operator comparison at matched latency", started, *training_time(rows)) + f"""
+    md = header("Operator comparison at matched latency", meta, started, *training_time(rows)) + f"""
 Target: {target:.2f} s predicted batch-1 decode of 8k tokens on an H100 (roofline), from `{args.target}`.
 Every model is trained with `{args.config}`'s proxy at {tokens:,} tokens over {args.seeds} seeds (mean ± std of
 validation bits per byte; lower is better). Paper (Table 3, 1B scale, Wiki PPL at equal latency): searched
@@ -141,7 +147,7 @@ not resized, so its latency can fall below the target (e.g. when it already has 
 
 ![operator comparison](operator_comparison.png)
 """
-    write_text_atomic(out / "operator_comparison.md", md)
+    write_text(out / "operator_comparison.md", md)
     plot(out / "operator_comparison.png", [stats[i] for i in order], target)
     print(md, flush=True)
 
@@ -161,6 +167,3 @@ def plot(path: Path, stats, target: float) -> None:
     ax.set_title(f"operators at matched predicted latency ({target:.1f} s, H100 roofline)")
     save_figure(fig, path)
 
-
-if __name__ == "__main__":
-    main()

@@ -11,31 +11,33 @@ for two seeds averaged, and for the zero-cost baselines a user would try first (
 the LiteTransformerSearch proxy; predicted latency), with each row's CPU cost; a paired bootstrap says whether
 the default beats the best baseline.
 
-    python experiments/proxy_fidelity.py                  # ~100 CPU-min of trainings; the ladders are shared
-                                                          # with ladder_fidelity.py's cache
-    python experiments/proxy_fidelity.py --genomes 4 --scale 0.05 --out /tmp/pf    # a few-minute smoke run
-    python experiments/proxy_fidelity.py --scale 8 --device cuda --workers 1          # bigger, where a GPU is lent
+    python -m experiments run proxy_fidelity            # ~100 CPU-min of trainings; the ladders are shared
+                                                        # with ladder_fidelity's cache
+    python -m experiments run proxy_fidelity --quick    # a few-minute smoke run
+    python -m experiments run proxy_fidelity scale=8 device=cuda workers=1   # bigger, where a GPU is lent
 
-Writes proxy_fidelity.{csv,md,png} to --out (and extends ladder_fidelity.csv there). Every training is cached
-in those CSVs the moment it finishes: rerunning after an interruption only trains what is missing.
+Writes proxy_fidelity.{csv,md,png} to `out` and extends the ladder cache (`ladder_cache`, ladder_fidelity's
+CSV). Every training is cached in those CSVs the moment it finishes: rerunning after an interruption only trains
+what is missing.
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from flashsearch.archive import write_text_atomic
+from flashsearch.errors import FlashsearchError
 from flashsearch.proxies.quality.short_train import ShortTrain
-from flashsearch.studies.common import add_common_args, default_proxy, describe_proxy
-from flashsearch.studies.jobs import TrainJob, run_jobs, training_time
-from flashsearch.studies.ladder import run_ladders, study_genomes, zero_cost_baselines
-from flashsearch.studies.output import header, pyplot, save_figure
-from flashsearch.studies.ranking import rank_agreement, spearman_gap
+
+from experiments.lib.common import default_proxy, describe_proxy, search_ladder
+from experiments.lib.jobs import TrainJob, run_jobs, training_time
+from experiments.lib.ladder import run_ladders, study_genomes, zero_cost_baselines
+from experiments.lib.output import header, pyplot, save_figure, write_text
+from experiments.lib.ranking import rank_agreement, spearman_gap
 
 FIDELITY_BAR = 0.85  # the issue's bar for the default (screening) rung against the >= 16x reference
 
@@ -55,27 +57,31 @@ def agreement_row(label: str, tokens: str, values, ref, k: int, cost: float | No
             f"{ag.top_k_overlap * k:.0f}/{k} [{ag.top_k_ci[0] * k:.0f}, {ag.top_k_ci[1] * k:.0f}] | {money} |")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="space, ladder and proxy")
-    ap.add_argument("--genomes", type=int, default=24, help="random draws (the reference architectures come on top)")
-    ap.add_argument("--reference-mult", type=float, default=16.0, help="reference tokens / screening-rung tokens")
-    ap.add_argument("--reference-seeds", default="2", help="proxy seeds of the reference (two are averaged, and "
-                                                           "their agreement is the reference's own noise ceiling)")
-    ap.add_argument("--ceiling-genomes", type=int, default=16,
-                    help="with one reference seed: train this many of the cheapest genomes' references with one "
-                         "more seed, for the reference's own noise ceiling on that subset (0 = none)")
-    ap.add_argument("--top-k", type=int, default=5)
-    add_common_args(ap)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Settings:
+    config: str                      # space, ladder and proxy
+    genomes: int                     # uniform draws (the reference architectures come on top)
+    reference_mult: float            # reference tokens / screening-rung tokens
+    reference_seeds: tuple[int, ...]  # proxy seeds of the reference (two are averaged; their agreement is its
+                                      # own noise ceiling)
+    ceiling_genomes: int             # with one reference seed: this many of the cheapest genomes' references get
+                                     # one more seed, for the reference's noise ceiling on that subset (0 = none)
+    top_k: int
+    ladder_cache: str                # the ladders' CSV, shared with ladder_fidelity
+    scale: float                     # multiply every token budget by this
+    device: str                      # cpu or cuda (ShortTrain's device)
+    workers: int                     # parallel trainings
+    out: str                         # folder for the reference CSV, markdown and figure
+
+
+def main(args: Settings, meta: dict) -> None:
     started = time.perf_counter()
     out = Path(args.out)
 
     from flashsearch.config import load_config
-    from flashsearch.search.rungs import ladder_of
 
     cfg = load_config(args.config)
-    base = ladder_of(cfg)
+    base = search_ladder(cfg)
     ladder = [max(1, int(round(t * args.scale))) for t in (base.tokens if base else (cfg.budget.tokens,))]
     kwargs, _ = default_proxy(args.config)
     kwargs["device"] = args.device
@@ -84,17 +90,16 @@ def main() -> None:
     k = min(args.top_k, len(genomes))
     search_seed = int(kwargs.get("seed", 0))
     ceiling_seed = search_seed + 1
-    ref_seeds = [int(s) for s in args.reference_seeds.split(",") if s.strip()]
+    ref_seeds = list(args.reference_seeds)
     if {search_seed, ceiling_seed} & set(ref_seeds):
-        raise SystemExit(f"--reference-seeds must differ from the ladders' proxy seeds {search_seed} and "
-                         f"{ceiling_seed}")
+        raise FlashsearchError(f"proxy_fidelity: reference_seeds must differ from the ladders' proxy seeds "
+                               f"{search_seed} and {ceiling_seed}")
     ref_tokens = int(round(args.reference_mult * ladder[0]))
 
-    ladders = run_ladders(genomes, kwargs, ladder, [search_seed, ceiling_seed], out / "ladder_fidelity.csv",
-                          args.workers)
+    ladders = run_ladders(genomes, kwargs, ladder, [search_seed, ceiling_seed], args.ladder_cache, args.workers)
     jobs = reference_jobs([g for g, _ in genomes], kwargs, ref_tokens, ref_seeds, args.device)
     # The reference's own noise, on a subset: the cheapest genomes, with the next seed (a full second seed costs
-    # as much as the first; --reference-seeds 2,3 does that and averages them).
+    # as much as the first; reference_seeds=[2,3] does that and averages them).
     subset = [] if len(ref_seeds) > 1 else sorted(jobs, key=TrainJob.cost)[:max(0, args.ceiling_genomes)]
     extra_seed = max(ref_seeds + [search_seed, ceiling_seed]) + 1  # a seed no other training uses
     extra = reference_jobs([j.genome for j in subset], kwargs, ref_tokens, [extra_seed], args.device)
@@ -116,7 +121,7 @@ def main() -> None:
     proxy = ShortTrain(**{key: v for key, v in kwargs.items() if key != "device"})
     corpus = int(proxy.corpus().train.numel())  # training bytes (one byte = one token)
     ladder_cpu = float(ladders[ladders["genome_id"].isin(keep)][[f"cpu{j}" for j in range(top + 1)]].to_numpy().sum())
-    # Each genome's CPU per token through the ladder (mean over seeds), for reference rows written before jobs.py
+    # Each genome's CPU per token through the ladder (mean over seeds), for reference rows written before experiments/lib/jobs.py
     # recorded process time: a genome's reference then costs its own rate times its tokens.
     cpu_cols = [f"cpu{j}" for j in range(top + 1)]
     genome_cpu_per_token = (ladders.assign(cpu=ladders[cpu_cols].sum(axis=1)).groupby("genome_id")["cpu"].mean()
@@ -139,10 +144,10 @@ def main() -> None:
                          f"genome's measured ladder rate (on average {1 / per_token:,.0f} tokens per CPU-second) "
                          f"that is about {ref_cost:.0f} CPU-s")
     total_cpu = ladder_cpu + cpu_of(refs) + cpu_of(every_ref[every_ref["seed"] == extra_seed])
-    lines = [header("Proxy fidelity: the search's rungs against 16x longer training", started, total_cpu),
+    lines = [header("Proxy fidelity: the search's rungs against 16x longer training", meta, started, total_cpu),
              f"- from nothing, this study is {total_cpu / 60:.0f} CPU-min of trainings, so about "
              f"{total_cpu / 60 / args.workers:.0f} min on {args.workers} idle cores ({args.workers} workers); the "
-             "ladders are shared with ladder_fidelity.py's cache.",
+             "ladders are shared with ladder_fidelity's cache.",
              f"- **reference: {ref_tokens:,} tokens per genome = {args.reference_mult:g}x the default (screening) "
              f"rung's {ladder[0]:,}, proxy seed{'s' if len(ref_seeds) > 1 else ''} "
              f"{', '.join(map(str, ref_seeds))}** (the search trains with seed {search_seed}), one cosine-schedule "
@@ -158,7 +163,7 @@ def main() -> None:
              f"- ladder: {ladder} tokens (rung 0 screens every candidate; promoted candidates continue to the next "
              "rung from a checkpoint; the front is ranked at the top rung). Cost: CPU seconds per genome, one core; "
              "a rung's cost includes the rungs below it, which it continues from.",
-             f"- intervals: bootstrap 5-95% over genomes (2000 resamples).", "",
+             "- intervals: bootstrap 5-95% over genomes (2000 resamples).", "",
              f"| ranking by | tokens | Spearman vs reference | Kendall | top-{k} overlap | CPU-s / genome (x default) |",
              "|---|---|---|---|---|---|"]
     for r in range(top + 1):
@@ -214,13 +219,13 @@ def main() -> None:
     lines += ["", "![proxy fidelity](proxy_fidelity.png)"]
     md = "\n".join(lines) + "\n"
     plot(out / "proxy_fidelity.png", s0, ref, ladder, cum, default, args.reference_mult)
-    print(write_text_atomic(out / "proxy_fidelity.md", md).read_text(), flush=True)
+    print(write_text(out / "proxy_fidelity.md", md).read_text(), flush=True)
 
 
 def _front_recall(rows: pd.DataFrame, ref, ladder, names_of: dict) -> str:
     """What a search on these genomes would publish, next to the reference's own loss-latency front."""
     from flashsearch.archive import pareto_mask
-    from flashsearch.studies.ladder import replay_promotions
+    from experiments.lib.ladder import replay_promotions
 
     if ladder is None:
         return ""
@@ -261,7 +266,7 @@ def _reference_ceiling(rows: pd.DataFrame, seed: int, other: int, ids: list[str]
             f"{self_ag.top_k_overlap * kk:.0f}/{kk} |", "",
             f"On those {len(ids)} genomes the top rung ranks the seed-{seed} reference at Spearman "
             f"{top_ag.spearman:.3f} [{top_ag.spearman_ci[0]:.2f}, {top_ag.spearman_ci[1]:.2f}]. A second reference "
-            f"seed for every genome (`--reference-seeds {seed},{other}`, averaged) costs another "
+            f"seed for every genome (`reference_seeds=[{seed},{other}]`, averaged) costs another "
             f"{full_cost_min:.0f} CPU-min."]
 
 
@@ -302,6 +307,3 @@ def plot(path: Path, s0: pd.DataFrame, ref, ladder, cum, default, mult: float) -
     a2.set_title("the ladder: fidelity vs cost")
     save_figure(fig, path)
 
-
-if __name__ == "__main__":
-    main()

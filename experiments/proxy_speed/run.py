@@ -5,7 +5,7 @@ search_spaces/hybrid_1b.yaml configures, once with `fast: true` (the default: bf
 chunks, the compiled CPU kernels of kernels/cpu.py) and once with `fast: false` (the eager fp32 path), one thread,
 interleaved eager, fast, eager, fast, ... so that load from other processes on a shared machine hits both alike.
 
-Each run is a real ShortTrain.evaluate on a fresh proxy object with --steps training steps: it pays loading
+Each run is a real ShortTrain.evaluate on a fresh proxy object with `steps` training steps: it pays loading
 the corpus, building the model, the steps and the full validation. Seconds per candidate extrapolate the
 training steps to the YAML's budget (budget.tokens / (batch_size * seq_len) steps) and add the one-off parts
 (corpus, build, validation) as measured. The fast path compiles nothing, so there is no compilation to amortize.
@@ -14,23 +14,25 @@ are the better estimate of what an idle core would take. The CPU kernels are com
 candidate: the benchmark times a fresh build of them (in a temporary TORCH_EXTENSIONS_DIR) and reports it apart,
 with its share per candidate of one search.
 
-    python experiments/proxy_speed.py                       # 5 genomes x 2 paths x 2 rounds, ~10-20 min
-    python experiments/proxy_speed.py --steps 8 --rounds 1 --genomes attention_ffn_1b --out /tmp/ps   # smoke
+    python -m experiments run proxy_speed                   # 5 genomes x 2 paths x 2 rounds, ~10-20 min
+    python -m experiments run proxy_speed --quick           # smoke: 8 steps, 1 round, one genome
+    python -m experiments run proxy_speed from_csv=true     # re-render the markdown from the CSV
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flashsearch.archive import write_text_atomic
 from flashsearch.builders import load_genome
-from flashsearch.studies.common import default_proxy
-from flashsearch.studies.output import command_line, machine_line
+
+from experiments.lib.common import default_proxy
+from experiments.lib.output import write_text
+from experiments.lib.provenance import header_lines
 
 REFERENCES = {"nemotron_flash_1b": "Flash-1B pattern", "attention_ffn_1b": "attention + FFN",
               "mamba2_ffn_1b": "Mamba2 + FFN", "deltanet_ffn_1b": "DeltaNet + FFN",
@@ -111,22 +113,29 @@ def kernel_build_seconds() -> float:
         return time.perf_counter() - t0
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="YAML whose quality/budget to use")
-    ap.add_argument("--steps", type=int, default=48, help="training steps measured per run (then extrapolated)")
-    ap.add_argument("--rounds", type=int, default=2, help="eager/fast pairs per genome (medians are reported)")
-    ap.add_argument("--genomes", default=",".join(REFERENCES), help="comma-separated search_spaces/reference names")
-    ap.add_argument("--out", default="experiments/results", help="folder for proxy_speed.{csv,md}")
-    ap.add_argument("--from-csv", action="store_true", help="re-render the markdown from --out's CSV, train nothing")
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Settings:
+    config: str                # YAML whose quality/budget to use
+    steps: int                 # training steps measured per run (then extrapolated)
+    rounds: int                # eager/fast pairs per genome (medians are reported)
+    genomes: tuple[str, ...]   # search_spaces/reference names
+    from_csv: bool             # re-render the markdown from out's CSV, train nothing
+    out: str                   # folder for proxy_speed.{csv,md}
+
+
+def main(args: Settings, meta: dict) -> None:
 
     import torch
 
     torch.set_num_threads(1)
     kwargs, budget_tokens = default_proxy(args.config)
     kwargs.pop("fast", None)
-    names = [n.strip() for n in args.genomes.split(",") if n.strip()]
+    unknown = [n for n in args.genomes if n not in REFERENCES]
+    if unknown:
+        from flashsearch.errors import FlashsearchError
+
+        raise FlashsearchError(f"proxy_speed: unknown genomes {unknown}; choose from {list(REFERENCES)}")
+    names = list(args.genomes)
     started = time.perf_counter()
     load_before = load_average()
     rows: list[dict[str, Any]] = []
@@ -173,12 +182,13 @@ def main() -> None:
 
     lines = [
         "# Proxy training speed: fast path vs eager (one thread)\n",
-        (f"- command: runs measured by `python experiments/proxy_speed.py --steps {steps_measured} --rounds {rounds}`, "
-         f"this page re-rendered from them by `{command_line()}`" if args.from_csv else f"- command: `{command_line()}`"),
+        *header_lines(meta),
+        *([f"- runs measured with steps={steps_measured} rounds={rounds}; this page re-rendered from them"]
+          if args.from_csv else []),
         f"- finished: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         + ("re-rendered from proxy_speed.csv (the runs below)" if args.from_csv
            else f"{(time.perf_counter() - started) / 60:.1f} min wall"),
-        f"- machine: {machine_line()}; torch threads 1",
+        "- torch threads 1",
         f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after} "
         "(a shared machine: the runs interleave eager, fast, eager, fast so load hits both)",
         f"- proxy: {args.config} quality ({kwargs}), budget.tokens {budget_tokens} = {full_steps} steps per "
@@ -243,9 +253,6 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "proxy_speed.md", text)
+    write_text(out / "proxy_speed.md", text)
     print(text)
 
-
-if __name__ == "__main__":
-    main()

@@ -8,26 +8,27 @@ Meta tokens scale with the context: the paper's 256 per 4k-token sequence become
 Deltas are paired per seed (same data order and init seed), reported as mean ± std over seeds, with the
 CPU time ratio against the baseline.
 
-    python experiments/recipe_ablation.py                    # ~15 min on 2 CPU cores
-    python experiments/recipe_ablation.py --tokens 196608    # longer training (~1 h)
-    python experiments/recipe_ablation.py --scale 8 --device cuda --workers 1
+    python -m experiments run recipe_ablation                   # ~15 min on 2 CPU cores
+    python -m experiments run recipe_ablation tokens=196608     # longer training (~1 h)
+    python -m experiments run recipe_ablation scale=8 device=cuda workers=1
 
-Writes recipe_ablation.{csv,md,png} to --out; training rows are cached in the CSV (reruns resume).
+Writes recipe_ablation.{csv,md,png} to `out`; training rows are cached in the CSV (reruns resume).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flashsearch.builders import load_genome
-from flashsearch.studies.common import add_common_args, default_proxy
-from flashsearch.studies.jobs import TrainJob, run_jobs, training_time
-from flashsearch.archive import write_text_atomic
-from flashsearch.studies.output import header, pyplot, save_figure
+from flashsearch.errors import FlashsearchError
+
+from experiments.lib.common import default_proxy
+from experiments.lib.jobs import TrainJob, run_jobs, training_time
+from experiments.lib.output import header, pyplot, save_figure, write_text
 
 ARCHS = {
     "Flash pattern": "search_spaces/reference/flash_mix_staged_1b.yaml",
@@ -50,15 +51,20 @@ def paired_delta(loss: dict, base: dict) -> tuple[float, float, int]:
     return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, int((d < 0).sum())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="search_spaces/hybrid_1b.yaml", help="source of the default proxy")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--tokens", type=int, default=49_152, help="training tokens per run (x --scale)")
-    add_common_args(ap)
-    args = ap.parse_args()
+@dataclass(frozen=True)
+class Settings:
+    config: str     # source of the default proxy
+    seeds: int      # proxy seeds per cell (>= 2, to report a spread)
+    tokens: int     # training tokens per run (x scale)
+    scale: float    # multiply every token budget by this
+    device: str     # cpu or cuda (ShortTrain's device)
+    workers: int    # parallel trainings
+    out: str        # folder for the CSV, markdown and figure
+
+
+def main(args: Settings, meta: dict) -> None:
     if args.seeds < 2:
-        raise SystemExit("error: --seeds must be >= 2 to report a spread")
+        raise FlashsearchError("recipe_ablation: seeds must be >= 2 to report a spread")
     started = time.perf_counter()
     out = Path(args.out)
 
@@ -92,7 +98,7 @@ def main() -> None:
                 plot_rows.append((arch, variant, dm, ds))
             table.append(f"| {arch} | {variant} | {mean:.4f} ± {std:.4f} | {delta} | "
                          f"{v.seconds.mean() / base_secs:.2f}x |")
-    md = header("Training recipe ablation", started, *training_time(rows)) + f"""
+    md = header("Training recipe ablation", meta, started, *training_time(rows)) + f"""
 Proxy: `{args.config}`'s ShortTrain at {tokens:,} tokens; weight norm turns weight decay off (as the paper);
 meta tokens: {META_TOKENS} learnable tokens prepended to every window. {args.seeds} seeds per cell; losses are
 validation bits per byte (lower is better); Δ is paired per seed against the baseline. Paper: weight norm
@@ -105,7 +111,7 @@ wall time over the baseline's, taken while other jobs shared the cores: a rough 
 
 ![recipe ablation](recipe_ablation.png)
 """
-    write_text_atomic(out / "recipe_ablation.md", md)
+    write_text(out / "recipe_ablation.md", md)
     plot(out / "recipe_ablation.png", plot_rows)
     print(md, flush=True)
 
@@ -127,6 +133,3 @@ def plot(path: Path, plot_rows) -> None:
     ax.legend(fontsize=8)
     save_figure(fig, path)
 
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,6 @@
-"""The pieces the paper studies in experiments/ are built from: rank agreement, the depth-width law fit and
-the resumable training-job pool (the long runs themselves are not tests)."""
+"""The study library the studies are built from (experiments/lib): rank agreement, the depth-width law fit, the
+resumable training-job pool and the ladder cache, with their settings-hashed cache keys (the long runs
+themselves are not tests). Run with `python -m pytest experiments/tests` or `python -m experiments check`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import pandas as pd
 import pytest
 
 from flashsearch.genome import Genome
-from flashsearch.studies.common import default_proxy, sample_genomes
-from flashsearch.studies.jobs import TrainJob, run_jobs
-from flashsearch.studies.ranking import rank_agreement, spearman_gap, top_k_overlap
-from flashsearch.studies.scaling_law import DepthWidthLaw, fit_depth_width_law, relative_errors
+
+from experiments.lib.common import default_proxy, sample_genomes
+from experiments.lib.jobs import TrainJob, run_jobs
+from experiments.lib.ranking import rank_agreement, spearman_gap, top_k_overlap
+from experiments.lib.scaling_law import DepthWidthLaw, fit_depth_width_law, relative_errors
 
 
 # ---- rank agreement ----------------------------------------------------------------------------------------
@@ -151,16 +153,37 @@ def test_run_jobs_records_a_failure_and_goes_on(tmp_path):
 
 
 def test_run_jobs_extends_a_csv_from_before_cpu_seconds(tmp_path):
-    from flashsearch.studies.jobs import RESULT_COLUMNS, training_time
+    from experiments.lib.jobs import RESULT_COLUMNS, training_time
 
     path = tmp_path / "old.csv"
-    pd.DataFrame([{"key": "old", "genome_id": TINY.id, "tokens": 512, "seed": 0, "loss": 5.0, "proxy_params": 1,
-                   "seconds": 9.0, "error": ""}], columns=RESULT_COLUMNS).to_csv(path, index=False)
-    rows = run_jobs([TrainJob(key="old", genome=TINY, tokens=512),
-                     TrainJob(key="new", genome=TINY, tokens=512, proxy={"eval_batches": 1})], path, workers=1)
+    old = TrainJob(key="old", genome=TINY, tokens=512)
+    pd.DataFrame([{"key": "old", "settings": old.settings, "genome_id": TINY.id, "tokens": 512, "seed": 0,
+                   "loss": 5.0, "proxy_params": 1, "seconds": 9.0, "error": ""}],
+                 columns=RESULT_COLUMNS).to_csv(path, index=False)
+    rows = run_jobs([old, TrainJob(key="new", genome=TINY, tokens=512, proxy={"eval_batches": 1})], path, workers=1)
     assert sorted(rows["key"]) == ["new", "old"] and "cpu_seconds" not in rows
     seconds, clock = training_time(rows)
     assert clock == "wall" and seconds == pytest.approx(9.0 + float(rows.set_index("key").loc["new", "seconds"]))
+
+
+def test_run_jobs_refuses_a_csv_without_settings_hashes(tmp_path):
+    path = tmp_path / "before.csv"
+    pd.DataFrame([{"key": "old", "genome_id": TINY.id, "tokens": 512, "seed": 0, "loss": 5.0, "proxy_params": 1,
+                   "seconds": 9.0, "error": ""}]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="predates settings hashes"):
+        run_jobs([TrainJob(key="old", genome=TINY, tokens=512)], path, workers=1)
+
+
+def test_run_jobs_retrains_a_row_whose_proxy_default_changed(tmp_path, capsys):
+    """The same key under another proxy setting (here a changed eval_batches, as a changed default would be) is a
+    different result: the cached row is not reused."""
+    path = tmp_path / "rows.csv"
+    first = run_jobs([TrainJob(key="j", genome=TINY, tokens=512, proxy={"eval_batches": 1})], path, workers=1)
+    capsys.readouterr()
+    second = run_jobs([TrainJob(key="j", genome=TINY, tokens=512, proxy={"eval_batches": 2})], path, workers=1)
+    assert "[1/1]" in capsys.readouterr().out  # trained, not read back
+    assert len(pd.read_csv(path)) == 2 and len(first) == len(second) == 1
+    assert first["settings"].iloc[0] != second["settings"].iloc[0]
 
 
 def test_run_jobs_rejects_duplicate_keys(tmp_path):
@@ -169,9 +192,9 @@ def test_run_jobs_rejects_duplicate_keys(tmp_path):
         run_jobs([job, job], tmp_path / "rows.csv")
 
 
-# ---- ladder trainings shared by ladder_fidelity.py and proxy_fidelity.py ------------------------------------
+# ---- ladder trainings shared by ladder_fidelity and proxy_fidelity ------------------------------------------
 def test_study_genomes_adds_each_reference_architecture_once():
-    from flashsearch.studies.ladder import REFERENCE_ARCHITECTURES, study_genomes
+    from experiments.lib.ladder import REFERENCE_ARCHITECTURES, study_genomes
 
     genomes = study_genomes("search_spaces/hybrid_1b.yaml", 5, seed=0,
                             extra=REFERENCE_ARCHITECTURES + ("search_spaces/reference/mamba2_ffn_1b.yaml",))
@@ -183,7 +206,7 @@ def test_study_genomes_adds_each_reference_architecture_once():
 
 
 def test_run_ladders_continues_rungs_caches_and_keys_by_ladder(tmp_path, capsys):
-    from flashsearch.studies.ladder import run_ladders
+    from experiments.lib.ladder import run_ladders
 
     path = tmp_path / "ladders.csv"
     proxy = {"eval_batches": 1}
@@ -198,3 +221,5 @@ def test_run_ladders_continues_rungs_caches_and_keys_by_ladder(tmp_path, capsys)
     assert sorted(again["loss1"]) == sorted(rows["loss1"])
     other = run_ladders([(TINY, "tiny")], proxy, (1024, 3072), [0], path, workers=1, train=False)
     assert other.empty  # another ladder's rows are not mistaken for this one's
+    changed = run_ladders([(TINY, "tiny")], {"eval_batches": 2}, (1024, 2048), [0], path, workers=1, train=False)
+    assert changed.empty  # nor another proxy setting's

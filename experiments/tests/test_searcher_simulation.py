@@ -1,21 +1,20 @@
-"""The searcher benchmark's simulation and metrics (experiments/searcher_benchmark.py)."""
+"""The searcher benchmark's simulation and metrics (experiments/searcher_benchmark/run.py)."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import searcher_benchmark as sb  # noqa: E402
+import experiments.searcher_benchmark.run as sb
+from experiments.lib.studies import settings_of
+from experiments.lib.surrogate import observed_front
 
 
 def args(**kw):
     base = dict(budget=30, workers=10, population=5, sample_size=2, target=10.0, noise=0.0)
-    return argparse.Namespace(**{**base, **kw})
+    return dataclasses.replace(settings_of("searcher_benchmark"), **{**base, **kw})
 
 
 def test_reported_best_is_the_true_loss_of_the_best_observed_feasible_point():
@@ -32,7 +31,7 @@ def test_reported_best_is_the_true_loss_of_the_best_observed_feasible_point():
 def test_observed_front_matches_brute_force():
     rng = np.random.default_rng(0)
     pts = np.column_stack([rng.normal(size=60), rng.normal(size=60), rng.uniform(1, 20, size=60)])
-    front = sb.observed_front(pts)
+    front = observed_front(pts)
     for p in pts:
         dominated = any((q[1] <= p[1] and q[2] <= p[2]) and (q[1] < p[1] or q[2] < p[2]) for q in pts)
         assert dominated != any(np.array_equal(p, f) for f in front)

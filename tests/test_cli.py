@@ -11,8 +11,6 @@ import pytest
 from factories import FLASH_1B_YAML, HYBRID_YAML, TINY_RUN
 from flashsearch.cli import main
 
-HYBRID, TINY = HYBRID_YAML, TINY_RUN      # tests/test_plugin_predictor.py still imports these names from here
-
 
 def run_cli(args, capsys):
     code = main(args)

@@ -138,3 +138,9 @@ def test_configuration_page_names_every_key() -> None:
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
     missing = [k for k in _config_keys(RunConfig()) if f"`{k}`" not in page]
     assert not missing, f"docs/configuration.md does not document: {', '.join(missing)}"
+
+
+def test_docs_index_lists_every_page() -> None:
+    linked = {(DOCS / t.split("#", 1)[0]).resolve() for t in relative_links(DOCS / "index.md")}
+    unlisted = [p.name for p in sorted(DOCS.glob("*.md")) if p.name != "index.md" and p.resolve() not in linked]
+    assert not unlisted, f"docs/index.md does not link: {', '.join(unlisted)}"

@@ -333,7 +333,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             name = unknown.group(1) or unknown.group(2)
             section = name.rpartition(".")[0]
             msg = (f"unknown key {name!r}" + (f" in {section}" if section else "") +
-                   "; check its spelling against the Configuration table in README.md")
+                   "; check its spelling against docs/configuration.md")
         raise FlashsearchError(f"invalid config {path}: {msg}") from None
     assert isinstance(run, RunConfig)
     return run

@@ -25,7 +25,7 @@ from flashsearch.config import RunConfig, to_dict
 from flashsearch.errors import FlashsearchError
 from flashsearch.evaluate import CandidateEvaluator
 from flashsearch.references import predict_references
-from flashsearch.search.latency_target import LatencyTarget
+from flashsearch.search.latency_target import LatencyTarget, predicted_seconds
 from flashsearch.search import attrs
 from flashsearch.search.lock import CONTROLLER_LOCK, ControllerLock
 from flashsearch.search.samplers import build_sampler
@@ -77,7 +77,7 @@ def latency_target_of(cfg: RunConfig, space: SearchSpace, predictor: Any, source
             "but latency=measured times a full model per prediction; use latency=roofline, lut or learned with "
             "the target (and measure the winners afterwards), or drop search.target_latency for Pareto mode")
     workload = cfg.workload
-    constraint = LatencyTarget(space, lambda g: float(predictor.predict(g, workload)), target)
+    constraint = LatencyTarget(space, partial(predicted_seconds, predictor, workload), target)
     w = cfg.workload
     best = min(constraint.latency(space.decode(p)) for p in space.cheapest())
     if best > target:

@@ -6,7 +6,12 @@ one factor mutated, then repaired. The only memory is a cache of finished trials
 resumed study, or a second sampler instance on the same storage, makes exactly the choices the first would.
 Genomes already in the study (any state, failed included) are not proposed again while new ones can be found.
 
-Objectives are the study's two values: values[0] = loss (minimize), values[1] = latency in seconds (minimize).
+Objectives are the study's values: values[0] = loss, values[1] = latency in seconds, each minimized or maximized
+as the study's directions say (flashsearch's own studies minimize both). A single-objective study gets classic
+regularized evolution (the tournament's best value is the parent); latency-target mode needs (minimize, minimize).
+Trials without the space's parameters (another sampler's) are skipped, never parents. Optuna's sampler contract
+holds (tests/test_sampler_contract.py): parameters outside the space, partial fixing and enqueued partial trials get
+independent random draws, n_jobs > 1 asks share the cached view under a lock, and the sampler pickles.
 
 The parts: population.py (the study as a population, the parent selection rules), proposal.py (mutate, dedup,
 solve the width), child_ranker.py (with children_per_ask = K > 1: train the child a ridge predicts best).
@@ -22,7 +27,7 @@ from typing import Any, Callable, Mapping
 
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
-from optuna.study import Study
+from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from flashsearch.errors import FlashsearchError
@@ -99,9 +104,15 @@ class AgingEvolutionSampler(BaseSampler):
     ) -> dict[str, Any]:
         if not search_space or "fixed_params" in trial.system_attrs:
             return {}  # enqueued trial (seed / retry): its params are given
+        # Only what was asked for: a wrapper (PartialFixedSampler) removes the parameters it fixes itself.
+        proposal = self._propose(study, trial)
+        return {name: value for name, value in proposal.items() if name in search_space}
+
+    def _propose(self, study: Study, trial: FrozenTrial) -> dict[str, Any]:
+        signs = self._signs(study)
         rng = self._rng(trial.number)
         with self._lock:
-            view = self._view(study)
+            view = self._view(study, signs)
             open_trials = [t for t in view.open_trials() if t.number != trial.number]
             members = view.newest(self.population)
             n_alive = view.n_alive_finished
@@ -129,7 +140,7 @@ class AgingEvolutionSampler(BaseSampler):
                                           mutate_width=self.target_latency is None)
         if children:
             weight = None if self.target_latency is not None else rng.random()
-            child, factor, _ = children[self._rank(children, view, weight)]
+            child, factor, _ = children[self._rank(children, view, weight if len(signs) > 1 else None)]
             self._record(study, trial, {attrs.AGING_ORIGIN: "mutation", attrs.AGING_PARENT: parent.number,
                                         attrs.AGING_MUTATION: factor})
             return child
@@ -156,6 +167,18 @@ class AgingEvolutionSampler(BaseSampler):
             return random.Random(self._entropy.getrandbits(64))
         return random.Random(f"aging/{self.seed}/{number}")  # str seeds hash with sha512: stable across runs
 
+    def _signs(self, study: Study) -> tuple[float, ...]:
+        """+1 per minimized objective, -1 per maximized one; refuses what aging evolution cannot serve."""
+        directions = study.directions
+        if len(directions) > 2:
+            raise ValueError(f"aging evolution serves one objective (loss) or two (loss, latency); this study has "
+                             f"{len(directions)}")
+        signs = tuple(-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in directions)
+        if self.target_latency is not None and signs != (1.0, 1.0):
+            raise ValueError("latency-target mode needs a study with directions ['minimize', 'minimize'] (loss, "
+                             "latency in seconds); drop target_latency for other studies")
+        return signs
+
     def _rank(self, children: list[tuple[dict[str, Any], str, Genome]], view: PopulationView,
               weight: float | None) -> int:
         """Which of the children to train (child_ranker.py); 0 when there is one."""
@@ -167,7 +190,7 @@ class AgingEvolutionSampler(BaseSampler):
             [genome for _, _, genome in children],
             [(self._genome_id(t) or f"trial{t.number}",
               lambda t=t: self.space.decode(self.space.repair(dict(t.params))),
-              float(t.values[0]), float(t.values[1])) for t in trained],
+              *view.objectives(t)) for t in trained],
             weight)
 
     def _genome_id(self, t: FrozenTrial) -> str | None:
@@ -181,16 +204,27 @@ class AgingEvolutionSampler(BaseSampler):
         except (KeyError, ValueError, TypeError, FlashsearchError):
             return None  # params from another space or half-written: nothing to dedup against
 
-    def _view(self, study: Study) -> PopulationView:
+    def _view(self, study: Study, signs: tuple[float, ...] = (1.0, 1.0)) -> PopulationView:
         """The study's population view, brought up to date (the caller holds the lock)."""
         trials = study._get_trials(deepcopy=False, states=None)  # the one storage read per call
         key = (id(study._storage), study._study_id)
         view = self._views.get(key)
-        if view is None or not view.update(trials, self._genome_id):
-            view = PopulationView(study._storage)
+        if view is None or view.signs != signs or not view.update(trials, self._genome_id):
+            view = PopulationView(study._storage, self.space.distributions(), signs)
             view.update(trials, self._genome_id)
             self._views[key] = view
         return view
+
+    # ---- pickling (Optuna pickles samplers for some storages and for process-based n_jobs) --------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_lock"] = None      # a lock does not pickle; the cache is rebuilt from the study on the next ask
+        state["_views"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @staticmethod
     def _record(study: Study, trial: FrozenTrial, values: Mapping[str, Any]) -> None:

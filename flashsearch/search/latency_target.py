@@ -18,6 +18,12 @@ from flashsearch.space import SearchSpace
 CONSTRAINT_KEY = "latency"
 
 
+def predicted_seconds(predictor: Any, workload: Any, genome: Genome) -> float:
+    """A latency predictor's answer as a plain function of the genome (bind it with functools.partial: unlike a
+    lambda, the result pickles, and so does every sampler holding it)."""
+    return float(predictor.predict(genome, workload))
+
+
 class LatencyTarget:
     def __init__(self, space: SearchSpace, latency_fn: Callable[[Genome], float], target: float) -> None:
         self.space = space
@@ -57,4 +63,4 @@ class LatencyTarget:
         return out, notes
 
 
-__all__ = ["LatencyTarget", "CONSTRAINT_KEY"]
+__all__ = ["LatencyTarget", "CONSTRAINT_KEY", "predicted_seconds"]

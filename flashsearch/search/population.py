@@ -8,7 +8,7 @@ from __future__ import annotations
 import bisect
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -74,12 +74,16 @@ class PopulationView:
     those unfinished then ("open": running or waiting) are re-checked each call until they finish. Per call this
     costs O(new + open), not O(all trials), so the controller's cost stays flat as a study grows.
 
-    Trials are scanned once when they first appear; those unfinished then ("open": running or waiting) are
-    re-checked each call until they finish. Per call this costs O(new + open), not O(all trials).
+    params: the space's parameter names; a finished trial without all of them (another sampler's, or written by
+    hand into the same study) is foreign: never a member, never a parent. signs: +1 for a minimized objective,
+    -1 for a maximized one, so that the selection rules always minimize; one objective (classic regularized
+    evolution) gives every member latency 0.
     """
 
-    def __init__(self, storage: object) -> None:
+    def __init__(self, storage: object, params: Iterable[str] = (), signs: Sequence[float] = (1.0, 1.0)) -> None:
         self.storage = storage                     # held so its id() (part of the cache key) is never reused
+        self.params = frozenset(params)
+        self.signs = tuple(float(s) for s in signs)
         self.seen_upto = 0                         # trials numbered below this have been scanned
         self.open: dict[int, FrozenTrial] = {}     # unfinished trials, refreshed each call
         self.complete: list[tuple[Any, int, FrozenTrial]] = []  # sorted by (datetime_complete, number)
@@ -112,15 +116,21 @@ class PopulationView:
         gid = genome_id(t)
         if gid is not None:
             self.finished_ids.add(gid)
+        scored = t.state == TrialState.COMPLETE and t.values is not None and len(t.values) == len(self.signs)
         if is_promotion(t):  # the same candidate trained longer: not a new member, a better-informed result
-            if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) >= 2:
-                self.rungs.setdefault(candidate_of(t), {})[rung_of(t)] = (float(t.values[0]), float(t.values[1]))
+            if scored:
+                self.rungs.setdefault(candidate_of(t), {})[rung_of(t)] = self.objectives(t)
             return
-        if t.state == TrialState.FAIL or attrs.CACHED_FROM in t.user_attrs:
-            return  # failed, or a replay of an evaluated genome: not a (new) population member
+        if t.state == TrialState.FAIL or attrs.CACHED_FROM in t.user_attrs or not self.params <= t.params.keys():
+            return  # failed, a replay of an evaluated genome, or foreign: not a (new) population member
         self.n_alive_finished += 1
-        if t.state == TrialState.COMPLETE and t.values is not None and len(t.values) >= 2:
+        if scored:
             bisect.insort(self.complete, (t.datetime_complete, t.number, t), key=lambda e: (e[0], e[1]))
+
+    def objectives(self, t: FrozenTrial) -> tuple[float, float]:
+        """(loss, latency) of a scored trial, both to minimize."""
+        values = [sign * float(v) for sign, v in zip(self.signs, t.values)]
+        return values[0], (values[1] if len(values) > 1 else 0.0)
 
     def open_trials(self) -> list[FrozenTrial]:
         return list(self.open.values())
@@ -133,7 +143,7 @@ class PopulationView:
         """`trials` (and the `population` used for normalisation) as Members compared at equal rungs: the highest
         rung every one of `trials` reached (0 under single fidelity), the population's members that reached it."""
         def at(t: FrozenTrial, k: int) -> tuple[float, float] | None:
-            return (float(t.values[0]), float(t.values[1])) if k == 0 else self.rungs.get(t.number, {}).get(k)
+            return self.objectives(t) if k == 0 else self.rungs.get(t.number, {}).get(k)
 
         common = min((max(self.rungs.get(t.number, {0: None})) for t in trials), default=0)
         pool = [Member(t.number, *at(t, common)) for t in trials]  # type: ignore[misc]

@@ -137,4 +137,4 @@ def build_seeds(cfg: RunConfig, space: SearchSpace) -> tuple[list[dict[str, Any]
 
 
 __all__ = ["build_space", "build_latency", "build_quality", "build_seeds", "load_genome", "instantiate",
-           "resolve_target", "spec_of", "LATENCY_PREDICTORS", "QUALITY_PROXIES", "LayerwiseSpace", "StagedSpace"]
+           "resolve_target", "spec_of", "LATENCY_PREDICTORS", "QUALITY_PROXIES"]

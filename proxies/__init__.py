@@ -11,8 +11,7 @@ on first use (PEP 562), so a plug-in author can implement the protocols without 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from flashsearch.lazy import lazy_exports
 
 from .base import Budget, LatencyPredictor, QualityProxy, QualityResult, Workload, latency_source
 from .registry import class_modules
@@ -32,17 +31,6 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: the next access is a plain lookup
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["Budget", "LatencyPredictor", "QualityProxy", "QualityResult", "Workload", "latency_source", *_LAZY]

@@ -306,7 +306,7 @@ def test_real_local_ray_with_two_workers(monkeypatch):
 
 
 def test_nested_metrics_are_merged_and_flattened():
-    from flashsearch.archive import trials_frame
+    from flashsearch.trials import trials_frame
 
     def nested(genome_json):
         out = toy_eval(genome_json)

@@ -80,7 +80,7 @@ def test_each_fault_is_a_failed_trial_with_its_reason_and_the_search_goes_on():
         assert (t.user_attrs["error_kind"], t.user_attrs["error"]) == (kind, reason), width
     assert summary.failed == 5 and summary.retried == 0  # retries default to 0
 
-    from flashsearch.archive import trials_frame
+    from flashsearch.trials import trials_frame
 
     df = trials_frame(study)
     assert set(df.loc[df["state"] == "FAIL", "error_kind"]) == {k for k, _ in expect.values()}

@@ -15,7 +15,8 @@ import pytest
 from optuna.trial import TrialState
 
 from run_configs import run_config
-from flashsearch.archive import pareto_front, trials_frame
+from flashsearch.pareto import pareto_front
+from flashsearch.trials import trials_frame
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget
@@ -257,7 +258,7 @@ def test_too_few_trials_to_reach_the_top_rung_is_refused() -> None:
 
 
 def test_target_mode_promotes_feasible_candidates_and_ranks_top_rung_results() -> None:
-    from flashsearch.archive import rank_front
+    from flashsearch.pareto import rank_front
 
     def latency(g: Genome) -> float:
         return g.n_layers * g.d_model / 1000.0

@@ -14,8 +14,7 @@ import the whole engine.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from flashsearch.lazy import lazy_exports
 
 _LAZY = {
     "AgingEvolutionSampler": "flashsearch.search.aging",
@@ -26,11 +25,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = list(_LAZY)

@@ -15,7 +15,7 @@ by loss.
 
 Trials carry their fidelity in user attributes: `rung` (index), `top_rung` (index of the ladder's last rung),
 and, on promotions, `candidate` (the screening trial's number). Results are compared only at equal rungs; the
-Pareto front, exports and hypervolume use the top rung alone (flashsearch/archive.py).
+Pareto front, exports and hypervolume use the top rung alone (flashsearch/pareto.py, flashsearch/trials.py).
 """
 
 from __future__ import annotations

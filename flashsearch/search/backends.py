@@ -96,8 +96,12 @@ class RayBackend:
                         f"cannot join the Ray cluster at ray.address={address!r} ({detail}); start it with "
                         "`ray start --head`, fix the address, or drop ray.address to run locally") from None
             else:
-                ray.init(num_cpus=max(int(math.ceil(workers * num_cpus)), 1), include_dashboard=False,
-                         log_to_driver=False, logging_level=logging.WARNING)
+                # address="local" starts a fresh instance whatever Ray's temp dir says: after a local cluster was
+                # killed, the ray_current_cluster file it leaves would make a plain init() try to join the dead
+                # cluster (and refuse num_cpus). Loopback only: a local run has no business on the network.
+                ray.init(address="local", num_cpus=max(int(math.ceil(workers * num_cpus)), 1),
+                         include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                         _node_ip_address="127.0.0.1")
             self._started = True
         # max_retries=0: a crashed worker fails its trial (with the reason) instead of silently re-running.
         self._task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(run_on_ray_node)

@@ -1,9 +1,12 @@
 """The compiled CPU kernels (kernels/cpu.py): forward and gradients against fla's naive recurrences and
-our torch forms, on awkward lengths (1, 3, a segment boundary +- 1, 257) and head sizes (the 16 x 16 compile-time
-path and a runtime-sized one), with and without an initial state; and the model switch that turns them on."""
+our torch forms, on awkward lengths (1, 3, a segment boundary +- 1, 257) and head sizes (every compile-time
+instantiation, 16, 32 and 64, and a runtime-sized one), with and without an initial state; NaN reaching the
+outputs; each operator's schema, fake function and autograd formula (torch.library.opcheck), and tracing by
+torch.compile; and the model switch that turns them on."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -11,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from fla.ops.delta_rule import naive as delta_naive
 from fla.ops.gated_delta_rule import naive as gdn_naive
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from flashsearch.genome import Genome
 from flashsearch.kernels import cpu, ssd_chunked
@@ -23,7 +27,17 @@ if shutil.which("c++") is None and shutil.which("g++") is None:
                 allow_module_level=True)
 
 LENGTHS = (1, 3, 31, 33, 257)          # the backward recomputes 32-token segments
-SIZES = ((16, 16), (24, 20))           # compile-time sizes, runtime sizes
+SIZES = ((16, 16), (24, 20))           # a compile-time size (the proxy's), a runtime size
+COMPILED_SIZES = ((32, 32), (64, 64))  # the other compile-time sizes (with_sizes in the C++ source)
+# (T, dk, dv) / (T, P, N): every length at the first sizes, the other compiled sizes on one and two segments.
+SCAN_CASES = [(T, *size) for size in SIZES for T in LENGTHS] + [(T, *size) for size in COMPILED_SIZES for T in (1, 33)]
+OPS = torch.ops.flashsearch
+
+
+@pytest.fixture(autouse=True, scope="module")
+def built() -> None:
+    """Every test calls the ops (torch.ops.flashsearch.*), which exist once the library is loaded."""
+    cpu.available()
 
 
 def test_the_kernels_build_here() -> None:
@@ -49,8 +63,7 @@ def fla_delta(q, k, v, beta, g, S0):
     return gdn_naive.naive_recurrent_gated_delta_rule(q, k, v, beta, g, initial_state=S0, output_final_state=True)
 
 
-@pytest.mark.parametrize("T", LENGTHS)
-@pytest.mark.parametrize("dk,dv", SIZES)
+@pytest.mark.parametrize("T,dk,dv", SCAN_CASES)
 @pytest.mark.parametrize("gated", (False, True))
 def test_delta_rule_forward_and_gradients_match_fla_naive(T: int, dk: int, dv: int, gated: bool) -> None:
     inputs = [z if z is None else z.requires_grad_() for z in delta_inputs(T, dk, dv, gated)]
@@ -81,8 +94,7 @@ def test_delta_rule_without_initial_state_and_output_only_gradient() -> None:
         torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("T", LENGTHS)
-@pytest.mark.parametrize("p,n", SIZES)
+@pytest.mark.parametrize("T,p,n", SCAN_CASES)
 def test_ssd_forward_and_gradients_match_the_chunked_form_in_fp64(T: int, p: int, n: int) -> None:
     torch.manual_seed(T)
     b, h, g = 2, 4, 2                                              # two heads per group share B and C
@@ -103,9 +115,11 @@ def test_ssd_forward_and_gradients_match_the_chunked_form_in_fp64(T: int, p: int
 
 
 @pytest.mark.parametrize("B,H,HKV,T,D,window", [(2, 4, 2, 37, 16, None), (1, 6, 3, 130, 24, None),
-                                                (2, 4, 4, 65, 16, 20), (1, 2, 1, 1, 16, None), (1, 2, 2, 17, 8, 1)])
+                                                (2, 4, 4, 65, 16, 20), (1, 2, 1, 1, 16, None), (1, 2, 2, 17, 8, 1),
+                                                (1, 4, 2, 40, 32, None), (1, 2, 2, 33, 64, 9)])
 def test_attention_matches_sdpa_with_the_same_mask(B: int, H: int, HKV: int, T: int, D: int, window: int | None) -> None:
-    """GQA, sliding windows (1 = only itself), key counts that are no multiple of the 16-key blocks."""
+    """GQA, sliding windows (1 = only itself), key counts that are no multiple of the 16-key blocks, every
+    compile-time head size (16, 32, 64) and runtime ones (24, 8)."""
     torch.manual_seed(T)
     q = torch.randn(B, H, T, D, requires_grad=True)
     k, v = (torch.randn(B, HKV, T, D, requires_grad=True) for _ in range(2))
@@ -163,7 +177,149 @@ def test_bad_inputs_are_refused_not_miscomputed() -> None:
     q = torch.randn(1, 4, 2, 8, dtype=torch.float64)
     assert not cpu.applies(q)                            # fp64 stays on the torch forms
     with pytest.raises(RuntimeError, match="fp32"):
-        cpu._extension().delta_fwd(q, q, q, torch.rand(1, 4, 2, dtype=torch.float64), None, None, 1.0)
+        OPS.delta_fwd(q, q, q, torch.rand(1, 4, 2, dtype=torch.float64), None, None, 1.0)
+    q = q.float()
+    with pytest.raises(RuntimeError, match="beta must have shape"):   # the kernels index raw pointers by shape
+        OPS.delta_fwd(q, q, q, torch.rand(1, 4, 3), None, None, 1.0)
+    with pytest.raises(RuntimeError, match=re.escape("with Hkv | H")):
+        OPS.attn_fwd(q, q[:, :3], q[:, :3], 1.0, 0)
+
+
+# ---- NaN in, NaN out: the proxy's divergence check reads a NaN loss, so no kernel may turn one into a number ----
+NAN_AT = 5                                                         # the token that carries the NaN
+
+
+def nan_rows(shape: tuple[int, ...], *index: object) -> torch.Tensor:
+    """A bool tensor of `shape`, True exactly at `index`."""
+    expected = torch.zeros(shape, dtype=torch.bool)
+    expected[index] = True
+    return expected
+
+
+@pytest.mark.parametrize("gated", (False, True))
+def test_a_nan_in_the_delta_rule_reaches_every_later_output_of_its_head(gated: bool) -> None:
+    q, k, v, beta, g, _ = delta_inputs(12, 16, 16, gated)
+    if gated:
+        g[0, NAN_AT, 1] = float("nan")                             # a NaN decay: the whole state is NaN
+    else:
+        k[0, NAN_AT, 1, 0] = float("nan")                          # a NaN key: every column of the update
+    o, S = cpu.delta_rule(q, k, v, beta, g)
+    assert torch.equal(o.isnan(), nan_rows(o.shape, 0, slice(NAN_AT, None), 1))
+    assert torch.equal(S.isnan(), nan_rows(S.shape, 0, 1))
+
+
+@pytest.mark.parametrize("window", (None, 4))
+def test_a_nan_key_reaches_every_query_that_attends_to_it(window: int | None) -> None:
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 20, 16), torch.randn(2, 2, 20, 16), torch.randn(2, 2, 20, 16)
+    k[0, 0, NAN_AT, 3] = float("nan")                              # kv head 0 serves query heads 0 and 1
+    o = cpu.causal_attention(q, k, v, window)
+    last = None if window is None else NAN_AT + window             # queries past the window no longer see it
+    assert torch.equal(o.isnan(), nan_rows(o.shape, 0, slice(0, 2), slice(NAN_AT, last)))
+
+
+def test_a_nan_reaches_the_outputs_of_the_ssd_scan_the_conv_and_the_bf16_ffn() -> None:
+    torch.manual_seed(0)
+    x, dt = torch.randn(2, 12, 4, 16), torch.rand(2, 12, 4) * 0.3
+    dt[0, NAN_AT, 1] = float("nan")
+    y, _ = cpu.ssd(x, dt, -torch.rand(4), torch.randn(2, 12, 2, 16), torch.randn(2, 12, 2, 16))
+    assert torch.equal(y.isnan(), nan_rows(y.shape, 0, slice(NAN_AT, None), 1))
+    xc, w = torch.randn(2, 12, 8), torch.randn(8, 1, 4)
+    xc[0, NAN_AT, 3] = float("nan")
+    yc = cpu.conv_silu(xc, w, None)
+    assert torch.equal(yc.isnan(), nan_rows(yc.shape, 0, slice(NAN_AT, NAN_AT + 4), 3))
+    ffn = HybridLM(HYBRID).layers[1].op
+    xf = torch.randn(2, 12, 32)
+    xf[0, NAN_AT, 0] = float("nan")
+    yf = cpu.swiglu_bf16(xf, ffn.gate_proj.weight, ffn.up_proj.weight, ffn.down_proj.weight)
+    assert torch.equal(yf.isnan(), nan_rows(yf.shape, 0, NAN_AT))
+
+
+# ---- the torch.library registration: schemas, fake functions, autograd formulas, torch.compile ---------------------
+def small(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape, requires_grad=True)
+
+
+OPCHECK_IDS = ("delta_fwd", "delta_fwd_ungated", "delta_bwd", "delta_bwd_ungated", "ssd_fwd", "ssd_bwd",
+               "conv_silu_fwd", "conv_silu_fwd_no_bias", "conv_silu_bwd", "attn_fwd", "attn_fwd_window", "attn_bwd",
+               "swiglu_fwd", "swiglu_bwd")
+
+
+def opcheck_cases() -> dict[str, tuple[object, tuple]]:
+    """id -> (op, args) for every op: the forward ops on inputs that need gradients (so opcheck also runs the
+    autograd formula, traced), the backward ops on what their forward op saved."""
+    torch.manual_seed(0)
+    b, T, h, d = 1, 35, 2, 8                                       # two checkpoint segments
+    q, k, v, beta, g, s0 = (z.requires_grad_() for z in delta_inputs(T, d, d, gated=True, b=b, h=h))
+    x, A, Bm, Cm = small(b, T, h, d), small(h), small(b, T, 1, 4), small(b, T, 1, 4)
+    dt = (torch.rand(b, T, h) * 0.3).requires_grad_()
+    xc, wc, bc = small(b, T, 6), small(6, 4), small(6)
+    qa, ka, va = small(b, 4, T, d), small(b, 2, T, d), small(b, 2, T, d)
+    hb = torch.randn(6, 10, dtype=torch.bfloat16, requires_grad=True)
+    with torch.no_grad():
+        o, S, ckpt = OPS.delta_fwd(q, k, v, beta, g, s0, 0.3)
+        _, _, ckpt_ungated = OPS.delta_fwd(q, k, v, beta, None, None, 0.3)
+        y, Sy, ckpt_ssd = OPS.ssd_fwd(x, dt, A, Bm, Cm, None)
+        oa, lse = OPS.attn_fwd(qa, ka, va, 0.3, 7)
+
+    def plain(*args: object) -> tuple:                             # a backward op's inputs need no gradients
+        return tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+
+    cases = [
+        ("delta_fwd", OPS.delta_fwd, (q, k, v, beta, g, s0, 0.3)),
+        ("delta_fwd_ungated", OPS.delta_fwd, (q, k, v, beta, None, None, 0.3)),
+        ("delta_bwd", OPS.delta_bwd, plain(q, k, v, beta, g, ckpt, torch.randn_like(o), torch.randn_like(S), 0.3)),
+        ("delta_bwd_ungated", OPS.delta_bwd, plain(q, k, v, beta, None, ckpt_ungated, torch.randn_like(o), None, 0.3)),
+        ("ssd_fwd", OPS.ssd_fwd, (x, dt, A, Bm, Cm, small(b, h, d, 4))),
+        ("ssd_bwd", OPS.ssd_bwd, plain(x, dt, A, Bm, Cm, ckpt_ssd, torch.randn_like(y), torch.randn_like(Sy))),
+        ("conv_silu_fwd", OPS.conv_silu_fwd, (xc, wc, bc)),
+        ("conv_silu_fwd_no_bias", OPS.conv_silu_fwd, (xc, wc, None)),
+        ("conv_silu_bwd", OPS.conv_silu_bwd, plain(xc, wc, bc, torch.randn_like(xc))),
+        ("attn_fwd", OPS.attn_fwd, (qa, ka, va, 0.3, 0)),
+        ("attn_fwd_window", OPS.attn_fwd, (qa, ka, va, 0.3, 7)),
+        ("attn_bwd", OPS.attn_bwd, plain(qa, ka, va, oa, lse, torch.randn_like(oa), 0.3, 7)),
+        ("swiglu_fwd", OPS.swiglu_fwd, (hb,)),
+        ("swiglu_bwd", OPS.swiglu_bwd, plain(hb, torch.randn(6, 5, dtype=torch.bfloat16))),
+    ]
+    return {name: (op, args) for name, op, args in cases}
+
+
+def test_opcheck_covers_every_op() -> None:
+    cases = opcheck_cases()
+    assert tuple(cases) == OPCHECK_IDS
+    assert {op for op, _ in cases.values()} == {getattr(OPS, name) for name in cpu._FAKES}
+
+
+@pytest.mark.parametrize("case", OPCHECK_IDS)
+def test_each_op_passes_opcheck(case: str) -> None:
+    """Schema, fake function against the kernel's real outputs, autograd registration, and the op traced by
+    AOTAutograd with dynamic shapes (forward, and backward through the registered formula)."""
+    op, args = opcheck_cases()[case]
+    torch.library.opcheck(op, args)
+
+
+def test_the_kernels_trace_into_one_graph_under_torch_compile() -> None:
+    """fullgraph=True fails on any graph break: the functions the operators call are traceable end to end."""
+    torch.manual_seed(0)
+    q, k, v, beta, g, S0 = (z.requires_grad_() for z in delta_inputs(20, 16, 16, gated=True))
+    ffn = HybridLM(HYBRID).layers[1].op
+
+    def layer(q, k, v, beta, g, S0):  # type: ignore[no-untyped-def]
+        o, _ = cpu.delta_rule(q, k, v, beta, g, S0)                               # [2, 20, 3, 16]
+        x = cpu.conv_silu(o.flatten(2), torch.ones(48, 1, 4), None)[..., :32]    # [2, 20, 32]
+        heads = x.view(2, 20, 2, 16).transpose(1, 2)                              # [2, 2, 20, 16]
+        a = cpu.causal_attention(heads, heads, heads)
+        return cpu.swiglu_bf16(a.transpose(1, 2).flatten(2), ffn.gate_proj.weight, ffn.up_proj.weight,
+                               ffn.down_proj.weight)
+
+    eager = layer(q, k, v, beta, g, S0)
+    backend = CompileCounterWithBackend("aot_eager")               # AOTAutograd: runs the fakes and formulas
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)(q, k, v, beta, g, S0)
+    called = {node.target for node in backend.graphs[0].graph.nodes if node.op == "call_function"}
+    assert {OPS.delta_fwd, OPS.conv_silu_fwd, OPS.attn_fwd, OPS.swiglu_fwd} <= called
+    torch.testing.assert_close(compiled, eager, atol=0, rtol=0)
+    for a, b in zip(torch.autograd.grad(compiled.sum(), (q, k, g)), torch.autograd.grad(eager.sum(), (q, k, g))):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 HYBRID = Genome(layer_types=("deltanet", "ffn", "mamba2", "gated_deltanet", "attention", "ffn"), d_model=32,

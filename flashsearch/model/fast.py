@@ -2,18 +2,18 @@
 operator by `cpu_kernels_`), small chunks for the chunked cores that remain, and the projections' matmuls in
 bf16 with everything else in fp32.
 
-Chunk size: the chunked forms (Mamba2's SSD, the delta rules) do O(T * L) elementwise work inside chunks of
-L tokens and a loop or carry across T / L chunks. At the proxy's 128-token sequences and 16-wide heads the
-L x L intra-chunk tensors dominate, and L = 16 trains fastest (one core, fwd+bwd of one proxy layer: Mamba2
-17 ms at L=16 vs 27 ms at the default 64; Gated DeltaNet 23 vs 25; DeltaNet 19 vs 21). The chunked form is
-exact for any L, so this changes rounding only.
+Chunk size: the chunked forms (Mamba2's SSD, the delta rules, GLA) do O(T * L) elementwise work inside chunks
+of L tokens and a loop or carry across T / L chunks. At the proxy's short sequences and small heads the L x L
+intra-chunk tensors dominate, so where an operator still runs its chunked form (no CPU kernel for it, or inputs
+the kernels do not take) a small L (PROXY_CHUNK_SIZE) trains faster than the default. The chunked form is exact
+for any L, so this changes rounding only.
 
-On a CPU with AVX512-BF16 (or AMX) a bf16 GEMM runs ~2x faster than fp32 at the proxy's sizes
-(512 x 128 x 384: 280 us vs 600 us on one core), and the projections are most of a proxy's FLOPs. Unlike
-torch.autocast this touches only the nn.Linear layers: the recurrent cores (delta rule, SSD scan), norms,
-softmax and the residual stream stay fp32, and no op without a bf16 kernel (triangular solve) sees bf16.
-Master weights, gradients and optimizer state stay fp32; only the matmul inputs are rounded to bf16
-(accumulation inside the GEMM is fp32).
+On a CPU with native bf16 GEMMs (AVX512-BF16 or AMX; `cpu_has_bf16`) a bf16 GEMM is faster than fp32, and the
+projections are most of a proxy's FLOPs. Unlike torch.autocast this touches only the nn.Linear layers: the
+recurrent cores (delta rule, SSD scan), norms, softmax and the residual stream stay fp32, and no op without a
+bf16 kernel (triangular solve) sees bf16. Master weights, gradients and optimizer state stay fp32; only the
+matmul inputs are rounded to bf16 (accumulation inside the GEMM is fp32). Measured speeds: the results of
+experiments/proxy_speed and experiments/kernel_bench.
 """
 
 from __future__ import annotations

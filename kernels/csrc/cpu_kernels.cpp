@@ -1,6 +1,7 @@
 // CPU kernels for proxy training, forward and backward (fp32 unless said): the recurrent forms of the (gated) delta
 // rule and Mamba2's SSD scan, the short causal depthwise conv + SiLU, causal / sliding-window attention for small
-// heads, and the SwiGLU activation on bf16 GEMM outputs. Bound to Python by kernels/cpu.py.
+// heads, and the SwiGLU activation on bf16 GEMM outputs. Registered as the torch operators flashsearch::* (schemas
+// at the end of this file); kernels/cpu.py adds their fake (shape) functions and autograd formulas.
 //
 // Why recurrent on CPU: a proxy head's state is tiny (16 x 16 floats, in L1), so a token costs a few hundred
 // multiply-adds, while the chunked torch forms pay for [L, L] intra-chunk tensors, a triangular solve and ~100
@@ -15,11 +16,12 @@
 // SDPA's [B, H, T, d]. Work is split over (batch, head) - over (batch, group) or (batch, kv head) where gradients
 // sum over heads - with at::parallel_for, so one torch thread runs it serially.
 //
-// Built with -O3 -march=native -ffast-math (kernels/cpu.py): the reductions and exp vectorize; inputs are finite
-// (the proxy stops a run whose loss is not).
+// Compiled without -ffast-math (kernels/cpu.py): a NaN or inf in the inputs must reach the outputs, since the
+// proxy stops a run on a non-finite loss; -ffinite-math-only would let the compiler assume them away.
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -30,6 +32,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -40,13 +44,52 @@ constexpr int64_t SEG = 32;  // tokens between saved states
 // Saved states of a T-token scan: one per SEG-token segment (at least one slot, also for T = 0).
 inline int64_t num_segments(int64_t T) { return std::max<int64_t>((T + SEG - 1) / SEG, 1); }
 
-void check(const torch::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
+using at::Tensor;
+using Opt = std::optional<Tensor>;
+using Tensors2 = std::tuple<Tensor, Tensor>;
+using Tensors3 = std::tuple<Tensor, Tensor, Tensor>;
+using Tensors6 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// The kernels index raw pointers: every input is a contiguous fp32 CPU tensor of the shape they assume.
+void check_dims(const Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(),
               name, " must be a contiguous fp32 CPU tensor");
   TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dims, got ", t.dim());
 }
 
-inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+void check_shape(const Tensor& t, const char* name, at::IntArrayRef shape) {
+  check_dims(t, name, static_cast<int64_t>(shape.size()));
+  TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+// What a backward returns for an input that was None (a gate, a bias): an empty tensor, since a schema's
+// returns cannot be optional.
+Tensor no_grad_for(const Tensor& like) { return at::empty({0}, like.options()); }
+
+// exp for the inner loops (attention's probabilities, the sigmoids): plain arithmetic, which GCC vectorizes, where a
+// call to libm's expf stays scalar (glibc declares its vector expf only under -ffast-math). Cephes' expf:
+// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial (~1 ulp), 2^n written into the exponent bits
+// as 2 * 2^(n-1), so that n = 128 still gives a finite or infinite result, not a wrapped exponent.
+// NaN -> NaN; above 88.72 -> inf; below -86.5 -> 0 (the true value is under 2.7e-38).
+inline float vexp(float x) {
+  const float xc = x > 88.8f ? 88.8f : (x < -86.5f ? -86.5f : x);     // a NaN fails both tests and stays
+  const float n = std::floor(xc * 1.44269504f + 0.5f);
+  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;          // ln2 in two parts, exact first product
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n == n ? n : 0.0f) + 126) << 23;
+  float half_scale;                                                    // 2^(n-1), n in [-125, 128]
+  std::memcpy(&half_scale, &bits, 4);
+  const float y = half_scale * p;                                      // then doubled: 2^n alone may be inf
+  return x < -86.5f ? 0.0f : y + y;
+}
+
+inline float sigmoid(float z) { return 1.0f / (1.0f + vexp(-z)); }
 
 // ---- (gated) delta rule --------------------------------------------------------------------------------------
 // Per head:  S~ = exp(g_t) S_{t-1};  u_t = beta_t (v_t - S~^T k_t);  S_t = S~ + k_t u_t^T;  o_t = scale S_t^T q_t.
@@ -135,17 +178,23 @@ void delta_fwd_head(const DeltaArgs& a, int64_t bh, float* __restrict__ o, float
   std::copy(S, S + DK * DV, sf + bh * DK * DV);
 }
 
-std::vector<torch::Tensor> delta_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor beta,
-                                     c10::optional<torch::Tensor> g_opt, c10::optional<torch::Tensor> s0_opt,
-                                     double scale) {
-  check(q, "q", 4); check(k, "k", 4); check(v, "v", 4); check(beta, "beta", 3);
+void check_delta(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Opt& g) {
+  check_dims(q, "q", 4); check_dims(v, "v", 4);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2);
+  check_shape(k, "k", q.sizes()); check_shape(v, "v", {B, T, H, v.size(3)}); check_shape(beta, "beta", {B, T, H});
+  if (g) check_shape(*g, "g", {B, T, H});
+}
+
+// Returns o [B, T, H, dv], the final state [B, H, dk, dv] and the backward's checkpoints [B, H, NS, dk, dv].
+Tensors3 delta_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Opt& g_opt,
+                   const Opt& s0_opt, double scale) {
+  check_delta(q, k, v, beta, g_opt);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), DK = q.size(3), DV = v.size(3);
-  if (g_opt.has_value()) check(*g_opt, "g", 3);
-  if (s0_opt.has_value()) check(*s0_opt, "initial_state", 4);
+  if (s0_opt) check_shape(*s0_opt, "initial_state", {B, H, DK, DV});
   const int64_t NS = num_segments(T);
-  auto o = torch::empty({B, T, H, DV}, q.options());
-  auto S_final = torch::empty({B, H, DK, DV}, q.options());
-  auto ckpt = torch::empty({B, H, NS, DK, DV}, q.options());
+  auto o = at::empty({B, T, H, DV}, q.options());
+  auto S_final = at::empty({B, H, DK, DV}, q.options());
+  auto ckpt = at::empty({B, H, NS, DK, DV}, q.options());
   const DeltaArgs a{B, T, H, DK, DV, NS, q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
                     beta.data_ptr<float>(), g_opt.has_value() ? g_opt->data_ptr<float>() : nullptr,
                     s0_opt.has_value() ? s0_opt->data_ptr<float>() : nullptr, static_cast<float>(scale)};
@@ -255,16 +304,17 @@ void delta_bwd_head(const DeltaArgs& a, const DeltaGrads& r, int64_t bh) {
 }
 
 // Returns dq, dk, dv, dbeta, dg (empty if not gated), dS0.
-std::vector<torch::Tensor> delta_bwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor beta,
-                                     c10::optional<torch::Tensor> g_opt, torch::Tensor ckpt, torch::Tensor d_o,
-                                     c10::optional<torch::Tensor> dS_opt, double scale) {
-  check(d_o, "grad_o", 4); check(ckpt, "checkpoints", 5);
+Tensors6 delta_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& beta, const Opt& g_opt,
+                   const Tensor& ckpt, const Tensor& d_o, const Opt& dS_opt, double scale) {
+  check_delta(q, k, v, beta, g_opt);
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), DK = q.size(3), DV = v.size(3);
+  check_shape(ckpt, "checkpoints", {B, H, num_segments(T), DK, DV}); check_shape(d_o, "grad_o", v.sizes());
+  if (dS_opt) check_shape(*dS_opt, "grad_state", {B, H, DK, DV});
   const bool gated = g_opt.has_value();
-  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
-  auto dbeta = torch::empty_like(beta);
-  auto dg = gated ? torch::empty_like(*g_opt) : torch::Tensor();
-  auto dS0 = torch::empty({B, H, DK, DV}, q.options());
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  auto dbeta = at::empty_like(beta);
+  auto dg = gated ? at::empty_like(*g_opt) : no_grad_for(q);
+  auto dS0 = at::empty({B, H, DK, DV}, q.options());
   const DeltaArgs a{B, T, H, DK, DV, ckpt.size(2), q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(),
                     beta.data_ptr<float>(), gated ? g_opt->data_ptr<float>() : nullptr, nullptr,
                     static_cast<float>(scale)};
@@ -332,16 +382,24 @@ void ssd_fwd_head(const SSDArgs& a, int64_t bh, float* __restrict__ y, float* __
   store(sf + bh * P * N);
 }
 
-std::vector<torch::Tensor> ssd_fwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
-                                   torch::Tensor Cm, c10::optional<torch::Tensor> s0_opt) {
-  check(x, "x", 4); check(dt, "dt", 3); check(A, "A", 1); check(Bm, "B", 4); check(Cm, "C", 4);
-  if (s0_opt.has_value()) check(*s0_opt, "initial_state", 4);
+void check_ssd(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm) {
+  check_dims(x, "x", 4); check_dims(Bm, "B", 4);
+  const int64_t Bsz = x.size(0), T = x.size(1), H = x.size(2), G = Bm.size(2), N = Bm.size(3);
+  check_shape(dt, "dt", {Bsz, T, H}); check_shape(A, "A", {H}); check_shape(Bm, "B", {Bsz, T, G, N});
+  check_shape(Cm, "C", Bm.sizes());
+  TORCH_CHECK(G > 0 && H % G == 0, "SSD: groups must divide heads");
+}
+
+// Returns y [B, T, H, P], the final state [B, H, P, N] and the backward's checkpoints [B, H, NS, P, N].
+Tensors3 ssd_fwd(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                 const Opt& s0_opt) {
+  check_ssd(x, dt, A, Bm, Cm);
   const int64_t Bsz = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), G = Bm.size(2), N = Bm.size(3);
-  TORCH_CHECK(H % G == 0, "SSD: groups must divide heads");
+  if (s0_opt) check_shape(*s0_opt, "initial_state", {Bsz, H, P, N});
   const int64_t NS = num_segments(T);
-  auto y = torch::empty_like(x);
-  auto S_final = torch::empty({Bsz, H, P, N}, x.options());
-  auto ckpt = torch::empty({Bsz, H, NS, P, N}, x.options());
+  auto y = at::empty_like(x);
+  auto S_final = at::empty({Bsz, H, P, N}, x.options());
+  auto ckpt = at::empty({Bsz, H, NS, P, N}, x.options());
   const SSDArgs a{Bsz, T, H, G, P, N, NS, x.data_ptr<float>(), dt.data_ptr<float>(), A.data_ptr<float>(),
                   Bm.data_ptr<float>(), Cm.data_ptr<float>(), s0_opt.has_value() ? s0_opt->data_ptr<float>() : nullptr};
   float *yp = y.data_ptr<float>(), *sf = S_final.data_ptr<float>(), *cp = ckpt.data_ptr<float>();
@@ -430,15 +488,16 @@ void ssd_bwd_group(const SSDArgs& a, const SSDGrads& r, int64_t bg) {
 }
 
 // Returns dx, ddt, dA [H], dB, dC, dS0.
-std::vector<torch::Tensor> ssd_bwd(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor Bm,
-                                   torch::Tensor Cm, torch::Tensor ckpt, torch::Tensor dy,
-                                   c10::optional<torch::Tensor> dS_opt) {
-  check(dy, "grad_y", 4); check(ckpt, "checkpoints", 5);
+Tensors6 ssd_bwd(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& Bm, const Tensor& Cm,
+                 const Tensor& ckpt, const Tensor& dy, const Opt& dS_opt) {
+  check_ssd(x, dt, A, Bm, Cm);
   const int64_t Bsz = x.size(0), T = x.size(1), H = x.size(2), P = x.size(3), G = Bm.size(2), N = Bm.size(3);
-  auto dx = torch::empty_like(x), ddt = torch::empty_like(dt);
-  auto dB = torch::zeros_like(Bm), dC = torch::zeros_like(Cm);
-  auto dA_part = torch::zeros({Bsz, H}, x.options());
-  auto dS0 = torch::empty({Bsz, H, P, N}, x.options());
+  check_shape(ckpt, "checkpoints", {Bsz, H, num_segments(T), P, N}); check_shape(dy, "grad_y", x.sizes());
+  if (dS_opt) check_shape(*dS_opt, "grad_state", {Bsz, H, P, N});
+  auto dx = at::empty_like(x), ddt = at::empty_like(dt);
+  auto dB = at::zeros_like(Bm), dC = at::zeros_like(Cm);
+  auto dA_part = at::zeros({Bsz, H}, x.options());
+  auto dS0 = at::empty({Bsz, H, P, N}, x.options());
   const SSDArgs a{Bsz, T, H, G, P, N, ckpt.size(2), x.data_ptr<float>(), dt.data_ptr<float>(), A.data_ptr<float>(),
                   Bm.data_ptr<float>(), Cm.data_ptr<float>(), nullptr};
   const SSDGrads r{ckpt.data_ptr<float>(), dy.data_ptr<float>(),
@@ -476,10 +535,16 @@ inline void conv_preactivation(const float* xp, const float* wt, const float* bp
   }
 }
 
-torch::Tensor conv_silu_fwd(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias) {
-  check(x, "x", 3); check(w, "weight", 2);
+void check_conv(const Tensor& x, const Tensor& w, const Opt& bias) {
+  check_dims(x, "x", 3); check_dims(w, "weight", 2);
+  check_shape(w, "weight", {x.size(2), w.size(1)});
+  if (bias) check_shape(*bias, "bias", {x.size(2)});
+}
+
+Tensor conv_silu_fwd(const Tensor& x, const Tensor& w, const Opt& bias) {
+  check_conv(x, w, bias);
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
-  auto y = torch::empty_like(x);
+  auto y = at::empty_like(x);
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
@@ -496,13 +561,12 @@ torch::Tensor conv_silu_fwd(torch::Tensor x, torch::Tensor w, c10::optional<torc
 }
 
 // Returns dx, dw [C, K], dbias (empty without bias).
-std::vector<torch::Tensor> conv_silu_bwd(torch::Tensor x, torch::Tensor w, c10::optional<torch::Tensor> bias,
-                                         torch::Tensor dy) {
-  check(dy, "grad_y", 3);
+Tensors3 conv_silu_bwd(const Tensor& x, const Tensor& w, const Opt& bias, const Tensor& dy) {
+  check_conv(x, w, bias); check_shape(dy, "grad_y", x.sizes());
   const int64_t B = x.size(0), T = x.size(1), C = x.size(2), K = w.size(1);
   const float *xp = x.data_ptr<float>(), *wp = w.data_ptr<float>(), *dyp = dy.data_ptr<float>();
   const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
-  auto dz = torch::empty_like(x);
+  auto dz = at::empty_like(x);
   float* dzp = dz.data_ptr<float>();
   const std::vector<float> wt = transposed_weight(wp, C, K);
   // dz = dy * silu'(z), z recomputed.
@@ -519,7 +583,7 @@ std::vector<torch::Tensor> conv_silu_bwd(torch::Tensor x, torch::Tensor w, c10::
     }
   });
   // dx[t] = sum_k w[k] dz[t + K - 1 - k];  dw[k] = sum_t dz[t] x[t - K + 1 + k];  db = sum_t dz[t].
-  auto dx = torch::empty_like(x);
+  auto dx = at::empty_like(x);
   float* dxp = dx.data_ptr<float>();
   at::parallel_for(0, B * T, 16, [&](int64_t lo, int64_t hi) {
     for (int64_t bt = lo; bt < hi; ++bt) {
@@ -548,12 +612,12 @@ std::vector<torch::Tensor> conv_silu_bwd(torch::Tensor x, torch::Tensor w, c10::
         for (int64_t c = 0; c < C; ++c) dwk[c] += dzt[c] * xs[c];
       }
     }
-  auto dw = torch::empty({C, K}, x.options());
+  auto dw = at::empty({C, K}, x.options());
   float* dwp = dw.data_ptr<float>();
   for (int64_t c = 0; c < C; ++c)
     for (int64_t k = 0; k < K; ++k) dwp[c * K + k] = dwt[k * C + c];
-  torch::Tensor dbias;
-  if (bp) dbias = torch::from_blob(db.data(), {C}, x.options()).clone();
+  Tensor dbias = no_grad_for(x);
+  if (bp) dbias = at::from_blob(db.data(), {C}, x.options()).clone();
   return {dx, dw, dbias};
 }
 
@@ -572,8 +636,8 @@ struct AttnArgs {
 // Keys are visited in fixed blocks of BLK (one vector register of scores), the partial blocks at both ends masked:
 // a fixed trip count, where a per-row key count made every row's loops branch differently.
 constexpr int64_t BLK = 16;
-constexpr float MASKED_BELOW = 80.0f;                // masked scores: row max - 80, exp ~1e-35 (a normal float:
-                                                     // libm's exp takes a slow path for results below that)
+constexpr float MASKED_BELOW = 80.0f;                // masked scores: row max - 80, exp ~1.8e-35 (masked keys are
+                                                     // never read; a finite value keeps the exp loop branch-free)
 
 inline int64_t first_key(int64_t i, int64_t window) { return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0; }
 
@@ -626,7 +690,7 @@ void attn_fwd_group(const AttnArgs& a, int64_t bk, float* __restrict__ o, float*
       for (int64_t j = lo; j < j0; ++j) sr[j] = m - MASKED_BELOW;
       for (int64_t j = i + 1; j < hi; ++j) sr[j] = m - MASKED_BELOW;
       float l = 0.0f;
-      for (int64_t j = lo; j < hi; ++j) { sr[j] = std::exp(sr[j] - m); l += sr[j]; }
+      for (int64_t j = lo; j < hi; ++j) { sr[j] = vexp(sr[j] - m); l += sr[j]; }
       for (int64_t c = 0; c < D; ++c) acc[c] = 0.0f;
       for (int64_t j = j0; j <= i; ++j) {
         const float pj = sr[j];
@@ -675,7 +739,7 @@ void attn_bwd_group(const AttnArgs& a, int64_t bk, const float* __restrict__ o, 
       for (int64_t j = jb0 * BLK; j < j0; ++j) pr[j] = li - MASKED_BELOW;   // as in the forward: no exp slow path
       for (int64_t j = i + 1; j < (jb1 + 1) * BLK; ++j) pr[j] = li - MASKED_BELOW;
       for (int64_t j = jb0 * BLK; j < (jb1 + 1) * BLK; ++j) {
-        pr[j] = std::exp(pr[j] - li);                                 // P_ij (masked keys are skipped below)
+        pr[j] = vexp(pr[j] - li);                                      // P_ij (masked keys are skipped below)
         dpr[j] = pr[j] * (dpr[j] - di);                               // dS_ij before the scale
       }
       for (int64_t c = 0; c < D; ++c) dqa[c] = 0.0f;
@@ -696,18 +760,20 @@ void attn_bwd_group(const AttnArgs& a, int64_t bk, const float* __restrict__ o, 
   }
 }
 
-void check_attn(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
-  check(q, "q", 4); check(k, "k", 4); check(v, "v", 4);
+void check_attn(const Tensor& q, const Tensor& k, const Tensor& v) {
+  check_dims(q, "q", 4); check_dims(k, "k", 4); check_dims(v, "v", 4);
   TORCH_CHECK(k.sizes() == v.sizes() && q.size(0) == k.size(0) && q.size(2) == k.size(2) && q.size(3) == k.size(3)
-              && q.size(1) % k.size(1) == 0, "attention: q [B, H, T, D], k and v [B, Hkv, T, D] with Hkv | H");
+              && k.size(1) > 0 && q.size(1) % k.size(1) == 0,
+              "attention: q [B, H, T, D], k and v [B, Hkv, T, D] with Hkv | H");
 }
 
-std::vector<torch::Tensor> attn_fwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, double scale, int64_t window) {
+// Returns o [B, H, T, D] and the rows' log-sum-exp [B, H, T].
+Tensors2 attn_fwd(const Tensor& q, const Tensor& k, const Tensor& v, double scale, int64_t window) {
   check_attn(q, k, v);
   const AttnArgs a{q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), window, static_cast<float>(scale),
                    q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>()};
-  auto o = torch::empty_like(q);
-  auto lse = torch::empty({a.B, a.H, a.T}, q.options());
+  auto o = at::empty_like(q);
+  auto lse = at::empty({a.B, a.H, a.T}, q.options());
   float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>();
   for_each_task(a.B * a.HKV, a.D, a.D, [&](auto dc, auto, int64_t bk) {
     attn_fwd_group<decltype(dc)::value>(a, bk, op, lp);
@@ -715,12 +781,13 @@ std::vector<torch::Tensor> attn_fwd(torch::Tensor q, torch::Tensor k, torch::Ten
   return {o, lse};
 }
 
-std::vector<torch::Tensor> attn_bwd(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor o,
-                                    torch::Tensor lse, torch::Tensor dO, double scale, int64_t window) {
-  check_attn(q, k, v); check(o, "o", 4); check(dO, "grad_o", 4); check(lse, "lse", 3);
+Tensors3 attn_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o, const Tensor& lse,
+                  const Tensor& dO, double scale, int64_t window) {
+  check_attn(q, k, v); check_shape(o, "o", q.sizes()); check_shape(dO, "grad_o", q.sizes());
+  check_shape(lse, "lse", {q.size(0), q.size(1), q.size(2)});
   const AttnArgs a{q.size(0), q.size(1), k.size(1), q.size(2), q.size(3), window, static_cast<float>(scale),
                    q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>()};
-  auto dq = torch::empty_like(q), dk = torch::empty_like(k), dv = torch::empty_like(v);
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   const float *op = o.data_ptr<float>(), *lp = lse.data_ptr<float>(), *dop = dO.data_ptr<float>();
   float *dqp = dq.data_ptr<float>(), *dkp = dk.data_ptr<float>(), *dvp = dv.data_ptr<float>();
   for_each_task(a.B * a.HKV, a.D, a.D, [&](auto dc, auto, int64_t bk) {
@@ -743,19 +810,21 @@ inline float bf16_to_float(uint16_t b) {
 inline uint16_t float_to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  u += 0x7FFFu + ((u >> 16) & 1u);                   // round to nearest even (finite values)
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // NaN stays NaN
+  u += 0x7FFFu + ((u >> 16) & 1u);                   // round to nearest even (inf stays inf)
   return static_cast<uint16_t>(u >> 16);
 }
 
-void check_bf16(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kBFloat16 && t.is_contiguous() && t.dim() == 2,
+void check_bf16(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kBFloat16 && t.is_contiguous() && t.dim() == 2,
               name, " must be a contiguous 2-d bf16 CPU tensor");
 }
 
-torch::Tensor swiglu_fwd(torch::Tensor h) {
+Tensor swiglu_fwd(const Tensor& h) {
   check_bf16(h, "h");
+  TORCH_CHECK(h.size(1) % 2 == 0, "h must be [N, 2F] = [gate | up]");
   const int64_t N = h.size(0), F2 = h.size(1), F = F2 / 2;
-  auto a = torch::empty({N, F}, h.options());
+  auto a = at::empty({N, F}, h.options());
   const uint16_t* hp = reinterpret_cast<const uint16_t*>(h.data_ptr<at::BFloat16>());
   uint16_t* ap = reinterpret_cast<uint16_t*>(a.data_ptr<at::BFloat16>());
   at::parallel_for(0, N, 16, [&](int64_t lo, int64_t hi) {
@@ -773,10 +842,12 @@ torch::Tensor swiglu_fwd(torch::Tensor h) {
 }
 
 // Returns dh = [d gate | d up], bf16 [N, 2F].
-torch::Tensor swiglu_bwd(torch::Tensor h, torch::Tensor da) {
+Tensor swiglu_bwd(const Tensor& h, const Tensor& da) {
   check_bf16(h, "h"); check_bf16(da, "grad_a");
+  TORCH_CHECK(h.size(1) % 2 == 0 && da.size(0) == h.size(0) && da.size(1) == h.size(1) / 2,
+              "h must be [N, 2F] = [gate | up] and grad_a [N, F]");
   const int64_t N = h.size(0), F2 = h.size(1), F = F2 / 2;
-  auto dh = torch::empty({N, F2}, h.options());
+  auto dh = at::empty({N, F2}, h.options());
   const uint16_t* hp = reinterpret_cast<const uint16_t*>(h.data_ptr<at::BFloat16>());
   const uint16_t* dap = reinterpret_cast<const uint16_t*>(da.data_ptr<at::BFloat16>());
   uint16_t* dhp = reinterpret_cast<uint16_t*>(dh.data_ptr<at::BFloat16>());
@@ -799,15 +870,35 @@ torch::Tensor swiglu_bwd(torch::Tensor h, torch::Tensor da) {
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("delta_fwd", &delta_fwd, "(gated) delta rule, recurrent forward");
-  m.def("delta_bwd", &delta_bwd, "(gated) delta rule, recurrent backward");
-  m.def("ssd_fwd", &ssd_fwd, "Mamba2 SSD scan, recurrent forward");
-  m.def("ssd_bwd", &ssd_bwd, "Mamba2 SSD scan, recurrent backward");
-  m.def("conv_silu_fwd", &conv_silu_fwd, "causal depthwise conv + SiLU forward");
-  m.def("conv_silu_bwd", &conv_silu_bwd, "causal depthwise conv + SiLU backward");
-  m.def("attn_fwd", &attn_fwd, "causal / sliding-window softmax attention forward (small heads)");
-  m.def("attn_bwd", &attn_bwd, "backward of attn_fwd");
-  m.def("swiglu_fwd", &swiglu_fwd, "silu(gate) * up on a bf16 [gate | up] GEMM output");
-  m.def("swiglu_bwd", &swiglu_bwd, "backward of swiglu_fwd");
+// Schemas: the optional tensors are the gate g, an initial state, a bias and an incoming state gradient. A backward
+// returns an empty tensor for an input that was None. Fake (shape) functions and autograd: kernels/cpu.py.
+TORCH_LIBRARY(flashsearch, m) {
+  m.def("delta_fwd(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor? initial_state, float scale)"
+        " -> (Tensor o, Tensor final_state, Tensor checkpoints)");
+  m.def("delta_bwd(Tensor q, Tensor k, Tensor v, Tensor beta, Tensor? g, Tensor checkpoints, Tensor grad_o,"
+        " Tensor? grad_state, float scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("ssd_fwd(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? initial_state)"
+        " -> (Tensor y, Tensor final_state, Tensor checkpoints)");
+  m.def("ssd_bwd(Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor checkpoints, Tensor grad_y,"
+        " Tensor? grad_state) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("conv_silu_fwd(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("conv_silu_bwd(Tensor x, Tensor weight, Tensor? bias, Tensor grad_y) -> (Tensor, Tensor, Tensor)");
+  m.def("attn_fwd(Tensor q, Tensor k, Tensor v, float scale, int window) -> (Tensor o, Tensor lse)");
+  m.def("attn_bwd(Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor grad_o, float scale, int window)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("swiglu_fwd(Tensor h) -> Tensor");
+  m.def("swiglu_bwd(Tensor h, Tensor grad_a) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(flashsearch, CPU, m) {
+  m.impl("delta_fwd", &delta_fwd);
+  m.impl("delta_bwd", &delta_bwd);
+  m.impl("ssd_fwd", &ssd_fwd);
+  m.impl("ssd_bwd", &ssd_bwd);
+  m.impl("conv_silu_fwd", &conv_silu_fwd);
+  m.impl("conv_silu_bwd", &conv_silu_bwd);
+  m.impl("attn_fwd", &attn_fwd);
+  m.impl("attn_bwd", &attn_bwd);
+  m.impl("swiglu_fwd", &swiglu_fwd);
+  m.impl("swiglu_bwd", &swiglu_bwd);
 }

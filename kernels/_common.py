@@ -175,11 +175,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> list[torch.Tensor]:
     """Apply several bias-free Linears that read the same input.
 
-    Deliberately NOT one concatenated GEMM: concatenating the weights copies them on every call, which on a GPU
-    decode step re-reads every projection matrix (decode is memory-bound), and on CPU the concatenating FFN
-    measured 0.9x of separate matmuls (experiments/kernel_bench.py before this change; the committed
-    kernel_bench_cpu.md now compares the separate form with plain matmuls). Kept as one call site so a fused
-    kernel (or weights stored fused, as the short convs are) can slot in here.
+    By default each Linear runs on its own: concatenating fp32 weights would copy them on every call, which a
+    memory-bound GPU decode step pays for in full. A Linear class may offer `shared_input(x, linears)` to run
+    them as one GEMM where its weights are copied anyway (flashsearch.model.fast.Bf16Linear, whose bf16 cast
+    copies them, stacks them into one bf16 GEMM); it returns None when the linears do not qualify.
     """
     shared = getattr(type(linears[0]), "shared_input", None) if linears else None  # e.g. the proxy's bf16 GEMM
     fused = shared(x, linears) if shared is not None else None

@@ -14,13 +14,13 @@ import torch
 import pytest
 from optuna.trial import TrialState
 
-import flashsearch.proxies.quality.short_train as short_train
 from run_configs import run_config
 from flashsearch.config import SearchConfig
 from flashsearch.errors import TimeLimitExceeded, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget
 from flashsearch.proxies.quality.short_train import ShortTrain
+from flashsearch.proxies.quality.train_loop import check_time
 from flashsearch.search import AgingEvolutionSampler, run_search
 from flashsearch.space import StagedSpace
 
@@ -42,7 +42,7 @@ def test_a_wall_clock_inflated_by_load_does_not_fail_a_candidate(monkeypatch):
     real = time.perf_counter
     start = real()
     # The machine is 20x oversubscribed: every wall-clock second the candidate gets 1/20 s of a core.
-    monkeypatch.setattr(short_train.time, "perf_counter", lambda: start + 20 * (real() - start))
+    monkeypatch.setattr(time, "perf_counter", lambda: start + 20 * (real() - start))
     result = proxy.evaluate(HYBRID, Budget(tokens=12 * 64 * 8, time_limit_s=max(4 * own, 1.0)))
     assert result.tokens == 12 * 64 * 8
 
@@ -54,9 +54,9 @@ def test_own_time_still_enforces_the_limit():
 
 def test_the_end_is_projected_only_after_a_warm_up_share_of_the_steps():
     # 5 of 576 steps took 14 s of a 900 s limit (slow first steps): no verdict yet; after a tenth, a real overrun is.
-    ShortTrain._check_time(0.0, 1.0, 5, 576, 900.0, now=15.0)
+    check_time(0.0, 1.0, 5, 576, 900.0, now=15.0)
     with pytest.raises(TimeLimitExceeded, match="projected"):
-        ShortTrain._check_time(0.0, 1.0, 58, 576, 900.0, now=200.0)
+        check_time(0.0, 1.0, 58, 576, 900.0, now=200.0)
     assert issubclass(TimeLimitExceeded, TrialFailed)
 
 

@@ -21,6 +21,7 @@ from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Budget
 from flashsearch.proxies.quality.short_train import ShortTrain
+from flashsearch.proxies.quality.train_loop import rung_schedule
 from flashsearch.search import AgingEvolutionSampler, run_search
 from flashsearch.search.population import PopulationView
 from flashsearch.search.rungs import (Ladder, RungResult, ScreeningOnly, candidate_of, pareto_layers, promotion_order,
@@ -241,7 +242,7 @@ def test_wsd_schedule_shares_warmup_and_stable_phase() -> None:
     proxy = ShortTrain(seq_len=32, batch_size=4)
     tps = 32 * 4
     ladder = (10 * tps, 30 * tps, 90 * tps)
-    scheds = [proxy._schedule(Budget(tokens=t, ladder=ladder), t // tps, tps)[0] for t in ladder]
+    scheds = [rung_schedule(proxy.config, Budget(tokens=t, ladder=ladder))[0] for t in ladder]
     for a, b in itertools.pairwise(scheds):
         assert all(a(s) == b(s) for s in range(a.stable_end))       # same LR up to a rung's checkpoint
         assert a.stable_end < b.stable_end

@@ -31,7 +31,7 @@ class ThreadBackend:
     One daemon thread per task (the driver keeps at most W in flight): a thread cannot be killed, so a trial
     that times out is failed and its thread abandoned; it no longer counts against W and cannot block exit.
     The W evaluations share torch's process-wide RNG and thread count: the quality proxy seeds and initialises
-    each model under a lock and sets the thread count once for all (proxies/quality/short_train.py), so the same
+    each model under a lock and sets the thread count once for all (proxies/quality/train_loop.py, threads.py), so the same
     genome gets the same result however evaluations interleave.
     """
 

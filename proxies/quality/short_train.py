@@ -29,7 +29,7 @@ from flashsearch.proxies.base import Budget, QualityResult
 from .config import ShortTrainConfig
 from .corpus import VOCAB_SIZE, ByteCorpus, load_corpus, validation_windows
 from .threads import torch_threads
-from .train_loop import check_time, own_seconds, rung_schedule, train
+from .train_loop import own_seconds, train
 
 _CORPUS_LOCK = threading.Lock()
 
@@ -153,12 +153,6 @@ class ShortTrain:
         result = train(self.config, genome.id, self.proxy_genome(genome), budget, seed, corpus, self._val,
                        clock_start)
         return dataclasses.replace(result, seconds=time.perf_counter() - t0)
-
-    # Kept for tests/test_rungs.py and tests/test_load_safety.py, which reach them through the class.
-    def _schedule(self, budget: Budget, steps: int | None = None, tokens_per_step: int | None = None) -> Any:
-        return rung_schedule(self.config, budget)
-
-    _check_time = staticmethod(check_time)
 
 
 __all__ = ["ShortTrain", "ShortTrainConfig"]

@@ -8,7 +8,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from run_configs import run_config
+from factories import full_size_genome, run_config
 from flashsearch.atomic import atomic_path, write_text_atomic
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.export import MODEL_TYPE, export_top, genome_from_hf_config, hf_config_dict
@@ -167,8 +167,7 @@ def test_write_report_on_empty_study(tmp_path):
 
 # ---- export ----------------------------------------------------------------------------------------------------------
 def test_hf_config_dict_round_trips_the_genome():
-    g = Genome(layer_types=("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn"), d_model=2048, n_heads=16,
-               n_kv_heads=4, head_dim=128, ffn_ratio=3.0, op_options={"mamba2": {"d_state": 128}})
+    g = full_size_genome(op_options={"mamba2": {"d_state": 128}})
     cfg = hf_config_dict(g)
     assert cfg["model_type"] == MODEL_TYPE and cfg["architectures"] == ["FlashsearchForCausalLM"]
     assert (cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["head_dim"]) == \

@@ -20,7 +20,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from run_configs import run_config
+from factories import run_config
 from flashsearch.search import run_search
 from flashsearch.search import attrs
 from flashsearch.search.recovery import enqueue_seeds, recover_orphans
@@ -38,7 +38,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 from flashsearch.genome import Genome
 from flashsearch.search import run_search
 from flashsearch.search.recovery import INTERRUPTED, abandon, enqueue_seeds
-from run_configs import run_config
+from factories import run_config
 from flashsearch.search.storage import journal_storage
 from flashsearch.space import StagedSpace
 

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from run_configs import run_config
+from factories import run_config
 from flashsearch.search.recovery import enqueue_seeds
 from flashsearch.search.driver import Hooks
 from flashsearch.errors import FlashsearchError, TrialFailed

@@ -14,7 +14,7 @@ import torch
 import pytest
 from optuna.trial import TrialState
 
-from run_configs import run_config
+from factories import full_size_genome, run_config
 from flashsearch.config import SearchConfig
 from flashsearch.errors import TimeLimitExceeded, TrialFailed
 from flashsearch.genome import Genome
@@ -25,8 +25,7 @@ from flashsearch.search import AgingEvolutionSampler, run_search
 from flashsearch.space import StagedSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-HYBRID = Genome(layer_types=("deltanet", "ffn", "attention", "ffn"), d_model=1024, n_heads=8, n_kv_heads=2,
-                head_dim=128)
+HYBRID = full_size_genome(("deltanet", "ffn", "attention", "ffn"), d_model=1024)
 
 
 def small(**kw) -> ShortTrain:
@@ -104,8 +103,7 @@ def test_a_second_transient_failure_says_it_was_the_retry():
 def test_evaluations_as_threads_of_one_process_keep_same_genome_same_result():
     """ray.address=local runs W evaluations as threads: torch's RNG and thread count are process-wide, so the
     seeding + initialisation of one must not interleave with another's, and the thread count is set once."""
-    other = Genome(layer_types=("mamba2", "ffn", "attention", "ffn"), d_model=1024, n_heads=8, n_kv_heads=2,
-                   head_dim=128)
+    other = full_size_genome(("mamba2", "ffn", "attention", "ffn"), d_model=1024)
     proxy = small(threads=1)
     budget = Budget(tokens=3 * 64 * 8)
     alone = {g.id: proxy.evaluate(g, budget).loss for g in (HYBRID, other)}

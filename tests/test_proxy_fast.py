@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from factories import full_size_genome
 from flashsearch.genome import Genome
 from flashsearch.model import HybridLM
 from flashsearch.model.fast import Bf16Linear, bf16_linears_, with_proxy_chunk_size
 from flashsearch.proxies.base import Budget
 from flashsearch.proxies.quality.short_train import ShortTrain
 
-HYBRID = Genome(layer_types=("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn", "gated_deltanet"), d_model=1024,
-                n_heads=8, n_kv_heads=2, head_dim=128)
+HYBRID = full_size_genome(("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn", "gated_deltanet"), d_model=1024)
 
 # Loss tolerance of the fast path after a short run, in bits/byte: below the genome-to-genome gaps the search must
 # resolve (~0.05 and up), above the fast path's own error. Measured with two builds of the CPU kernels (before and

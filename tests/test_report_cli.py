@@ -21,7 +21,7 @@ from flashsearch.search import AgingEvolutionSampler, run_search
 from flashsearch.search.recovery import enqueue_seeds
 from flashsearch.space import StagedSpace
 from flashsearch.trials import trials_frame
-from run_configs import run_config
+from factories import run_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 SPACE = StagedSpace()

@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from run_configs import run_config
+from factories import full_size_genome, run_config
 from flashsearch.pareto import pareto_front
 from flashsearch.trials import trials_frame
 from flashsearch.errors import FlashsearchError, TrialFailed
@@ -213,8 +213,7 @@ def test_single_fidelity_is_unchanged() -> None:
 
 
 # ---- checkpoints: continuing equals training straight through -------------------------------------------------------
-HYBRID = Genome(layer_types=("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn"), d_model=1024, n_heads=8,
-                n_kv_heads=2, head_dim=128)
+HYBRID = full_size_genome(d_model=1024)
 
 
 def test_checkpoint_continuation_gives_the_uninterrupted_loss(tmp_path) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from factories import full_size_genome
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.kernels import Operator, SlidingWindowAttention
@@ -21,8 +22,7 @@ from flashsearch.operators import option
 from flashsearch.proxies.base import Budget, QualityProxy
 from flashsearch.proxies.quality.short_train import ShortTrain
 
-HYBRID = Genome(layer_types=("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn"), d_model=1024, n_heads=8,
-                n_kv_heads=2, head_dim=128, op_options={"swa": {"window": 512}})
+HYBRID = full_size_genome(d_model=1024, op_options={"swa": {"window": 512}})
 
 
 def small(**kw: object) -> ShortTrain:

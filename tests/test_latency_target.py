@@ -90,17 +90,12 @@ def write_config(tmp_path: Path, **search) -> Path:
     return path
 
 
-@pytest.fixture()
-def plugins(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "tests" / "plugins"))
-
-
 def load(out_dir):
     return optuna.load_study(study_name="target",
                              storage=JournalStorage(JournalFileBackend(str(out_dir / "study.journal"))))
 
 
-def test_seeds_are_trained_at_the_widest_width_meeting_the_target(tmp_path, plugins):
+def test_seeds_are_trained_at_the_widest_width_meeting_the_target(tmp_path, plugins_on_path):
     config = write_config(tmp_path)
     space = build_space(load_config(config))
     narrow = {"n_layers": 4, "d_model": 1024, **{f"l{i}": op for i, op in enumerate(["mamba2", "ffn", "attention", "ffn"])}}
@@ -121,7 +116,7 @@ def test_seeds_are_trained_at_the_widest_width_meeting_the_target(tmp_path, plug
     assert seeded[0].user_attrs["genome_id"] == mid.id
 
 
-def test_measured_latency_with_a_target_is_one_clear_error_and_writes_nothing(tmp_path, plugins, capsys):
+def test_measured_latency_with_a_target_is_one_clear_error_and_writes_nothing(tmp_path, plugins_on_path, capsys):
     config = write_config(tmp_path, target_latency=10.0)
     assert main(["run", str(config), "latency=measured"]) == 2
     err = capsys.readouterr().err
@@ -130,7 +125,7 @@ def test_measured_latency_with_a_target_is_one_clear_error_and_writes_nothing(tm
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random"])
-def test_baselines_get_the_target_as_a_constraint(tmp_path, plugins, sampler):
+def test_baselines_get_the_target_as_a_constraint(tmp_path, plugins_on_path, sampler):
     config = write_config(tmp_path, target_latency=2.0, sampler=sampler, trials=3)
     from flashsearch.search.latency_target import LatencyTarget
     from flashsearch.search.samplers import build_sampler

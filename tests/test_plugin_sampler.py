@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import optuna
 import pandas as pd
 import pytest
 
+from factories import PLUGINS_DIR as PLUGINS
 from flashsearch.config import RunConfig, SearchConfig
 from flashsearch.errors import FlashsearchError
 from flashsearch.search.aging import AgingEvolutionSampler
@@ -18,8 +18,6 @@ from flashsearch.search.rungs import ScreeningOnly
 from flashsearch.search.samplers import build_sampler
 from flashsearch.space import StagedSpace
 
-ROOT = Path(__file__).resolve().parents[1]
-PLUGINS = Path(__file__).resolve().parent / "plugins"
 SPACE = StagedSpace(widths=(256, 512), max_blocks_per_stage=2, max_operators=12)
 
 

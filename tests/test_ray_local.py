@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-PLUGINS = Path(__file__).resolve().parent / "plugins"
+from factories import PLUGINS_DIR as PLUGINS
 
 CONFIG = """
 name: stale

@@ -140,16 +140,24 @@ class ShortConv(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """conv(x) after `cache`; with mask [B, T] (padded batch) over each row's real tokens only."""
+        if mask is not None:
+            return over_real_tokens(lambda xr: causal_conv1d(xr, self.weight, self.bias, cache), x, mask)
         return causal_conv1d(x, self.weight, self.bias, cache)
 
-    def silu(self, x: torch.Tensor, cache: torch.Tensor | None = None, kernel: bool = False) -> torch.Tensor:
+    def silu(self, x: torch.Tensor, cache: torch.Tensor | None = None, kernel: bool = False,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
         """SiLU(conv(x)): with kernel=True, from zero history and for fp32 CPU input, the fused compiled kernel."""
-        if kernel and cache is None and cpu.applies(x, self.weight):
+        if kernel and cache is None and mask is None and cpu.applies(x, self.weight):
             return cpu.conv_silu(x, self.weight, self.bias)
-        return F.silu(self.forward(x, cache))
+        return F.silu(self.forward(x, cache, mask))
 
-    def new_cache(self, x: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
+    def new_cache(self, x: torch.Tensor, cache: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The cache after x: its last K-1 inputs (the last K-1 real ones of each row with a mask)."""
+        if mask is not None:
+            return conv_cache_real(x, cache, mask, self.kernel_size)
         return conv_cache(x, cache, self.kernel_size)
 
     def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,3 +218,57 @@ def layer_cost(d_model: int, weight_elems: int, state_read: int, state_write: in
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype for recurrent states and scans: at least fp32 (bf16/fp16 states drift), fp64 kept for tests."""
     return torch.promote_types(dtype, torch.float32)
+
+
+# ---- padded batches ----------------------------------------------------------------------------------------
+# A padded batch comes with `mask` [B, T] (bool, True = real token), the attention_mask of Hugging Face. Every
+# operator honours it the way flash-linear-attention's and mamba-ssm's variable-length interfaces do: pads add
+# nothing to attention and leave recurrent and convolution states as they were, so each row computes what it would
+# alone (its outputs at pads are finite but meaningless).
+def positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
+    """Per-row position of each token, counting real tokens only, from `start` ([B] or int): [B, T] long. A pad
+    gets the position of the real token before it (clamped at 0): finite, and never attended to."""
+    start_t = torch.as_tensor(start, device=mask.device).reshape(-1, 1)
+    return (start_t + mask.long().cumsum(1) - 1).clamp_min(0)
+
+
+def real_first(mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the time indices of the real tokens (in order) followed by those of the pads: [B, T]."""
+    return torch.sort((~mask).to(torch.uint8), dim=1, stable=True).indices
+
+
+def gather_time(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [B, T, C] gathered along time at index [B, T'] -> [B, T', C]."""
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+def over_real_tokens(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """fn applied to each row's real tokens as one contiguous run, mapped back to x's positions.
+
+    For a causal time mixer (a short conv) whatever the padding (left, right or inside): the real tokens are moved
+    to the front of each row (pads zeroed, after them), fn runs, and its outputs go back where they came from."""
+    order = real_first(mask)
+    y = fn(gather_time(x.masked_fill(~mask[..., None], 0), order))
+    return gather_time(y, order.argsort(1))
+
+
+def conv_cache_real(x: torch.Tensor, cache: torch.Tensor | None, mask: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """The conv cache after consuming the real tokens of x [B, T, C] (pads skipped): the last K-1 real inputs of each
+    row, continuing `cache` [B, C, K-1] (zeros if None)."""
+    B, T, C = x.shape
+    k1 = kernel_size - 1
+    prev = cache.to(x.dtype) if cache is not None else x.new_zeros(B, C, k1)
+    run = torch.cat([prev, gather_time(x, real_first(mask)).transpose(1, 2)], dim=-1)   # [B, C, K-1+T]
+    last = mask.sum(1, keepdim=True) + torch.arange(k1, device=x.device)               # [B, K-1]: after the cache
+    return run.gather(2, last[:, None, :].expand(B, C, k1))
+
+
+def keep_pads(real: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """A decode step's state: `new` for rows whose token is real (real [B] bool), `old` for rows fed a pad."""
+    return torch.where(real.view(-1, *([1] * (new.dim() - 1))), new, old.to(new.dtype))
+
+
+def zero_pads(mask: torch.Tensor, *zs: torch.Tensor) -> list[torch.Tensor]:
+    """Each z [B, T, ...] with its pad positions set to 0 (`where`, not a product: a pad's inf/NaN stays out)."""
+    return [torch.where(mask.view(*mask.shape, *([1] * (z.dim() - 2))), z, torch.zeros((), dtype=z.dtype,
+                                                                                       device=z.device)) for z in zs]

@@ -9,6 +9,12 @@ the cache does not matter to softmax attention; that is what makes the ring buff
 for RoPE and the cache slot and advances in place, the cache is written in place (`index_copy_`), and the number
 of cache rows attended is a static shape (`KVCache.rows`, masked to the filled rows), so replaying a captured step
 decodes the next token. Layouts: activations [B, T, H, hd] at the boundary; the cache and SDPA use [B, H, T, hd].
+
+Padded batches (a `mask`, see kernels/base.py) take a separate, eager path: positions (RoPE, the window) count
+each row's real tokens only; pads are never attended to (a pad query attends to itself, to stay finite) and never
+written to the cache. Each row's real tokens fill its own cache rows from 0 (`KVCache.lengths`, per row), so a
+row's cache holds exactly what it would alone, ring included; once a cache has per-row lengths, every later call
+takes this path.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option
 
 from . import cpu
-from ._common import apply_rope, fused_linear, layer_cost, rope_cos_sin
+from ._common import apply_rope, fused_linear, layer_cost, positions, rope_cos_sin
 from .base import DecodeCost, Operator, ProxyScale
 
 
@@ -39,6 +45,9 @@ class KVCache:
           A replayed CUDA graph runs no Python, so whoever replays keeps it (the static decoder resets it).
     rows: cache rows one `step` attends over, a static shape >= pos + 1 (capped at S), masked to the filled rows;
           None = exactly the filled rows, known from `seen` (eager decoding). Set it before capturing a step.
+    lengths: [B] int64, real tokens each row has consumed, once a padded batch went through (None before: every
+          row has consumed `seen`). Row b's token at position p sits in row p (p % S in a ring); pos and seen
+          then count calls' tokens, pads included (an upper bound of every length, for the room check).
     """
 
     k: torch.Tensor
@@ -46,6 +55,7 @@ class KVCache:
     pos: torch.Tensor
     seen: int = 0
     rows: int | None = None
+    lengths: torch.Tensor | None = None
 
 
 class Attention(Operator):
@@ -57,6 +67,7 @@ class Attention(Operator):
     aliases: ClassVar[tuple[str, ...]] = ("attn", "full_attention")
     hf_name: ClassVar[str | None] = "full_attention"     # transformers' name for it
     uses_cpu_kernels: ClassVar[bool] = True
+    supports_padding: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -88,14 +99,16 @@ class Attention(Operator):
         return None
 
     def _qkv(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project and rotate. x [B, T, D] at absolute positions [T] (a device tensor) -> q [B, H, T, hd],
-        k, v [B, Hkv, T, hd]."""
+        """Project and rotate. x [B, T, D] at absolute positions [T] or, per row, [B, T] (device tensors) ->
+        q [B, H, T, hd], k, v [B, Hkv, T, hd]."""
         B, T, _ = x.shape
         q, k, v = fused_linear(x, self.q_proj, self.k_proj, self.v_proj)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta, q.dtype)   # [T, hd/2]
+        cos, sin = rope_cos_sin(positions.reshape(-1), self.head_dim, self.rope_theta, q.dtype)
+        if positions.dim() == 2:                                            # per row: [B, 1, T, hd/2]
+            cos, sin = (z.view(B, 1, T, -1) for z in (cos, sin))
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def _positions(self, start: int, T: int, device: torch.device) -> torch.Tensor:
@@ -123,9 +136,91 @@ class Attention(Operator):
         B, _, T, _ = y.shape                                                # [B, H, T, hd]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            return self._forward_padded(x, mask)
         q, k, v = self._qkv(x, self._positions(0, x.shape[1], x.device))
         return self._out(self._attend(q, k, v))
+
+    # ---- padded batches (see the module docstring) ------------------------------------------------------
+    def _allowed(self, q_pos: torch.Tensor, k_pos: torch.Tensor, q_real: torch.Tensor,
+                 k_real: torch.Tensor) -> torch.Tensor:
+        """Which key each query attends to, per row: [B, Tq, Tk] from per-row positions and real-token flags.
+        Real tokens have strictly increasing positions along a row, so position order is causal order."""
+        allowed = k_real[:, None, :] & q_real[:, :, None] & (k_pos[:, None, :] <= q_pos[:, :, None])
+        if self.window is not None:
+            allowed = allowed & (k_pos[:, None, :] > q_pos[:, :, None] - self.window)
+        return allowed
+
+    def _attend_masked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """SDPA with a per-row mask allowed [B, Tq, Tk] (every query allows at least one key)."""
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
+                                              enable_gqa=self.n_heads != self.n_kv_heads)
+
+    def _forward_padded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        pos = positions(mask)
+        q, k, v = self._qkv(x, pos)
+        eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)     # a pad query attends to itself
+        return self._out(self._attend_masked(q, k, v, self._allowed(pos, pos, mask, mask) | eye))
+
+    def _lengths(self, state: KVCache, batch: int) -> torch.Tensor:
+        return state.lengths if state.lengths is not None else torch.full(
+            (batch,), state.seen, dtype=torch.long, device=state.k.device)
+
+    def _prefill_padded(self, x: torch.Tensor, state: KVCache, mask: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, KVCache]:
+        """prefill for a padded batch or a cache with per-row lengths: attend over each row's cached tokens and its
+        real new ones, then write the new real tokens to the row's own cache rows (the last S of them in a ring)."""
+        B, T = x.shape[:2]
+        self._check_room(state, T)
+        mask = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
+        S = state.k.shape[2]
+        lengths = self._lengths(state, B)
+        pos = positions(mask, lengths)                                      # [B, T]
+        q, k, v = self._qkv(x, pos)
+        # Cache row j holds the latest position p <= length-1 with p % S == j (p = j until a ring wraps).
+        rows = min(state.seen, S)
+        last = (lengths - 1)[:, None]
+        cached_pos = last - (last - torch.arange(rows, device=x.device)) % S                  # [B, rows]
+        k_pos = torch.cat([cached_pos, pos], dim=1)
+        k_real = torch.cat([cached_pos >= 0, mask], dim=1)
+        allowed = self._allowed(pos, k_pos, mask, k_real)
+        allowed[:, :, rows:] |= torch.eye(T, dtype=torch.bool, device=x.device)
+        y = self._attend_masked(q, torch.cat([state.k[:, :, :rows], k], dim=2),
+                                torch.cat([state.v[:, :, :rows], v], dim=2), allowed)
+        new_lengths = lengths + mask.sum(1)
+        write = mask & (pos >= (new_lengths - S)[:, None])                  # distinct rows: the last S real tokens
+        b_idx, t_idx = write.nonzero(as_tuple=True)
+        slots = pos[b_idx, t_idx] % S
+        state.k[b_idx, :, slots] = k[b_idx, :, t_idx]
+        state.v[b_idx, :, slots] = v[b_idx, :, t_idx]
+        state.lengths = new_lengths
+        state.pos.add_(T)
+        state.seen += T
+        return self._out(y), state
+
+    def _step_padded(self, x: torch.Tensor, state: KVCache, mask: torch.Tensor | None) -> tuple[torch.Tensor, KVCache]:
+        """step for a padded batch or a cache with per-row lengths: a row fed a pad writes nothing and keeps its
+        length."""
+        B = x.shape[0]
+        self._check_room(state, 1)
+        S = state.k.shape[2]
+        real = torch.ones(B, dtype=torch.bool, device=x.device) if mask is None else mask[:, -1]
+        lengths = self._lengths(state, B)
+        q, k, v = self._qkv(x, lengths[:, None])
+        b_idx = real.nonzero(as_tuple=True)[0]
+        slots = lengths[b_idx] % S
+        state.k[b_idx, :, slots] = k[b_idx, :, 0]
+        state.v[b_idx, :, slots] = v[b_idx, :, 0]
+        new_lengths = lengths + real.long()
+        rows = min(state.seen + 1, S)
+        # Filled rows: the first min(length, S); a row that has seen nothing attends to its (zero) row 0.
+        keep = torch.arange(rows, device=x.device)[None, :] < new_lengths.clamp_min(1)[:, None]
+        y = self._attend_rows(q, state.k[:, :, :rows], state.v[:, :, :rows], keep)
+        state.lengths = new_lengths
+        state.pos.add_(1)
+        state.seen += 1
+        return self._out(y), state
 
     # ---- decoding --------------------------------------------------------------------------------------
     def _cache_len(self, max_len: int) -> int:
@@ -144,9 +239,11 @@ class Attention(Operator):
             raise FlashsearchError(f"operator {self.name!r}: decoding past max_len={state.k.shape[2]} tokens; "
                                    "call init_state with a larger max_len")
 
-    def step(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+    def step(self, x: torch.Tensor, state: KVCache, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
         """x [B, 1, D] -> y [B, 1, D]: write this token's k/v at row pos (ring slot pos % S for swa), attend over
         `state.rows` cache rows masked to the filled ones, advance pos. Capturable (see the module docstring)."""
+        if mask is not None or state.lengths is not None:
+            return self._step_padded(x, state, mask)
         self._check_room(state, 1)
         S = state.k.shape[2]
         rows = min(state.seen + 1, S) if state.rows is None else min(state.rows, S)
@@ -163,7 +260,8 @@ class Attention(Operator):
         return self._out(y), state
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """One query token over cached rows: q [B, H, 1, hd]; k, v [B, Hkv, n, hd]; keep [n] (bool) -> [B, H, 1, hd].
+        """One query token over cached rows: q [B, H, 1, hd]; k, v [B, Hkv, n, hd]; keep [n] or per row [B, n] (bool)
+        -> [B, H, 1, hd].
 
         The query heads sharing a key/value head are folded into the query-length dim ([B, Hkv, H/Hkv, hd]), so GQA
         needs neither enable_gqa nor copies of K/V, and the mask is a plain broadcast [1, 1, 1, n] boolean: the
@@ -171,11 +269,15 @@ class Attention(Operator):
         math backend, which copies K/V to every query head)."""
         B, H, _, hd = q.shape
         qg = q.reshape(B, self.n_kv_heads, H // self.n_kv_heads, hd)         # head i reads kv head i // (H/Hkv)
-        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=keep.view(1, 1, 1, -1))
+        attn_mask = keep.view(1, 1, 1, -1) if keep.dim() == 1 else keep[:, None, None, :]
+        y = F.scaled_dot_product_attention(qg, k, v, attn_mask=attn_mask)
         return y.reshape(B, H, 1, hd)
 
-    def prefill(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+    def prefill(self, x: torch.Tensor, state: KVCache, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, KVCache]:
         """x [B, T, D] continuing from state.seen: fill the cache and return the outputs (== T steps)."""
+        if mask is not None or state.lengths is not None:
+            return self._prefill_padded(x, state, mask)
         T = x.shape[1]
         self._check_room(state, T)
         start = state.seen
@@ -240,9 +342,12 @@ class SlidingWindowAttention(Attention):
     def _cache_len(self, max_len: int) -> int:
         return min(self._window, max_len)
 
-    def prefill(self, x: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+    def prefill(self, x: torch.Tensor, state: KVCache, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, KVCache]:
         """x [B, T, D] continuing from state.seen: attend over (ring contents + x) with the band mask, then keep
         the last `window` tokens in the ring."""
+        if mask is not None or state.lengths is not None:
+            return self._prefill_padded(x, state, mask)
         T, ring = x.shape[1], state.k.shape[2]
         self._check_room(state, T)
         start = state.seen

@@ -6,6 +6,11 @@ It has two forms that must agree:
   step(x_t, state)    recurrent single-token form for decoding, carrying a state (KV cache, SSM state, ...).
 `decode_cost` describes one decode step analytically for the roofline latency predictor.
 
+Padded batches: an operator that sets `supports_padding` also takes `mask` [B, T] (bool, True = real token; the
+attention_mask of Hugging Face) in forward / prefill / step. Pads, wherever they are in a row, contribute nothing
+to attention and leave recurrent and convolution states unchanged, so each row gets the outputs it would get
+alone (its outputs at pads are finite and meaningless). mask=None means no pads (and the unchanged fast paths).
+
 A subclass that sets `name` registers itself (flashsearch.operators) with its letter, role, aliases and typed
 `Options`, so adding an operator - ours or a user's, in any module - is one file and nothing else.
 """
@@ -70,6 +75,9 @@ class Operator(nn.Module):
     # instance by flashsearch.model.fast.cpu_kernels_ (the proxy's fast path). Operators without them ignore it.
     uses_cpu_kernels: ClassVar[bool] = False       # whether the class has such kernels
     cpu_kernels: bool = False
+    # Whether forward / prefill / step take `mask` (padded batches, see the module docstring). The model refuses a
+    # padded batch for an operator that does not.
+    supports_padding: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Options:

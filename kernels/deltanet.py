@@ -9,6 +9,8 @@ reduces to a few batched matmuls; only S is carried from chunk to chunk (a loop 
 Layer: q/k/v projections -> short causal conv + SiLU -> L2-norm(q, k); beta = sigmoid(b_proj x);
 per-head output RMSNorm; o_proj. No output gate. On CUDA, fla's chunk_delta_rule replaces the torch core for
 bf16/fp16 inputs when it imports (fla refuses fp32, so fp32 stays on the torch form).
+Padded batches (`mask`): k = 0 and beta = 0 at a pad leave S unchanged (what fla's cu_seqlens achieve by
+skipping it), and the short conv runs over each row's real tokens only.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option
 
 from . import cpu
-from ._common import acc_dtype, RMSNorm, ShortConv, cuda_kernel, fused_linear, l2norm, layer_cost, on_cuda, pad_time
+from ._common import (RMSNorm, ShortConv, acc_dtype, cuda_kernel, fused_linear, keep_pads, l2norm, layer_cost,
+                      on_cuda, pad_time, zero_pads)
 from .base import DecodeCost, Operator
 
 
@@ -102,6 +105,7 @@ class DeltaNet(Operator):
     letter: ClassVar[str] = "D"
     role: ClassVar[str] = "mixer"
     uses_cpu_kernels: ClassVar[bool] = True
+    supports_padding: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -135,15 +139,19 @@ class DeltaNet(Operator):
         """The fused backend forward/prefill use on CUDA ("fla"), or None (torch form everywhere)."""
         return "fla" if self.use_fast_path else None
 
-    def _qkvb(self, x: torch.Tensor, conv: torch.Tensor | None
+    def _qkvb(self, x: torch.Tensor, conv: torch.Tensor | None, mask: torch.Tensor | None = None
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, D] -> q, k, v [B, T, H, hd] (conv+SiLU, q/k L2-normed), beta [B, T, H], raw q|k|v [B, T, 3*H*hd]."""
+        """x [B, T, D] -> q, k, v [B, T, H, hd] (conv+SiLU, q/k L2-normed), beta [B, T, H], raw q|k|v [B, T, 3*H*hd].
+        With mask [B, T]: k and beta are 0 at pads (the state passes them by)."""
         B, T, _ = x.shape
         q, k, v, b = fused_linear(x, self.q_proj, self.k_proj, self.v_proj, self.b_proj)
         qkv_raw = torch.cat([q, k, v], dim=-1)                                  # [B, T, 3*H*hd]
-        qkv = self.qkv_conv1d.silu(qkv_raw, conv, kernel=self.cpu_kernels)
+        qkv = self.qkv_conv1d.silu(qkv_raw, conv, kernel=self.cpu_kernels, mask=mask)
         q, k, v = qkv.view(B, T, 3, self.n_heads, self.head_dim).unbind(2)     # [B, T, H, hd] each
-        return l2norm(q), l2norm(k), v, torch.sigmoid(b), qkv_raw
+        k, beta = l2norm(k), torch.sigmoid(b)
+        if mask is not None:
+            k, beta = zero_pads(mask, k, beta)
+        return l2norm(q), k, v, beta, qkv_raw
 
     def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
               S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -168,8 +176,8 @@ class DeltaNet(Operator):
         o = self.o_norm(o.to(dtype))                                           # per-head RMSNorm
         return self.o_proj(o.reshape(B, T, self.n_heads * self.head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v, beta, _ = self._qkvb(x, None)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v, beta, _ = self._qkvb(x, None, mask)
         o, _ = self._core(q, k, v, beta, None)
         return self._out(o, x.dtype)
 
@@ -180,20 +188,24 @@ class DeltaNet(Operator):
             conv=torch.zeros(batch, 3 * inner, self.conv_size - 1, device=device, dtype=dtype),
             S=torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=acc_dtype(dtype)))
 
-    def prefill(self, x: torch.Tensor, state: DeltaNetState) -> tuple[torch.Tensor, DeltaNetState]:
-        q, k, v, beta, raw = self._qkvb(x, state.conv)
+    def prefill(self, x: torch.Tensor, state: DeltaNetState, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, DeltaNetState]:
+        q, k, v, beta, raw = self._qkvb(x, state.conv, mask)
         o, S = self._core(q, k, v, beta, state.S)
         assert S is not None
-        return self._out(o, x.dtype), DeltaNetState(conv=self.qkv_conv1d.new_cache(raw, state.conv), S=S)
+        return self._out(o, x.dtype), DeltaNetState(conv=self.qkv_conv1d.new_cache(raw, state.conv, mask), S=S)
 
-    def step(self, x: torch.Tensor, state: DeltaNetState) -> tuple[torch.Tensor, DeltaNetState]:
-        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one delta-rule update."""
+    def step(self, x: torch.Tensor, state: DeltaNetState, mask: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, DeltaNetState]:
+        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one delta-rule update (neither for a row fed a pad)."""
         B = x.shape[0]
         q, k, v, b = fused_linear(x[:, 0], self.q_proj, self.k_proj, self.v_proj, self.b_proj)
         qkv, conv = self.qkv_conv1d.step(torch.cat([q, k, v], dim=-1), state.conv)
         q, k, v = F.silu(qkv).view(B, 3, self.n_heads, self.head_dim).unbind(1)  # [B, H, hd] each
         acc = state.S.dtype
         o, S = delta_rule_step(l2norm(q).to(acc), l2norm(k).to(acc), v.to(acc), torch.sigmoid(b).to(acc), state.S)
+        if mask is not None:
+            conv, S = keep_pads(mask[:, -1], conv, state.conv), keep_pads(mask[:, -1], S, state.S)
         return self._out(o[:, None], x.dtype), DeltaNetState(conv=conv, S=S)
 
     @classmethod

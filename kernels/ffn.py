@@ -25,6 +25,7 @@ class FFN(Operator):
     uses_cpu_kernels: ClassVar[bool] = True
     readers: ClassVar[tuple[str, ...]] = ("gate_proj", "up_proj")
     writers: ClassVar[tuple[str, ...]] = ("down_proj",)
+    supports_padding: ClassVar[bool] = True        # per token: a pad changes nothing else
 
     def __init__(self, genome: Genome):
         super().__init__(genome)
@@ -33,17 +34,17 @@ class FFN(Operator):
         self.up_proj = nn.Linear(d, f, bias=False)
         self.down_proj = nn.Linear(f, d, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         # The proxy's bf16 path (its linears switched to bf16 matmuls) with the CPU kernels: one fused function.
         if getattr(self.down_proj, "matmul_dtype", None) is torch.bfloat16 and self.cpu_kernel_applies(x):
             return cpu.swiglu_bf16(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         gate, up = fused_linear(x, self.gate_proj, self.up_proj)       # [B, T, F] each
         return self.down_proj(F.silu(gate) * up)                        # [B, T, D]
 
-    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def step(self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         return self.forward(x), state
 
-    def prefill(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def prefill(self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         return self.forward(x), state
 
     @classmethod

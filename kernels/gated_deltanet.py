@@ -14,6 +14,8 @@ difference G_i - G_j with j <= i, or G_i itself, so nothing can overflow however
 Layer (as fla's GatedDeltaNet): q/k/v projections -> short causal conv + SiLU -> L2-norm(q, k);
 beta = sigmoid(b_proj x); g = -exp(A_log) * softplus(a_proj x + dt_bias); output RMSNorm per head times
 SiLU(g_proj x) (use_output_gate); o_proj. On CUDA, fla's chunk kernel replaces the torch core when it imports.
+Padded batches (`mask`): g = 0, k = 0 and beta = 0 at a pad leave S unchanged (no decay, no write: what fla's
+cu_seqlens achieve by skipping it), and the short conv runs over each row's real tokens only.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
 from . import cpu
-from ._common import RMSNorm, ShortConv, acc_dtype, fused_linear, l2norm, layer_cost, on_cuda, pad_time
+from ._common import (RMSNorm, ShortConv, acc_dtype, fused_linear, keep_pads, l2norm, layer_cost, on_cuda, pad_time,
+                      zero_pads)
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator
 from .deltanet import delta_rule_step
@@ -122,6 +125,7 @@ class GatedDeltaNet(Operator):
     role: ClassVar[str] = "mixer"
     aliases: ClassVar[tuple[str, ...]] = ("gdn",)
     uses_cpu_kernels: ClassVar[bool] = True
+    supports_padding: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -178,19 +182,24 @@ class GatedDeltaNet(Operator):
         acc = acc_dtype(a.dtype)
         return -self.A_log.to(acc).exp() * F.softplus(a.to(acc) + self.dt_bias.to(acc))
 
-    def _inputs(self, x: torch.Tensor, conv: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    def _inputs(self, x: torch.Tensor, conv: torch.Tensor | None, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, ...]:
         """x [B, T, D] -> q, k [B, T, H, dk] (conv+SiLU, L2-normed), v [B, T, H, dv], g, beta [B, T, H],
-        output gate [B, T, H, dv] or None, raw q|k|v [B, T, conv channels] (for the conv cache)."""
+        output gate [B, T, H, dv] or None, raw q|k|v [B, T, conv channels] (for the conv cache).
+        With mask [B, T]: k, g and beta are 0 at pads (the state passes them by)."""
         B, T, _ = x.shape
         q, k, v, a, b, *z = fused_linear(x, *self._linears())
         raw = torch.cat([q, k, v], dim=-1)
-        qkv = self.qkv_conv1d.silu(raw, conv, kernel=self.cpu_kernels)
+        qkv = self.qkv_conv1d.silu(raw, conv, kernel=self.cpu_kernels, mask=mask)
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q = l2norm(q.view(B, T, self.n_heads, self.head_k_dim))
         k = l2norm(k.view(B, T, self.n_heads, self.head_k_dim))
         v = v.view(B, T, self.n_heads, self.head_v_dim)
         gate = z[0].view(B, T, self.n_heads, self.head_v_dim) if z else None
-        return q, k, v, self._gate(a), torch.sigmoid(b), gate, raw
+        g, beta = self._gate(a), torch.sigmoid(b)
+        if mask is not None:
+            k, g, beta = zero_pads(mask, k, g, beta)
+        return q, k, v, g, beta, gate, raw
 
     def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
               S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -215,8 +224,8 @@ class GatedDeltaNet(Operator):
             o = o * F.silu(gate)
         return self.o_proj(o.reshape(B, T, self.value_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v, g, beta, gate, _ = self._inputs(x, None)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v, g, beta, gate, _ = self._inputs(x, None, mask)
         o, _ = self._core(q, k, v, g, beta, None)
         return self._out(o, gate, x.dtype)
 
@@ -227,15 +236,18 @@ class GatedDeltaNet(Operator):
             S=torch.zeros(batch, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
                           dtype=acc_dtype(dtype)))
 
-    def prefill(self, x: torch.Tensor, state: GatedDeltaNetState) -> tuple[torch.Tensor, GatedDeltaNetState]:
-        q, k, v, g, beta, gate, raw = self._inputs(x, state.conv)
+    def prefill(self, x: torch.Tensor, state: GatedDeltaNetState, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, GatedDeltaNetState]:
+        q, k, v, g, beta, gate, raw = self._inputs(x, state.conv, mask)
         o, S = self._core(q, k, v, g, beta, state.S)
         assert S is not None
         return (self._out(o, gate, x.dtype),
-                GatedDeltaNetState(conv=self.qkv_conv1d.new_cache(raw, state.conv), S=S.to(state.S.dtype)))
+                GatedDeltaNetState(conv=self.qkv_conv1d.new_cache(raw, state.conv, mask), S=S.to(state.S.dtype)))
 
-    def step(self, x: torch.Tensor, state: GatedDeltaNetState) -> tuple[torch.Tensor, GatedDeltaNetState]:
-        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one decay + delta-rule update."""
+    def step(self, x: torch.Tensor, state: GatedDeltaNetState, mask: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, GatedDeltaNetState]:
+        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one decay + delta-rule update (neither for a row fed a
+        pad)."""
         B = x.shape[0]
         q, k, v, a, b, *z = fused_linear(x[:, 0], *self._linears())
         qkv, conv = self.qkv_conv1d.step(torch.cat([q, k, v], dim=-1), state.conv)
@@ -246,6 +258,8 @@ class GatedDeltaNet(Operator):
         v = v.view(B, self.n_heads, self.head_v_dim).to(acc)                   # [B, H, dv]
         o, S = gated_delta_rule_step(q, k, v, self._gate(a).to(acc), torch.sigmoid(b).to(acc), state.S)
         gate = z[0].view(B, 1, self.n_heads, self.head_v_dim) if z else None
+        if mask is not None:
+            conv, S = keep_pads(mask[:, -1], conv, state.conv), keep_pads(mask[:, -1], S, state.S)
         return self._out(o[:, None], gate, x.dtype), GatedDeltaNetState(conv=conv, S=S)
 
     @classmethod

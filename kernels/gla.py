@@ -18,6 +18,8 @@ Layer (as fla's GatedLinearAttention): q, k (key dim = expand_k * d_model), v (e
 short conv + SiLU (off by default, as in fla); gk = logsigmoid(low-rank gk_proj x) / gate_logit_normalizer;
 output RMSNorm per head times SiLU(g_proj x) (use_output_gate); o_proj. On CUDA, fla's chunk_gla replaces
 the torch core when it imports.
+Padded batches (`mask`): gk = 0 and k = 0 at a pad leave S unchanged (no decay, no write: what fla's cu_seqlens
+achieve by skipping it), and the optional short conv runs over each row's real tokens only.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
-from ._common import RMSNorm, ShortConv, acc_dtype, fused_linear, layer_cost, on_cuda, pad_time
+from ._common import RMSNorm, ShortConv, acc_dtype, fused_linear, keep_pads, layer_cost, on_cuda, pad_time, zero_pads
 from .base import DecodeCost, Operator
 from .gated_deltanet import fla_kernel, ratio_dim
 
@@ -151,6 +153,7 @@ class GLA(Operator):
     name: ClassVar[str] = "gla"
     letter: ClassVar[str] = "G"
     role: ClassVar[str] = "mixer"
+    supports_padding: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -225,7 +228,8 @@ class GLA(Operator):
         gate = (self.g_proj,) if self.use_output_gate else ()
         return (self.q_proj, self.k_proj, self.v_proj, self.gk_proj[0]) + gate
 
-    def _split(self, x: torch.Tensor, conv: torch.Tensor | None, step: bool) -> tuple[Any, ...]:
+    def _split(self, x: torch.Tensor, conv: torch.Tensor | None, step: bool,
+               mask: torch.Tensor | None = None) -> tuple[Any, ...]:
         """x [..., D] -> q, k [..., key_dim], v [..., value_dim] (after the optional conv + SiLU), log-decay
         gk [..., key_dim] in >= fp32, output gate [..., value_dim] or None, raw q|k|v, new conv cache or None.
         step=True: x is [B, D] and conv the cache to shift; else x is [B, T, D]."""
@@ -237,10 +241,12 @@ class GLA(Operator):
                 assert conv is not None
                 qkv, new_conv = self.qkv_conv1d.step(raw, conv)
             else:
-                qkv = self.qkv_conv1d(raw, conv)
+                qkv = self.qkv_conv1d(raw, conv, mask)
             q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         acc = acc_dtype(x.dtype)
         gk = F.logsigmoid(self.gk_proj[1](r).to(acc)) / self.normalizer
+        if mask is not None and not step:                                       # pads: no decay, no write
+            k, gk = zero_pads(mask, k, gk)
         return q, k, v, gk, (z[0] if z else None), raw, new_conv
 
     def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor,
@@ -267,18 +273,19 @@ class GLA(Operator):
         """[B, T, H*d] -> [B, T, H, d] for each."""
         return [z.view(*z.shape[:2], self.n_heads, -1) for z in zs]
 
-    def _mix(self, x: torch.Tensor, state: GLAState | None) -> tuple[torch.Tensor, GLAState | None]:
-        q, k, v, gk, gate, raw, _ = self._split(x, None if state is None else state.conv, step=False)
+    def _mix(self, x: torch.Tensor, state: GLAState | None, mask: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, GLAState | None]:
+        q, k, v, gk, gate, raw, _ = self._split(x, None if state is None else state.conv, step=False, mask=mask)
         o, S = self._core(*self._heads(q, k, v, gk), None if state is None else state.S)
         y = self._out(o, gate, x.dtype)
         if state is None:
             return y, None
         assert S is not None
-        conv = self.qkv_conv1d.new_cache(raw, state.conv) if raw is not None else state.conv
+        conv = self.qkv_conv1d.new_cache(raw, state.conv, mask) if raw is not None else state.conv
         return y, GLAState(conv=conv, S=S.to(state.S.dtype))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._mix(x, None)[0]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._mix(x, None, mask)[0]
 
     def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> GLAState:
@@ -287,20 +294,24 @@ class GLA(Operator):
             S=torch.zeros(batch, self.n_heads, self.head_k_dim, self.head_v_dim, device=device,
                           dtype=acc_dtype(dtype)))
 
-    def prefill(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
-        y, new = self._mix(x, state)
+    def prefill(self, x: torch.Tensor, state: GLAState, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, GLAState]:
+        y, new = self._mix(x, state, mask)
         assert new is not None
         return y, new
 
-    def step(self, x: torch.Tensor, state: GLAState) -> tuple[torch.Tensor, GLAState]:
-        """x [B, 1, D] -> y [B, 1, D]: (conv-state shift), one decay + rank-1 write."""
+    def step(self, x: torch.Tensor, state: GLAState, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, GLAState]:
+        """x [B, 1, D] -> y [B, 1, D]: (conv-state shift), one decay + rank-1 write (neither for a row fed a pad)."""
         B = x.shape[0]
         q, k, v, gk, gate, _, conv = self._split(x[:, 0], state.conv, step=True)
         acc = state.S.dtype
         q, k, gk = (z.view(B, self.n_heads, self.head_k_dim).to(acc) for z in (q, k, gk))  # [B, H, dk]
         o, S = gla_step(q, k, v.view(B, self.n_heads, self.head_v_dim).to(acc), gk, state.S)
         y = self._out(o[:, None], None if gate is None else gate[:, None], x.dtype)
-        return y, GLAState(conv=state.conv if conv is None else conv, S=S)
+        conv = state.conv if conv is None else conv
+        if mask is not None:
+            conv, S = keep_pads(mask[:, -1], conv, state.conv), keep_pads(mask[:, -1], S, state.S)
+        return y, GLAState(conv=conv, S=S)
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:

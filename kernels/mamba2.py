@@ -9,6 +9,8 @@ Parameter layout follows mamba_ssm's Mamba2 (in_proj -> [z, x, B, C, dt], conv1d
 dt_bias, A_log, D, gated RMSNorm `norm`, out_proj), so parameter counts and checkpoints line up.
 On CUDA, forward/prefill use mamba_ssm's Triton SSD kernel (mamba_chunk_scan_combined) for the scan and Tri Dao's
 causal_conv1d for the short conv when they import (`Mamba2.fast_path` names what is active); else the torch form.
+Padded batches (`mask`): dt = 0 at a pad (no decay, no input: the SSM state passes through, as with mamba_ssm's
+seq_idx / cu_seqlens), and the conv runs over each row's real tokens only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
 from . import cpu
-from ._common import acc_dtype, GatedRMSNorm, ShortConv, cuda_kernel, layer_cost, on_cuda, pad_time
+from ._common import (GatedRMSNorm, ShortConv, acc_dtype, cuda_kernel, keep_pads, layer_cost, on_cuda,
+                      over_real_tokens, pad_time, zero_pads)
 from .base import DecodeCost, Operator, ProxyScale
 
 
@@ -122,6 +125,7 @@ class Mamba2(Operator):
     letter: ClassVar[str] = "M2"
     role: ClassVar[str] = "mixer"
     uses_cpu_kernels: ClassVar[bool] = True
+    supports_padding: ClassVar[bool] = True
 
     @dataclass(frozen=True)
     class Options:
@@ -193,8 +197,11 @@ class Mamba2(Operator):
     def _uses(self, backend: str, x: torch.Tensor) -> bool:
         return self.fast_path is not None and backend in self.fast_path.split("+") and on_cuda(x)
 
-    def _conv(self, xBC: torch.Tensor, cache: torch.Tensor | None) -> torch.Tensor:
-        """SiLU(causal depthwise conv) of xBC [B, T, C] after the inputs in cache [B, C, K-1] (zeros if None)."""
+    def _conv(self, xBC: torch.Tensor, cache: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """SiLU(causal depthwise conv) of xBC [B, T, C] after the inputs in cache [B, C, K-1] (zeros if None); with
+        mask [B, T], over each row's real tokens only."""
+        if mask is not None:
+            return over_real_tokens(lambda xr: self._conv(xr, cache), xBC, mask)
         if not self._uses("causal_conv1d", xBC):
             return self.conv1d.silu(xBC, cache, kernel=self.cpu_kernels)
         fn = cuda_kernel(*CONV_KERNEL)
@@ -211,9 +218,15 @@ class Mamba2(Operator):
         return (y if cache is None else y[..., k1:]).transpose(1, 2)
 
     def _scan(self, xs: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-              S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+              S0: torch.Tensor | None, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """SSD scan with the D skip. xs [B, T, H, P]; dt [B, T, H] before softplus and dt_bias; Bm, Cm [B, T, G, N];
-        S0 [B, H, P, N] or None. Returns y [B, T, H, P] (xs's dtype) and the final state (None if S0 is None)."""
+        S0 [B, H, P, N] or None; mask [B, T] or None. Returns y [B, T, H, P] (xs's dtype) and the final state
+        (None if S0 is None)."""
+        if mask is not None:
+            # dt = 0 at pads, after the softplus: the kernels then get dt as is (no bias, no softplus of theirs).
+            acc = acc_dtype(xs.dtype)
+            dt_real = zero_pads(mask, F.softplus(dt.to(acc) + self.dt_bias.to(acc)))[0]
+            return self._scan_dt(xs, dt_real, Bm, Cm, S0)
         if self._uses("mamba_ssm", xs):
             fn = cuda_kernel(*SSD_KERNEL)
             assert fn is not None
@@ -227,7 +240,22 @@ class Mamba2(Operator):
             y, final = out
             return y, final.to(S0.dtype)
         acc = acc_dtype(xs.dtype)                                               # scan in >= fp32
-        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, T, H]
+        return self._scan_dt(xs, F.softplus(dt.to(acc) + self.dt_bias.to(acc)), Bm, Cm, S0)
+
+    def _scan_dt(self, xs: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
+                 S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scan given the final dt [B, T, H] (>= fp32: after dt_bias and softplus)."""
+        if self._uses("mamba_ssm", xs):
+            fn = cuda_kernel(*SSD_KERNEL)
+            assert fn is not None
+            A = -self.A_log.to(dt.dtype).exp()
+            out = fn(xs, dt, A, Bm, Cm, self.chunk_size, D=self.D, z=None, dt_bias=None, initial_states=S0,
+                     dt_softplus=False, return_final_states=S0 is not None)
+            if S0 is None:
+                return out, None
+            y, final = out
+            return y, final.to(S0.dtype)
+        acc = dt.dtype
         A = -self.A_log.to(acc).exp()                                           # [H]
         x32 = xs.to(acc)
         if self.cpu_kernel_applies(x32):
@@ -236,22 +264,24 @@ class Mamba2(Operator):
             y, final = ssd_chunked(x32, dt, A, Bm.to(acc), Cm.to(acc), self.chunk_size, S0)
         return (y + x32 * self.D.to(acc)[:, None]).to(xs.dtype), final
 
-    def _mix(self, x: torch.Tensor, state: Mamba2State | None) -> tuple[torch.Tensor, Mamba2State | None]:
+    def _mix(self, x: torch.Tensor, state: Mamba2State | None, mask: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, Mamba2State | None]:
         """Chunked forward from an optional state; returns the output and (if a state was given) the new state."""
         Bsz, T, _ = x.shape
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC_act = self._conv(xBC, None if state is None else state.conv)       # [B, T, conv_dim]
+        xBC_act = self._conv(xBC, None if state is None else state.conv, mask)  # [B, T, conv_dim]
         xs, Bm, Cm = xBC_act.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
         y, final = self._scan(xs.view(Bsz, T, self.n_heads, self.head_dim),   # [B, T, H, P]
                               dt, Bm.view(Bsz, T, self.n_groups, self.d_state),
-                              Cm.view(Bsz, T, self.n_groups, self.d_state), None if state is None else state.ssm)
+                              Cm.view(Bsz, T, self.n_groups, self.d_state), None if state is None else state.ssm,
+                              mask)
         out = self.out_proj(self.norm(y.to(x.dtype).reshape(Bsz, T, self.d_inner), z))
         if state is None:
             return out, None
-        return out, Mamba2State(conv=self.conv1d.new_cache(xBC, state.conv), ssm=final)
+        return out, Mamba2State(conv=self.conv1d.new_cache(xBC, state.conv, mask), ssm=final)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._mix(x, None)[0]
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._mix(x, None, mask)[0]
 
     def init_state(self, batch: int, max_len: int, device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> Mamba2State:
@@ -260,13 +290,15 @@ class Mamba2(Operator):
                            ssm=torch.zeros(batch, self.n_heads, self.head_dim, self.d_state, device=device,
                                            dtype=acc_dtype(dtype)))
 
-    def prefill(self, x: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
-        y, new = self._mix(x, state)
+    def prefill(self, x: torch.Tensor, state: Mamba2State, mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, Mamba2State]:
+        y, new = self._mix(x, state, mask)
         assert new is not None
         return y, new
 
-    def step(self, x: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
-        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one SSM recurrence step."""
+    def step(self, x: torch.Tensor, state: Mamba2State, mask: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, Mamba2State]:
+        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one SSM recurrence step (none for a row fed a pad)."""
         Bsz = x.shape[0]
         z, xBC, dt = self.in_proj(x[:, 0]).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         xBC, conv = self.conv1d.step(xBC, state.conv)
@@ -279,6 +311,9 @@ class Mamba2(Operator):
                           Cm.to(acc).view(Bsz, self.n_groups, self.d_state), state.ssm)
         y = (y + xs * self.D.to(acc)[:, None]).to(x.dtype)
         out = self.out_proj(self.norm(y.reshape(Bsz, 1, self.d_inner), z[:, None]))
+        if mask is not None:
+            real = mask[:, -1]
+            conv, ssm = keep_pads(real, conv, state.conv), keep_pads(real, ssm, state.ssm)
         return out, Mamba2State(conv=conv, ssm=ssm)
 
     @classmethod

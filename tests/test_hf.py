@@ -107,8 +107,8 @@ def test_forward_loss_and_cache_paths_agree(model):
         pieces += [model(ids[:, t:t + 1], past_key_values=cache).logits for t in range(20, 40)]
     assert isinstance(cache, FlashsearchCache) and cache.get_seq_length() == 40 and cache.capacity >= 40
     torch.testing.assert_close(torch.cat(pieces, dim=1), ref, atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="padding"):
-        model(ids, attention_mask=torch.zeros_like(ids))
+    with pytest.raises(ValueError, match="attention_mask must be"):             # padding is fine, a 4D mask is not
+        model(ids, attention_mask=torch.ones(2, 1, 40, 40))
 
 
 # ---- generate ------------------------------------------------------------------------------------------------------

@@ -18,6 +18,11 @@ Design:
   argument and output field from `past_key_values` to `cache` during 5.x (generate passes `cache=` from 5.24 on),
   so forward accepts both names and fills whichever field the installed output class declares.
 - Prompts go through HybridLM.prefill (chunked, parallel); each generated token through HybridLM.step.
+- Padded batches: attention_mask (left or right padding, 0 = pad) is honoured by every operator, in forward, prefill
+  and decode (kernels/base.py), so batched generate and batched scoring give each row what it gets alone.
+  Positions come from the mask (position_ids are not needed and are ignored).
+- transformers' model contract: missing tensors of a checkpoint get HybridLM's init, output_hidden_states,
+  gradient checkpointing (per Block). Untied embeddings and attention weights are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from flashsearch.kernels import KVCache, Operator
 from flashsearch.kernels._common import RMSNorm
 from flashsearch.model.hf_config import ARCHITECTURES, MODEL_TYPE, FlashsearchConfig, hf_layer_type, register_config
-from flashsearch.model.hybrid import HybridLM
+from flashsearch.model.hf_config import UNTIED_ERROR
+from flashsearch.model.hybrid import INIT_STD, HybridLM
 
 _CAPACITY_STEP = 256  # KV caches grow in multiples of this many tokens (amortizes reallocation while decoding)
 # The output field generate() reads the cache back from: "cache" in newer transformers 5.x, "past_key_values" before.
@@ -65,7 +71,8 @@ class FlashsearchCache:
 
     `seen` counts the tokens consumed (meta tokens excluded). Recurrent states have a fixed size; KV caches are
     preallocated to `capacity` tokens and grown (reallocated and copied) when a forward needs more room.
-    All sequences of the batch advance together (no padding).
+    `seen` counts the positions of the (padded) batch; with padding, each attention layer also keeps every row's own
+    count of real tokens (KVCache.lengths) and recurrent layers skip pads, so rows stay independent.
     """
 
     is_compileable = False   # read by generate() to decide on torch.compile; our states are plain Python objects
@@ -129,6 +136,7 @@ class FlashsearchCache:
             new.v[:, :, :rows] = old.v
             new.pos.copy_(old.pos)
             new.seen = old.seen
+            new.lengths = old.lengths
             self.states[i] = new
         self.capacity = capacity
 
@@ -144,7 +152,14 @@ class FlashsearchPreTrainedModel(PreTrainedModel):
     _input_embed_layer = "embed"              # HybridLM's embedding attribute (get_input_embeddings finds it)
     _no_split_modules = ["Block"]
     _skip_keys_device_placement = ["past_key_values"]
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True     # per Block (HybridLM's residual blocks)
+
+    def _initialize_weights(self, module: nn.Module, is_custom_code: bool = False) -> None:
+        # transformers skips, for code outside its tree ("custom code"), every module whose own tensors are all
+        # loaded, because such code may init without its guarded functions. Ours uses only guarded ones
+        # (torch.nn.init is patched during loading, transformers.initialization), and HybridLM, its blocks and the
+        # FFN own few or no tensors directly: skipped, their missing tensors (the embedding) stayed raw memory.
+        super()._initialize_weights(module, is_custom_code=False)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -153,6 +168,8 @@ class FlashsearchPreTrainedModel(PreTrainedModel):
         first, so operators are filled before HybridLM re-draws their Linear weights with its depth scaling."""
         if isinstance(module, HybridLM):
             module.reset_parameters()               # torch.nn.init is guarded here: loaded tensors are kept
+        elif isinstance(module, nn.Embedding):      # e.g. the new rows of resize_token_embeddings
+            hf_init.normal_(module.weight, std=INIT_STD)
         elif isinstance(module, Operator):
             missing = [(n, p) for n, p in module.named_parameters() if not getattr(p, "_is_hf_initialized", False)]
             if not missing:
@@ -171,13 +188,18 @@ class FlashsearchForCausalLM(FlashsearchPreTrainedModel, GenerationMixin):
     """Causal LM over a flashsearch genome. forward(input_ids, labels=None, past_key_values=None, use_cache=None)
     -> CausalLMOutputWithPast (loss when labels are given, shifted inside as in every transformers causal LM).
 
-    Not supported: inputs_embeds, padded batches (zeros in attention_mask), attention/hidden-state outputs.
+    attention_mask (2D, 0 = pad) may pad rows on either side; output_hidden_states returns the embeddings and
+    every block's output (the last one after the final norm, as transformers' models do).
+    Not supported: inputs_embeds, output_attentions (no operator but attention has attention weights), untied
+    embeddings.
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.embed.weight"}
     _is_stateful = True  # recurrent states cannot rewind: no assisted / speculative decoding
 
     def __init__(self, config: FlashsearchConfig):
+        if not config.tie_word_embeddings:          # the config refuses it too; this catches a bypassed setattr
+            raise ValueError(UNTIED_ERROR)
         super().__init__(config)
         self.model = HybridLM(config.to_genome(), meta_tokens=int(config.meta_tokens))
         # Storage comes from the tie in post_init (it becomes model.embed.weight): no vocab x hidden allocation.
@@ -211,22 +233,34 @@ class FlashsearchForCausalLM(FlashsearchPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         cache: FlashsearchCache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast | tuple:
         """input_ids [B, T] -> logits [B, T, V]. With a cache (given, or created when use_cache), the tokens continue
         the cached sequences: T > 1 is a parallel prefill, T == 1 one recurrent decode step. `cache` and
-        `past_key_values` are two names for the same argument (transformers' newer and older one). position_ids
-        are not needed (positions come from the cache) and are ignored. use_cache defaults to config.use_cache in
-        eval mode and to False in training."""
+        `past_key_values` are two names for the same argument (transformers' newer and older one).
+        attention_mask [B, T] (or [B, cached + T]: its last T columns are used) marks pads with 0. position_ids are
+        not needed (positions come from the cache and the mask) and are ignored. use_cache defaults to
+        config.use_cache in eval mode and to False in training."""
         if inputs_embeds is not None:
             raise ValueError("FlashsearchForCausalLM takes input_ids only; inputs_embeds is not supported")
         if input_ids is None:
             raise ValueError("FlashsearchForCausalLM.forward needs input_ids [batch, seq_len]")
-        if attention_mask is not None and attention_mask.ndim == 2 and not bool(attention_mask.all()):
-            raise ValueError("padding (zeros in attention_mask) is not supported: recurrent operators carry their "
-                             "state through every token; pass equal-length, unpadded sequences")
+        if output_attentions if output_attentions is not None else self.config.output_attentions:
+            raise ValueError("output_attentions is not supported: flashsearch models mix tokens with recurrent "
+                             "operators that have no attention weights")
+        if output_hidden_states is None:
+            output_hidden_states = bool(self.config.output_hidden_states)
+        batch, seq_len = input_ids.shape
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.ndim != 2 or attention_mask.shape[0] != batch or attention_mask.shape[1] < seq_len:
+                raise ValueError(f"attention_mask must be [batch, tokens] with at least the {seq_len} tokens of "
+                                 f"input_ids, got shape {tuple(attention_mask.shape)}")
+            mask = attention_mask[:, -seq_len:]     # pads already consumed are in the cache's states
         if use_cache is None:
             use_cache = bool(self.config.use_cache) and not self.training
         if cache is not None and past_key_values is not None and cache is not past_key_values:
@@ -237,25 +271,28 @@ class FlashsearchForCausalLM(FlashsearchPreTrainedModel, GenerationMixin):
         if past_key_values is not None and not isinstance(past_key_values, FlashsearchCache):
             raise TypeError(f"the cache must be a FlashsearchCache (from model.new_cache or a previous "
                             f"forward), got {type(past_key_values).__name__}")
-        batch, seq_len = input_ids.shape
         if past_key_values is None and use_cache:
             past_key_values = self.new_cache(batch, _round_up(seq_len + 1, _CAPACITY_STEP))
 
+        hidden: list[torch.Tensor] | None = [] if output_hidden_states else None
         if past_key_values is None:
-            logits = self.model(input_ids)                                         # [B, T, V]
+            logits = self.model(input_ids, mask, hidden_states=hidden)             # [B, T, V]
         else:
             if past_key_values.batch != batch:
                 raise ValueError(f"input_ids has batch {batch} but the cache holds {past_key_values.batch} sequences")
             cache = past_key_values
             cache.reserve(self.model, seq_len)
             decode = self.model.step if seq_len == 1 else self.model.prefill
-            logits, cache.states = decode(input_ids, cache.states)
+            logits, cache.states = decode(input_ids, cache.states, mask, hidden_states=hidden)
             cache.seen += seq_len
+        if hidden:
+            hidden[-1] = self.model.norm(hidden[-1])           # transformers' convention: the last one is normed
 
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        out = CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: past_key_values})
+        out = CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=None if hidden is None else tuple(hidden),
+                                     **{_CACHE_FIELD: past_key_values})
         if return_dict is None:
             return_dict = self.config.return_dict
         return out if return_dict else out.to_tuple()

@@ -29,6 +29,8 @@ ARCHITECTURES = ["FlashsearchForCausalLM"]
 # A small but complete default (Flash-1B's first block), so FlashsearchConfig() is a valid config, as
 # transformers expects of every config class.
 _DEFAULT_LAYERS = ("deltanet", "ffn", "mamba2", "ffn", "attention", "ffn")
+UNTIED_ERROR = ("tie_word_embeddings=False is not supported: HybridLM's LM head is its embedding matrix "
+                "(untied embeddings are not implemented)")
 
 
 def hf_layer_type(op: str) -> str:
@@ -80,7 +82,7 @@ class FlashsearchConfig(PreTrainedConfig):
             raise bad(f"num_hidden_layers={self.num_hidden_layers} but layer_types has {len(layers)} entries; "
                       "drop num_hidden_layers (it is derived) or make them agree")
         if not self.tie_word_embeddings:
-            raise bad("tie_word_embeddings=False is not supported: HybridLM's LM head is its embedding matrix")
+            raise bad(UNTIED_ERROR)
         self.layer_types = layers
         self.num_hidden_layers = len(layers)
         if self.head_dim is None:
@@ -103,6 +105,12 @@ class FlashsearchConfig(PreTrainedConfig):
         if isinstance(self.meta_tokens, bool) or not isinstance(self.meta_tokens, int) or self.meta_tokens < 0:
             raise bad(f"meta_tokens must be a non-negative integer, got {self.meta_tokens!r}")
         super().__post_init__(**kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Refused at once, not when a model is built from the config: untying would leave no LM head to save.
+        if name == "tie_word_embeddings" and not value:
+            raise ValueError(f"invalid {type(self).__name__}: {UNTIED_ERROR}")
+        super().__setattr__(name, value)
 
     def validate_layer_type(self) -> None:
         """transformers only knows its own layer-type names (full_attention, linear_attention, ...); ours name
@@ -143,4 +151,4 @@ def register_config() -> None:
     AutoConfig.register(MODEL_TYPE, FlashsearchConfig, exist_ok=True)
 
 
-__all__ = ["FlashsearchConfig", "MODEL_TYPE", "ARCHITECTURES", "hf_layer_type", "register_config"]
+__all__ = ["FlashsearchConfig", "MODEL_TYPE", "ARCHITECTURES", "UNTIED_ERROR", "hf_layer_type", "register_config"]

@@ -3,6 +3,10 @@
 embed (tied with the LM head) -> [optional meta tokens prepended] -> for each layer_type: x + op(RMSNorm(x))
 -> final RMSNorm -> logits. Training uses each operator's chunked `forward`; decoding uses `step` with
 per-layer states, and `prefill` for a whole prompt.
+
+Padded batches: forward / prefill / step take `mask` [B, T] (True or 1 = real token; Hugging Face's
+attention_mask for the tokens given) and every operator honours it (kernels/base.py), so each row's logits at
+its real tokens are the ones it gets alone. Pads may sit anywhere (left, right, between decode steps).
 """
 
 from __future__ import annotations
@@ -22,30 +26,51 @@ from flashsearch.kernels._common import RMSNorm
 INIT_STD = 0.02
 
 
+def _mask_kw(op: Operator, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The keyword an operator call gets for a padded batch (none without pads, so any operator runs unpadded)."""
+    if mask is None:
+        return {}
+    if not op.supports_padding:
+        raise FlashsearchError(f"operator {op.name!r} does not support padded batches (zeros in attention_mask); "
+                               "pass equal-length sequences, or set supports_padding and take `mask` in it")
+    return {"mask": mask}
+
+
 class Block(nn.Module):
-    """Pre-norm residual block: x + op(norm(x))."""
+    """Pre-norm residual block: x + op(norm(x)).
+
+    `gradient_checkpointing` (set by transformers' gradient_checkpointing_enable, with `_gradient_checkpointing_func`)
+    recomputes the block in the backward pass instead of keeping its activations."""
+
+    gradient_checkpointing = False
 
     def __init__(self, op: Operator, d_model: int):
         super().__init__()
         self.norm = RMSNorm(d_model)
         self.op = op
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.op(self.norm(x))
+    def _forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return x + self.op(self.norm(x), **_mask_kw(self.op, mask))
 
-    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
-        y, state = self.op.step(self.norm(x), state)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(self._forward, x, mask)
+        return self._forward(x, mask)
+
+    def step(self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        y, state = self.op.step(self.norm(x), state, **_mask_kw(self.op, mask))
         return x + y, state
 
-    def prefill(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def prefill(self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         op_prefill = getattr(self.op, "prefill", None)
         h = self.norm(x)
         if op_prefill is not None:
-            y, state = op_prefill(h, state)
+            y, state = op_prefill(h, state, **_mask_kw(self.op, mask))
         else:  # operators without a parallel prefill fall back to stepping (correct, just slower)
             ys = []
             for t in range(h.shape[1]):
-                yt, state = self.op.step(h[:, t:t + 1], state)
+                kw = _mask_kw(self.op, None if mask is None else mask[:, t:t + 1])
+                yt, state = self.op.step(h[:, t:t + 1], state, **kw)
                 ys.append(yt)
             y = torch.cat(ys, dim=1)
         return x + y, state
@@ -94,11 +119,30 @@ class HybridLM(nn.Module):
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.norm(x), self.embed.weight)                       # tied LM head: [B, T, V]
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """input_ids [B, T] -> logits [B, T, V] (meta-token positions are dropped)."""
+    def _mask(self, mask: torch.Tensor | None, meta: bool) -> torch.Tensor | None:
+        """mask [B, T] (any dtype, nonzero = real) as bool, with the meta tokens in front when `meta`; None when
+        there is no pad (the operators' unpadded paths)."""
+        if mask is None:
+            return None
+        mask = mask.bool()
+        if bool(mask.all()):
+            return None
+        if meta and self.meta_tokens:
+            mask = torch.cat([mask.new_ones(mask.shape[0], self.meta_tokens), mask], dim=1)
+        return mask
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None,
+                hidden_states: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V] (meta-token positions are dropped). mask [B, T]: padded batch.
+        hidden_states: a list that receives the embeddings and each block's output, [B, T, D] each."""
         x = self._embed(input_ids)
+        mask = self._mask(mask, meta=True)
+        if hidden_states is not None:
+            hidden_states.append(x[:, self.meta_tokens:])
         for block in self.layers:
-            x = block(x)
+            x = block(x, mask)
+            if hidden_states is not None:
+                hidden_states.append(x[:, self.meta_tokens:])
         return self._logits(x[:, self.meta_tokens:])
 
     # ---- decoding --------------------------------------------------------------------------------------------
@@ -117,19 +161,32 @@ class HybridLM(nn.Module):
                     x, state[i] = block.prefill(x, state[i])
         return state
 
-    def prefill(self, input_ids: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
-        """Consume a prompt input_ids [B, T] in parallel, continuing from `state` -> (logits [B, T, V], state)."""
+    def prefill(self, input_ids: torch.Tensor, state: list[Any], mask: torch.Tensor | None = None,
+                hidden_states: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[Any]]:
+        """Consume a prompt input_ids [B, T] in parallel, continuing from `state` -> (logits [B, T, V], state).
+        mask [B, T]: padded batch (pads leave the state as it was). hidden_states: as in forward."""
         x = self.embed(input_ids)
+        mask = self._mask(mask, meta=False)
+        if hidden_states is not None:
+            hidden_states.append(x)
         for i, block in enumerate(self.layers):
-            x, state[i] = block.prefill(x, state[i])
+            x, state[i] = block.prefill(x, state[i], mask)
+            if hidden_states is not None:
+                hidden_states.append(x)
         return self._logits(x), state
 
-    def step(self, input_ids: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+    def step(self, input_ids: torch.Tensor, state: list[Any], mask: torch.Tensor | None = None,
+             hidden_states: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[Any]]:
         """One decode step: input_ids [B, 1] -> (logits [B, 1, V], state). For inference (run under
-        torch.no_grad()): KV caches are written in place."""
+        torch.no_grad()): KV caches are written in place. mask [B, 1]: rows fed a pad keep their state."""
         x = self.embed(input_ids)                                               # [B, 1, D]
+        mask = self._mask(mask, meta=False)
+        if hidden_states is not None:
+            hidden_states.append(x)
         for i, block in enumerate(self.layers):
-            x, state[i] = block.step(x, state[i])
+            x, state[i] = block.step(x, state[i], mask)
+            if hidden_states is not None:
+                hidden_states.append(x)
         return self._logits(x), state
 
 

@@ -68,13 +68,13 @@ Tensor no_grad_for(const Tensor& like) { return at::empty({0}, like.options()); 
 
 // exp for the inner loops (attention's probabilities, the sigmoids): plain arithmetic, which GCC vectorizes, where a
 // call to libm's expf stays scalar (glibc declares its vector expf only under -ffast-math). Cephes' expf:
-// x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial (~1 ulp), 2^n written into the exponent bits
-// as 2 * 2^(n-1), so that n = 128 still gives a finite or infinite result, not a wrapped exponent.
-// NaN -> NaN; above 88.72 -> inf; below -86.5 -> 0 (the true value is under 2.7e-38).
+// x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, with fmas, which reassociation leaves alone), exp(r) by a
+// degree-7 polynomial (~1 ulp), 2^n written into the exponent bits.
+// NaN -> NaN; above 88.37 -> inf (2^128: the true value is over 2.4e38); below -86.5 -> 0 (it is under 2.7e-38).
 inline float vexp(float x) {
   const float xc = x > 88.8f ? 88.8f : (x < -86.5f ? -86.5f : x);     // a NaN fails both tests and stays
-  const float n = std::floor(xc * 1.44269504f + 0.5f);
-  const float r = xc - n * 0.693359375f + n * 2.12194440e-4f;          // ln2 in two parts, exact first product
+  const float n = std::floor(xc * 1.44269504f + 0.5f);                 // in [-125, 128]
+  const float r = std::fma(n, 2.12194440e-4f, std::fma(n, -0.693359375f, xc));
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -82,11 +82,10 @@ inline float vexp(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n == n ? n : 0.0f) + 126) << 23;
-  float half_scale;                                                    // 2^(n-1), n in [-125, 128]
-  std::memcpy(&half_scale, &bits, 4);
-  const float y = half_scale * p;                                      // then doubled: 2^n alone may be inf
-  return x < -86.5f ? 0.0f : y + y;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n == n ? n : 0.0f) + 127) << 23;
+  float scale;                                                         // 2^n; n = 128 gives the bits of inf
+  std::memcpy(&scale, &bits, 4);
+  return x < -86.5f ? 0.0f : scale * p;
 }
 
 inline float sigmoid(float z) { return 1.0f / (1.0f + vexp(-z)); }
@@ -661,6 +660,21 @@ inline void block_dots(const float* __restrict__ w, const float* __restrict__ XT
   }
 }
 
+// max over s[lo, hi), hi - lo a multiple of BLK. Without -ffinite-math-only the compiler keeps a max reduction
+// scalar (its result with a NaN depends on the order), so it is written out; a NaN among the scores reaches the
+// output through exp(score - max) whatever max makes of it.
+inline float block_max(const float* __restrict__ s, int64_t lo, int64_t hi) {
+#ifdef __AVX512F__
+  __m512 acc = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = lo; j < hi; j += BLK) acc = _mm512_max_ps(acc, _mm512_loadu_ps(s + j));
+  return _mm512_reduce_max_ps(acc);
+#else
+  float m = -INFINITY;
+  for (int64_t j = lo; j < hi; ++j) m = s[j] > m ? s[j] : m;
+  return m;
+#endif
+}
+
 inline void transpose_padded(const float* __restrict__ X, int64_t T, int64_t D, int64_t Tp, float* __restrict__ XT) {
   std::fill(XT, XT + D * Tp, 0.0f);
   for (int64_t j = 0; j < T; ++j)
@@ -685,8 +699,9 @@ void attn_fwd_group(const AttnArgs& a, int64_t bk, float* __restrict__ o, float*
       const int64_t lo = jb0 * BLK, hi = (jb1 + 1) * BLK;
       float* __restrict__ sr = s.data();
       block_dots(qs.data(), KT.data(), D, Tp, jb0, jb1, sr);
-      float m = sr[i];
-      for (int64_t j = j0; j <= i; ++j) m = std::max(m, sr[j]);
+      for (int64_t j = lo; j < j0; ++j) sr[j] = -INFINITY;
+      for (int64_t j = i + 1; j < hi; ++j) sr[j] = -INFINITY;
+      const float m = block_max(sr, lo, hi);
       for (int64_t j = lo; j < j0; ++j) sr[j] = m - MASKED_BELOW;
       for (int64_t j = i + 1; j < hi; ++j) sr[j] = m - MASKED_BELOW;
       float l = 0.0f;

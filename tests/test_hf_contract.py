@@ -286,13 +286,13 @@ def test_greedy_generate_equals_a_manual_argmax_loop(model):
     states per step, with the cache and without."""
     prompt = ids_and_mask()[0]
     with torch.no_grad():
-        expected = argmax_loop(model, prompt, 6)
+        expected = argmax_loop(model, prompt, 4)
         for use_cache in (True, False):
-            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=4, do_sample=False,
                                  use_cache=use_cache, return_dict_in_generate=True, output_scores=True,
                                  output_logits=True, output_hidden_states=True)
             assert torch.equal(out.sequences, expected)
-            assert len(out.scores) == len(out.logits) == len(out.hidden_states) == 6
+            assert len(out.scores) == len(out.logits) == len(out.hidden_states) == 4
             assert all(s.shape == (BATCH, model.config.vocab_size) for s in out.scores)
             assert all(len(h) == model.config.num_hidden_layers + 1 for h in out.hidden_states)
             assert isinstance(out.past_key_values, FlashsearchCache) == use_cache
@@ -321,9 +321,9 @@ def test_batched_generate_with_left_padding_equals_each_prompt_alone(model):
         ids[b, T - len(p):], mask[b, T - len(p):] = p, 1
     with torch.no_grad():
         for use_cache in (True, False):
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, use_cache=use_cache)
+            out = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, use_cache=use_cache)
             for b, p in enumerate(prompts):
-                alone = model.generate(p[None], max_new_tokens=6, do_sample=False)
+                alone = model.generate(p[None], max_new_tokens=4, do_sample=False)
                 assert torch.equal(out[b, T:], alone[0, len(p):]), (b, use_cache)
 
 
@@ -332,10 +332,10 @@ def test_beam_search_and_sampling(model):
     step) equals beam search without it; sampling is reproducible under a seed; shapes."""
     prompt, _ = ids_and_mask()
     with torch.no_grad():
-        beams = model.generate(prompt, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False)
-        uncached = model.generate(prompt, max_new_tokens=5, num_beams=3, num_return_sequences=2, do_sample=False,
+        beams = model.generate(prompt, max_new_tokens=3, num_beams=3, num_return_sequences=2, do_sample=False)
+        uncached = model.generate(prompt, max_new_tokens=3, num_beams=3, num_return_sequences=2, do_sample=False,
                                   use_cache=False)
-        assert beams.shape == (2 * BATCH, SEQ + 5) and torch.equal(beams, uncached)
+        assert beams.shape == (2 * BATCH, SEQ + 3) and torch.equal(beams, uncached)
         torch.manual_seed(7)
         a = model.generate(prompt, max_new_tokens=5, do_sample=True, top_k=5)
         torch.manual_seed(7)

@@ -84,6 +84,14 @@ def build_quality(cfg: RunConfig) -> Any:
         extra["text_field"] = cfg.data.text_field
     if cfg.data.corpus is not None:
         extra["corpus"] = cfg.data.corpus
+    if cfg.data.shards is not None:  # a folder: as given if it exists, else relative to the config file
+        shards = Path(cfg.data.shards).expanduser()
+        extra["shards"] = str(shards if shards.is_absolute() or shards.exists()
+                              else resolve_relative(cfg, cfg.data.shards))
+    if cfg.data.tokenizer is not None:  # bytes / bpe / bpe:N, or a tokenizer file found like the shards
+        tok = Path(cfg.data.tokenizer).expanduser()
+        relative = resolve_relative(cfg, cfg.data.tokenizer)
+        extra["tokenizer"] = str(relative) if not tok.exists() and relative.exists() else cfg.data.tokenizer
     proxy = instantiate(cfg.quality, QUALITY_PROXIES, "quality", **extra)
     if not callable(getattr(proxy, "evaluate", None)):
         raise FlashsearchError(f"quality: {type(proxy).__name__} has no evaluate(genome, budget) method; "

@@ -1,4 +1,4 @@
-"""Command line: `flashsearch run | describe | report | export | profile | latency {validate,fit}`.
+"""Command line: `flashsearch run | describe | report | export | profile | latency {validate,fit} | data prepare`.
 
 Bad input never shows a traceback: it prints one `error: ...` line on stderr and exits with code 2.
 """
@@ -87,6 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("measurements", help="table with columns genome_json, prompt_len, decode_tokens, seconds")
     f.add_argument("--out", required=True, help="model JSON to write")
     f.add_argument("--alpha", type=float, default=1e-3, help="ridge strength (relative)")
+    dat = sub.add_parser("data", help="data tools: tokenize text into shards the quality proxy reads lazily")
+    dsub = dat.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dp = dsub.add_parser("prepare", help="tokenize .txt/.jsonl/.parquet files, a folder of them, a saved Hugging "
+                                         "Face dataset or a named corpus into token shards + manifest.json")
+    dp.add_argument("input", help="a file, a directory of files, a save_to_disk folder, or wikipedia|pydoc|...")
+    dp.add_argument("out_dir", help="folder to write the shards to (point data.shards at it)")
+    dp.add_argument("--tokenizer", default="bpe",
+                    help="bytes, bpe (ours, trained once on the default corpus; bpe:N for N ids) or a "
+                         "tokenizer.json / Hugging Face tokenizer folder (default bpe)")
+    dp.add_argument("--text-field", default="text", help="JSONL field / parquet column holding the text")
+    dp.add_argument("--shard-tokens", type=int, default=None, help="token ids per shard file (default 1e8)")
+    dp.add_argument("--val-fraction", type=float, default=None,
+                    help="share of the text held out for validation, split as the byte corpus splits (default 0.1)")
+    dp.add_argument("--dtype", default="auto", help="id type: auto (uint16 when the vocabulary fits), uint16, uint32")
     return p
 
 
@@ -263,8 +277,23 @@ def _cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from flashsearch.data.prepare import PrepareConfig, prepare
+
+    given = {"shard_tokens": args.shard_tokens, "val_fraction": args.val_fraction}
+    config = PrepareConfig(text_field=args.text_field, dtype=args.dtype,
+                           **{k: v for k, v in given.items() if v is not None})
+    manifest = prepare(args.input, args.out_dir, args.tokenizer, config,
+                       progress=lambda msg: print(msg, file=sys.stderr))
+    train, val = manifest["splits"]["train"], manifest["splits"]["validation"]
+    print(f"{args.out_dir}: {manifest['documents']} documents, {train['tokens']} train + {val['tokens']} validation "
+          f"tokens ({manifest['dtype']}, tokenizer {manifest['tokenizer']['name']}, vocab "
+          f"{manifest['tokenizer']['vocab_size']}); train on them with data.shards={args.out_dir}")
+    return 0
+
+
 COMMANDS = {"run": _cmd_run, "describe": _cmd_describe, "report": _cmd_report, "export": _cmd_export,
-            "profile": _cmd_profile, "latency": _cmd_latency}
+            "profile": _cmd_profile, "latency": _cmd_latency, "data": _cmd_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

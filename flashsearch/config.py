@@ -186,11 +186,25 @@ class DataConfig:
     text_field: str = "text"                       # the JSONL field holding the text
     corpus: Optional[str] = None                   # a named corpus when path is unset: wikipedia (the default),
                                                    # wikipedia_en or pydoc (proxies/quality/corpus.py)
+    # Tokens instead of bytes (docs/data.md); the proxy's score stays bits per byte of validation text.
+    shards: Optional[str] = None                   # a folder made by `flashsearch data prepare`: its text, split
+                                                   # and tokenizer replace path/corpus/tokenizer
+    tokenizer: Optional[str] = None                # bytes (None, the default) | bpe (ours, trained once on the
+                                                   # default corpus) | a tokenizer.json or a folder holding one:
+                                                   # the text above is tokenized once into cached shards
 
     def __post_init__(self) -> None:
         _need(self.path is None or self.corpus is None,
               "data.path and data.corpus are both set; keep data.path for your own text or data.corpus for a named "
               "corpus, not both")
+        for key in ("shards", "tokenizer"):
+            value = getattr(self, key)
+            _need(value is None or (isinstance(value, str) and bool(value.strip())),
+                  f"data.{key} must be a non-empty string, got {value!r}")
+        given = [k for k in ("path", "corpus", "tokenizer") if getattr(self, k) is not None]
+        _need(self.shards is None or not given,
+              f"data.shards and data.{given[0] if given else ''} are both set; the shards already fix the text and "
+              "its tokenizer: keep data.shards alone, or drop it to tokenize data.path / data.corpus")
 
 
 @dataclass(frozen=True)

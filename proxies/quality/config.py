@@ -47,7 +47,8 @@ def _flag(key: str, value: Any) -> bool:
 
 @dataclass(frozen=True)
 class ShortTrainConfig:
-    """Settings of ShortTrain (proxies/quality/short_train.py). Lengths are in bytes (= tokens)."""
+    """Settings of ShortTrain (proxies/quality/short_train.py). Lengths are in tokens (= bytes without shards or a
+    tokenizer)."""
 
     # The proxy model: the genome's layer pattern at 1/width_divisor of its width (a multiple of head_dim).
     width_divisor: int = 16
@@ -70,11 +71,15 @@ class ShortTrainConfig:
     log_every: int = 10                             # steps per point of the training curve
     seed: int = 0
     repeats: int = 1                                # > 1: mean over seeds seed, seed+1, ...
-    # Data: your own text (data_path) or a named corpus (proxies/quality/corpus.py), not both.
+    # Data: your own text (data_path) or a named corpus (proxies/quality/corpus.py), not both; or token shards.
     data_path: Optional[str] = None
     text_field: str = "text"                        # the field holding the text in JSON lines
     corpus: Optional[str] = None                    # None: corpus.DEFAULT_CORPUS unless data_path is given
     val_fraction: float = 0.1
+    # Tokens instead of bytes (flashsearch/data, docs/data.md); the score stays bits per byte of validation text.
+    shards: Optional[str] = None                    # a folder of `flashsearch data prepare`: train on its tokens
+    tokenizer: Optional[str] = None                 # None/bytes: bytes; bpe or a tokenizer.json (folder): the text
+                                                    # above, tokenized once into cached shards
     # Execution.
     threads: Optional[int] = 1                      # torch threads while proxies run in this process; None: keep
     device: str = "cpu"                             # cpu or cuda[:N]
@@ -115,7 +120,21 @@ class ShortTrainConfig:
             if self.corpus is not None:
                 raise FlashsearchError("quality.data_path and quality.corpus are both set; keep data_path for your "
                                        "own text or corpus for a named one")
-        if self.data_path is None:
+        if isinstance(self.tokenizer, str) and self.tokenizer.strip().lower() == "bytes":
+            put("tokenizer", None)                  # the byte path itself, not shards of bytes
+        for key in ("shards", "tokenizer"):
+            value = getattr(self, key)
+            if value is not None:
+                if not isinstance(value, (str, os.PathLike)) or not os.fspath(value).strip():
+                    raise _bad(key, "a path" + (", bytes or bpe" if key == "tokenizer" else ""), value)
+                put(key, os.fspath(value))
+        if self.shards is not None:
+            # The shards fix the text, its split and its tokenizer; they are checked when first read (corpus()).
+            given = [k for k in ("data_path", "corpus", "tokenizer") if getattr(self, k) is not None]
+            if given:
+                raise FlashsearchError(f"quality.shards is set, and so is {', '.join(f'quality.{k}' for k in given)}"
+                                       "; the shards already fix the text and the tokenizer: keep one")
+        elif self.data_path is None:
             from .corpus import DEFAULT_CORPUS, check_corpus
 
             # Checked now (known, installed): a typo or a missing corpus fails the run before any worker starts.
@@ -138,8 +157,8 @@ class ShortTrainConfig:
 
     @property
     def corpus_name(self) -> str | None:
-        """The named corpus trained on (None when data_path is given)."""
-        if self.data_path is not None:
+        """The named corpus trained on (None when data_path or shards are given)."""
+        if self.data_path is not None or self.shards is not None:
             return None
         from .corpus import DEFAULT_CORPUS
 
@@ -160,7 +179,15 @@ class ShortTrainConfig:
     def identity(self) -> dict[str, Any]:
         """Every setting, with the defaults that depend on others resolved: what a cache key or a checkpoint
         header must hold, so that a changed default never matches an old result."""
-        return {**dataclasses.asdict(self), "corpus": self.corpus_name, "weight_decay": self.effective_weight_decay}
+        ident = {**dataclasses.asdict(self), "corpus": self.corpus_name, "weight_decay": self.effective_weight_decay}
+        if self.shards is not None:  # what the folder holds, not only where it is: re-prepared shards differ
+            from flashsearch.data.shards import read_manifest
+
+            try:
+                ident["shards_fingerprint"] = read_manifest(self.shards)["fingerprint"]
+            except FlashsearchError:  # not prepared (yet): reading the data says so, in one line
+                ident["shards_fingerprint"] = None
+        return ident
 
 
 __all__ = ["ShortTrainConfig"]

@@ -1,25 +1,31 @@
-"""Short-training quality proxy: train a width-scaled copy of the genome on bytes, report validation bits/byte.
+"""Short-training quality proxy: train a width-scaled copy of the genome on text, report validation bits/byte.
 
 This is the inner loop of a search, so it is built for CPU throughput: the proxy keeps the genome's layer
 pattern (depth and operator mix are what the search varies) but divides the width by `width_divisor`, lets each
 operator shrink the options sized for the full model (Operator.proxy_options), and trains on the 256-byte
-vocabulary with short sequences. The fixed seed makes the score of a genome reproducible; every candidate sees
-the same batches and the same validation windows, so differences between candidates come from the architecture.
+vocabulary with short sequences, or on token shards (`shards`, or `tokenizer`: flashsearch/data) with the
+tokenizer's vocabulary; the score is bits per byte of validation text either way. The fixed seed makes the score
+of a genome reproducible; every candidate sees the same batches and the same validation windows, so differences
+between candidates come from the architecture.
 
 Pieces: config.py (the settings), schedules.py (LR schedules), train_loop.py (one training run), checkpoint.py
-(rung checkpoints), threads.py (torch's thread count), corpus.py (the data). This module builds the proxy genome,
-averages seeds and is the QualityProxy the search calls.
+(rung checkpoints), threads.py (torch's thread count), corpus.py (the byte data; token shards:
+flashsearch/data/shards.py). This module builds the proxy genome, averages seeds and is the QualityProxy the
+search calls.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import threading
 import time
 from typing import Any
 
 from flashsearch import operators
+from flashsearch.data.shards import TokenShards
+from flashsearch.data.shards import validation_windows as shard_validation_windows
 from flashsearch.errors import FlashsearchError, TrialFailed
 from flashsearch.genome import Genome
 from flashsearch.kernels.base import ProxyScale
@@ -60,8 +66,9 @@ class ShortTrain:
         if config is not None and not isinstance(config, ShortTrainConfig):
             raise FlashsearchError(f"ShortTrain's positional argument must be a ShortTrainConfig, got {config!r}")
         self.config = config if config is not None else ShortTrainConfig.from_options(**options)
-        self._corpus: ByteCorpus | None = None
+        self._corpus: ByteCorpus | TokenShards | None = None
         self._val: Any = None                  # validation windows [N, seq_len + 1], set with the corpus
+        self._token_bytes: Any = None          # shards: bytes of text per token id, for bits per byte
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names the instance lacks: a setting reads as proxy.<key>.
@@ -73,25 +80,50 @@ class ShortTrain:
         c = self.config
         return (f"ShortTrain(width_divisor={c.width_divisor}, head_dim={c.head_dim}, seq_len={c.seq_len}, "
                 f"batch_size={c.batch_size}, lr={c.lr}, weight_norm={c.weight_norm}, seed={c.seed}, "
-                f"fast={c.fast}, data={c.data_path or c.corpus_name})")
+                f"fast={c.fast}, data={c.shards or c.data_path or c.corpus_name}"
+                + (f", tokenizer={c.tokenizer})" if c.tokenizer else ")"))
 
     def identity(self) -> dict[str, Any]:
         """Every setting that shapes a training run (fingerprints, cache keys, checkpoint headers)."""
         return self.config.identity()
 
     # ---- pieces -----------------------------------------------------------------------------------------------
-    def corpus(self) -> ByteCorpus:
-        """The data (loaded once per proxy object; errors surface as FlashsearchError on first use).
+    def corpus(self) -> ByteCorpus | TokenShards:
+        """The data (loaded once per proxy object; errors surface as FlashsearchError on first use): the byte
+        corpus, or token shards (memory-mapped, read lazily) with `shards` or `tokenizer`.
 
         Under a lock and published last: evaluations running as threads of one process (ray.address=local) share
         this object, and one that saw the corpus set before its validation windows failed its trial."""
         c = self.config
         with _CORPUS_LOCK:
             if self._corpus is None:
-                corpus = load_corpus(c.data_path, c.text_field, c.val_fraction, c.corpus_name)
-                self._val = validation_windows(corpus.validation, c.seq_len, c.eval_batches * c.batch_size)
+                if c.shards is None and c.tokenizer is None:
+                    corpus: ByteCorpus | TokenShards = load_corpus(c.data_path, c.text_field, c.val_fraction,
+                                                                   c.corpus_name)
+                    self._val = validation_windows(corpus.validation, c.seq_len, c.eval_batches * c.batch_size)
+                else:
+                    corpus = TokenShards(c.shards or self._cached_shards())
+                    self._val = shard_validation_windows(corpus.validation, c.seq_len, c.eval_batches * c.batch_size)
+                    self._token_bytes = corpus.token_bytes()
                 self._corpus = corpus
         return self._corpus
+
+    def _cached_shards(self) -> Any:
+        """`tokenizer` without `shards`: the text tokenized once per machine (flashsearch/data/prepare.py)."""
+        from flashsearch.data.prepare import cached_shards
+
+        c = self.config
+        return cached_shards(c.data_path or c.corpus_name or "", c.tokenizer or "bytes", c.text_field,
+                             c.val_fraction, progress=lambda msg: print(f"data: {msg}", file=sys.stderr))
+
+    @property
+    def vocab_size(self) -> int:
+        """The proxy model's vocabulary: 256 bytes, or the shards' tokenizer's (loads the data)."""
+        if self.config.shards is None and self.config.tokenizer is None:
+            return VOCAB_SIZE
+        corpus = self.corpus()
+        assert isinstance(corpus, TokenShards)
+        return corpus.vocab_size
 
     def proxy_d_model(self, d_model: int) -> int:
         hd = self.config.head_dim
@@ -105,10 +137,10 @@ class ShortTrain:
                           state_head_dim=c.mamba2_head_dim)
 
     def proxy_genome(self, genome: Genome) -> Genome:
-        """The small genome actually trained: same layers, scaled width and heads, byte vocabulary, and each
-        operator's options as its proxy rule (Operator.proxy_options) sets them."""
+        """The small genome actually trained: same layers, scaled width and heads, the data's vocabulary (bytes or
+        the tokenizer's), and each operator's options as its proxy rule (Operator.proxy_options) sets them."""
         scale = self.scale(genome.d_model)
-        g = genome.scaled(scale.d_model, scale.head_dim, vocab_size=VOCAB_SIZE)
+        g = genome.scaled(scale.d_model, scale.head_dim, vocab_size=self.vocab_size)
         for name in dict.fromkeys(g.layer_types):
             spec = operators.spec(name)
             overrides = spec.cls.proxy_options(spec.parse_options(g.options(spec.name)), scale)
@@ -151,7 +183,7 @@ class ShortTrain:
         t0, clock_start = time.perf_counter(), own_seconds(self.config.device)
         corpus = self.corpus()
         result = train(self.config, genome.id, self.proxy_genome(genome), budget, seed, corpus, self._val,
-                       clock_start)
+                       clock_start, token_bytes=self._token_bytes)
         return dataclasses.replace(result, seconds=time.perf_counter() - t0)
 
 

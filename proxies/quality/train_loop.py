@@ -22,6 +22,8 @@ from flashsearch.proxies.base import Budget, QualityResult
 
 from .checkpoint import RungCheckpoints
 from .config import ShortTrainConfig
+from flashsearch.data.shards import ShardSampler, TokenShards
+
 from .corpus import ByteCorpus, WindowSampler
 from .schedules import WarmupCosine, WarmupStableDecay, schedule_for
 
@@ -98,16 +100,19 @@ def optimizer(cfg: ShortTrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 
 @torch.inference_mode()
-def validate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, device: str) -> float:
-    """Bits per byte over the fixed validation windows [N, T+1]."""
+def validate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, device: str,
+             token_bytes: torch.Tensor | None = None) -> float:
+    """Bits per byte over the fixed validation windows [N, T+1]: the targets' summed NLL in bits over the bytes of
+    text they decode to (token_bytes[id]; None: one byte per id, the byte vocabulary), so any tokenizer compares."""
     model.eval()
     total, count = 0.0, 0
     for chunk in windows.split(batch_size):
+        targets = chunk[:, 1:]
         chunk = chunk.to(device)
         logits = model(chunk[:, :-1])
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
                                        reduction="sum"))
-        count += chunk[:, 1:].numel()
+        count += targets.numel() if token_bytes is None else int(token_bytes[targets].sum())
     model.train()
     return total / count / LN2
 
@@ -128,11 +133,13 @@ def _checkpoints(cfg: ShortTrainConfig, budget: Budget, genome_id: str, seed: in
                            prev_stable_end)
 
 
-def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, seed: int, corpus: ByteCorpus,
-          val_windows: torch.Tensor, clock_start: float) -> QualityResult:
-    """Train proxy genome `pg` (of genome `genome_id`) on budget.tokens bytes of corpus.train with `seed` and
-    return its validation bits per byte. clock_start: own_seconds() when the evaluation began (the time limit
-    counts from there). QualityResult.seconds is this call's wall time."""
+def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, seed: int,
+          corpus: ByteCorpus | TokenShards, val_windows: torch.Tensor, clock_start: float,
+          token_bytes: torch.Tensor | None = None) -> QualityResult:
+    """Train proxy genome `pg` (of genome `genome_id`) on budget.tokens tokens of corpus.train with `seed` and
+    return its validation bits per byte (token_bytes: bytes per id of a tokenizer; None: bytes). clock_start:
+    own_seconds() when the evaluation began (the time limit counts from there). QualityResult.seconds is this
+    call's wall time."""
     from flashsearch.model import weight_normalize_
 
     t0 = time.perf_counter()
@@ -145,8 +152,12 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
     model, kernels = build_model(cfg, pg, seed)
     n_params = sum(p.numel() for p in model.parameters())
     opt = optimizer(cfg, model)
-    sampler = WindowSampler(corpus.train, cfg.batch_size, cfg.seq_len, seed=seed)
+    sampler: WindowSampler | ShardSampler = (
+        ShardSampler(corpus.train, cfg.batch_size, cfg.seq_len, seed=seed) if isinstance(corpus, TokenShards)
+        else WindowSampler(corpus.train, cfg.batch_size, cfg.seq_len, seed=seed))
 
+    # The curve is in bits per byte too: per token over the training split's mean bytes per token (1 for bytes).
+    bytes_per_token = corpus.train.bytes / len(corpus.train) if isinstance(corpus, TokenShards) else 1.0
     curve: list[tuple[int, float]] = []
     window_loss, window_n, start = 0.0, 0, 0     # the training loss summed since the last curve point
     ckpt = _checkpoints(cfg, budget, genome_id, seed, rung)
@@ -160,7 +171,7 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
         for group in opt.param_groups:
             group["lr"] = cfg.lr * schedule(step)
         batch = sampler.sample().to(cfg.device)                      # [B, T+1]
-        logits = model(batch[:, :-1])                                # [B, T, 256]
+        logits = model(batch[:, :-1])                                # [B, T, vocab]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -175,7 +186,7 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
             weight_normalize_(model)
         window_loss, window_n = window_loss + value, window_n + 1
         if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
-            curve.append((step + 1, window_loss / window_n / LN2))  # bits per byte, training batches
+            curve.append((step + 1, window_loss / window_n / LN2 / bytes_per_token))  # bits/byte, train batches
             window_loss, window_n = 0.0, 0
         if step + 1 == save_at:  # the end of this rung's stable phase: where the next rung continues
             ckpt.save(model, opt, sampler.generator, step + 1, curve, (window_loss, window_n))
@@ -185,7 +196,7 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
     train_seconds = time.perf_counter() - t_train
 
     t_val = time.perf_counter()
-    val_bpb = validate(model, val_windows, cfg.batch_size, cfg.device)
+    val_bpb = validate(model, val_windows, cfg.batch_size, cfg.device, token_bytes)
     validate_seconds = time.perf_counter() - t_val
     if not math.isfinite(val_bpb):
         raise TrialFailed(f"validation loss is {val_bpb} after {steps} steps (proxy d_model={pg.d_model})")

@@ -3,19 +3,29 @@
 Model. Decoding `N = workload.decode_tokens` tokens after a `P = workload.prompt_len` prompt runs N sequential
 steps; step s (s = 0..N-1) sees context c_s = P + s tokens already in every layer's state. Each layer of
 operator type `op` does the work `flashsearch.kernels.decode_cost(genome, op, c)` (batch-1 element counts:
-weights read, state read/written, FLOPs, kernel launches). With b_w / b_s the weight / state dtype sizes, BW and
-F the achievable bandwidth and FLOP/s of the device (datasheet peak x efficiency) and t_l the per-kernel fixed
-cost (CUDA-graph launch), one layer takes
+weights read, state read/written, FLOPs, kernel launches). With BW and F the achievable bandwidth and FLOP/s of
+the device (datasheet peak x efficiency), t_k the fixed cost of one kernel inside a CUDA graph and t_op the fixed
+cost of one operator (see below), one layer takes
 
-    t_layer(c) = max( (W * b_w + B * (S_read(c) + S_write(c)) * b_s) / BW ,  B * FLOPs(c) / F ) + launches * t_l
+    t_layer(c) = max( (W * b_w + B * S(c) * b_s) / BW ,  B * FLOPs(c) / F ) + launches * t_k + t_op
 
-(weights are read once per step whatever the batch; state and FLOPs scale with the batch). decode_cost includes
-each layer's fused residual-add + pre-RMSNorm kernel. Each step also has a head: embedding gather, final RMSNorm,
-LM head (reads vocab x d_model, whether the embedding is tied or not, 2 * B * vocab * d_model FLOPs, writes the
-logits) and a sampling kernel over the logits, one launch each:
+weights W are read once per step whatever the batch (b_w bytes each); the state traffic S (read + written) and the
+FLOPs scale with the batch. b_s is the dtype each state is KEPT in: KV caches (attention, SWA) in the weight dtype,
+recurrent states (Mamba2's SSM state, DeltaNet / GDN / GLA matrices, with their short-conv windows) in fp32, as
+the operators' init_state keeps them (`recurrent_state_dtype`). decode_cost includes each layer's fused
+residual-add + pre-RMSNorm kernel. Each step also has a head, one operator of four kernels: embedding gather,
+final RMSNorm, LM head (reads vocab x d_model whether the embedding is tied or not, 2 * B * vocab * d_model FLOPs,
+writes the logits), sampling over the logits:
 
-    t_head = sum_k max(bytes_k / BW, flops_k / F) + 4 * t_l
+    t_head = sum_k max(bytes_k / BW, flops_k / F) + 4 * t_k + t_op
     latency = sum_s [ sum_layers t_layer(c_s) + t_head ]
+
+Why a per-operator term. Batch-1 decode kernels are far too small to reach the bandwidth a long GEMV reaches:
+each operator pays ramp-up, tail and synchronisation between its dependent kernels, tens of microseconds in
+all. The paper's H100 table (Nemotron-Flash, Table 6: TensorRT-LLM, CUDA graphs, 8k tokens) pins it: bytes over
+the datasheet bandwidth leave ~50 us per operator for each of Flash-1B (24 layers + head), Qwen3-0.6B (56),
+Llama-3.2-1B (32) and Flash-3B (36). `operator_overhead_us` (device profile) holds that fitted value;
+experiments/roofline_fit/ fits it and reports leave-one-out errors.
 
 Full attention's KV read grows linearly with c, sliding-window attention is capped at its window, recurrent
 operators (Mamba2, DeltaNet, ...) read a constant state; all of that lives in the operators' decode_cost.
@@ -25,9 +35,8 @@ bisection wherever the counts are not linear between grid points (a piecewise-li
 is recovered exactly); the per-step times are then numpy arrays over all N steps. A Flash-1B prediction costs a
 few hundred decode_cost calls, not N x layers.
 
-Not modelled: prefill (the workload times decoding), kernel fusion beyond the add+norm, L2-cache reuse, and
-tensor-parallel communication. The efficiency and launch factors of the shipped profiles are calibrated against
-the Nemotron-Flash paper's H100 table (see proxies/latency/devices/*.yaml).
+Not modelled: prefill (the workload times decoding), kernel fusion beyond what decode_cost counts, L2-cache
+reuse, and tensor-parallel communication.
 """
 
 from __future__ import annotations
@@ -36,13 +45,17 @@ import functools
 import math
 from dataclasses import asdict, dataclass
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+import yaml
 
+from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.latency.devices import DTYPE_BYTES, DeviceProfile, canonical_dtype, load_device
+from flashsearch.proxies.latency.devices import (DTYPE_BYTES, DeviceProfile, _shipped_dir, canonical_dtype,
+                                                 load_device)
 
 if TYPE_CHECKING:
     from flashsearch.proxies.latency.validate import ValidationContext
@@ -51,6 +64,28 @@ if TYPE_CHECKING:
 _FIELDS = ("weight_elems", "state_read_elems", "state_write_elems", "flops", "launches")
 _GRID_POINTS = 33                         # coarse grid over the context range before bisection refinement
 HEAD = "embedding+lm_head"
+RECURRENT_STATE_DTYPE = "fp32"            # what the recurrent operators' init_state keeps (acc_dtype of bf16/fp16)
+
+
+def operator_overhead_us(device: str) -> float:
+    """The profile's fixed cost per operator (`operator_overhead_us`, default 0: profiles written before it).
+
+    Read from the profile's YAML here because DeviceProfile does not carry the field yet."""
+    key = str(device).strip()
+    shipped = _shipped_dir().joinpath(f"{key.lower()}.yaml")
+    path = Path(key).expanduser() if key.endswith((".yaml", ".yml")) else shipped
+    value = float((yaml.safe_load(path.read_text()) or {}).get("operator_overhead_us", 0.0))
+    if not (math.isfinite(value) and value >= 0):
+        raise FlashsearchError(f"device profile {key}: operator_overhead_us must be >= 0, got {value}")
+    return value
+
+
+def holds_kv_cache(op: str) -> bool:
+    """Whether `op` keeps its state as a KV cache (in the weight dtype) rather than a recurrent state (fp32)."""
+    from flashsearch import kernels
+    from flashsearch.kernels.attention import Attention
+
+    return issubclass(kernels.operator_class(op), Attention)
 
 
 def _decode_cost_vector(genome: Genome, op: str, context: int) -> np.ndarray:
@@ -123,7 +158,7 @@ class OpLatency:
     layers: int
     seconds: float
     share: float                  # of the total
-    launch_seconds: float         # part of `seconds` that is per-kernel fixed cost
+    launch_seconds: float         # part of `seconds` that is fixed cost (per kernel and per operator)
     launches_per_step: float      # all layers of this type
     weight_bytes: float           # read per step, all layers of this type
     mean_state_bytes: float       # state read + written per step, averaged over steps
@@ -138,27 +173,30 @@ class RooflinePredictor:
 
     device: shipped profile name (h100, a100, h200) or a profile .yaml path; it decides the number (Workload's
     own device/dtype fields are not consulted, so one predictor gives one consistent `source`).
-    dtype: weight dtype; state_dtype: KV-cache / recurrent-state dtype (default: dtype).
+    dtype: weight dtype; state_dtype: KV-cache dtype (default: dtype); recurrent_state_dtype: dtype of the
+    recurrent operators' states (default fp32, what the model keeps).
     cuda_graphs: per-kernel cost with CUDA graphs (default) or eager launches.
     exact: call decode_cost at every context instead of the piecewise-linear sampling (slow; for checking).
     """
 
     def __init__(self, device: str = "h100", dtype: str = "bf16", state_dtype: str | None = None,
-                 cuda_graphs: bool = True, exact: bool = False):
+                 cuda_graphs: bool = True, exact: bool = False, recurrent_state_dtype: str = RECURRENT_STATE_DTYPE):
         self.profile: DeviceProfile = load_device(device)
         self.device = self.profile.name
         self.dtype = canonical_dtype(dtype)
         self.state_dtype = canonical_dtype(state_dtype) if state_dtype is not None else self.dtype
+        self.recurrent_state_dtype = canonical_dtype(recurrent_state_dtype)
         self.cuda_graphs = bool(cuda_graphs)
         self.exact = bool(exact)
         self._bw = self.profile.bandwidth()
         self._flops = self.profile.flops(self.dtype)  # also rejects a dtype the device lacks
         self._launch = self.profile.launch_seconds(self.cuda_graphs)
+        self._per_op = operator_overhead_us(device) * 1e-6
         self.source = f"roofline:{self.device}"
 
     def __repr__(self) -> str:
         return (f"RooflinePredictor(device={self.device!r}, dtype={self.dtype!r}, state_dtype={self.state_dtype!r}, "
-                f"cuda_graphs={self.cuda_graphs})")
+                f"recurrent_state_dtype={self.recurrent_state_dtype!r}, cuda_graphs={self.cuda_graphs})")
 
     @classmethod
     def for_validation(cls, ctx: ValidationContext) -> RooflinePredictor:
@@ -192,14 +230,18 @@ class RooflinePredictor:
         return rows
 
     # ---- the model --------------------------------------------------------------------------------------------
-    def _layer_times(self, table: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(seconds per step, launch part, memory-bound mask) of ONE layer from its [N, 5] cost table."""
+    def _state_bytes(self, op: str) -> int:
+        return DTYPE_BYTES[self.state_dtype if holds_kv_cache(op) else self.recurrent_state_dtype]
+
+    def _layer_times(self, table: np.ndarray, batch: int, state_bytes: int
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seconds per step, fixed-cost part, memory-bound mask) of ONE layer from its [N, 5] cost table."""
         weight, s_read, s_write, flops, launches = table.T
-        nbytes = weight * DTYPE_BYTES[self.dtype] + batch * (s_read + s_write) * DTYPE_BYTES[self.state_dtype]
+        nbytes = weight * DTYPE_BYTES[self.dtype] + batch * (s_read + s_write) * state_bytes
         t_mem = nbytes / self._bw
         t_comp = batch * flops / self._flops
-        t_launch = launches * self._launch
-        return np.maximum(t_mem, t_comp) + t_launch, t_launch, t_mem >= t_comp
+        t_fixed = launches * self._launch + self._per_op
+        return np.maximum(t_mem, t_comp) + t_fixed, t_fixed, t_mem >= t_comp
 
     def _terms(self, genome: Genome, workload: Workload) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
         n, b, d = workload.decode_tokens, workload.batch, genome.d_model
@@ -208,14 +250,14 @@ class RooflinePredictor:
         for op in dict.fromkeys(genome.layer_types):  # distinct, in order
             count = genome.count(op)
             table = _cost_table(genome, op, workload.prompt_len, n, self.exact)
-            per_layer, launch, mem_bound = self._layer_times(table, b)
+            sb = self._state_bytes(op)
+            per_layer, launch, mem_bound = self._layer_times(table, b, sb)
             terms[op] = (per_layer * count, dict(
                 layers=count,
                 launch_seconds=float(launch.sum()) * count,
                 launches_per_step=float(table[0, 4]) * count,
                 weight_bytes=float(table[0, 0]) * wb * count,
-                mean_state_bytes=float((table[:, 1] + table[:, 2]).mean()) * b * DTYPE_BYTES[self.state_dtype]
-                * count,
+                mean_state_bytes=float((table[:, 1] + table[:, 2]).mean()) * b * sb * count,
                 memory_bound_share=float(mem_bound.mean()),
             ))
         # Head: embedding gather, final norm, LM head (vocab x d_model read, logits written), sampling.
@@ -226,10 +268,10 @@ class RooflinePredictor:
             (v * d * wb + b * v * ab, 2.0 * b * v * d),              # LM head GEMV/GEMM
             (b * v * ab, 0.0),                                       # sampling / argmax over logits
         ]
-        head_step = sum(max(nb / self._bw, fl / self._flops) for nb, fl in head_kernels) \
-            + len(head_kernels) * self._launch
+        head_fixed = len(head_kernels) * self._launch + self._per_op
+        head_step = sum(max(nb / self._bw, fl / self._flops) for nb, fl in head_kernels) + head_fixed
         terms[HEAD] = (np.full(n, head_step), dict(
-            layers=0, launch_seconds=len(head_kernels) * self._launch * n,
+            layers=0, launch_seconds=head_fixed * n,
             launches_per_step=float(len(head_kernels)), weight_bytes=float((v * d + d) * wb),
             mean_state_bytes=0.0,
             memory_bound_share=float(all(nb / self._bw >= fl / self._flops for nb, fl in head_kernels))))

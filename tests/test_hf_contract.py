@@ -33,6 +33,11 @@ Mixin cases that do not apply, and why:
   transformers' default (use_reentrant=False) is checked below.
 - test_sdpa_padding_matches_padding_free_with_position_ids, test_*padding_free*: packed sequences (position_ids
   restarting inside a row) are not supported; position_ids are ignored (positions come from the mask).
+- test_attention_mask_4d*, test_custom_4d_attention_mask: a 4D mask describes attention only and cannot say which
+  tokens a recurrent operator must skip; a 2D mask is required (anything else is refused, checked in test_hf.py).
+- test_forward_with_logits_to_keep, test_generate_methods_with_logits_to_keep: forward has no logits_to_keep
+  argument (logits are computed at every position), so generate does not pass it.
+- test_model_rope_scaling*, test_rope_*: no rope_scaling in the config (RoPE base only, attention's rope_theta).
 """
 
 from __future__ import annotations
@@ -130,6 +135,25 @@ def test_checkpoint_without_the_embedding_and_with_unexpected_keys(model, tmp_pa
     for name, p in loaded.named_parameters():                                  # the rest is the checkpoint's
         if name != "model.embed.weight" and name != "lm_head.weight":
             assert torch.equal(p, dict(model.named_parameters())[name]), name
+
+
+def test_load_in_another_dtype_and_torch_save(model, tmp_path):
+    """test_model_from_pretrained with dtype, test_torch_save_load: a bfloat16 load runs and stays close to fp32;
+    a plain torch.save'd state dict loads back exactly."""
+    ids, mask = ids_and_mask()
+    model.save_pretrained(tmp_path)
+    half = FlashsearchForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    assert all(p.dtype == torch.bfloat16 for p in half.parameters())
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        low = half(ids, attention_mask=mask).logits
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.05)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    again = make_model(seed=9)
+    again.load_state_dict(torch.load(tmp_path / "sd.pt"))
+    with torch.no_grad():
+        assert torch.equal(again(ids, attention_mask=mask).logits, ref)
 
 
 def test_determinism_and_tuple_outputs(model):

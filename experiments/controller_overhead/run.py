@@ -29,8 +29,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import optuna  # noqa: E402
 
+from flashsearch.config import RayConfig, RunConfig, SearchConfig  # noqa: E402
 from flashsearch.genome import Genome  # noqa: E402
-from flashsearch.search import AgingEvolutionSampler, run_search  # noqa: E402
+from flashsearch.search import AgingEvolutionSampler, Hooks, run_search  # noqa: E402
 from flashsearch.space import StagedSpace  # noqa: E402
 
 from experiments.lib.output import header, write_text  # noqa: E402
@@ -93,8 +94,8 @@ def controller_cost(storage_kind: str, n: int, seed: int = 0) -> list[tuple[int,
             print(f"  {storage_kind:8s} {e.complete:6d} trials  {out[-1][1]:7.2f} ms/trial  ({out[-1][2]:.0f} s)",
                   file=sys.stderr, flush=True)
 
-    run_search(study, SPACE, noop, n_trials=n, workers=1, ray_address="local", progress=progress,
-               max_failures=n)
+    config = RunConfig(search=SearchConfig(trials=n, workers=1, max_failures=n), ray=RayConfig(address="local"))
+    run_search(study, SPACE, noop, config, Hooks(progress=progress))
     tmp.cleanup()
     return out
 
@@ -119,8 +120,8 @@ def ray_throughput(workers: int, sleep_s: float, per_worker: int) -> dict:
                                 sampler=AgingEvolutionSampler(SPACE, population=max(4, workers), sample_size=2,
                                                               seed=0))
     try:
-        run_search(study, SPACE, sleeper(sleep_s), n_trials=n, workers=workers, num_cpus_per_trial=1,
-                   progress=progress)
+        config = RunConfig(search=SearchConfig(trials=n, workers=workers), ray=RayConfig(num_cpus_per_trial=1))
+        run_search(study, SPACE, sleeper(sleep_s), config, Hooks(progress=progress))
     finally:
         ray.shutdown()
     times.sort()

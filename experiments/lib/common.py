@@ -25,17 +25,24 @@ def sample_genomes(config_path: str, n: int, seed: int = 0) -> list[Genome]:
 
 
 def default_proxy(config_path: str) -> tuple[dict[str, Any], int]:
-    """(ShortTrain keyword arguments, budget.tokens) that a search with this YAML uses per candidate."""
+    """(ShortTrain keyword arguments, budget.tokens) that a search with this YAML uses per candidate: its
+    quality: options plus what the run's config supplies (seed, data: section), as builders.build_quality does."""
+    from flashsearch.builders import data_path_of
     from flashsearch.config import load_config
+    from flashsearch.proxies.registry import QUALITY_PROXIES
 
     cfg = load_config(config_path)
     spec = cfg.quality if isinstance(cfg.quality, dict) else {"_target_": cfg.quality}
-    from flashsearch.builders import QUALITY_PROXIES
-
     if spec.get("_target_") not in ("short_train", QUALITY_PROXIES["short_train"]):
         raise ValueError(f"{config_path}: the studies need quality: short_train, got {spec.get('_target_')!r}")
     kwargs = {k: v for k, v in spec.items() if k != "_target_"}
     kwargs.setdefault("seed", cfg.seed)
+    data_path = data_path_of(cfg)
+    if data_path is not None:
+        kwargs.setdefault("data_path", str(data_path))
+        kwargs.setdefault("text_field", cfg.data.text_field)
+    if cfg.data.corpus is not None:
+        kwargs.setdefault("corpus", cfg.data.corpus)
     return kwargs, int(cfg.budget.tokens)
 
 

@@ -129,12 +129,12 @@ def _read(path: Path) -> pd.DataFrame:
 def zero_cost_baselines(config_path: str, genomes: Sequence[Genome]) -> pd.DataFrame:
     """Per genome id: the YAML's predicted decode latency and the decoder's non-embedding parameter count (the
     LiteTransformerSearch proxy), the rankings a user would try before training anything."""
-    from flashsearch.builders import build_latency, build_workload
+    from flashsearch.builders import build_latency
     from flashsearch.config import load_config
     from flashsearch.model import count_parameters
 
     cfg = load_config(config_path)
-    workload, predictor = build_workload(cfg), build_latency(cfg)
+    workload, predictor = cfg.workload, build_latency(cfg)
     return pd.DataFrame({"latency": [float(predictor.predict(g, workload)) for g in genomes],
                          "params": [count_parameters(g) - g.vocab_size * g.d_model for g in genomes]},
                         index=pd.Index([g.id for g in genomes], name="genome_id"))

@@ -224,7 +224,8 @@ def main(args: Settings, meta: dict) -> None:
 
 def _front_recall(rows: pd.DataFrame, ref, ladder, names_of: dict) -> str:
     """What a search on these genomes would publish, next to the reference's own loss-latency front."""
-    from flashsearch.archive import pareto_mask
+    from flashsearch.pareto import pareto_mask
+
     from experiments.lib.ladder import replay_promotions
 
     if ladder is None:

@@ -104,6 +104,26 @@ def test_a_word_level_tokenizer_counts_the_bytes_of_each_word(tmp_path: Path) ->
     assert tok.token_bytes()[1:].tolist() == [len("héllo".encode()), 5]
 
 
+def test_a_sentencepiece_style_tokenizer_keeps_the_spaces_its_ids_stand_for(tmp_path: Path) -> None:
+    """"▁the" decodes to "the" alone (the decoder strips a leading space) but stands for " the" within a text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    hf = Tokenizer(models.BPE(unk_token="<unk>"))
+    hf.pre_tokenizer = pre_tokenizers.Metaspace()
+    hf.decoder = decoders.Metaspace()
+    hf.train_from_iterator(texts(), trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>"],
+                                                        show_progress=False))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = tk.load_tokenizer(str(tmp_path / "tokenizer.json"))
+    assert not tok.byte_level
+    text = "the cat sat on the mat and the dog sat on the log"
+    ids = tok.encode([text.encode()])[0]
+    assert len(ids) < len(text)
+    # Every byte of the text, plus the one space Metaspace puts before the first word.
+    assert int(tok.token_bytes()[ids].sum()) == len(text) + 1
+    assert tok.decode(ids) == text.encode()
+
+
 @pytest.mark.parametrize("make, needle", [
     (lambda d: d / "missing.json", "is neither bytes, bpe, a tokenizer.json"),
     (lambda d: d, "has no tokenizer.json"),

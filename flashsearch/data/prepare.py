@@ -27,7 +27,7 @@ import numpy as np
 
 from flashsearch.errors import FlashsearchError
 
-from .shards import FORMAT, MANIFEST, SPLITS, VERSION, index_name, read_manifest, shard_name
+from .shards import FORMAT, MANIFEST, SPLITS, TOKEN_BYTES_FILE, VERSION, index_name, read_manifest, shard_name
 from .sources import Document, Source, Split, open_source, plan_split
 from .tokenizer import TOKENIZER_FILE, Tokenizer, cache_dir, id_dtype, load_tokenizer
 
@@ -263,7 +263,8 @@ def _clear(out: Path) -> None:
     for split in SPLITS:
         for f in [*out.glob(f"{split}-*.bin"), *out.glob(f".{split}-*.bin.tmp")]:
             f.unlink()
-    for f in (out / TOKENIZER_FILE, *out.glob(f".{MANIFEST}.*.tmp")):
+    for f in (out / TOKENIZER_FILE, out / TOKEN_BYTES_FILE, *out.glob(f".{MANIFEST}.*.tmp"),
+              *out.glob(f".{TOKENIZER_FILE}.*.tmp"), *out.glob(f".{TOKEN_BYTES_FILE}.*.tmp")):
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
 
@@ -333,6 +334,7 @@ def prepare(input_spec: str, out_dir: str | os.PathLike, tokenizer: Tokenizer | 
 
             write_text_atomic(out / TOKENIZER_FILE, tok.hf.to_str())
             tok_file = TOKENIZER_FILE
+        _write_token_bytes(out / TOKEN_BYTES_FILE, tok.token_bytes())
         for w in writers.values():
             w.commit()
         _fsync_dir(out)
@@ -354,7 +356,7 @@ def _manifest(source: Source, split: Split, tok: Tokenizer, tok_file: str | None
         "format": FORMAT, "version": VERSION, "created_by": "flashsearch data prepare",
         "source": source.description,
         "tokenizer": {"name": tok.name, "fingerprint": tok.fingerprint, "vocab_size": tok.vocab_size,
-                      "file": tok_file, "byte_level": tok.byte_level},
+                      "file": tok_file, "byte_level": tok.byte_level, "token_bytes": TOKEN_BYTES_FILE},
         "dtype": dtype.name, "shard_tokens": config.shard_tokens,
         "separator": SEPARATOR.decode(), "separator_ids": [int(i) for i in separator],
         "validation": {"rule": split.rule, "val_fraction": config.val_fraction, "cut": split.cut,
@@ -365,6 +367,17 @@ def _manifest(source: Source, split: Split, tok: Tokenizer, tok_file: str | None
     }
     body["fingerprint"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return body
+
+
+def _write_token_bytes(path: Path, token_bytes: np.ndarray) -> None:
+    """Bytes of text per id, computed once here so that readers need no tokenizer (.npy: data, not a pickle)."""
+    from flashsearch.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, token_bytes.astype(np.int64), allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ A shard folder (written by `flashsearch data prepare`, flashsearch/data/prepare.
   train-docs.bin, validation-docs.bin
                             [documents, 2] uint64: each document's first and end token offset in its split
   tokenizer.json            the tokenizer (absent for the `bytes` tokenizer)
+  token_bytes.npy           [vocab_size] int64: bytes of text each id stands for (readers need no tokenizer)
 
 Within a split the documents follow each other with `separator_ids` (the separator text, "\\n\\n", tokenized)
 between them, as the byte corpus joins them, so the ids of a split decode to exactly `bytes` bytes of text.
@@ -32,6 +33,7 @@ from flashsearch.errors import FlashsearchError
 FORMAT = "flashsearch-token-shards"
 VERSION = 1
 MANIFEST = "manifest.json"
+TOKEN_BYTES_FILE = "token_bytes.npy"
 SPLITS = ("train", "validation")
 
 
@@ -154,7 +156,15 @@ class TokenShards:
         """[vocab_size] int64: bytes of text each id stands for (the denominator of bits per byte)."""
         with self._lock:
             if self._token_bytes is None:
-                self._token_bytes = torch.from_numpy(self.tokenizer().token_bytes())
+                path = self.directory / self.manifest["tokenizer"]["token_bytes"]
+                try:
+                    table = np.load(path, allow_pickle=False)
+                except (OSError, ValueError) as exc:
+                    raise FlashsearchError(f"cannot read {path} ({exc}); prepare the shards again") from None
+                if table.shape != (self.vocab_size,):
+                    raise FlashsearchError(f"{path} holds {table.shape} values, not one per id of the "
+                                           f"{self.vocab_size}; prepare the shards again")
+                self._token_bytes = torch.from_numpy(table.astype(np.int64))
             return self._token_bytes
 
 
@@ -203,4 +213,4 @@ def validation_windows(stream: TokenStream, seq_len: int, n_windows: int) -> tor
 
 
 __all__ = ["TokenShards", "TokenStream", "ShardSampler", "validation_windows", "read_manifest", "MANIFEST",
-           "FORMAT", "VERSION", "shard_name", "index_name"]
+           "TOKEN_BYTES_FILE", "FORMAT", "VERSION", "shard_name", "index_name"]

@@ -8,8 +8,8 @@
 
 Scores stay bits per byte of text whatever the tokenizer: `token_bytes()` gives the UTF-8 bytes each id decodes
 to. Exact for `bytes`, `bpe` and any byte-level tokenizer (its vocabulary spells bytes, so decode(encode(text)) is
-the text); for other tokenizers it is the length of the id decoded alone, approximate where normalizers or
-added prefix spaces change the text.
+the text); for other tokenizers (SentencePiece-style, word-level) it is the length of the id decoded after a
+one-letter id, approximate where normalizers change the text or a prefix space is added to it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -55,6 +56,7 @@ def _byte_decoder() -> dict[str, int]:
 
 
 BYTE_DECODER = _byte_decoder()
+_BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 def _is_byte_level(spec: dict[str, Any]) -> bool:
@@ -92,12 +94,20 @@ class Tokenizer:
         if self.hf is None:
             return tuple(bytes([b]) for b in range(256))
         out = [b""] * self.vocab_size
-        added = {i: t for i, t in self.hf.get_added_tokens_decoder().items()}
+        added = dict(self.hf.get_added_tokens_decoder())
+        # Other tokenizers: an id is decoded after an anchor id (one that decodes to "a"), so decoders that strip
+        # the leading space of a text (SentencePiece's "▁the" -> "the") keep the space this id stands for.
+        anchor = next((i for i in self.hf.encode("a", add_special_tokens=False).ids[:1]
+                       if self.hf.decode([i]) == "a"), None)
         for token, i in self.hf.get_vocab(with_added_tokens=True).items():
             if i in added:        # added tokens are stored as plain text; special ones stand for no text
                 out[i] = b"" if added[i].special else added[i].content.encode("utf-8")
             elif self.byte_level and all(c in BYTE_DECODER for c in token):
                 out[i] = bytes(BYTE_DECODER[c] for c in token)
+            elif _BYTE_FALLBACK.fullmatch(token):   # SentencePiece's byte fallback: <0xE3> is one byte
+                out[i] = bytes([int(token[3:5], 16)])
+            elif anchor is not None:
+                out[i] = self.hf.decode([anchor, i], skip_special_tokens=False).encode("utf-8")[1:]
             else:
                 out[i] = self.hf.decode([i], skip_special_tokens=False).encode("utf-8")
         return tuple(out)
@@ -107,6 +117,9 @@ class Tokenizer:
         return np.array([len(p) for p in self.pieces], dtype=np.int64)
 
     def decode(self, ids: Iterable[int]) -> bytes:
+        """The text of `ids`: exact for byte-level tokenizers; others decode as their own decoder does."""
+        if self.hf is not None and not self.byte_level:
+            return self.hf.decode([int(i) for i in ids], skip_special_tokens=False).encode("utf-8")
         pieces = self.pieces
         return b"".join(pieces[int(i)] for i in ids)
 

@@ -10,7 +10,7 @@ import torch
 from factories import TINY_VOCAB, full_size_genome, tiny_genome
 from flashsearch.errors import FlashsearchError
 from flashsearch.proxies.base import LatencyPredictor, Workload, latency_source
-from flashsearch.proxies.latency.measured import LatencyStats, MeasuredPredictor
+from flashsearch.proxies.latency.measured import INT32_MAX, LatencyStats, MeasuredPredictor, int32_batch_limit
 from flashsearch.proxies.latency.static_decoder import StaticDecoder
 from flashsearch.proxies.latency.throughput import ThroughputResult, largest_fitting_batch
 
@@ -159,6 +159,96 @@ def test_fits_catches_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(StaticDecoder, "__init__", boom)
     with torch.inference_mode():
         assert pred._fits(None, tiny_genome(("mamba2",)), WORKLOAD, 4) is False
+
+
+def test_int32_batch_limit_is_the_mamba_ssm_offset_bound() -> None:
+    """Flash-1B at a 128-token prompt: the issue measured the SSD kernels overflowing above batch ~2048."""
+    from flashsearch.builders import load_genome
+    from factories import REFERENCE_DIR
+
+    flash = load_genome(REFERENCE_DIR / "nemotron_flash_1b.yaml")         # d_inner 4096, d_state 128, chunk 64
+    cap = int32_batch_limit(flash, 128)
+    # 2 chunks x 4096 x 128 = 2^20 per sequence; the in_proj slice 128 x (2*4096 + 2*128 + 64) is a bit larger
+    assert cap == INT32_MAX // (128 * (2 * 4096 + 2 * 128 + 64)) and 1900 < cap <= 2048
+    assert int32_batch_limit(flash, 8192) < cap                            # longer prompts: smaller batches
+    assert int32_batch_limit(full_size_genome(["attention", "ffn"]), 128) is None
+
+
+class _FakeDecoder:
+    """Stands in for StaticDecoder in a probe: raises `error` for batches above `limit`, else does nothing."""
+
+    limit, error = 0, RuntimeError("")
+
+    def __init__(self, model, batch, max_len, device, dtype):
+        if batch > self.limit:
+            raise self.error
+        self.pos_host = 0
+
+    def reset(self, prompt):
+        pass
+
+    def kv_len(self, bucket):
+        return 1
+
+    def step(self, kv):
+        pass
+
+
+@pytest.mark.parametrize("message", ["Triton Error [CUDA]: integer overflow in offset computation",
+                                     "numel 3221225472 exceeds int32 indexing range (out of range)"])
+def test_size_limit_errors_count_as_not_fitting(monkeypatch: pytest.MonkeyPatch, message: str) -> None:
+    import flashsearch.proxies.latency.measured as measured
+
+    monkeypatch.setattr(_FakeDecoder, "limit", 12)
+    monkeypatch.setattr(_FakeDecoder, "error", RuntimeError(message))
+    monkeypatch.setattr(measured, "StaticDecoder", _FakeDecoder)
+    pred = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1)
+    g = tiny_genome(("mamba2",))
+    with torch.inference_mode():
+        lo, hi = largest_fitting_batch(lambda b: pred._fits(None, g, WORKLOAD, b), 1000)
+    assert (lo, hi) == (12, 13)
+    assert set(pred.probe_errors) == {16, 14, 13} and message in pred.probe_errors[13]   # doubling, bisection
+
+
+def test_a_probe_that_breaks_the_cuda_context_stops_with_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flashsearch.proxies.latency.measured as measured
+
+    monkeypatch.setattr(_FakeDecoder, "limit", 3)
+    monkeypatch.setattr(_FakeDecoder, "error", RuntimeError(
+        "CUDA error: an illegal memory access was encountered\nCompile with TORCH_USE_CUDA_DSA ..."))
+    monkeypatch.setattr(measured, "StaticDecoder", _FakeDecoder)
+    pred = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1)
+    with torch.inference_mode(), pytest.raises(FlashsearchError, match="probe of batch 4 broke the CUDA context.*"
+                                               "illegal memory access.*lower max_batch"):
+        largest_fitting_batch(lambda b: pred._fits(None, tiny_genome(("mamba2",)), WORKLOAD, b), 1000)
+    # Any other error is not swallowed.
+    monkeypatch.setattr(_FakeDecoder, "error", ValueError("a bug"))
+    with torch.inference_mode(), pytest.raises(ValueError, match="a bug"):
+        pred._fits(None, tiny_genome(("mamba2",)), WORKLOAD, 8)
+
+
+def test_cuda_batch_search_is_capped_below_the_int32_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CUDA the search bound is lowered to int32_batch_limit and the reason kept; on CPU nothing is capped."""
+    import flashsearch.proxies.latency.throughput as throughput
+
+    seen: list[int] = []
+
+    def fake_search(pred, genome, workload, max_batch):
+        seen.append(max_batch)
+        return ThroughputResult(batch=max_batch, tokens_per_s=1.0, seconds=1.0, decode_tokens=1,
+                                limited_by="max_batch", source=pred.source)
+
+    monkeypatch.setattr(throughput, "max_batch_throughput", fake_search)
+    g, w = full_size_genome(["mamba2", "ffn"]), Workload(prompt_len=128, decode_tokens=8)
+    pred = MeasuredPredictor(device="cpu")
+    pred.max_batch_throughput(g, w, max_batch=4096)
+    assert seen == [4096] and pred.batch_cap is None
+    pred.device = torch.device("cuda")                                        # the cap logic only; nothing runs
+    pred.max_batch_throughput(g, w, max_batch=4096)
+    assert seen[-1] == int32_batch_limit(g, 128) < 4096
+    assert "int32" in pred.batch_cap and str(seen[-1]) in pred.batch_cap
+    pred.max_batch_throughput(g, w, max_batch=16)                             # below the cap: untouched
+    assert seen[-1] == 16 and pred.batch_cap is None
 
 
 def test_throughput_refuses_too_large_models() -> None:

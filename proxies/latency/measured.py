@@ -20,6 +20,14 @@ frozen `LatencyStats` (median, min, max, per-token ms); `predict()` returns the 
 `last_stats`. `max_batch_throughput()` (throughput.py) finds the largest batch that fits in memory and returns
 decoded tokens/s at that batch (details in `last_throughput`).
 
+Safe batch search on CUDA. Some kernels index with int32 offsets: mamba-ssm's SSD kernels compute
+`pid_b * stride_batch` in int32 (ssd_chunk_state.py ~263), so a prefill of batch x (chunks x d_inner x d_state
+elements, or prompt x in_proj width) >= 2^31 elements wraps around and writes out of bounds: an illegal memory
+access, after which the process's CUDA context is unusable. The search therefore never probes a batch above
+`int32_batch_limit` (the cap and why: `batch_cap`), a probe that fails with an overflow-class error counts as not
+fitting, and one that leaves the context broken (illegal memory access, device-side assert) stops the
+measurement with one clear error instead of returning garbage for every later probe.
+
 This times the machine it runs on. A GPU name such as "h100" (the workload's target device) is accepted when
 torch sees a CUDA device; on a machine without one it is an error that points to the roofline predictor.
 """
@@ -44,6 +52,45 @@ from .static_decoder import StaticDecoder
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
 _OOM: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, MemoryError)
+INT32_MAX = 2**31 - 1
+# Messages of errors that leave a CUDA context unusable (every later CUDA call fails too).
+_CONTEXT_LOST = ("illegal memory access", "device-side assert", "unspecified launch failure", "misaligned address",
+                 "illegal instruction")
+# Messages of size-limit errors raised before anything runs (the context is fine).
+_SIZE_LIMIT = ("overflow", "int32", "2**31", "2^31", "out of range", "too large")
+
+
+def int32_batch_limit(genome: Genome, prompt_len: int) -> int | None:
+    """Largest batch whose prefill stays inside the int32 element offsets of the kernels that use them (mamba-ssm's
+    SSD and selective_state_update kernels, for every Mamba2 layer); None when the genome has none.
+
+    Per sequence the largest tensor those kernels index is either the chunk states (ceil(prompt / chunk) x d_inner x
+    d_state) or a slice of the in_proj output (prompt x (2 d_inner + 2 groups x d_state + heads)); batch x that
+    must stay below 2^31 (offsets count elements, not bytes)."""
+    from flashsearch import kernels
+    from flashsearch.kernels.mamba2 import Mamba2
+
+    strides = []
+    length = max(1, prompt_len)
+    for op in dict.fromkeys(genome.layer_types):
+        cls = kernels.operator_class(op)
+        if not issubclass(cls, Mamba2):
+            continue
+        m = cls.dims(genome)
+        chunks = -(-length // m["chunk_size"])
+        strides.append(max(chunks * m["d_inner"] * m["d_state"],
+                           length * (2 * m["d_inner"] + 2 * m["n_groups"] * m["d_state"] + m["n_heads"])))
+    return INT32_MAX // max(strides) if strides else None
+
+
+def _error_class(exc: BaseException) -> str | None:
+    """"context-lost", "size-limit" or None (another error) for an exception from a probe."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if any(s in text for s in _CONTEXT_LOST):
+        return "context-lost"
+    if any(s in text for s in _SIZE_LIMIT):
+        return "size-limit"
+    return None
 
 
 def _positive_int(name: str, v: Any, minimum: int = 1) -> int:
@@ -116,6 +163,8 @@ class MeasuredPredictor:
         self.capture_error: str | None = None
         self.last_stats: LatencyStats | None = None
         self.last_throughput: Any = None                  # throughput.ThroughputResult of the last search
+        self.batch_cap: str | None = None                 # why the last batch search was capped, if it was
+        self.probe_errors: dict[int, str] = {}            # batch -> size-limit error of the last batch search
 
     @staticmethod
     def _resolve_device(name: str) -> torch.device:
@@ -165,6 +214,15 @@ class MeasuredPredictor:
         `last_throughput`. See throughput.max_batch_throughput."""
         from .throughput import max_batch_throughput
 
+        self.batch_cap, self.probe_errors = None, {}
+        if max_batch is None:
+            max_batch = 4096 if self.device.type == "cuda" else 64
+        cap = int32_batch_limit(genome, workload.prompt_len) if self.device.type == "cuda" else None
+        if cap is not None and cap < max_batch:
+            self.batch_cap = (f"max_batch {max_batch} -> {cap}: mamba-ssm's SSD kernels use int32 offsets and a "
+                              f"{max(1, workload.prompt_len)}-token prefill of batch {cap + 1} would exceed 2^31 "
+                              "elements")
+            max_batch = max(1, cap)
         self.last_throughput = max_batch_throughput(self, genome, workload, max_batch)
         return self.last_throughput.tokens_per_s
 
@@ -225,6 +283,17 @@ class MeasuredPredictor:
             return True
         except _OOM:
             return False
+        except Exception as exc:  # noqa: BLE001 - classified below; anything else propagates unchanged
+            kind = _error_class(exc)
+            if kind == "size-limit":
+                self.probe_errors[batch] = f"{type(exc).__name__}: {exc}"
+                return False
+            if kind == "context-lost":
+                raise FlashsearchError(
+                    f"measured: the probe of batch {batch} broke the CUDA context ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing more can be measured in this process. "
+                    "Rerun with a lower max_batch (a kernel's int32 offsets are the usual cause)") from exc
+            raise
         finally:
             del dec
             self._free()
@@ -286,4 +355,4 @@ class MeasuredPredictor:
         return clock() - t0
 
 
-__all__ = ["LatencyStats", "MeasuredPredictor"]
+__all__ = ["INT32_MAX", "LatencyStats", "MeasuredPredictor", "int32_batch_limit"]

@@ -87,6 +87,23 @@ def test_every_document_decodes_back_to_itself(tmp_path: Path, bpe_file: Path,
     assert not list(out.glob(".*.tmp"))
 
 
+def test_one_document_without_line_breaks_is_cut_between_characters(tmp_path: Path, bpe_file: Path) -> None:
+    text = ("日本語のテキスト" * 300).encode()              # 3-byte characters, no line break to cut at
+    (tmp_path / "one.txt").write_bytes(text)
+    manifest = prepare(str(tmp_path / "one.txt"), tmp_path / "out", str(bpe_file))
+    cut = manifest["validation"]["cut"]
+    assert cut % 3 == 0 and manifest["validation"]["rule"] == "position"
+    assert decoded_documents(tmp_path / "out") == [text[:cut], text[cut:]]
+
+
+def test_non_utf8_text_under_a_subword_tokenizer_is_one_line(tmp_path: Path, bpe_file: Path) -> None:
+    (tmp_path / "latin1.txt").write_bytes("café au lait\n".encode("latin-1") * 10)
+    with pytest.raises(FlashsearchError, match=r"latin1.txt is not valid UTF-8 .*--tokenizer bytes") as info:
+        prepare(str(tmp_path / "latin1.txt"), tmp_path / "out", str(bpe_file))
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()       # refused before writing
+    prepare(str(tmp_path / "latin1.txt"), tmp_path / "out", "bytes")      # bytes take any bytes
+
+
 @pytest.mark.parametrize("which", ["files", "one_txt", "pydoc", "wikipedia_en"])
 def test_byte_shards_hold_the_byte_corpus_and_its_split(tmp_path: Path, which: str) -> None:
     """Same documents, same order, same fixed validation split as proxies/quality/corpus.py (trailing documents,

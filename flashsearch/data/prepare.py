@@ -28,7 +28,7 @@ import numpy as np
 from flashsearch.errors import FlashsearchError
 
 from .shards import FORMAT, MANIFEST, SPLITS, TOKEN_BYTES_FILE, VERSION, index_name, read_manifest, shard_name
-from .sources import Document, Source, Split, open_source, plan_split
+from .sources import Document, Source, Split, byte_range, open_source, plan_split
 from .tokenizer import TOKENIZER_FILE, Tokenizer, cache_dir, id_dtype, load_tokenizer
 
 SEPARATOR = b"\n\n"              # between documents, as the byte corpus joins them (corpus.DOC_SEPARATOR)
@@ -131,7 +131,7 @@ class SplitWriter:
 
 def _pieces(doc: Document, subword: bool) -> Iterator[bytes]:
     """The document's text in pieces a tokenizer can take one at a time: for subword tokenizers each piece ends
-    at a line break (or a character boundary when a line is very long) and is checked to be UTF-8."""
+    at a line break, or at a character boundary when a line is very long (pass one checked the text is UTF-8)."""
     if not subword:
         yield from doc.read()
         return
@@ -159,14 +159,6 @@ def _char_boundary(data: bytes) -> int:
                 return len(data) - back
             break
     return len(data)
-
-
-def _check_utf8(piece: bytes, doc: Document) -> None:
-    try:
-        piece.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FlashsearchError(f"{doc.where} is not valid UTF-8 ({exc.reason}); a subword tokenizer needs UTF-8 "
-                               "text (--tokenizer bytes takes any bytes)") from None
 
 
 class _Encoder:
@@ -207,30 +199,17 @@ def _feed(source: Source, split: Split, enc: _Encoder, subword: bool) -> None:
         name = "validation" if split.is_validation(doc, index, through) else "train"
         enc.put(name, "begin")
         for piece in _pieces(doc, subword):
-            if subword:
-                _check_utf8(piece, doc)
             enc.put(name, "text", piece)
         enc.put(name, "end")
 
 
 def _feed_cut(doc: Document, cut: int, enc: _Encoder, subword: bool) -> None:
     def part(lo: int, hi: int) -> Document:
-        def read() -> Iterator[bytes]:
-            pos = 0
-            for chunk in doc.read():
-                a, b = max(lo - pos, 0), min(hi - pos, len(chunk))
-                if a < b:
-                    yield chunk[a:b]
-                pos += len(chunk)
-                if pos >= hi:
-                    return
-        return Document(hi - lo, read, doc.where)
+        return Document(hi - lo, lambda: byte_range(doc, lo, hi), doc.where)
 
     for name, piece_doc in (("train", part(0, cut)), ("validation", part(cut, doc.size))):
         enc.put(name, "begin")
         for piece in _pieces(piece_doc, subword):
-            if subword:
-                _check_utf8(piece, doc)
             enc.put(name, "text", piece)
         enc.put(name, "end")
 
@@ -282,9 +261,9 @@ def _locked(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _plan(source: Source, config: PrepareConfig, say: Callable[[str], None]) -> Split:
+def _plan(source: Source, config: PrepareConfig, say: Callable[[str], None], subword: bool) -> Split:
     """Pass one: documents, bytes and the validation split."""
-    split = plan_split(source, config.val_fraction)
+    split = plan_split(source, config.val_fraction, char_safe=subword)
     say(f"{source.description}: {split.documents} documents, {split.bytes} bytes; validation: {split.rule} split "
         f"at {config.val_fraction}")
     return split
@@ -305,20 +284,21 @@ def prepare(input_spec: str, out_dir: str | os.PathLike, tokenizer: Tokenizer | 
         raise FlashsearchError(f"output {out} exists and is not a directory")
     request = _request(source, tok, config)
     say = progress or (lambda _msg: None)
-    split = None if _up_to_date(out, request) else _plan(source, config, say)  # bad input fails before writing
+    subword = tok.hf is not None
+    split = None if _up_to_date(out, request) else _plan(source, config, say, subword)  # bad input: nothing written
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         done = _up_to_date(out, request)  # again: another process may have prepared it meanwhile
         if done is not None:
             say(f"{out}: already prepared from the same input, tokenizer and settings; nothing to do")
             return done
-        split = split or _plan(source, config, say)
+        split = split or _plan(source, config, say, subword)
         _clear(out)
         separator = tok.encode([SEPARATOR])[0]
         writers = {s: SplitWriter(out, s, dtype, config.shard_tokens, separator) for s in SPLITS}
         try:
             enc = _Encoder(tok, writers)
-            _feed(source, split, enc, subword=tok.hf is not None)  # pass two
+            _feed(source, split, enc, subword)  # pass two
             enc.flush()
             entries = {s: w.finish() for s, w in writers.items()}
         except BaseException:

@@ -16,6 +16,7 @@ pydoc). Memory holds one chunk, one line or one record batch at a time, whatever
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from dataclasses import dataclass
@@ -266,8 +267,43 @@ def _first_newline(doc: Document, lo: int, hi: int) -> int:
     return -1
 
 
-def plan_split(source: Source, val_fraction: float) -> Split:
-    """Count the documents and bytes (reading text only where sizes need it) and fix the validation split."""
+def byte_range(doc: Document, lo: int, hi: int) -> Iterator[bytes]:
+    """Bytes [lo, hi) of a document, in chunks."""
+    pos = 0
+    for chunk in doc.read():
+        a, b = max(lo - pos, 0), min(hi - pos, len(chunk))
+        if a < b:
+            yield chunk[a:b]
+        pos += len(chunk)
+        if pos >= hi:
+            return
+
+
+def check_utf8(doc: Document) -> None:
+    """Refuse a document that is not UTF-8 text (subword tokenizers read characters), in one line."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        for chunk in doc.read():
+            decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        raise FlashsearchError(f"{doc.where} is not valid UTF-8 ({exc.reason}); a subword tokenizer needs UTF-8 "
+                               "text (--tokenizer bytes takes any bytes)") from None
+
+
+def _char_start(doc: Document, pos: int) -> int:
+    """`pos`, moved forward past UTF-8 continuation bytes (10xxxxxx) to where a character starts."""
+    head = b"".join(byte_range(doc, pos, pos + 4))
+    step = 0
+    while step < len(head) and head[step] & 0xC0 == 0x80:
+        step += 1
+    return pos + step
+
+
+def plan_split(source: Source, val_fraction: float, char_safe: bool = False) -> Split:
+    """Count the documents and bytes (reading text only where sizes need it) and fix the validation split.
+    char_safe: every document must be UTF-8 and a single one is never cut inside a character (for subword
+    tokenizers, which read characters)."""
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \
             or not math.isfinite(val_fraction) or not 0.0 < val_fraction < 1.0:
         raise FlashsearchError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
@@ -275,6 +311,8 @@ def plan_split(source: Source, val_fraction: float) -> Split:
     for doc in source.documents():
         first = first or doc
         n, total = n + 1, total + doc.size
+        if char_safe:
+            check_utf8(doc)
         if source.hash_split:
             from flashsearch.proxies.quality.corpus import _held_out
 
@@ -289,11 +327,11 @@ def plan_split(source: Source, val_fraction: float) -> Split:
         return Split("trailing", val_fraction, n, total)
     cut = int(total * (1.0 - val_fraction))
     newline = _first_newline(first, cut, cut + max(1, total // 100))
-    cut = newline + 1 if newline != -1 else cut
+    cut = newline + 1 if newline != -1 else _char_start(first, cut) if char_safe else cut
     if not 0 < cut < total:
         raise FlashsearchError(f"{source.description} holds {total} bytes: too little text to split into training "
                                "and validation")
     return Split("position", val_fraction, 1, total, cut)
 
 
-__all__ = ["Document", "Source", "Split", "open_source", "plan_split", "CHUNK", "FILE_SUFFIXES"]
+__all__ = ["Document", "Source", "Split", "open_source", "plan_split", "byte_range", "CHUNK", "FILE_SUFFIXES"]

@@ -12,6 +12,7 @@ Skipped when lm_eval is not installed (it is not a flashsearch dependency: `pip 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,8 +72,27 @@ def write_tasks(folder: Path) -> None:
         "metric_list:\n  - metric: exact_match\n")
 
 
+def run_lm_eval(model_dir: Path, tasks_dir: Path, out: Path, batch_size: int) -> tuple[dict, dict[str, list]]:
+    """The documented command (docs/export.md): lm-eval's CLI after `import flashsearch` (which registers the model
+    type), offline. Returns the results and, per task, the logged samples in document order."""
+    cmd = [sys.executable, "-c", "import flashsearch, lm_eval.__main__ as m; m.cli_evaluate()",
+           "run", "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
+           "--include_path", str(tasks_dir), "--tasks", "fs_bytes_ppl,fs_bytes_next", "--batch_size", str(batch_size),
+           "--device", "cpu", "--output_path", str(out), "--log_samples"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(next(out.rglob("results*.json")).read_text())["results"]
+    samples = {}
+    for task in ("fs_bytes_ppl", "fs_bytes_next"):
+        lines = next(out.rglob(f"samples_{task}_*.jsonl")).read_text().splitlines()
+        samples[task] = sorted((json.loads(line) for line in lines), key=lambda d: d["doc_id"])
+    return results, samples
+
+
 @pytest.mark.slow
 def test_lm_eval_scores_an_exported_model_in_batches(tmp_path):
+    """Batch size 4 (padded generation, batched scoring) gives the scores and generations of batch size 1."""
     from flashsearch.export import export_top
 
     genome = every_operator_genome(vocab_size=257)
@@ -81,19 +101,11 @@ def test_lm_eval_scores_an_exported_model_in_batches(tmp_path):
     model_dir = export_top(df, tmp_path / "export", top=1, weights=True)[0]
     save_byte_tokenizer(model_dir)
     write_tasks(tmp_path)
-    out = tmp_path / "results"
-    # The documented command (docs/export.md): lm-eval's CLI after `import flashsearch` (registers the model type).
-    cmd = [sys.executable, "-c", "import flashsearch, lm_eval.__main__ as m; m.cli_evaluate()",
-           "run", "--model", "hf", "--model_args", f"pretrained={model_dir},dtype=float32",
-           "--include_path", str(tmp_path), "--tasks", "fs_bytes_ppl,fs_bytes_next", "--batch_size", "4",
-           "--device", "cpu", "--output_path", str(out)]
-    env = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    import os
-
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **env})
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads(next(out.rglob("results*.json")).read_text())["results"]
-    bpb = results["fs_bytes_ppl"]["bits_per_byte,none"]
+    batched, batched_samples = run_lm_eval(model_dir, tmp_path, tmp_path / "bs4", batch_size=4)
+    single, single_samples = run_lm_eval(model_dir, tmp_path, tmp_path / "bs1", batch_size=1)
+    bpb = batched["fs_bytes_ppl"]["bits_per_byte,none"]
     assert 7.0 < bpb < 9.0                              # an untrained byte model: about log2(257) bits per byte
-    assert results["fs_bytes_next"]["exact_match,none"] >= 0.0
-    assert results["fs_bytes_next"]["alias"] == "fs_bytes_next"
+    assert bpb == pytest.approx(single["fs_bytes_ppl"]["bits_per_byte,none"], rel=1e-5)
+    generated = [d["filtered_resps"] for d in batched_samples["fs_bytes_next"]]
+    assert len(generated) == 8 and any(g != [""] for g in generated)
+    assert generated == [d["filtered_resps"] for d in single_samples["fs_bytes_next"]]

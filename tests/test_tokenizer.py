@@ -57,9 +57,11 @@ def test_the_cache_is_keyed_by_corpus_and_settings(private_cache: Path) -> None:
         calls.append(1)
         return texts()
 
-    first = tk.cached_bpe("toy", "sha-a", source, vocab_size=400)
-    again = tk.cached_bpe("toy", "sha-a", source, vocab_size=400)
-    assert len(calls) == 1 and again.fingerprint == first.fingerprint     # a hit trains nothing
+    said: list[str] = []
+    first = tk.cached_bpe("toy", "sha-a", source, vocab_size=400, progress=said.append)
+    again = tk.cached_bpe("toy", "sha-a", source, vocab_size=400, progress=said.append)
+    assert len(calls) == 1 and again.fingerprint == first.fingerprint     # a hit trains nothing ...
+    assert len(said) == 1 and said[0].startswith("training our bpe-400 tokenizer on toy")  # ... and says nothing
     assert len(list(private_cache.glob("tokenizers/*/tokenizer.json"))) == 1
     tk.cached_bpe("toy", "sha-b", source, vocab_size=400)                 # another corpus: another entry
     tk.cached_bpe("toy", "sha-a", source, vocab_size=420)                 # other settings: another entry

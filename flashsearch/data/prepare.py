@@ -276,14 +276,14 @@ def prepare(input_spec: str, out_dir: str | os.PathLike, tokenizer: Tokenizer | 
     Up to date (same request, whole files): nothing is rewritten. Bad input is one FlashsearchError line, raised
     before any file is written."""
     config = config or PrepareConfig()
-    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
-    dtype = id_dtype(tok.vocab_size, config.dtype)
-    source = open_source(input_spec, config.text_field)
+    say = progress or (lambda _msg: None)
+    source = open_source(input_spec, config.text_field)     # cheap checks first: a typo fails before any training
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise FlashsearchError(f"output {out} exists and is not a directory")
+    tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer, say)
+    dtype = id_dtype(tok.vocab_size, config.dtype)
     request = _request(source, tok, config)
-    say = progress or (lambda _msg: None)
     subword = tok.hf is not None
     split = None if _up_to_date(out, request) else _plan(source, config, say, subword)  # bad input: nothing written
     out.mkdir(parents=True, exist_ok=True)
@@ -375,7 +375,7 @@ def cached_shards(input_spec: str, tokenizer: str, text_field: str = "text", val
                   progress: Callable[[str], None] | None = None) -> Path:
     """Shards of `input_spec` under `tokenizer` in the per-user cache (cache_dir()/shards/<key>), prepared on
     first use, so that proxies and their workers never tokenize the same text twice."""
-    tok = load_tokenizer(tokenizer)
+    tok = load_tokenizer(tokenizer, progress)
     config = PrepareConfig(text_field=text_field, val_fraction=val_fraction)
     request = _request(open_source(input_spec, text_field), tok, config)
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]

@@ -174,7 +174,8 @@ def train_bpe(texts: Iterable[str], vocab_size: int = BPE_VOCAB, min_frequency: 
 
 
 def cached_bpe(corpus_name: str, corpus_fingerprint: str, texts: Callable[[], Iterable[str]],
-               vocab_size: int = BPE_VOCAB, min_frequency: int = BPE_MIN_FREQUENCY) -> Tokenizer:
+               vocab_size: int = BPE_VOCAB, min_frequency: int = BPE_MIN_FREQUENCY,
+               progress: Callable[[str], None] | None = None) -> Tokenizer:
     """Our BPE trained on `texts()` (called only on a cache miss), cached under cache_dir() by a key of the corpus
     and the settings; written atomically, so an interrupted training leaves no cache entry."""
     import tokenizers
@@ -193,33 +194,37 @@ def cached_bpe(corpus_name: str, corpus_fingerprint: str, texts: Callable[[], It
             return _from_json_text(path.read_text(encoding="utf-8"), name)
         except Exception:  # a damaged cache entry is retrained, never trusted
             pass
+    if progress is not None:
+        progress(f"training our {name} tokenizer on {corpus_name} (once per machine; cached in {path.parent})")
     text = train_bpe(texts(), vocab_size, min_frequency)
     write_text_atomic(path, text)
     write_text_atomic(path.with_name("settings.json"), json.dumps(settings, indent=1, sort_keys=True) + "\n")
     return _from_json_text(text, name)
 
 
-def default_bpe(vocab_size: int = BPE_VOCAB) -> Tokenizer:
+def default_bpe(vocab_size: int = BPE_VOCAB, progress: Callable[[str], None] | None = None) -> Tokenizer:
     """Our BPE, trained on the default corpus's training split (first use: ~10 s and a cache entry)."""
     from flashsearch.proxies.quality.corpus import DEFAULT_CORPUS, DOC_SEPARATOR, load_corpus
 
     train = load_corpus(corpus=DEFAULT_CORPUS, val_fraction=BPE_SPLIT).train.numpy().tobytes()
     return cached_bpe(DEFAULT_CORPUS, hashlib.sha256(train).hexdigest(),
-                      lambda: (d.decode("utf-8") for d in train.split(DOC_SEPARATOR)), vocab_size)
+                      lambda: (d.decode("utf-8") for d in train.split(DOC_SEPARATOR)), vocab_size,
+                      progress=progress)
 
 
-def load_tokenizer(spec: str | os.PathLike | None) -> Tokenizer:
-    """`bytes` (or None), `bpe`, `bpe:<vocab>`, or a path to a tokenizer.json / Hugging Face tokenizer folder."""
+def load_tokenizer(spec: str | os.PathLike | None, progress: Callable[[str], None] | None = None) -> Tokenizer:
+    """`bytes` (or None), `bpe`, `bpe:<vocab>`, or a path to a tokenizer.json / Hugging Face tokenizer folder.
+    progress: told when our BPE has to be trained."""
     if spec is None or str(spec).strip().lower() == BYTES:
         return BYTE_TOKENIZER
     text = str(spec).strip()
     if text.lower() == BPE:
-        return default_bpe()
+        return default_bpe(progress=progress)
     if text.lower().startswith(BPE + ":"):
         size = text.split(":", 1)[1]
         if not size.isdigit():
             raise FlashsearchError(f"tokenizer {text!r}: write bpe:<vocab size>, e.g. bpe:8192")
-        return default_bpe(int(size))
+        return default_bpe(int(size), progress)
     return from_file(text)
 
 

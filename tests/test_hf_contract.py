@@ -29,8 +29,6 @@ Mixin cases that do not apply, and why:
   test_*_fp16/bf16 on accelerators: need several devices or an accelerator; the CPU suite has none.
 - test_mismatched_shapes_have_properly_initialized_weights, test_model_base_model_prefix, test_*_feature_extraction,
   test_pipeline_*: no head variants (only a causal LM) and no base-model class of ours.
-- test_training_gradient_checkpointing_use_reentrant (=True): the reentrant form needs inputs that require grad;
-  transformers' default (use_reentrant=False) is checked below.
 - test_sdpa_padding_matches_padding_free_with_position_ids, test_*padding_free*: packed sequences (position_ids
   restarting inside a row) are not supported; position_ids are ignored (positions come from the mask).
 - test_attention_mask_4d*, test_custom_4d_attention_mask: a 4D mask describes attention only and cannot say which
@@ -232,8 +230,10 @@ def test_training_backward_reaches_every_parameter():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    """test_training_gradient_checkpointing: enable / disable, and the same loss and gradients as without."""
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(reentrant):
+    """test_training_gradient_checkpointing(_use_reentrant): enable / disable, and the same loss and gradients as
+    without."""
     ids, mask = ids_and_mask()
 
     def grads(model):
@@ -244,8 +244,11 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
     plain = make_model().train()
     ckpt = make_model().train()
-    with pytest.warns(FutureWarning):                  # transformers 5.24 renamed it activation_checkpointing_enable
-        ckpt.gradient_checkpointing_enable()
+    if reentrant:
+        ckpt.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    else:
+        with pytest.warns(FutureWarning):              # transformers 5.24 renamed it activation_checkpointing_enable
+            ckpt.gradient_checkpointing_enable()
     assert ckpt.is_activation_checkpointing and all(b.gradient_checkpointing for b in ckpt.model.layers)
     calls = []
     for block in ckpt.model.layers:                                           # it really recomputes the blocks

@@ -130,3 +130,31 @@ def test_an_operator_without_padding_support_refuses_a_padded_batch(monkeypatch)
     mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]])
     with pytest.raises(FlashsearchError, match="'mamba2' does not support padded batches"):
         model(ids, mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the fused kernels' padded inputs)")
+@pytest.mark.parametrize("op", BUILTIN_MIXERS)
+def test_cuda_fast_paths_honour_the_mask(op):
+    """On CUDA in bf16 the operators run fla / mamba_ssm / causal_conv1d (attention: SDPA) on the padded inputs
+    (zeroed gates, compacted conv, dt after softplus): per row, the padded forward and prefill match the row alone
+    within bf16 noise (relative norm)."""
+    def rel_close(got: torch.Tensor, want: torch.Tensor) -> None:
+        err, ref = (got.float() - want.float()).norm().item(), want.float().norm().item()
+        assert err <= 3e-2 * ref, (err, ref)
+
+    torch.manual_seed(0)
+    model = HybridLM(tiny_genome((op, "ffn"))).cuda().to(torch.bfloat16).eval()
+    gen = torch.Generator().manual_seed(4)
+    rows = rows_for(gen)
+    ids, mask = (t.cuda() for t in padded(rows, "left", gen))
+    with torch.no_grad():
+        batch = model(ids, mask)
+        state = model.init_state(len(rows), ids.shape[1] + 1)
+        prompt, state = model.prefill(ids, state, mask)
+        for b, r in enumerate(rows):
+            r = r.cuda()[None]
+            rel_close(real(batch, mask, b), model(r)[0])
+            alone = model.init_state(1, r.shape[1] + 1)
+            ref, alone = model.prefill(r, alone)
+            rel_close(real(prompt, mask, b), ref[0])

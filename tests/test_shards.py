@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from factories import HYBRID_YAML, tiny_genome
+from factories import HYBRID_YAML, TINY_RUN, tiny_genome
 from flashsearch.data.prepare import PrepareConfig, prepare
 from flashsearch.data.shards import ShardSampler, TokenShards, validation_windows
 from flashsearch.data.tokenizer import train_bpe
@@ -201,3 +201,22 @@ def test_a_run_on_missing_shards_is_one_line_exit_2(tmp_path: Path, capsys: pyte
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: shards folder") and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_search_runs_on_shards(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`flashsearch run` end to end with data.shards: every candidate trains on the tokens (~30 s)."""
+    import pandas as pd
+
+    from flashsearch.cli import main
+
+    code = main(["run", HYBRID_YAML, *TINY_RUN, f"data.shards={data['bpe']}", f"out_dir={tmp_path / 'run'}"])
+    assert code == 0, capsys.readouterr().err
+    done = pd.read_parquet(tmp_path / "run" / "trials.parquet").query("state == 'COMPLETE'")
+    assert len(done) == 5 and (done["quality"] > 0).all()
+    from flashsearch.genome import Genome
+    from flashsearch.model import count_parameters
+
+    proxy = ShortTrain(shards=str(data["bpe"]))          # the proxies trained have the tokenizer's vocabulary
+    for genome_json, params in zip(done["genome_json"], done["metrics.proxy_params"]):
+        assert count_parameters(proxy.proxy_genome(Genome.from_dict(json.loads(genome_json)))) == params

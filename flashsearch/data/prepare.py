@@ -228,7 +228,7 @@ def _up_to_date(out: Path, request: dict[str, Any]) -> dict[str, Any] | None:
         manifest = read_manifest(out)
         if manifest.get("request") != request:
             return None
-        TokenShards(out)                # checks every shard's size
+        TokenShards(out).token_bytes()  # checks every shard's size and the bytes-per-id table
         return manifest
     except FlashsearchError:
         return None

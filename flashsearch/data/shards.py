@@ -156,7 +156,7 @@ class TokenShards:
         """[vocab_size] int64: bytes of text each id stands for (the denominator of bits per byte)."""
         with self._lock:
             if self._token_bytes is None:
-                path = self.directory / self.manifest["tokenizer"]["token_bytes"]
+                path = self.directory / str(self.manifest["tokenizer"].get("token_bytes"))
                 try:
                     table = np.load(path, allow_pickle=False)
                 except (OSError, ValueError) as exc:

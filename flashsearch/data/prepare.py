@@ -292,39 +292,46 @@ def prepare(input_spec: str, out_dir: str | os.PathLike, tokenizer: Tokenizer | 
         if done is not None:
             say(f"{out}: already prepared from the same input, tokenizer and settings; nothing to do")
             return done
-        split = split or _plan(source, config, say, subword)
-        _clear(out)
-        separator = tok.encode([SEPARATOR])[0]
-        writers = {s: SplitWriter(out, s, dtype, config.shard_tokens, separator) for s in SPLITS}
-        try:
-            enc = _Encoder(tok, writers)
-            _feed(source, split, enc, subword)  # pass two
-            enc.flush()
-            entries = {s: w.finish() for s, w in writers.items()}
-        except BaseException:
-            for w in writers.values():
-                w.abort()
-            raise
-        for name, entry in entries.items():
-            if entry["tokens"] == 0:
-                raise FlashsearchError(f"the {name} split of {source.description} holds no tokens; give more text")
-        tok_file = None
-        if tok.hf is not None:
-            from flashsearch.atomic import write_text_atomic
+        return _write_folder(out, source, split or _plan(source, config, say, subword), tok, dtype, config, request,
+                             say)
 
-            write_text_atomic(out / TOKENIZER_FILE, tok.hf.to_str())
-            tok_file = TOKENIZER_FILE
-        _write_token_bytes(out / TOKEN_BYTES_FILE, tok.token_bytes())
+
+def _write_folder(out: Path, source: Source, split: Split, tok: Tokenizer, dtype: np.dtype, config: PrepareConfig,
+                  request: dict[str, Any], say: Callable[[str], None]) -> dict[str, Any]:
+    """Pass two, under the folder's lock: clear the folder, write the shards, then the manifest."""
+    subword = tok.hf is not None
+    _clear(out)
+    separator = tok.encode([SEPARATOR])[0]
+    writers = {s: SplitWriter(out, s, dtype, config.shard_tokens, separator) for s in SPLITS}
+    try:
+        enc = _Encoder(tok, writers)
+        _feed(source, split, enc, subword)  # pass two
+        enc.flush()
+        entries = {s: w.finish() for s, w in writers.items()}
+    except BaseException:
         for w in writers.values():
-            w.commit()
-        _fsync_dir(out)
-        manifest = _manifest(source, split, tok, tok_file, dtype, config, separator, entries, request)
-        _write_manifest(out, manifest)
-        say(f"{out}: {manifest['tokens']} tokens ({entries['train']['tokens']} train, "
-            f"{entries['validation']['tokens']} validation) in "
-            f"{sum(len(e['shards']) for e in entries.values())} shards, {manifest['bytes_per_token']:.2f} bytes "
-            "per token")
-        return manifest
+            w.abort()
+        raise
+    for name, entry in entries.items():
+        if entry["tokens"] == 0:
+            raise FlashsearchError(f"the {name} split of {source.description} holds no tokens; give more text")
+    tok_file = None
+    if tok.hf is not None:
+        from flashsearch.atomic import write_text_atomic
+
+        write_text_atomic(out / TOKENIZER_FILE, tok.hf.to_str())
+        tok_file = TOKENIZER_FILE
+    _write_token_bytes(out / TOKEN_BYTES_FILE, tok.token_bytes())
+    for w in writers.values():
+        w.commit()
+    _fsync_dir(out)
+    manifest = _manifest(source, split, tok, tok_file, dtype, config, separator, entries, request)
+    _write_manifest(out, manifest)
+    say(f"{out}: {manifest['tokens']} tokens ({entries['train']['tokens']} train, "
+        f"{entries['validation']['tokens']} validation) in "
+        f"{sum(len(e['shards']) for e in entries.values())} shards, {manifest['bytes_per_token']:.2f} bytes "
+        "per token")
+    return manifest
 
 
 def _manifest(source: Source, split: Split, tok: Tokenizer, tok_file: str | None, dtype: np.dtype,

@@ -225,7 +225,7 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 # operator honours it the way flash-linear-attention's and mamba-ssm's variable-length interfaces do: pads add
 # nothing to attention and leave recurrent and convolution states as they were, so each row computes what it would
 # alone (its outputs at pads are finite but meaningless).
-def positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
+def real_positions(mask: torch.Tensor, start: torch.Tensor | int = 0) -> torch.Tensor:
     """Per-row position of each token, counting real tokens only, from `start` ([B] or int): [B, T] long. A pad
     gets the position of the real token before it (clamped at 0): finite, and never attended to."""
     start_t = torch.as_tensor(start, device=mask.device).reshape(-1, 1)

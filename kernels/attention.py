@@ -31,7 +31,7 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option
 
 from . import cpu
-from ._common import apply_rope, fused_linear, layer_cost, positions, rope_cos_sin
+from ._common import apply_rope, fused_linear, layer_cost, real_positions, rope_cos_sin
 from .base import DecodeCost, Operator, ProxyScale
 
 
@@ -158,7 +158,7 @@ class Attention(Operator):
                                               enable_gqa=self.n_heads != self.n_kv_heads)
 
     def _forward_padded(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        pos = positions(mask)
+        pos = real_positions(mask)
         q, k, v = self._qkv(x, pos)
         eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)     # a pad query attends to itself
         return self._out(self._attend_masked(q, k, v, self._allowed(pos, pos, mask, mask) | eye))
@@ -176,7 +176,7 @@ class Attention(Operator):
         mask = torch.ones(B, T, dtype=torch.bool, device=x.device) if mask is None else mask
         S = state.k.shape[2]
         lengths = self._lengths(state, B)
-        pos = positions(mask, lengths)                                      # [B, T]
+        pos = real_positions(mask, lengths)                                 # [B, T]
         q, k, v = self._qkv(x, pos)
         # Cache row j holds the latest position p <= length-1 with p % S == j (p = j until a ring wraps).
         rows = min(state.seen, S)

@@ -63,7 +63,8 @@ def _one(data: bytes) -> Callable[[], Iterator[bytes]]:
     return lambda: iter((data,))
 
 
-def _jsonl(path: Path, text_field: str) -> Iterator[Document]:
+def jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
+    """One Document per non-empty JSON line's `text_field`; bad lines are one error naming file and line."""
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
@@ -151,7 +152,7 @@ def _file(path: Path, text_field: str) -> Iterator[Document]:
     if suffix == ".txt":
         return _txt(path)
     if suffix == ".jsonl":
-        return _jsonl(path, text_field)
+        return jsonl_documents(path, text_field)
     if suffix == ".parquet":
         return _parquet(path, text_field)
     raise FlashsearchError(f"unsupported data file {path} (extension {path.suffix or 'none'!r}); use "

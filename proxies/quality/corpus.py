@@ -126,32 +126,10 @@ def split_by_hash(articles: Sequence[tuple[str, str, bytes]], val_fraction: floa
 
 
 def _read_jsonl(path: Path, text_field: str) -> list[bytes]:
-    docs: list[bytes] = []
-    with path.open("r", encoding="utf-8", errors="strict") as fh:
-        try:
-            lines = list(fh)
-        except UnicodeDecodeError as exc:
-            raise FlashsearchError(f"{path} is not valid UTF-8 ({exc.reason} at byte {exc.start}); "
-                                   "JSONL data must be UTF-8 text") from None
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FlashsearchError(f"{path}:{lineno}: invalid JSON ({exc.msg}); each line must be one JSON object") \
-                from None
-        if not isinstance(record, dict) or text_field not in record:
-            raise FlashsearchError(
-                f"{path}:{lineno}: no field {text_field!r} in this JSON line; set data.text_field to the field "
-                "that holds the text")
-        text = record[text_field]
-        if not isinstance(text, str):
-            raise FlashsearchError(f"{path}:{lineno}: field {text_field!r} must be a string, "
-                                   f"got {type(text).__name__}")
-        if text:
-            docs.append(text.encode("utf-8"))
-    return docs
+    """The documents of a JSONL file, read by the same reader `flashsearch data prepare` streams them with."""
+    from flashsearch.data.sources import jsonl_documents  # it reads the named corpora from this module
+
+    return [b"".join(doc.read()) for doc in jsonl_documents(path, text_field)]
 
 
 def _read_file(path: Path, text_field: str) -> list[bytes]:

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 export RAY_AUTH_MODE ?= disabled
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup demo test test-all gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test: setup
 # slow and GPU tests too (GPU ones skip themselves without CUDA)
 test-all: setup
 	$(PY) -m pytest -q -m ''
+
+# Every check that needs CUDA, one run (experiments/gpu_check); without CUDA: "no CUDA device", exit 2.
+# No setup dependency: a device image brings its own environment (make gpu-check PY=python; docs/gpu.md).
+gpu-check:
+	@$(PY) -m experiments run gpu_check
 
 clean:
 	rm -rf runs .pytest_cache

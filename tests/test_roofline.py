@@ -210,3 +210,22 @@ def test_device_profiles_are_data_and_user_files_load(tmp_path: Path) -> None:
     bad.write_text("name: bad\nmemory_bandwidth_gbs: 1000\n")
     with pytest.raises(FlashsearchError, match="missing"):
         RooflinePredictor(str(bad))
+
+
+def test_kernel_census_counts_the_decode_step_per_operator() -> None:
+    """The census counts what one StaticDecoder.step dispatches, per operator type; linear in the layer count;
+    views and bare allocations are not kernels; the charge column is the roofline's."""
+    from flashsearch import kernels
+    from flashsearch.proxies.latency.census import HEAD as CENSUS_HEAD
+    from flashsearch.proxies.latency.census import decode_step_census, format_census
+
+    one = {r.op: r for r in decode_step_census(full_size_genome(["mamba2", "ffn"]), context=8)}
+    two = {r.op: r for r in decode_step_census(full_size_genome(["mamba2", "ffn"] * 2), context=8)}
+    assert set(one) == {"mamba2", "ffn", CENSUS_HEAD}
+    for op in ("mamba2", "ffn"):
+        assert two[op].kernels == 2 * one[op].kernels > 0
+        assert one[op].charged == kernels.decode_cost(full_size_genome(["mamba2", "ffn"]), op, 8).launches
+    names = {name for r in one.values() for name, _ in r.top}
+    assert not any(n.startswith(("aten.view", "aten.empty", "aten.transpose")) for n in names)
+    assert "aten.linear" in dict(one["ffn"].top)                         # gate/up and down projections
+    assert "| total |" in format_census(list(one.values()))

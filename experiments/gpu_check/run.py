@@ -1,5 +1,6 @@
 """Every check that needs a CUDA device, in one run: the GPU tests, the fla / mamba-ssm fast paths against our
-torch forms on the device (bf16 included), batch-1 decode latency of the reference models measured next to the
+torch forms on the device (bf16 included), the kernel census of each model's CUDA decode step (ATen ops and Triton
+launches) next to the roofline's charge, batch-1 decode latency of the reference models measured next to the
 roofline (and the paper's Table 6), and the int32-capped max-batch throughput; results name the device, driver,
 CUDA, torch and package versions and the git revision.
 
@@ -46,6 +47,7 @@ class Settings:
     pytest_timeout_s: int
     fast_paths: bool
     fast_paths_timeout_s: int
+    census: bool                  # kernels of each model's decode step on CUDA (ATen ops + Triton launches)
     throughput: bool
     throughput_tokens: int
     max_batch: int
@@ -144,6 +146,17 @@ def run_latency(args: Settings, profile: str) -> list[dict[str, Any]]:
     return rows
 
 
+def run_census(args: Settings) -> dict[str, Any]:
+    from flashsearch.builders import load_genome
+    from flashsearch.proxies.latency.census import decode_step_census, format_census
+
+    tables = {}
+    for name in args.models:
+        rows = decode_step_census(load_genome(REF / f"{name}.yaml"), context=args.prompt_len, device="cuda")
+        tables[name] = format_census(rows)
+    return {"ok": True, "summary": f"{len(tables)} models", "tables": tables}
+
+
 def run_throughput(args: Settings) -> dict[str, Any]:
     from flashsearch.builders import load_genome
     from flashsearch.proxies.base import Workload
@@ -176,6 +189,7 @@ def main(args: Settings, meta: dict) -> None:
     result: dict[str, Any] = {"revision": meta["revision"], "environment": env, "profile": profile}
     parts = [("pytest", args.pytest, lambda: run_pytest(args.pytest_timeout_s)),
              ("fast_paths", args.fast_paths, lambda: run_fast_paths(args.fast_paths_timeout_s)),
+             ("census", args.census, lambda: run_census(args)),
              ("latency", True, lambda: run_latency(args, profile)),
              ("throughput", args.throughput, lambda: run_throughput(args))]
     for key, wanted, fn in parts:
@@ -195,7 +209,7 @@ def main(args: Settings, meta: dict) -> None:
     lines = [header(f"GPU check: {env['gpu']}", meta, clock="wall"), "",
              f"- driver {env['driver']}, CUDA {env['cuda']}, {env['gpu_memory_gib']} GiB; packages: "
              + ", ".join(f"{k} {v}" for k, v in env["packages"].items()), ""]
-    for key in ("pytest", "fast_paths", "throughput"):
+    for key in ("pytest", "fast_paths", "census", "throughput"):
         if key in result and isinstance(result[key], dict):
             r = result[key]
             lines.append(f"- {key}: {'ok' if r.get('ok') else 'FAILED'} - "
@@ -209,9 +223,11 @@ def main(args: Settings, meta: dict) -> None:
             lines.append(f"| {r['model']} | {r['decode_tokens']} | {_fmt(r.get('measured_s'))} | "
                          f"{r['roofline_s']:.2f} | {_fmt(ratio)} | {_fmt(r.get('paper_h100_s'))} | "
                          f"{r.get('source') or r.get('error', '')} |")
+    for name, table in (result.get("census") or {}).get("tables", {}).items():
+        lines += ["", f"Kernel census of one CUDA decode step, {name}:", "", table]
     write_text(out / f"gpu_check_{slug}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
-    failed = [k for k in ("pytest", "fast_paths", "throughput") if isinstance(result.get(k), dict)
+    failed = [k for k in ("pytest", "fast_paths", "census", "throughput") if isinstance(result.get(k), dict)
               and not result[k].get("ok")]
     failed += ["latency"] if any(r.get("measured_s") is None for r in result.get("latency", [])) else []
     if failed:

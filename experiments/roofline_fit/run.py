@@ -9,6 +9,10 @@ operator counts are known, so the fit is a 2-parameter least squares on relative
 The fitted values go into proxies/latency/devices/<profile>.yaml by hand; the table's "profile" columns are what
 the shipped profile predicts, so a stale profile shows.
 
+The report ends with the kernel census of each model's decode step (proxies/latency/census.py: ATen ops dispatched
+by one StaticDecoder.step, on the meta device) next to the launches the roofline charges: the fit's per-kernel
+term is only as good as that charge.
+
     python -m experiments run roofline_fit
 """
 
@@ -36,6 +40,7 @@ class Settings:
     points: tuple[str, ...]       # reference genomes (search_spaces/reference/<name>.yaml) with a Table 6 latency
     prompt_len: int
     decode_tokens: int
+    census: bool                  # append the kernel census of each model's decode step
     out: str
 
 
@@ -125,5 +130,14 @@ def main(args: Settings, meta: dict) -> None:
         lines += ["", f"Qwen3-0.6B / Flash-1B: paper {PAPER_RATIO:.2f}, fit "
                   f"{pts[q].predict(eff, t_op) / pts[f1].predict(eff, t_op):.2f}, shipped profile "
                   f"{shipped_s[q] / shipped_s[f1]:.2f}."]
+    if args.census:
+        from flashsearch.proxies.latency.census import decode_step_census, format_census
+
+        lines += ["", f"## Kernel census of one decode step (context {args.prompt_len})", "",
+                  "Kernels one StaticDecoder.step dispatches (ATen ops, views and allocations excluded; the decode "
+                  "steps run the torch forms today) against the launches the roofline charges.", ""]
+        for n in args.points:
+            rows = decode_step_census(load_genome(REF / f"{n}.yaml"), context=args.prompt_len)
+            lines += [f"### {n}", "", format_census(rows), ""]
     write_text(Path(args.out) / "roofline_fit.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

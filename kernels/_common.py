@@ -23,25 +23,32 @@ log = logging.getLogger(__name__)
 def cuda_kernel(module: str, fn: str) -> Callable[..., Any] | None:
     """The fused kernel `module.fn` (fla, mamba_ssm, causal_conv1d), or None without CUDA or without the package;
     the torch form is then the fallback. Cached: operators resolve their fast path once, at construction.
-    When CUDA is present but the package does not import, says so once per package (logging, INFO)."""
+    When CUDA is present but the package does not import, says so once per package, at WARNING, with the import
+    error: a GPU run on the torch forms is many times slower and must not pass unnoticed."""
     if not torch.cuda.is_available():
         return None
     try:
         return getattr(__import__(module, fromlist=[fn]), fn)
     except Exception as exc:  # noqa: BLE001 - any import problem (missing, no triton, ABI mismatch) = no fast path
-        _note_missing(module.split(".")[0], exc)
+        _note_missing(module.split(".")[0], f"{module}.{fn}", exc)
         return None
 
 
 _NOTED_MISSING: set[str] = set()
 
 
-def _note_missing(package: str, exc: BaseException) -> None:
+def _note_missing(package: str, what: str, exc: BaseException) -> None:
     if package in _NOTED_MISSING:
         return
     _NOTED_MISSING.add(package)
-    log.info("CUDA is available but %s does not import (%s: %s); its operators use the torch form "
-             "(install flashsearch[gpu] for the fused kernels)", package, type(exc).__name__, exc)
+    log.warning("CUDA is available but %s does not import (%s: %s); its operators run their torch forms, "
+                "which are much slower (install flashsearch[gpu] for the fused kernels; first missing: %s)",
+                package, type(exc).__name__, exc, what)
+
+
+def refused(dtype: torch.dtype, accepted: tuple[torch.dtype, ...]) -> str:
+    """The suffix a recorded torch path gets when a fused kernel is there but refuses `dtype` ("" if accepted)."""
+    return "" if dtype in accepted else f"[fused kernel refuses {str(dtype).removeprefix('torch.')}]"
 
 
 def on_cuda(x: torch.Tensor) -> bool:

@@ -121,12 +121,15 @@ class Attention(Operator):
         gqa = self.n_heads != self.n_kv_heads
         if q_pos is None or k_pos is None:
             if self.cpu_kernel_applies(q, k, v):            # the proxy's CPU path: small heads, see kernels/cpu.py
+                self._ran("cpu_kernel.attention")
                 return cpu.causal_attention(q, k, v, self.window)
             Tq = q.shape[-2]
+            self._ran("sdpa")
             if self.window is None or Tq <= self.window:
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
             idx = torch.arange(Tq, device=q.device)
             q_pos, k_pos = idx, idx
+        self._ran("sdpa")
         mask = k_pos[None, :] <= q_pos[:, None]                             # [Tq, Tk], True = attend
         if self.window is not None:
             mask = mask & (k_pos[None, :] > q_pos[:, None] - self.window)
@@ -154,6 +157,7 @@ class Attention(Operator):
 
     def _attend_masked(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """SDPA with a per-row mask allowed [B, Tq, Tk] (every query allows at least one key)."""
+        self._ran("sdpa")
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None],
                                               enable_gqa=self.n_heads != self.n_kv_heads)
 
@@ -268,6 +272,7 @@ class Attention(Operator):
         form the fused memory-efficient SDPA backend accepts (a boolean mask with enable_gqa runs only on the
         math backend, which copies K/V to every query head)."""
         B, H, _, hd = q.shape
+        self._ran("sdpa")
         qg = q.reshape(B, self.n_kv_heads, H // self.n_kv_heads, hd)         # head i reads kv head i // (H/Hkv)
         attn_mask = keep.view(1, 1, 1, -1) if keep.dim() == 1 else keep[:, None, None, :]
         y = F.scaled_dot_product_attention(qg, k, v, attn_mask=attn_mask)

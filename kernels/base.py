@@ -18,7 +18,7 @@ A subclass that sets `name` registers itself (flashsearch.operators) with its le
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -78,6 +78,11 @@ class Operator(nn.Module):
     # Whether forward / prefill / step take `mask` (padded batches, see the module docstring). The model refuses a
     # padded batch for an operator that does not.
     supports_padding: ClassVar[bool] = False
+    # What the last forward / prefill / step ran: a fused kernel ("fla.chunk_gated_delta_rule",
+    # "mamba_ssm.selective_state_update+causal_conv1d_update"), a compiled CPU kernel ("cpu_kernel.delta_rule") or a
+    # torch form ("torch.chunked", "torch.recurrent"; "torch.chunked[fla refuses float32]" when a fused kernel was
+    # there but refused the dtype). Set by every call, so a GPU run on the torch forms shows (`paths_run`).
+    last_path: str | None = None
 
     @dataclass(frozen=True)
     class Options:
@@ -122,3 +127,19 @@ class Operator(nn.Module):
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:
         raise NotImplementedError
+
+    def _ran(self, path: str) -> None:
+        """Record the path a call takes (not while torch.compile traces: a traced call records nothing)."""
+        if not torch.compiler.is_compiling():
+            self.last_path = path
+
+
+def paths_run(model: nn.Module | Iterable[nn.Module]) -> dict[str, str]:
+    """Per operator name, the path(s) its layers last ran (several joined by " | "), from `Operator.last_path`;
+    operators not yet called are left out. A trial's `fast_path` metric."""
+    modules = model.modules() if isinstance(model, nn.Module) else model
+    seen: dict[str, set[str]] = {}
+    for m in modules:
+        if isinstance(m, Operator) and m.last_path is not None:
+            seen.setdefault(m.name, set()).add(m.last_path)
+    return {name: " | ".join(sorted(p)) for name, p in sorted(seen.items())}

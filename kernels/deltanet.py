@@ -27,7 +27,7 @@ from flashsearch.operators import option
 
 from . import cpu
 from ._common import (RMSNorm, ShortConv, acc_dtype, cuda_kernel, fused_linear, keep_pads, l2norm, layer_cost,
-                      on_cuda, pad_time, zero_pads)
+                      on_cuda, pad_time, refused, zero_pads)
 from .base import DecodeCost, Operator
 
 
@@ -157,7 +157,9 @@ class DeltaNet(Operator):
               S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, T, H, d] inputs, beta [B, T, H] -> o [B, T, H, dv], final state [B, H, dk, dv] (>= fp32; None if S0
         is None on the fast path, which then skips writing it)."""
-        if self.use_fast_path and on_cuda(q) and q.dtype in FLA_DTYPES:
+        fast = self.use_fast_path and on_cuda(q)
+        if fast and q.dtype in FLA_DTYPES:
+            self._ran("fla.chunk_delta_rule")
             fn = cuda_kernel(*FLA_DELTA_RULE)
             assert fn is not None
             # fla's layout is ours here ([B, T, H, d]); q, k are L2-normed above, so not again in the kernel; same
@@ -165,10 +167,13 @@ class DeltaNet(Operator):
             o, S = fn(q, k, v, beta.to(q.dtype), scale=self.head_dim ** -0.5, initial_state=S0,
                       output_final_state=S0 is not None, use_qk_l2norm_in_kernel=False)
             return o, (None if S is None or S0 is None else S.to(S0.dtype))
+        dtype = q.dtype
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
         q, k, v, beta = (z.to(acc) for z in (q, k, v, beta))
         if self.cpu_kernel_applies(q):
+            self._ran("cpu_kernel.delta_rule")
             return cpu.delta_rule(q, k, v, beta, initial_state=S0, scale=self.head_dim ** -0.5)
+        self._ran("torch.chunked" + (refused(dtype, FLA_DTYPES) if fast else ""))
         return delta_rule_chunked(q, k, v, beta, self.chunk_size, initial_state=S0)
 
     def _out(self, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -199,6 +204,7 @@ class DeltaNet(Operator):
              ) -> tuple[torch.Tensor, DeltaNetState]:
         """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one delta-rule update (neither for a row fed a pad)."""
         B = x.shape[0]
+        self._ran("torch.recurrent")
         q, k, v, b = fused_linear(x[:, 0], self.q_proj, self.k_proj, self.v_proj, self.b_proj)
         qkv, conv = self.qkv_conv1d.step(torch.cat([q, k, v], dim=-1), state.conv)
         q, k, v = F.silu(qkv).view(B, 3, self.n_heads, self.head_dim).unbind(1)  # [B, H, hd] each

@@ -37,7 +37,9 @@ class FFN(Operator):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         # The proxy's bf16 path (its linears switched to bf16 matmuls) with the CPU kernels: one fused function.
         if getattr(self.down_proj, "matmul_dtype", None) is torch.bfloat16 and self.cpu_kernel_applies(x):
+            self._ran("cpu_kernel.swiglu_bf16")
             return cpu.swiglu_bf16(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+        self._ran("torch")
         gate, up = fused_linear(x, self.gate_proj, self.up_proj)       # [B, T, F] each
         return self.down_proj(F.silu(gate) * up)                        # [B, T, D]
 

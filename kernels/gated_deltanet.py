@@ -33,10 +33,16 @@ from flashsearch.operators import option, option_error
 
 from . import cpu
 from ._common import (RMSNorm, ShortConv, acc_dtype, fused_linear, keep_pads, l2norm, layer_cost, on_cuda, pad_time,
-                      zero_pads)
+                      refused, zero_pads)
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator
 from .deltanet import delta_rule_step
+
+# fla's chunk kernels (this one and chunk_gla, gla.py) and the dtypes we hand them: fla computes in fp32 whatever it
+# gets, takes bf16/fp16 everywhere and fp32 from 0.4 on (0.3's chunk_gated_delta_rule asserts q is not fp32; the
+# pin in pyproject.toml keeps such versions out); anything else (fp64 in tests) stays on the torch form.
+FLA_GATED_DELTA_RULE = ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
+FLA_CHUNK_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
 
 
 # ---- option helper shared with gla.py ----------------------------------------------------------------------
@@ -171,7 +177,7 @@ class GatedDeltaNet(Operator):
         self.o_norm = RMSNorm(self.head_v_dim)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
         # The CUDA fast path is resolved once here; forward uses it for CUDA inputs (set False to force torch).
-        self.use_fast_path = fla_kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule") is not None
+        self.use_fast_path = fla_kernel(*FLA_GATED_DELTA_RULE) is not None
 
     def _linears(self) -> tuple[nn.Linear, ...]:
         gate = (self.g_proj,) if self.use_output_gate else ()
@@ -205,15 +211,20 @@ class GatedDeltaNet(Operator):
               S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, T, H, d] inputs -> o [B, T, H, dv], final state [B, H, dk, dv] (>= fp32; None if S0 is None
         on the fast path, which then skips writing it)."""
-        if self.use_fast_path and on_cuda(q):
-            fn = fla_kernel("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
+        fast = self.use_fast_path and on_cuda(q)
+        if fast and q.dtype in FLA_CHUNK_DTYPES:
+            self._ran("fla.chunk_gated_delta_rule")
+            fn = fla_kernel(*FLA_GATED_DELTA_RULE)
             assert fn is not None
             # Same [B, T, H, d] layout; fla accumulates in fp32 whatever q/k/v are.
             return fn(q, k, v, g.float(), beta.to(q.dtype), initial_state=S0, output_final_state=S0 is not None)
+        dtype = q.dtype
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                   # recurrence in >= fp32
         q, k, v, g, beta = (z.to(acc) for z in (q, k, v, g, beta))
         if self.cpu_kernel_applies(q):
+            self._ran("cpu_kernel.delta_rule")
             return cpu.delta_rule(q, k, v, beta, g, initial_state=S0)
+        self._ran("torch.chunked" + (refused(dtype, FLA_CHUNK_DTYPES) if fast else ""))
         return gated_delta_rule_chunked(q, k, v, g, beta, chunk_size=self.chunk_size, initial_state=S0)
 
     def _out(self, o: torch.Tensor, gate: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -249,6 +260,7 @@ class GatedDeltaNet(Operator):
         """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one decay + delta-rule update (neither for a row fed a
         pad)."""
         B = x.shape[0]
+        self._ran("torch.recurrent")
         q, k, v, a, b, *z = fused_linear(x[:, 0], *self._linears())
         qkv, conv = self.qkv_conv1d.step(torch.cat([q, k, v], dim=-1), state.conv)
         q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)

@@ -35,9 +35,12 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
-from ._common import RMSNorm, ShortConv, acc_dtype, fused_linear, keep_pads, layer_cost, on_cuda, pad_time, zero_pads
+from ._common import (RMSNorm, ShortConv, acc_dtype, fused_linear, keep_pads, layer_cost, on_cuda, pad_time, refused,
+                      zero_pads)
 from .base import DecodeCost, Operator
-from .gated_deltanet import fla_kernel, ratio_dim
+from .gated_deltanet import FLA_CHUNK_DTYPES, fla_kernel, ratio_dim
+
+FLA_GLA = ("fla.ops.gla", "chunk_gla")
 
 
 # ---- the GLA core ------------------------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ class GLA(Operator):
             self.g_norm = RMSNorm(self.head_v_dim)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
         # The CUDA fast path is resolved once here; forward uses it for CUDA inputs (set False to force torch).
-        self.use_fast_path = fla_kernel("fla.ops.gla", "chunk_gla") is not None
+        self.use_fast_path = fla_kernel(*FLA_GLA) is not None
 
     @property
     def conv_channels(self) -> int:
@@ -253,10 +256,13 @@ class GLA(Operator):
               S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """[B, T, H, d] inputs -> o [B, T, H, dv], final state [B, H, dk, dv] (>= fp32; None if S0 is None on the
         fast path, which then skips writing it)."""
-        if self.use_fast_path and on_cuda(q):
-            fn = fla_kernel("fla.ops.gla", "chunk_gla")
+        fast = self.use_fast_path and on_cuda(q)
+        if fast and q.dtype in FLA_CHUNK_DTYPES:
+            self._ran("fla.chunk_gla")
+            fn = fla_kernel(*FLA_GLA)
             assert fn is not None
             return fn(q, k, v, gk.float(), initial_state=S0, output_final_state=S0 is not None)
+        self._ran("torch.chunked" + (refused(q.dtype, FLA_CHUNK_DTYPES) if fast else ""))
         acc = acc_dtype(q.dtype) if S0 is None else S0.dtype                    # recurrence in >= fp32
         return gla_chunked(*(z.to(acc) for z in (q, k, v, gk)), chunk_size=self.chunk_size, initial_state=S0)
 
@@ -303,6 +309,7 @@ class GLA(Operator):
     def step(self, x: torch.Tensor, state: GLAState, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, GLAState]:
         """x [B, 1, D] -> y [B, 1, D]: (conv-state shift), one decay + rank-1 write (neither for a row fed a pad)."""
         B = x.shape[0]
+        self._ran("torch.recurrent")
         q, k, v, gk, gate, _, conv = self._split(x[:, 0], state.conv, step=True)
         acc = state.S.dtype
         q, k, gk = (z.view(B, self.n_heads, self.head_k_dim).to(acc) for z in (q, k, gk))  # [B, H, dk]

@@ -28,7 +28,7 @@ from flashsearch.operators import option, option_error
 
 from . import cpu
 from ._common import (GatedRMSNorm, ShortConv, acc_dtype, cuda_kernel, keep_pads, layer_cost, on_cuda,
-                      over_real_tokens, pad_time, zero_pads)
+                      over_real_tokens, pad_time, refused, zero_pads)
 from .base import DecodeCost, Operator, ProxyScale
 
 
@@ -36,6 +36,8 @@ from .base import DecodeCost, Operator, ProxyScale
 SSD_KERNEL = ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined")
 CONV_KERNEL = ("causal_conv1d", "causal_conv1d_fn")
 CONV_KERNEL_WIDTHS = (2, 3, 4)                                               # what causal_conv1d_fn implements
+# What mamba_chunk_scan_combined computes in (fp32 accumulation inside); fp64 (tests) stays on the torch form.
+SSD_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
 
 
 # ---- the SSD core ------------------------------------------------------------------------------------------
@@ -197,6 +199,15 @@ class Mamba2(Operator):
     def _uses(self, backend: str, x: torch.Tensor) -> bool:
         return self.fast_path is not None and backend in self.fast_path.split("+") and on_cuda(x)
 
+    def _ssd_fast(self, xs: torch.Tensor) -> bool:
+        """Whether the SSD scan runs mamba_ssm's kernel on xs; records the torch path (and a refused dtype) if not."""
+        fast = self._uses("mamba_ssm", xs)
+        if fast and xs.dtype in SSD_DTYPES:
+            self._ran("mamba_ssm.chunk_scan")
+            return True
+        self._ran("torch.chunked" + (refused(xs.dtype, SSD_DTYPES) if fast else ""))   # _scan_dt: or the CPU kernel
+        return False
+
     def _conv(self, xBC: torch.Tensor, cache: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """SiLU(causal depthwise conv) of xBC [B, T, C] after the inputs in cache [B, C, K-1] (zeros if None); with
         mask [B, T], over each row's real tokens only."""
@@ -227,7 +238,7 @@ class Mamba2(Operator):
             acc = acc_dtype(xs.dtype)
             dt_real = zero_pads(mask, F.softplus(dt.to(acc) + self.dt_bias.to(acc)))[0]
             return self._scan_dt(xs, dt_real, Bm, Cm, S0)
-        if self._uses("mamba_ssm", xs):
+        if self._ssd_fast(xs):
             fn = cuda_kernel(*SSD_KERNEL)
             assert fn is not None
             # Same [b, l, h, p] / [b, l, g, n] layout; softplus(dt + dt_bias) and the D skip happen in the kernel;
@@ -240,12 +251,13 @@ class Mamba2(Operator):
             y, final = out
             return y, final.to(S0.dtype)
         acc = acc_dtype(xs.dtype)                                               # scan in >= fp32
-        return self._scan_dt(xs, F.softplus(dt.to(acc) + self.dt_bias.to(acc)), Bm, Cm, S0)
+        return self._scan_dt(xs, F.softplus(dt.to(acc) + self.dt_bias.to(acc)), Bm, Cm, S0, checked=True)
 
     def _scan_dt(self, xs: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,
-                 S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The scan given the final dt [B, T, H] (>= fp32: after dt_bias and softplus)."""
-        if self._uses("mamba_ssm", xs):
+                 S0: torch.Tensor | None, checked: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The scan given the final dt [B, T, H] (>= fp32: after dt_bias and softplus). checked: the caller found
+        the kernel does not apply (and recorded the path)."""
+        if not checked and self._ssd_fast(xs):
             fn = cuda_kernel(*SSD_KERNEL)
             assert fn is not None
             A = -self.A_log.to(dt.dtype).exp()
@@ -259,6 +271,7 @@ class Mamba2(Operator):
         A = -self.A_log.to(acc).exp()                                           # [H]
         x32 = xs.to(acc)
         if self.cpu_kernel_applies(x32):
+            self._ran("cpu_kernel.ssd")
             y, final = cpu.ssd(x32, dt, A, Bm.to(acc), Cm.to(acc), S0)
         else:
             y, final = ssd_chunked(x32, dt, A, Bm.to(acc), Cm.to(acc), self.chunk_size, S0)
@@ -270,11 +283,13 @@ class Mamba2(Operator):
         Bsz, T, _ = x.shape
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         xBC_act = self._conv(xBC, None if state is None else state.conv, mask)  # [B, T, conv_dim]
+        conv_path = "causal_conv1d" if mask is None and self._uses("causal_conv1d", xBC) else "torch.conv"
         xs, Bm, Cm = xBC_act.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
         y, final = self._scan(xs.view(Bsz, T, self.n_heads, self.head_dim),   # [B, T, H, P]
                               dt, Bm.view(Bsz, T, self.n_groups, self.d_state),
                               Cm.view(Bsz, T, self.n_groups, self.d_state), None if state is None else state.ssm,
                               mask)
+        self._ran(f"{self.last_path}+{conv_path}")                             # the scan's path, then the conv's
         out = self.out_proj(self.norm(y.to(x.dtype).reshape(Bsz, T, self.d_inner), z))
         if state is None:
             return out, None
@@ -300,6 +315,7 @@ class Mamba2(Operator):
              ) -> tuple[torch.Tensor, Mamba2State]:
         """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one SSM recurrence step (none for a row fed a pad)."""
         Bsz = x.shape[0]
+        self._ran("torch.recurrent")
         z, xBC, dt = self.in_proj(x[:, 0]).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         xBC, conv = self.conv1d.step(xBC, state.conv)
         xs, Bm, Cm = F.silu(xBC).split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)

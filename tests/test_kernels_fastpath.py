@@ -287,6 +287,7 @@ def test_fla_gated_fast_path_glue(monkeypatch, name, opts, T):
     for mod in (gated_deltanet_mod, gla_mod):
         monkeypatch.setattr(mod, "fla_kernel", fake)
         monkeypatch.setattr(mod, "on_cuda", lambda t: True)
+        monkeypatch.setattr(mod, "FLA_CHUNK_DTYPES", (torch.float64,))   # the reference runs in fp64, exactly
     op.use_fast_path = True
     got = run(op, x, w, split=T // 2 + 3)
     assert fake.calls[key] == 3                                            # forward + two prefills
@@ -340,6 +341,7 @@ def test_mamba2_fast_path_glue(monkeypatch, T, conv):
     if conv:
         table[CONV_KERNEL] = causal_conv1d_fn_ref
     fake = force_fast_path(monkeypatch, table)
+    monkeypatch.setattr(mamba2_mod, "SSD_DTYPES", (torch.float64,))      # the reference runs in fp64, exactly
     fast = K.build_operator("mamba2", GENOME).double()           # decided at construction
     assert fast.fast_path == ("mamba_ssm+causal_conv1d" if conv else "mamba_ssm")
     fast.load_state_dict(op.state_dict())

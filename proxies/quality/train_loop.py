@@ -200,6 +200,8 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
     validate_seconds = time.perf_counter() - t_val
     if not math.isfinite(val_bpb):
         raise TrialFailed(f"validation loss is {val_bpb} after {steps} steps (proxy d_model={pg.d_model})")
+    from flashsearch.kernels.base import paths_run
+
     return QualityResult(
         loss=val_bpb, metric="val_bpb", curve=tuple(curve), proxy_params=n_params,
         tokens=steps * tokens_per_step, seconds=time.perf_counter() - t0,
@@ -207,7 +209,9 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
                "resumed_at_step": start, "new_tokens": (steps - start) * tokens_per_step,
                "train_seconds": round(train_seconds, 3), "validate_seconds": round(validate_seconds, 3),
                "data": corpus.source, "cpu_kernel_layers": kernels,
-               "final_train_bpb": curve[-1][1] if curve else float("nan")},
+               "final_train_bpb": curve[-1][1] if curve else float("nan"),
+               # per operator, the path its layers ran (fused kernel, CPU kernel or torch form): no silent fallback
+               "fast_path": paths_run(model)},
     )
 
 

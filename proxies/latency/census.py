@@ -129,7 +129,8 @@ def _labelled(step: Any, counter: _Counter, op: str) -> Any:
 
 
 def format_census(rows: list[OpCensus]) -> str:
-    lines = ["| operator | layers | kernels per step | roofline charges | ratio | most frequent |", "|---|---|---|---|---|---|"]
+    lines = ["| operator | layers | kernels per step | roofline charges | ratio | most frequent |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         top = ", ".join(f"{name.removeprefix('aten.')} {k}" for name, k in r.top)
         lines.append(f"| {r.op} | {r.layers} | {r.kernels} | {r.charged} | {r.ratio:.1f} | {top} |")
@@ -141,7 +142,8 @@ def format_census(rows: list[OpCensus]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from flashsearch.builders import load_genome
 
-    ap = argparse.ArgumentParser(prog="python -m flashsearch.proxies.latency.census", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m flashsearch.proxies.latency.census",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("genome", nargs="+", help="genome YAML file(s)")
     ap.add_argument("--context", type=int, default=64)
     ap.add_argument("--device", default="meta", help="meta (default: counts without computing) or cuda")

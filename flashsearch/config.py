@@ -172,12 +172,30 @@ class SearchConfig:
 class RayConfig:
     address: Optional[str] = None                  # None: local ray.init(); "auto" or host:port joins a cluster;
                                                    # "local": no Ray, workers are threads in this process
-    num_cpus_per_trial: float = 1.0
-    num_gpus_per_trial: float = 0.0
+    num_cpus_per_trial: float = 1.0                # a trial's CPUs (split evenly over its workers)
+    num_gpus_per_trial: float = 0.0                # one-worker trials only; DDP trials use gpus_per_worker
+    # Data parallel (docs/cluster.md): > 1 trains each candidate with torch DDP across that many Ray Train workers,
+    # the global batch unchanged (short_train.batch_size must split evenly over them).
+    workers_per_trial: int = 1
+    gpus_per_worker: int = 0                       # 0: CPU workers (gloo); 1: one GPU per worker (NCCL)
 
     def __post_init__(self) -> None:
         _need(self.num_cpus_per_trial >= 0 and self.num_gpus_per_trial >= 0,
               "ray.num_cpus_per_trial and ray.num_gpus_per_trial must be >= 0")
+        _need(isinstance(self.workers_per_trial, int) and not isinstance(self.workers_per_trial, bool)
+              and self.workers_per_trial >= 1, f"ray.workers_per_trial must be an integer >= 1, got "
+              f"{self.workers_per_trial!r}")
+        _need(self.gpus_per_worker in (0, 1) and not isinstance(self.gpus_per_worker, bool),
+              f"ray.gpus_per_worker must be 0 (CPU workers) or 1 (torch DDP runs one process per GPU), got "
+              f"{self.gpus_per_worker!r}")
+        if self.workers_per_trial > 1:
+            _need(self.address != "local", "ray.workers_per_trial > 1 needs Ray (Ray Train workers); drop "
+                  "ray.address=local or set ray.workers_per_trial=1")
+            _need(self.num_gpus_per_trial == 0, "with ray.workers_per_trial > 1 set ray.gpus_per_worker, not "
+                  "ray.num_gpus_per_trial")
+        else:
+            _need(self.gpus_per_worker == 0, "ray.gpus_per_worker is for ray.workers_per_trial > 1; a one-worker "
+                  "trial asks for GPUs with ray.num_gpus_per_trial")
 
 
 @dataclass(frozen=True)

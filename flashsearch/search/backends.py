@@ -1,4 +1,5 @@
-"""Where evaluations run: Ray tasks (local Ray, or a cluster by address) or threads of this process.
+"""Where evaluations run: Ray tasks (local Ray, or a cluster by address), threads of this process, or, with
+ray.workers_per_trial > 1, Ray Train worker groups that train one candidate data-parallel (docs/cluster.md).
 
 A backend submits a genome to a worker and hands back outcomes (search/failures.py) as they land; it never
 raises for a failed evaluation.
@@ -6,10 +7,17 @@ raises for a failed evaluation.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import shutil
+import tempfile
 import threading
+import time
+import uuid
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from pathlib import Path
 from typing import Any, Hashable, Protocol, Sequence
 
 from flashsearch.errors import FlashsearchError
@@ -131,11 +139,93 @@ class RayBackend:
             self._ray.shutdown()
 
 
+# ---- data parallel: one candidate trained by several Ray Train workers (torch DDP) --------------------------------
+
+# Times Ray Train restarts a trial's worker group after a worker died (killed, node lost, out of memory); the
+# restarted training continues from the candidate's last rung checkpoint (proxies/quality/checkpoint.py).
+WORKER_GROUP_RESTARTS = 2
+# Outcomes a rank reaches together with every other rank (the loss and the time limit are agreed over the group,
+# proxies/quality/distributed.py): returned as the trial's verdict. Any other failure may be one rank's alone,
+# with the others waiting in a collective: it is raised, so Ray Train stops the whole group.
+_AGREED = frozenset({"rejected", "time_limit", "invalid_result"})
+
+
+def train_candidate_worker(config: dict[str, Any]) -> None:
+    """Ray Train's train_loop_per_worker: every rank runs the evaluator (the quality proxy finds the process group
+    that TorchTrainer set up and trains its share of each batch); rank 0 writes the outcome, the trial's, as a
+    JSON file in the trainer's run folder (shared storage), read by fit_data_parallel."""
+    import ray
+    import ray.train
+
+    outcome = run_evaluator(config["evaluator"], config["genome_json"], config["rung"])
+    if not outcome["ok"] and outcome["kind"] not in _AGREED:
+        raise RuntimeError(outcome["error"])
+    if ray.train.get_context().get_world_rank() == 0:
+        from flashsearch.atomic import atomic_path
+
+        outcome["node"] = ray.get_runtime_context().get_node_id()
+        with atomic_path(config["outcome_file"]) as tmp:
+            Path(tmp).write_text(json.dumps(outcome), encoding="utf-8")
+
+
+def fit_data_parallel(evaluator: Evaluator, genome_json: str, rung: int | None, workers: int, cpus: float,
+                      gpus: int, storage: str) -> dict[str, Any]:
+    """One candidate trained by `workers` Ray Train workers (runs in a Ray task): its outcome, never raising."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    name = f"trial-{uuid.uuid4().hex[:12]}"
+    outcome_file = os.path.join(storage, name, "outcome.json")
+    trainer = TorchTrainer(
+        train_candidate_worker,
+        train_loop_config={"evaluator": evaluator, "genome_json": genome_json, "rung": rung,
+                           "outcome_file": outcome_file},
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=bool(gpus),
+                                     resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
+        run_config=RunConfig(name=name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=WORKER_GROUP_RESTARTS)))
+    t0 = time.perf_counter()
+    try:
+        trainer.fit()
+        outcome = json.loads(Path(outcome_file).read_text(encoding="utf-8"))
+    except Exception as e:  # TrainingFailedError: a rank's error, or workers that kept dying
+        detail = one_line(str(e))
+        return {"ok": False, "kind": "worker_died" if "died" in detail.lower() else "error",
+                "error": one_line(f"data-parallel training failed: {detail}"), "seconds": time.perf_counter() - t0}
+    finally:
+        shutil.rmtree(os.path.join(storage, name), ignore_errors=True)  # Ray Train's run folder: done with it
+    outcome["workers"] = workers
+    return outcome
+
+
+class DataParallelBackend(RayBackend):
+    """Each trial is one Ray task (holding no resources) that runs a TorchTrainer of `workers_per_trial` workers,
+    each with num_cpus_per_trial / workers_per_trial CPUs and gpus_per_worker GPUs. Cancelling the task ends its
+    trainer (the trainer's actors share its fate)."""
+
+    def __init__(self, evaluator: Evaluator, workers: int, address: str | None, num_cpus_per_trial: float,
+                 workers_per_trial: int, gpus_per_worker: int, storage: str) -> None:
+        super().__init__(evaluator, workers, address, num_cpus_per_trial, 0.0)
+        self._fit = self._ray.remote(num_cpus=0, max_retries=0)(fit_data_parallel)
+        self._args = (workers_per_trial, num_cpus_per_trial / workers_per_trial, gpus_per_worker, storage)
+
+    def submit(self, genome_json: str, rung: int | None = None) -> Any:
+        return self._fit.remote(self._evaluator_ref, genome_json, rung, *self._args)
+
+
 def make_backend(evaluator: Evaluator, workers: int, ray_address: str | None, num_cpus_per_trial: float,
-                 num_gpus_per_trial: float) -> Backend:
+                 num_gpus_per_trial: float, workers_per_trial: int = 1, gpus_per_worker: int = 0,
+                 storage: str | None = None) -> Backend:
+    """The backend for a run's ray settings. workers_per_trial > 1: DataParallelBackend; `storage` is where Ray
+    Train keeps its (transient) run folders, on storage every node shares (the run dir; default: a temp dir)."""
     if ray_address == LOCAL:
         return ThreadBackend(evaluator, workers)
+    if workers_per_trial > 1:
+        storage = storage or os.path.join(tempfile.gettempdir(), "flashsearch-ray-train")
+        return DataParallelBackend(evaluator, workers, ray_address, num_cpus_per_trial, workers_per_trial,
+                                   gpus_per_worker, os.path.abspath(storage))
     return RayBackend(evaluator, workers, ray_address, num_cpus_per_trial, num_gpus_per_trial)
 
 
-__all__ = ["Backend", "ThreadBackend", "RayBackend", "make_backend", "LOCAL"]
+__all__ = ["Backend", "ThreadBackend", "RayBackend", "DataParallelBackend", "make_backend", "LOCAL"]

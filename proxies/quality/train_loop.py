@@ -25,6 +25,7 @@ from .config import ShortTrainConfig
 from flashsearch.data.shards import ShardSampler, TokenShards
 
 from .corpus import ByteCorpus, WindowSampler
+from .distributed import DataParallel, RankRows, current, rank_rows
 from .schedules import WarmupCosine, WarmupStableDecay, schedule_for
 
 LN2 = math.log(2.0)
@@ -101,9 +102,12 @@ def optimizer(cfg: ShortTrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 @torch.inference_mode()
 def validate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, device: str,
-             token_bytes: torch.Tensor | None = None) -> float:
+             token_bytes: torch.Tensor | None = None, dp: DataParallel | None = None) -> float:
     """Bits per byte over the fixed validation windows [N, T+1]: the targets' summed NLL in bits over the bytes of
-    text they decode to (token_bytes[id]; None: one byte per id, the byte vocabulary), so any tokenizer compares."""
+    text they decode to (token_bytes[id]; None: one byte per id, the byte vocabulary), so any tokenizer compares.
+    Data parallel (dp): each rank scores every world_size-th window and the sums are added up."""
+    if dp is not None:
+        windows = windows[dp.rank::dp.world_size]
     model.eval()
     total, count = 0.0, 0
     for chunk in windows.split(batch_size):
@@ -114,7 +118,23 @@ def validate(model: torch.nn.Module, windows: torch.Tensor, batch_size: int, dev
                                        reduction="sum"))
         count += targets.numel() if token_bytes is None else int(token_bytes[targets].sum())
     model.train()
+    if dp is not None:
+        total, count = dp.sum2(total, count)
     return total / count / LN2
+
+
+def _check_time(dp: DataParallel | None, *args: float) -> None:
+    """check_time, agreed over the ranks: a run stops on every rank when any rank is past its limit (a rank that
+    stopped alone would leave the others waiting in the next collective)."""
+    if dp is None:
+        return check_time(*args)  # type: ignore[arg-type]
+    try:
+        check_time(*args)  # type: ignore[arg-type]
+        why = None
+    except TimeLimitExceeded as exc:
+        why = exc
+    if dp.any(why is not None):
+        raise why or TimeLimitExceeded("time limit exceeded on another worker of this data-parallel trial")
 
 
 def rung_schedule(cfg: ShortTrainConfig, budget: Budget) -> tuple[WarmupCosine | WarmupStableDecay, int | None]:
@@ -152,9 +172,15 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
     model, kernels = build_model(cfg, pg, seed)
     n_params = sum(p.numel() for p in model.parameters())
     opt = optimizer(cfg, model)
-    sampler: WindowSampler | ShardSampler = (
-        ShardSampler(corpus.train, cfg.batch_size, cfg.seq_len, seed=seed) if isinstance(corpus, TokenShards)
+    dp = current()                   # data parallel (distributed.py): this rank trains on its rows of each batch
+    net = model if dp is None else dp.wrap(model)
+    rows = rank_rows(cfg.batch_size, dp)
+    sampler: WindowSampler | ShardSampler | RankRows = (
+        ShardSampler(corpus.train, cfg.batch_size, cfg.seq_len, seed=seed, rank=dp.rank if dp else 0,
+                     world_size=dp.world_size if dp else 1) if isinstance(corpus, TokenShards)
         else WindowSampler(corpus.train, cfg.batch_size, cfg.seq_len, seed=seed))
+    if dp is not None and isinstance(sampler, WindowSampler):
+        sampler = RankRows(sampler, rows)
 
     # The curve is in bits per byte too: per token over the training split's mean bytes per token (1 for bytes).
     bytes_per_token = corpus.train.bytes / len(corpus.train) if isinstance(corpus, TokenShards) else 1.0
@@ -170,10 +196,10 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
     for step in range(start, steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * schedule(step)
-        batch = sampler.sample().to(cfg.device)                      # [B, T+1]
-        logits = model(batch[:, :-1])                                # [B, T, vocab]
+        batch = sampler.sample().to(cfg.device)                      # [B, T+1] (B / world_size per rank)
+        logits = net(batch[:, :-1])                                  # [B, T, vocab]
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
-        value = float(loss.detach())
+        value = float(loss.detach()) if dp is None else dp.mean(loss)   # all ranks agree on divergence
         if not math.isfinite(value):
             raise TrialFailed(f"loss diverged to {value} at step {step + 1}/{steps} "
                               f"(proxy d_model={pg.d_model}, lr={cfg.lr:g}); lower short_train.lr")
@@ -189,14 +215,17 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
             curve.append((step + 1, window_loss / window_n / LN2 / bytes_per_token))  # bits/byte, train batches
             window_loss, window_n = 0.0, 0
         if step + 1 == save_at:  # the end of this rung's stable phase: where the next rung continues
-            ckpt.save(model, opt, sampler.generator, step + 1, curve, (window_loss, window_n))
+            if dp is None or dp.is_writer:   # ranks hold equal states: rank 0 writes, the others wait for it
+                ckpt.save(model, opt, sampler.generator, step + 1, curve, (window_loss, window_n))
+            if dp is not None:
+                dp.barrier()
         if budget.time_limit_s is not None:
-            check_time(clock_start, c_train, step + 1 - start, steps - start, float(budget.time_limit_s),
-                       own_seconds(cfg.device))
+            _check_time(dp, clock_start, c_train, step + 1 - start, steps - start, float(budget.time_limit_s),
+                        own_seconds(cfg.device))
     train_seconds = time.perf_counter() - t_train
 
     t_val = time.perf_counter()
-    val_bpb = validate(model, val_windows, cfg.batch_size, cfg.device, token_bytes)
+    val_bpb = validate(model, val_windows, cfg.batch_size, cfg.device, token_bytes, dp)
     validate_seconds = time.perf_counter() - t_val
     if not math.isfinite(val_bpb):
         raise TrialFailed(f"validation loss is {val_bpb} after {steps} steps (proxy d_model={pg.d_model})")
@@ -208,7 +237,7 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
         extra={"steps": steps, "proxy_d_model": pg.d_model, "proxy_n_heads": pg.n_heads,
                "resumed_at_step": start, "new_tokens": (steps - start) * tokens_per_step,
                "train_seconds": round(train_seconds, 3), "validate_seconds": round(validate_seconds, 3),
-               "data": corpus.source, "cpu_kernel_layers": kernels,
+               "data": corpus.source, "cpu_kernel_layers": kernels, "workers": dp.world_size if dp else 1,
                "final_train_bpb": curve[-1][1] if curve else float("nan"),
                # per operator, the path its layers ran (fused kernel, CPU kernel or torch form): no silent fallback
                "fast_path": paths_run(model)},

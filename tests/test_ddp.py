@@ -1,0 +1,231 @@
+"""Data-parallel candidates (proxies/quality/distributed.py, search/backends.py DataParallelBackend): the loss of a
+candidate trained by 2 DDP ranks equals the one-worker loss (same global batch, same schedule); rung checkpoints
+are written once and continued by every rank; through Ray Train, and with a worker killed mid-candidate."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from factories import full_size_genome
+from flashsearch.config import RayConfig
+from flashsearch.errors import FlashsearchError
+from flashsearch.proxies.base import Budget
+from flashsearch.proxies.quality.short_train import ShortTrain
+
+GENOME = full_size_genome(d_model=512, layer_types=("deltanet", "ffn", "attention", "ffn"))
+SETTINGS = dict(seq_len=32, batch_size=4, eval_batches=2, log_every=2, lr=3e-3, fast=False)
+STEPS = 8
+# Float tolerance of the equality. The two runs see the same rows and the same schedule; what differs is where
+# the gradient sum is cut (two half-batch means averaged vs one mean), i.e. float32 summation order, amplified
+# a little by 8 AdamW steps. Measured differences are ~1e-6 bits/byte; 1e-3 leaves room for other CPUs.
+TOL = 1e-3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, out: str, settings: dict, budget: Budget) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        r = ShortTrain(**settings).evaluate(GENOME, budget)
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"loss": r.loss, "curve": r.curve, "extra": {
+            k: r.extra[k] for k in ("workers", "resumed_at_step", "steps")}}))
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_run(tmp: Path, settings: dict, budget: Budget, world: int = 2) -> list[dict]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    mp.start_processes(_rank, args=(world, _free_port(), str(tmp), settings, budget), nprocs=world,
+                       start_method="spawn")
+    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(world)]
+
+
+def test_two_ranks_train_like_one_worker(tmp_path: Path) -> None:
+    budget = Budget(tokens=STEPS * SETTINGS["batch_size"] * SETTINGS["seq_len"])
+    one = ShortTrain(**SETTINGS).evaluate(GENOME, budget)
+    ranks = ddp_run(tmp_path, SETTINGS, budget)
+    assert [r["extra"]["workers"] for r in ranks] == [2, 2]
+    assert ranks[0]["loss"] == ranks[1]["loss"]                # every rank reports the same score
+    assert ranks[0]["extra"]["steps"] == one.extra["steps"] == STEPS  # same schedule, not STEPS * 2
+    assert abs(ranks[0]["loss"] - one.loss) < TOL, (ranks[0]["loss"], one.loss)
+    for (s1, v1), (s2, v2) in zip(one.curve, ranks[0]["curve"]):
+        assert s1 == s2 and abs(v1 - v2) < TOL
+    # ...and the equality is not trivial: another seed moves the score by far more than the tolerance.
+    assert abs(ShortTrain(**{**SETTINGS, "seed": 1}).evaluate(GENOME, budget).loss - one.loss) > 10 * TOL
+
+
+def test_rung_checkpoint_from_ranks_continues_like_one_worker(tmp_path: Path) -> None:
+    """Rank 0 writes the rung-0 checkpoint; 2 ranks continue it to rung 1 as 1 worker continues its own."""
+    ladder = (4 * 128, 8 * 128)
+    rung = [Budget(tokens=t, ladder=ladder, checkpoint_dir=str(tmp_path / name))
+            for name in ("one", "ddp") for t in ladder]
+    proxy = ShortTrain(**SETTINGS)
+    proxy.evaluate(GENOME, rung[0])
+    one = proxy.evaluate(GENOME, rung[1])
+    ddp_run(tmp_path / "r0", SETTINGS, rung[2])
+    written = sorted(p.name for p in (tmp_path / "ddp").rglob("*.safetensors"))
+    assert written == ["rung0-seed0.safetensors"]
+    ranks = ddp_run(tmp_path / "r1", SETTINGS, rung[3])
+    assert one.extra["resumed_at_step"] > 0
+    assert [r["extra"]["resumed_at_step"] for r in ranks] == [one.extra["resumed_at_step"]] * 2
+    assert abs(ranks[0]["loss"] - one.loss) < TOL, (ranks[0]["loss"], one.loss)
+
+
+def test_ray_config_checks_the_data_parallel_settings() -> None:
+    assert RayConfig(workers_per_trial=2, gpus_per_worker=1).workers_per_trial == 2
+    for bad in (dict(workers_per_trial=0), dict(workers_per_trial=2, gpus_per_worker=2),
+                dict(workers_per_trial=2, address="local"), dict(gpus_per_worker=1),
+                dict(workers_per_trial=2, num_gpus_per_trial=1.0)):
+        with pytest.raises(FlashsearchError, match="ray\\."):
+            RayConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_a_batch_that_does_not_split_is_one_clear_error(tmp_path: Path) -> None:
+    from flashsearch.proxies.quality.distributed import DataParallel, rank_rows
+
+    assert rank_rows(4, DataParallel(1, 2)) == slice(2, 4)
+    with pytest.raises(FlashsearchError, match="batch_size=5 does not split evenly over"):
+        rank_rows(5, DataParallel(0, 2))
+
+
+# ---- through Ray Train (slow: a local Ray instance, worker groups of 2 processes) ---------------------------------
+
+RUNG_TOKENS = [4 * 128, 12 * 128]   # rung 0: 4 steps; rung 1 continues from its checkpoint to 12
+
+
+@dataclasses.dataclass(frozen=True)
+class KillableEvaluator:
+    """CandidateEvaluator that records each rank's process id in `folder` and, until the test has killed one,
+    parks rank 1 of its first attempt (so the test kills a worker while its candidate is in flight)."""
+
+    inner: Any
+    folder: str
+
+    def __call__(self, genome_json: str, rung: int | None = None) -> Any:
+        import time
+
+        rank = dist.get_rank()
+        Path(self.folder, f"rank{rank}-pid{os.getpid()}").touch()
+        while rank == 1 and not Path(self.folder, "killed").exists():
+            time.sleep(0.1)
+        return self.inner(genome_json, rung)
+
+
+def _run_config(tmp: Path) -> Any:
+    from flashsearch.config import BudgetConfig, RunConfig
+
+    return RunConfig(out_dir=str(tmp / "run"), quality={"_target_": "short_train", **SETTINGS},
+                     budget=BudgetConfig(tokens=RUNG_TOKENS[-1], rungs=list(RUNG_TOKENS)),
+                     ray=RayConfig(workers_per_trial=2, num_cpus_per_trial=2.0))
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One local Ray on loopback for the module; test_ddp importable by its workers (KillableEvaluator)."""
+    import tempfile
+
+    import ray
+
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")   # short: Ray's socket paths have an OS length limit
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_TMPDIR", "RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE")}
+    here = str(Path(__file__).resolve().parent)
+    os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [here, saved["PYTHONPATH"]])), RAY_TMPDIR=ray_tmp,
+                      RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    for k, v in saved.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    import shutil
+
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def _one(backend: Any, genome_json: str, rung: int | None) -> dict:
+    got = backend.wait_one([backend.submit(genome_json, rung)], timeout=600)
+    assert got is not None
+    return got[1]
+
+
+@pytest.mark.slow
+def test_ray_train_two_workers_give_the_one_worker_score(tmp_path: Path, local_ray: Any) -> None:
+    from flashsearch.evaluate import CandidateEvaluator
+    from flashsearch.search.backends import DataParallelBackend, make_backend
+
+    cfg = _run_config(tmp_path)
+    evaluator = CandidateEvaluator(cfg)
+    backend = make_backend(evaluator, 1, None, 2.0, 0.0, workers_per_trial=2, storage=str(tmp_path / "train"))
+    assert isinstance(backend, DataParallelBackend)
+    outcome = _one(backend, GENOME.to_json(), None)
+    assert outcome["ok"], outcome
+    assert outcome["workers"] == 2 and outcome["node"]
+    one = evaluator(GENOME.to_json())             # the same candidate trained by this process alone
+    assert abs(outcome["result"]["loss"] - one["loss"]) < TOL
+    assert outcome["result"]["metrics"]["train_tokens"] == one["metrics"]["train_tokens"]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_retries_from_the_last_rung_checkpoint(tmp_path: Path, local_ray: Any) -> None:
+    import signal
+    import time
+
+    from flashsearch.evaluate import CandidateEvaluator
+    from flashsearch.search.backends import make_backend
+
+    cfg = _run_config(tmp_path)
+    ckpts = tmp_path / "checkpoints"
+    inner = CandidateEvaluator(cfg, checkpoint_dir=str(ckpts))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    backend = make_backend(KillableEvaluator(inner, str(marks)), 1, None, 2.0, 0.0, workers_per_trial=2,
+                           storage=str(tmp_path / "train"))
+    genome = GENOME.to_json()
+    (marks / "killed").touch()                    # rung 0 runs undisturbed and leaves its checkpoint
+    rung0 = _one(backend, genome, 0)
+    assert rung0["ok"], rung0
+    assert [p.name for p in ckpts.rglob("*.safetensors")] == ["rung0-seed0.safetensors"]
+    for p in marks.iterdir():
+        p.unlink()
+
+    handle = backend.submit(genome, 1)
+    deadline = time.monotonic() + 300
+    while not list(marks.glob("rank1-pid*")):
+        assert time.monotonic() < deadline, "rank 1 never started"
+        time.sleep(0.2)
+    victim = int(next(marks.glob("rank1-pid*")).name.split("pid")[1])
+    (marks / "killed").touch()                    # the restarted rank 1 must not park again
+    os.kill(victim, signal.SIGKILL)
+    got = backend.wait_one([handle], timeout=600)
+    assert got is not None
+    outcome = got[1]
+    assert outcome["ok"], outcome
+    pids = {p.name for p in marks.glob("rank1-pid*")}
+    assert len(pids) == 2                         # rank 1 ran twice: killed, then restarted with its group
+    metrics = outcome["result"]["metrics"]
+    step0 = RUNG_TOKENS[0] // (SETTINGS["batch_size"] * SETTINGS["seq_len"])   # rung 0 checkpoint = its end*
+    # Continued from the checkpoint: only rung 1's own tokens were trained (by the attempt that finished).
+    assert metrics["train_tokens"] == RUNG_TOKENS[1]
+    assert 0 < metrics["new_tokens"] < RUNG_TOKENS[1]
+    # ...and the score is the one an undisturbed one-worker continuation gets.
+    alone = CandidateEvaluator(cfg, checkpoint_dir=str(tmp_path / "alone"))
+    alone(genome, rung=0)
+    undisturbed = alone(genome, rung=1)
+    assert undisturbed["metrics"]["new_tokens"] == metrics["new_tokens"]
+    assert abs(outcome["result"]["loss"] - undisturbed["loss"]) < TOL
+    assert step0 > 0

@@ -29,7 +29,7 @@ def _plain(value: Any) -> Any:
             if str(k).startswith("_") or k in RUNTIME_ONLY:
                 continue
             p = _plain(v)
-            if p is not None or v is None:
+            if p is not None:  # unset options are left out: a new option that defaults to None changes no key
                 out[str(k)] = p
         return out
     if isinstance(value, (list, tuple)):
@@ -61,7 +61,7 @@ def _fingerprint(kwargs_json: str) -> str:  # one proxy construction per distinc
             out.update(_plain(value))  # a config object's fields, flat: the same key for either form
         elif not name.startswith("_") and name not in RUNTIME_ONLY:
             plain = _plain(value)
-            if plain is not None or value is None:
+            if plain is not None:
                 out[name] = plain
     return json.dumps(out, sort_keys=True)
 

@@ -88,6 +88,8 @@ def run_study(name: str, overrides: Sequence[str] = (), quick: bool = False) -> 
     started = time.time() - 1.0
     module(name).main(settings, meta)
     out = Path(settings.out)
-    fresh = [p for p in out.glob("*") if p.is_file() and not p.name.startswith(".")
-             and p.stat().st_mtime >= started] if out.is_dir() else []
-    return write_sidecars(fresh, meta)
+    candidates = list(out.glob("*")) if out.is_dir() else []
+    # caches a study extends outside its out folder (proxy_fidelity's ladder_cache) get their revision too
+    candidates += [Path(v) for v in as_dict(settings).values() if isinstance(v, str) and v and Path(v).is_file()]
+    fresh = {p for p in candidates if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime >= started}
+    return write_sidecars(sorted(fresh), meta)

@@ -14,7 +14,8 @@ width under the target.
     python -m experiments run operator_comparison                # ~20 min on 2 CPU cores
     python -m experiments run operator_comparison scale=8 device=cuda workers=1 trials=48
 
-Writes operator_comparison.{csv,md,png} to `out` (the search's own run lands in runs/operator_comparison-t<tokens>).
+Writes operator_comparison.{csv,md,png} to `out` (the search's own run lands in runs/operator_comparison-<settings
+hash>).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
 from flashsearch.proxies.latency.roofline import RooflinePredictor
 
+from experiments.lib.cachekey import digest, proxy_fingerprint
 from experiments.lib.common import default_proxy
 from experiments.lib.jobs import TrainJob, run_jobs, training_time
 from experiments.lib.output import header, pyplot, save_figure, write_text
@@ -71,11 +73,13 @@ def search_best_hybrid(config: str, target: float, trials: int, workers: int, to
     from flashsearch.config import load_config
     from flashsearch.runner import run
 
-    out_dir = Path("runs") / f"operator_comparison-t{tokens}"  # rerunning the same command resumes the search
     # Ray's workers run niced; in-process threads (ray.address=local) keep the study's search at full priority
-    cfg = load_config(config, [f"search.target_latency={target}", f"search.trials={trials}",
-                               f"search.workers={workers}", f"budget.tokens={tokens}", f"out_dir={out_dir}",
-                               "budget.time_limit_s=null", "ray.address=local"])
+    overrides = [f"search.target_latency={target}", f"search.trials={trials}", f"search.workers={workers}",
+                 f"budget.tokens={tokens}", "budget.time_limit_s=null", "ray.address=local"]
+    # rerunning with the same settings resumes the search; other settings (or another proxy default) start anew
+    key = digest(overrides, Path(config).read_text(), proxy_fingerprint(default_proxy(config)[0]))
+    out_dir = Path("runs") / f"operator_comparison-{key}"
+    cfg = load_config(config, [*overrides, f"out_dir={out_dir}"])
     run(cfg)
     df = pd.read_parquet(out_dir / "trials.parquet")
     ok = df[(df.state == "COMPLETE") & (df.latency <= target * 1.001)].sort_values("quality")

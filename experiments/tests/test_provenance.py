@@ -68,6 +68,8 @@ def test_fingerprint_resolves_defaults():
     assert implicit == explicit  # a default spelled out is the same setting
     assert implicit["width_divisor"] == 16 and implicit["default_corpus"] and "lr" in implicit
     assert proxy_fingerprint({"seed": 0, "width_divisor": 8}) != implicit
+    assert "data_path" not in implicit  # unset (None) options are left out, so adding one changes no key
+    assert proxy_fingerprint({"seed": 0, "swa_reference_context": None}) != implicit
 
 
 def test_digest_ignores_speed_only_settings_and_sees_the_rest():

@@ -76,7 +76,9 @@ def build_latency(cfg: RunConfig) -> Any:
     return predictor
 
 
-def build_quality(cfg: RunConfig) -> Any:
+def quality_context(cfg: RunConfig) -> dict[str, Any]:
+    """What the run's config hands a quality proxy beyond its own `quality:` options (taken where its constructor
+    accepts them): the seed and the `data:` section, with paths resolved."""
     data_path = data_path_of(cfg)
     extra: dict[str, Any] = {"seed": cfg.seed}
     if data_path is not None:
@@ -92,6 +94,11 @@ def build_quality(cfg: RunConfig) -> Any:
         tok = Path(cfg.data.tokenizer).expanduser()
         relative = resolve_relative(cfg, cfg.data.tokenizer)
         extra["tokenizer"] = str(relative) if not tok.exists() and relative.exists() else cfg.data.tokenizer
+    return extra
+
+
+def build_quality(cfg: RunConfig) -> Any:
+    extra = quality_context(cfg)
     proxy = instantiate(cfg.quality, QUALITY_PROXIES, "quality", **extra)
     if not callable(getattr(proxy, "evaluate", None)):
         raise FlashsearchError(f"quality: {type(proxy).__name__} has no evaluate(genome, budget) method; "
@@ -144,5 +151,5 @@ def build_seeds(cfg: RunConfig, space: SearchSpace) -> tuple[list[dict[str, Any]
     return seeds, notes
 
 
-__all__ = ["build_space", "build_latency", "build_quality", "build_seeds", "load_genome", "instantiate",
+__all__ = ["build_space", "quality_context", "build_latency", "build_quality", "build_seeds", "load_genome", "instantiate",
            "resolve_target", "spec_of", "LATENCY_PREDICTORS", "QUALITY_PROXIES"]

@@ -26,8 +26,8 @@ def sample_genomes(config_path: str, n: int, seed: int = 0) -> list[Genome]:
 
 def default_proxy(config_path: str) -> tuple[dict[str, Any], int]:
     """(ShortTrain keyword arguments, budget.tokens) that a search with this YAML uses per candidate: its
-    quality: options plus what the run's config supplies (seed, data: section), as builders.build_quality does."""
-    from flashsearch.builders import data_path_of
+    quality: options plus what the run's config supplies (builders.quality_context: seed, data: section)."""
+    from flashsearch.builders import quality_context
     from flashsearch.config import load_config
     from flashsearch.proxies.registry import QUALITY_PROXIES
 
@@ -36,13 +36,8 @@ def default_proxy(config_path: str) -> tuple[dict[str, Any], int]:
     if spec.get("_target_") not in ("short_train", QUALITY_PROXIES["short_train"]):
         raise ValueError(f"{config_path}: the studies need quality: short_train, got {spec.get('_target_')!r}")
     kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-    kwargs.setdefault("seed", cfg.seed)
-    data_path = data_path_of(cfg)
-    if data_path is not None:
-        kwargs.setdefault("data_path", str(data_path))
-        kwargs.setdefault("text_field", cfg.data.text_field)
-    if cfg.data.corpus is not None:
-        kwargs.setdefault("corpus", cfg.data.corpus)
+    for key, value in quality_context(cfg).items():
+        kwargs.setdefault(key, value)
     return kwargs, int(cfg.budget.tokens)
 
 

@@ -3,7 +3,7 @@
 Optuna's JournalFileBackend fsyncs every append. A trial is ~25 appends (create, one per parameter, sampler
 and driver attributes, tell), so the controller pays ~25 fsyncs per trial: on the shared 2-core dev machine that
 measured 40-96 ms/trial while the disk was busy (fsync ~4 ms) and 17 ms/trial while it was quiet - over or at the
-20 ms/trial budget either way (experiments/results/overhead_cpu.md). One fsync per trial keeps it well under.
+20 ms/trial budget either way (experiments/controller_overhead/results/overhead_cpu.md). One fsync per trial keeps it well under.
 
 JournalFile keeps the file format, the writer lock and the one-write-per-append discipline (each append is a
 single write() of whole lines in append mode, so a killed process leaves either all of it or, at worst, a

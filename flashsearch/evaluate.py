@@ -79,6 +79,8 @@ class CandidateEvaluator:
                 "params": count_parameters(genome),
                 "proxy_params": int(result.proxy_params),
                 "train_tokens": int(result.tokens),
+                # data-parallel ranks that trained it (ray.workers_per_trial; the score does not depend on it)
+                "train_workers": int(result.extra.get("workers", 1)),
                 **({} if rung is None else {"rung": rung,
                                             "new_tokens": int(result.extra.get("new_tokens", result.tokens))}),
                 "quality_seconds": round(t_quality, 3),

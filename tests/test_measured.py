@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -249,6 +250,22 @@ def test_cuda_batch_search_is_capped_below_the_int32_limit(monkeypatch: pytest.M
     assert "int32" in pred.batch_cap and str(seen[-1]) in pred.batch_cap
     pred.max_batch_throughput(g, w, max_batch=16)                             # below the cap: untouched
     assert seen[-1] == 16 and pred.batch_cap is None
+
+
+def test_isolated_probes_run_in_a_child_and_survive_its_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """isolate_probes: a real probe runs in a child process; a child that dies (as after a broken CUDA context)
+    counts as not fitting, with the reason kept, and the parent carries on."""
+    pred = MeasuredPredictor(device="cpu", warmup=0, repeats=1, threads=1, isolate_probes=True)
+    g = tiny_genome(("mamba2", "attention"))
+    assert pred._fits(None, g, WORKLOAD, 2) is True
+    crash = [sys.executable, "-c", "import sys; sys.stderr.write('CUDA error: an illegal memory access\\n'); "
+                                   "sys.exit(134)"]
+    monkeypatch.setattr(MeasuredPredictor, "_probe_command", lambda self, genome, workload, batch: crash)
+    assert pred._fits(None, g, WORKLOAD, 64) is False
+    assert "exited 134" in pred.probe_errors[64] and "illegal memory access" in pred.probe_errors[64]
+    no_room = [sys.executable, "-c", "import sys; sys.exit(3)"]                 # the child's 'out of memory'
+    monkeypatch.setattr(MeasuredPredictor, "_probe_command", lambda self, genome, workload, batch: no_room)
+    assert pred._fits(None, g, WORKLOAD, 32) is False and 32 not in pred.probe_errors
 
 
 def test_throughput_refuses_too_large_models() -> None:

@@ -162,7 +162,7 @@ def run_throughput(args: Settings) -> dict[str, Any]:
     from flashsearch.proxies.base import Workload
     from flashsearch.proxies.latency.measured import MeasuredPredictor
 
-    pred = MeasuredPredictor(device="cuda", warmup=2, repeats=1)
+    pred = MeasuredPredictor(device="cuda", warmup=2, repeats=1, isolate_probes=True)   # a crashing probe: not fitting
     name = args.models[0]
     w = Workload(prompt_len=args.prompt_len, decode_tokens=args.throughput_tokens)
     try:

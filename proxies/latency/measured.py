@@ -26,7 +26,10 @@ elements, or prompt x in_proj width) >= 2^31 elements wraps around and writes ou
 access, after which the process's CUDA context is unusable. The search therefore never probes a batch above
 `int32_batch_limit` (the cap and why: `batch_cap`), a probe that fails with an overflow-class error counts as not
 fitting, and one that leaves the context broken (illegal memory access, device-side assert) stops the
-measurement with one clear error instead of returning garbage for every later probe.
+measurement with one clear error instead of returning garbage for every later probe. With `isolate_probes=True`
+each probe runs in a child process (`python -m flashsearch.proxies.latency.measured probe ...`): a probe that
+crashes or breaks its own CUDA context then only counts as not fitting (the reason in `probe_errors`), and the
+search goes on in a clean parent; each probe pays a process start and a model build.
 
 This times the machine it runs on. A GPU name such as "h100" (the workload's target device) is accepted when
 torch sees a CUDA device; on a machine without one it is an error that points to the roofline predictor.
@@ -35,8 +38,13 @@ torch sees a CUDA device; on a machine without one it is an error that points to
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -130,12 +138,13 @@ class MeasuredPredictor:
     threads: torch CPU threads while timing (None: leave as is). max_params: CPU guard against timing models that
     would take hours; dtype: None = fp32 on CPU, bf16 on CUDA. cuda_graphs: capture the step in CUDA graphs
     (falls back to eager, stated in `source`). bucket: attended-row granularity of full attention under graphs.
-    clock: "wall" or "thread" (CPU time of this thread; CPU only).
+    clock: "wall" or "thread" (CPU time of this thread; CPU only). isolate_probes: run each batch-search probe
+    in a child process (see the module docstring).
     """
 
     def __init__(self, device: str = "cpu", warmup: int = 8, repeats: int = 3, threads: int | None = None,
                  max_params: int = 50_000_000, dtype: str | None = None, seed: int = 0, cuda_graphs: bool = True,
-                 bucket: int = 256, clock: str = "wall"):
+                 bucket: int = 256, clock: str = "wall", isolate_probes: bool = False):
         self.warmup = _positive_int("warmup", warmup, 0)
         self.repeats = _positive_int("repeats", repeats)
         self.threads = None if threads is None else _positive_int("threads", threads)
@@ -143,6 +152,7 @@ class MeasuredPredictor:
         self.bucket = _positive_int("bucket", bucket)
         self.seed = int(seed)
         self.cuda_graphs = bool(cuda_graphs)
+        self.isolate_probes = bool(isolate_probes)
         if clock not in ("wall", "thread"):
             raise FlashsearchError(f"measured.clock must be 'wall' or 'thread', got {clock!r}")
         self.clock = clock
@@ -272,6 +282,8 @@ class MeasuredPredictor:
             torch.cuda.empty_cache()
 
     def _fits(self, model: Any, genome: Genome, workload: Workload, batch: int) -> bool:
+        if self.isolate_probes:
+            return self._fits_in_child(genome, workload, batch)
         dec = None
         try:
             dec = StaticDecoder(model, batch, self._max_len(workload), self.device, self.dtype)
@@ -297,6 +309,24 @@ class MeasuredPredictor:
         finally:
             del dec
             self._free()
+
+    def _probe_command(self, genome: Genome, workload: Workload, batch: int) -> list[str]:
+        spec = {"genome": genome.to_dict(), "workload": dataclasses.asdict(workload), "batch": batch,
+                "device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "seed": self.seed,
+                "bucket": self.bucket}
+        return [sys.executable, "-m", "flashsearch.proxies.latency.measured", "probe", json.dumps(spec)]
+
+    def _fits_in_child(self, genome: Genome, workload: Workload, batch: int) -> bool:
+        """The probe in a child process: exit 0 fits, _PROBE_NO_ROOM out of memory / size limit; anything else
+        (a crash, a broken CUDA context) is recorded in probe_errors and counts as not fitting."""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # plug-in operators too
+        proc = subprocess.run(self._probe_command(genome, workload, batch), capture_output=True, text=True, env=env)
+        if proc.returncode == 0:
+            return True
+        if proc.returncode != _PROBE_NO_ROOM:
+            tail = proc.stderr.strip().splitlines()[-1:] or [""]
+            self.probe_errors[batch] = f"probe process exited {proc.returncode}: {tail[0][:300]}"
+        return False
 
     def _time_decode(self, model: Any, genome: Genome, workload: Workload, batch: int) -> list[float]:
         dec = StaticDecoder(model, batch, self._max_len(workload), self.device, self.dtype)
@@ -353,6 +383,25 @@ class MeasuredPredictor:
         t0 = clock()
         fn()
         return clock() - t0
+
+
+_PROBE_NO_ROOM = 3                                    # a child probe's exit status for "does not fit"
+
+
+def _probe_main(spec_json: str) -> int:
+    """One batch-search probe in this (child) process; see MeasuredPredictor._fits_in_child."""
+    spec = json.loads(spec_json)
+    genome = Genome.from_dict(spec["genome"])
+    workload = Workload(**spec["workload"])
+    pred = MeasuredPredictor(device=spec["device"], dtype=spec["dtype"], seed=spec["seed"], bucket=spec["bucket"],
+                             max_params=10**15)
+    with pred._context():
+        fits = pred._fits(pred._build(genome), genome, workload, spec["batch"])
+    return 0 if fits else _PROBE_NO_ROOM
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["probe"]:
+    sys.exit(_probe_main(sys.argv[2]))
 
 
 __all__ = ["INT32_MAX", "LatencyStats", "MeasuredPredictor", "int32_batch_limit"]

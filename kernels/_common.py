@@ -3,6 +3,7 @@ lookup of the optional CUDA kernels (fast paths)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -54,6 +55,48 @@ def refused(dtype: torch.dtype, accepted: tuple[torch.dtype, ...]) -> str:
 def on_cuda(x: torch.Tensor) -> bool:
     """Whether a fast path may run on x (one predicate, so tests can force it on CPU to check the glue)."""
     return x.is_cuda
+
+
+# The fused kernels the decode steps call on CUDA (what fla's layers, mamba_ssm's Mamba2.step and vLLM call), and
+# the dtypes the fla / mamba_ssm step kernels are handed (they compute in fp32 whatever they get).
+CONV_UPDATE = ("causal_conv1d", "causal_conv1d_update")
+CONV_UPDATE_WIDTHS = (2, 3, 4)                                      # what causal_conv1d_update implements
+STEP_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def step_kernel(module: str, fn: str, x: torch.Tensor, mask: torch.Tensor | None) -> Callable[..., Any] | None:
+    """The fused decode-step kernel for x, or None where the torch step runs: no CUDA, the package missing, a dtype
+    it is not handed, or a padded step (rows fed a pad keep their state: the torch step's keep_pads)."""
+    if mask is not None or not on_cuda(x) or x.dtype not in STEP_DTYPES or torch.is_grad_enabled():
+        return None                                                  # (the step kernels have no backward)
+    return cuda_kernel(module, fn)
+
+
+def write_state(state: Any, **new: torch.Tensor) -> Any:
+    """A step's new state tensors. For inference (no grad) written into `state`'s own tensors, which is returned:
+    a CUDA graph of the step captures the writes, and nothing is rebuilt. With autograd on (gradients through
+    steps, a test's recurrent reference) a new state object instead: an in-place write would clobber a tensor
+    the backward needs."""
+    if torch.is_grad_enabled():
+        return dataclasses.replace(state, **new)
+    for name, t in new.items():
+        old = getattr(state, name)
+        if t is not old:
+            old.copy_(t)
+    return state
+
+
+def derived(owner: nn.Module, name: str, params: tuple[torch.Tensor, ...],
+            build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`build()` (a tensor computed from `params` only, e.g. stacked weights), cached on `owner` until a param
+    changes (data pointer or version), for inference on the fast path: a decode step then launches nothing to
+    rebuild it, and a captured CUDA graph reads the cached tensor."""
+    key = tuple((p.data_ptr(), -1 if p.is_inference() else p._version, p.dtype) for p in params)
+    hit = owner.__dict__.get(name)
+    if hit is None or hit[0] != key:
+        hit = (key, build())
+        owner.__dict__[name] = hit                                   # a plain attribute: not in the state_dict
+    return hit[1]
 
 
 # ---- normalization ---------------------------------------------------------------------------------------
@@ -170,12 +213,42 @@ class ShortConv(nn.Module):
     def step(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return conv_step(x, cache, self.weight, self.bias)
 
+    def step_silu(self, x: torch.Tensor, cache: torch.Tensor, real: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """SiLU(conv) of one token x [B, C] after cache [B, C, K-1] -> (output, new cache, path); rows with real[b]
+        False keep their cache. Without grad the cache is shifted IN PLACE (the new cache is `cache`): on CUDA
+        without pads by causal_conv1d_update."""
+        fn = None if real is not None or self.kernel_size not in CONV_UPDATE_WIDTHS else step_kernel(*CONV_UPDATE, x,
+                                                                                                      None)
+        if fn is not None and cache.dtype == x.dtype:
+            weight = self.weight.view(self.weight.shape[0], self.kernel_size)
+            return fn(x, cache, weight, self.bias, activation="silu"), cache, "causal_conv1d_update"
+        y, new = conv_step(x, cache, self.weight, self.bias)
+        new = new if real is None else keep_pads(real, new, cache)
+        if not torch.is_grad_enabled():
+            cache.copy_(new)
+            new = cache
+        return F.silu(y), new, "torch.conv"
+
 
 # ---- rotary position embedding ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def rope_inv_freq(head_dim: int, theta: float, device: torch.device) -> torch.Tensor:
+    """RoPE's inverse frequencies [head_dim/2] (fp32), computed once per device: a decode step launches nothing
+    for them (and a CUDA graph reads this tensor). Never modify it."""
+    return theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+
+
+@functools.lru_cache(maxsize=256)
+def arange_cached(n: int, device: torch.device) -> torch.Tensor:
+    """torch.arange(n) on device, made once (a decode step's cache-row indices). Never modify it."""
+    return torch.arange(n, device=device)
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [T, head_dim/2] for integer positions [T] (angles in fp32, then cast)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    inv_freq = rope_inv_freq(head_dim, float(theta), positions.device)
     angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]     # [T, hd/2]
     return angles.cos().to(dtype), angles.sin().to(dtype)
 
@@ -197,7 +270,45 @@ def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> list[torch.Tensor]:
     """
     shared = getattr(type(linears[0]), "shared_input", None) if linears else None  # e.g. the proxy's bf16 GEMM
     fused = shared(x, linears) if shared is not None else None
+    if fused is None and len(linears) > 1 and on_cuda(x) and not torch.is_grad_enabled():
+        fused = stacked_linear(x, linears)
     return fused if fused is not None else [lin(x) for lin in linears]
+
+
+def stacked_linear(x: torch.Tensor, linears: tuple[nn.Linear, ...]) -> list[torch.Tensor] | None:
+    """Inference on the fast path (a decode step): bias-free nn.Linears that read x as ONE GEMM over their weights
+    stacked once and cached (`derived`, rebuilt when a weight changes), as vLLM's merged QKV / gate-up projections.
+    None where they do not qualify (biases, subclasses, mixed dtypes)."""
+    if any(type(lin) is not nn.Linear or lin.bias is not None for lin in linears):
+        return None
+    weights = tuple(lin.weight for lin in linears)
+    if len({w.dtype for w in weights}) > 1 or weights[0].dtype != x.dtype:
+        return None
+    stacked = derived(linears[0], "_stacked_weight", weights, lambda: torch.cat(weights, dim=0))
+    return list(F.linear(x, stacked).split([w.shape[0] for w in weights], dim=-1))
+
+
+def adjacent(*parts: torch.Tensor) -> bool:
+    """Whether parts are adjacent slices, along the last dim, of one tensor (the outputs of one stacked GEMM)."""
+    first = parts[0]
+    offset = first.storage_offset()
+    if not all(p.shape[:-1] == first.shape[:-1] and p.stride() == first.stride() and p.stride(-1) == 1
+               and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr() for p in parts):
+        return False
+    for p in parts:
+        if p.storage_offset() != offset:
+            return False
+        offset += p.shape[-1]
+    return True
+
+
+def joined(*parts: torch.Tensor) -> torch.Tensor:
+    """The concatenation of parts along the last dim: a view when they are `adjacent` (no copy), else torch.cat."""
+    first = parts[0]
+    if adjacent(*parts):
+        return first.as_strided((*first.shape[:-1], sum(p.shape[-1] for p in parts)), first.stride(),
+                                first.storage_offset())
+    return torch.cat(parts, dim=-1)
 
 
 def pad_time(x: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option
 
 from . import cpu
-from ._common import apply_rope, fused_linear, layer_cost, real_positions, rope_cos_sin
+from ._common import adjacent, apply_rope, arange_cached, fused_linear, joined, layer_cost, real_positions, rope_cos_sin
 from .base import DecodeCost, Operator, ProxyScale
 
 
@@ -252,16 +252,28 @@ class Attention(Operator):
         S = state.k.shape[2]
         rows = min(state.seen + 1, S) if state.rows is None else min(state.rows, S)
         pos = state.pos.view(1)                                             # [1], on the device
-        q, k, v = self._qkv(x, pos)                                         # q [B, H, 1, hd], k, v [B, Hkv, 1, hd]
+        q, k, v = self._qkv_step(x, pos)                                    # q [B, H, 1, hd], k, v [B, Hkv, 1, hd]
         slot = pos if self.window is None else pos % S                      # a ring never runs out (_check_room)
         state.k.index_copy_(2, slot, k)
         state.v.index_copy_(2, slot, v)
         # Filled rows are 0..pos (all S once a ring has wrapped, as then pos >= S).
-        filled = torch.arange(rows, device=x.device) <= pos                 # [rows]
+        filled = arange_cached(rows, x.device) <= pos                       # [rows]
         y = self._attend_rows(q, state.k[:, :, :rows], state.v[:, :, :rows], filled)
         state.pos.add_(1)
         state.seen += 1
         return self._out(y), state
+
+    def _qkv_step(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """_qkv for one token x [B, 1, D] at position pos [1]: the same numbers, fewer kernels. When q and k come
+        out of one stacked GEMM (the CUDA decode step) they are rotated together, as one [B, H + Hkv, hd] view."""
+        B, hd, H, Hkv = x.shape[0], self.head_dim, self.n_heads, self.n_kv_heads
+        q, k, v = fused_linear(x, self.q_proj, self.k_proj, self.v_proj)   # [B, 1, H*hd], [B, 1, Hkv*hd] x 2
+        cos, sin = rope_cos_sin(pos, hd, self.rope_theta, q.dtype)          # [1, hd/2]
+        if adjacent(q, k):                                                   # one GEMM's output: rotate once
+            q, k = apply_rope(joined(q, k).view(B, H + Hkv, hd), cos, sin).split([H, Hkv], dim=1)
+        else:
+            q, k = apply_rope(q.view(B, H, hd), cos, sin), apply_rope(k.view(B, Hkv, hd), cos, sin)
+        return q[:, :, None], k[:, :, None], v.view(B, 1, Hkv, hd).transpose(1, 2)
 
     def _attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """One query token over cached rows: q [B, H, 1, hd]; k, v [B, Hkv, n, hd]; keep [n] or per row [B, n] (bool)

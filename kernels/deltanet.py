@@ -26,14 +26,16 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option
 
 from . import cpu
-from ._common import (RMSNorm, ShortConv, acc_dtype, cuda_kernel, fused_linear, keep_pads, l2norm, layer_cost,
-                      on_cuda, pad_time, refused, zero_pads)
+from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, cuda_kernel, fused_linear, joined, keep_pads, l2norm,
+                      layer_cost, on_cuda, pad_time, refused, step_kernel, write_state, zero_pads)
 from .base import DecodeCost, Operator
 
 
 # fla's Triton delta-rule kernel and the dtypes it accepts (chunk_delta_rule asserts q is not fp32).
 FLA_DELTA_RULE = ("fla.ops.delta_rule", "chunk_delta_rule")
 FLA_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
+# The decode step's kernel: one launch per step for all heads (q/k L2-norm inside), state read and written once.
+FLA_DELTA_STEP = ("fla.ops.delta_rule", "fused_recurrent_delta_rule")
 
 
 # ---- the delta-rule core -----------------------------------------------------------------------------------
@@ -200,19 +202,30 @@ class DeltaNet(Operator):
         assert S is not None
         return self._out(o, x.dtype), DeltaNetState(conv=self.qkv_conv1d.new_cache(raw, state.conv, mask), S=S)
 
+    # Triton / CUDA kernels the fused step launches per call of each (the kernel census, experiments/kernel_census).
+    step_kernels: ClassVar[dict[tuple[str, str], int]] = {FLA_DELTA_STEP: 1, CONV_UPDATE: 1}
+
     def step(self, x: torch.Tensor, state: DeltaNetState, mask: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, DeltaNetState]:
-        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one delta-rule update (neither for a row fed a pad)."""
+        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one delta-rule update (neither for a row fed a pad), both
+        IN PLACE in `state` (which is returned) for inference: a CUDA graph of the step captures them. On CUDA:
+        causal_conv1d's conv update and fla's fused recurrent delta rule."""
         B = x.shape[0]
-        self._ran("torch.recurrent")
         q, k, v, b = fused_linear(x[:, 0], self.q_proj, self.k_proj, self.v_proj, self.b_proj)
-        qkv, conv = self.qkv_conv1d.step(torch.cat([q, k, v], dim=-1), state.conv)
-        q, k, v = F.silu(qkv).view(B, 3, self.n_heads, self.head_dim).unbind(1)  # [B, H, hd] each
+        real = None if mask is None else mask[:, -1]
+        qkv, conv, conv_path = self.qkv_conv1d.step_silu(joined(q, k, v), state.conv, real)
+        q, k, v = qkv.view(B, 3, self.n_heads, self.head_dim).unbind(1)         # [B, H, hd] each
+        fn = step_kernel(*FLA_DELTA_STEP, qkv, mask) if self.use_fast_path else None
+        if fn is not None:
+            self._ran(f"fla.fused_recurrent_delta_rule+{conv_path}")
+            o, S = fn(q[:, None], k[:, None], v[:, None], torch.sigmoid(b)[:, None], scale=self.head_dim ** -0.5,
+                      initial_state=state.S, output_final_state=True, use_qk_l2norm_in_kernel=True)
+            return self._out(o, x.dtype), write_state(state, conv=conv, S=S)
+        self._ran(f"torch.recurrent+{conv_path}")
         acc = state.S.dtype
         o, S = delta_rule_step(l2norm(q).to(acc), l2norm(k).to(acc), v.to(acc), torch.sigmoid(b).to(acc), state.S)
-        if mask is not None:
-            conv, S = keep_pads(mask[:, -1], conv, state.conv), keep_pads(mask[:, -1], S, state.S)
-        return self._out(o[:, None], x.dtype), DeltaNetState(conv=conv, S=S)
+        S = S if real is None else keep_pads(real, S, state.S)
+        return self._out(o[:, None], x.dtype), write_state(state, conv=conv, S=S)
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:

@@ -32,8 +32,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
 from . import cpu
-from ._common import (RMSNorm, ShortConv, acc_dtype, fused_linear, keep_pads, l2norm, layer_cost, on_cuda, pad_time,
-                      refused, zero_pads)
+from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, l2norm, layer_cost,
+                      on_cuda, pad_time, refused, step_kernel, write_state, zero_pads)
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator
 from .deltanet import delta_rule_step
@@ -43,6 +43,8 @@ from .deltanet import delta_rule_step
 # pin in pyproject.toml keeps such versions out); anything else (fp64 in tests) stays on the torch form.
 FLA_GATED_DELTA_RULE = ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule")
 FLA_CHUNK_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+# The decode step's kernel: one launch for all heads (q/k L2-norm inside), the state read and written once.
+FLA_GATED_STEP = ("fla.ops.gated_delta_rule", "fused_recurrent_gated_delta_rule")
 
 
 # ---- option helper shared with gla.py ----------------------------------------------------------------------
@@ -255,24 +257,35 @@ class GatedDeltaNet(Operator):
         return (self._out(o, gate, x.dtype),
                 GatedDeltaNetState(conv=self.qkv_conv1d.new_cache(raw, state.conv, mask), S=S.to(state.S.dtype)))
 
+    # Triton / CUDA kernels the fused step launches per call of each (the kernel census, experiments/kernel_census).
+    step_kernels: ClassVar[dict[tuple[str, str], int]] = {FLA_GATED_STEP: 1, CONV_UPDATE: 1}
+
     def step(self, x: torch.Tensor, state: GatedDeltaNetState, mask: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, GatedDeltaNetState]:
         """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one decay + delta-rule update (neither for a row fed a
-        pad)."""
+        pad), both IN PLACE in `state` (which is returned) for inference. On CUDA: causal_conv1d's conv update and
+        fla's fused recurrent gated delta rule."""
         B = x.shape[0]
-        self._ran("torch.recurrent")
         q, k, v, a, b, *z = fused_linear(x[:, 0], *self._linears())
-        qkv, conv = self.qkv_conv1d.step(torch.cat([q, k, v], dim=-1), state.conv)
-        q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
-        acc = state.S.dtype
-        q = l2norm(q.view(B, self.n_heads, self.head_k_dim)).to(acc)          # [B, H, dk]
-        k = l2norm(k.view(B, self.n_heads, self.head_k_dim)).to(acc)
-        v = v.view(B, self.n_heads, self.head_v_dim).to(acc)                   # [B, H, dv]
-        o, S = gated_delta_rule_step(q, k, v, self._gate(a).to(acc), torch.sigmoid(b).to(acc), state.S)
+        real = None if mask is None else mask[:, -1]
+        qkv, conv, conv_path = self.qkv_conv1d.step_silu(joined(q, k, v), state.conv, real)
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q, k = (t.reshape(B, self.n_heads, self.head_k_dim) for t in (q, k))   # [B, H, dk]
+        v = v.reshape(B, self.n_heads, self.head_v_dim)                        # [B, H, dv]
         gate = z[0].view(B, 1, self.n_heads, self.head_v_dim) if z else None
-        if mask is not None:
-            conv, S = keep_pads(mask[:, -1], conv, state.conv), keep_pads(mask[:, -1], S, state.S)
-        return self._out(o[:, None], gate, x.dtype), GatedDeltaNetState(conv=conv, S=S)
+        fn = step_kernel(*FLA_GATED_STEP, qkv, mask) if self.use_fast_path else None
+        if fn is not None:
+            self._ran(f"fla.fused_recurrent_gated_delta_rule+{conv_path}")
+            o, S = fn(q[:, None], k[:, None], v[:, None], self._gate(a)[:, None], torch.sigmoid(b)[:, None],
+                      scale=self.head_k_dim ** -0.5, initial_state=state.S, output_final_state=True,
+                      use_qk_l2norm_in_kernel=True)
+            return self._out(o, gate, x.dtype), write_state(state, conv=conv, S=S)
+        self._ran(f"torch.recurrent+{conv_path}")
+        acc = state.S.dtype
+        o, S = gated_delta_rule_step(l2norm(q).to(acc), l2norm(k).to(acc), v.to(acc), self._gate(a).to(acc),
+                                     torch.sigmoid(b).to(acc), state.S)
+        S = S if real is None else keep_pads(real, S, state.S)
+        return self._out(o[:, None], gate, x.dtype), write_state(state, conv=conv, S=S)
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:

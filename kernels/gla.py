@@ -35,12 +35,13 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
-from ._common import (RMSNorm, ShortConv, acc_dtype, fused_linear, keep_pads, layer_cost, on_cuda, pad_time, refused,
-                      zero_pads)
+from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, layer_cost, on_cuda,
+                      pad_time, refused, step_kernel, write_state, zero_pads)
 from .base import DecodeCost, Operator
 from .gated_deltanet import FLA_CHUNK_DTYPES, fla_kernel, ratio_dim
 
 FLA_GLA = ("fla.ops.gla", "chunk_gla")
+FLA_GLA_STEP = ("fla.ops.gla", "fused_recurrent_gla")         # the decode step's kernel: one launch for all heads
 
 
 # ---- the GLA core ------------------------------------------------------------------------------------------------
@@ -234,23 +235,25 @@ class GLA(Operator):
     def _split(self, x: torch.Tensor, conv: torch.Tensor | None, step: bool,
                mask: torch.Tensor | None = None) -> tuple[Any, ...]:
         """x [..., D] -> q, k [..., key_dim], v [..., value_dim] (after the optional conv + SiLU), log-decay
-        gk [..., key_dim] in >= fp32, output gate [..., value_dim] or None, raw q|k|v, new conv cache or None.
-        step=True: x is [B, D] and conv the cache to shift; else x is [B, T, D]."""
+        gk [..., key_dim] in >= fp32, output gate [..., value_dim] or None, raw q|k|v, and for a step the new
+        conv cache and the conv's path (None without short conv). step=True: x is [B, D] and conv the cache to
+        shift (in place without grad; not for rows whose mask [B, 1] is False); else x is [B, T, D]."""
         q, k, v, r, *z = fused_linear(x, *self._linears())
-        raw, new_conv = None, None
+        raw, conv_path, new_conv = None, None, conv
         if self.use_short_conv:
-            raw = torch.cat([q, k, v], dim=-1)
+            raw = joined(q, k, v) if step else torch.cat([q, k, v], dim=-1)
             if step:
                 assert conv is not None
-                qkv, new_conv = self.qkv_conv1d.step(raw, conv)
+                qkv, new_conv, conv_path = self.qkv_conv1d.step_silu(raw, conv,
+                                                                    None if mask is None else mask[:, -1])
             else:
-                qkv = self.qkv_conv1d(raw, conv, mask)
-            q, k, v = F.silu(qkv).split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+                qkv = F.silu(self.qkv_conv1d(raw, conv, mask))
+            q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         acc = acc_dtype(x.dtype)
         gk = F.logsigmoid(self.gk_proj[1](r).to(acc)) / self.normalizer
         if mask is not None and not step:                                       # pads: no decay, no write
             k, gk = zero_pads(mask, k, gk)
-        return q, k, v, gk, (z[0] if z else None), raw, new_conv
+        return q, k, v, gk, (z[0] if z else None), raw, (new_conv, conv_path)
 
     def _core(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor,
               S0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -306,19 +309,30 @@ class GLA(Operator):
         assert new is not None
         return y, new
 
+    # Triton / CUDA kernels the fused step launches per call of each (the kernel census, experiments/kernel_census).
+    step_kernels: ClassVar[dict[tuple[str, str], int]] = {FLA_GLA_STEP: 1, CONV_UPDATE: 1}
+
     def step(self, x: torch.Tensor, state: GLAState, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, GLAState]:
-        """x [B, 1, D] -> y [B, 1, D]: (conv-state shift), one decay + rank-1 write (neither for a row fed a pad)."""
+        """x [B, 1, D] -> y [B, 1, D]: (conv-state shift), one decay + rank-1 write (neither for a row fed a pad),
+        both IN PLACE in `state` (which is returned) for inference. On CUDA: fla's fused recurrent GLA (and
+        causal_conv1d's conv update)."""
         B = x.shape[0]
-        self._ran("torch.recurrent")
-        q, k, v, gk, gate, _, conv = self._split(x[:, 0], state.conv, step=True)
+        q, k, v, gk, gate, _, (conv, conv_path) = self._split(x[:, 0], state.conv, step=True, mask=mask)
+        q, k, gk = (z.reshape(B, self.n_heads, self.head_k_dim) for z in (q, k, gk))  # [B, H, dk]
+        v = v.reshape(B, self.n_heads, self.head_v_dim)
+        gate = None if gate is None else gate[:, None]
+        path = "" if conv_path is None else f"+{conv_path}"
+        fn = step_kernel(*FLA_GLA_STEP, v, mask) if self.use_fast_path else None
+        if fn is not None:
+            self._ran(f"fla.fused_recurrent_gla{path}")
+            o, S = fn(q[:, None], k[:, None], v[:, None], gk[:, None], scale=self.head_k_dim ** -0.5,
+                      initial_state=state.S, output_final_state=True)
+            return self._out(o, gate, x.dtype), write_state(state, conv=conv, S=S)
+        self._ran(f"torch.recurrent{path}")
         acc = state.S.dtype
-        q, k, gk = (z.view(B, self.n_heads, self.head_k_dim).to(acc) for z in (q, k, gk))  # [B, H, dk]
-        o, S = gla_step(q, k, v.view(B, self.n_heads, self.head_v_dim).to(acc), gk, state.S)
-        y = self._out(o[:, None], None if gate is None else gate[:, None], x.dtype)
-        conv = state.conv if conv is None else conv
-        if mask is not None:
-            conv, S = keep_pads(mask[:, -1], conv, state.conv), keep_pads(mask[:, -1], S, state.S)
-        return y, GLAState(conv=conv, S=S)
+        o, S = gla_step(q.to(acc), k.to(acc), v.to(acc), gk.to(acc), state.S)
+        S = S if mask is None else keep_pads(mask[:, -1], S, state.S)
+        return self._out(o[:, None], gate, x.dtype), write_state(state, conv=conv, S=S)
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:

@@ -27,8 +27,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
 from . import cpu
-from ._common import (GatedRMSNorm, ShortConv, acc_dtype, cuda_kernel, keep_pads, layer_cost, on_cuda,
-                      over_real_tokens, pad_time, refused, zero_pads)
+from ._common import (CONV_UPDATE, GatedRMSNorm, ShortConv, acc_dtype, cuda_kernel, derived, keep_pads, layer_cost,
+                      on_cuda, over_real_tokens, pad_time, refused, step_kernel, write_state, zero_pads)
 from .base import DecodeCost, Operator, ProxyScale
 
 
@@ -38,6 +38,9 @@ CONV_KERNEL = ("causal_conv1d", "causal_conv1d_fn")
 CONV_KERNEL_WIDTHS = (2, 3, 4)                                               # what causal_conv1d_fn implements
 # What mamba_chunk_scan_combined computes in (fp32 accumulation inside); fp64 (tests) stays on the torch form.
 SSD_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
+# The decode step's kernel (mamba_ssm's Mamba2.step): softplus(dt + dt_bias), the decay, the state update in place,
+# y = C h + D x, one launch for all heads.
+STATE_UPDATE = ("mamba_ssm.ops.triton.selective_state_update", "selective_state_update")
 
 
 # ---- the SSD core ------------------------------------------------------------------------------------------
@@ -311,26 +314,41 @@ class Mamba2(Operator):
         assert new is not None
         return y, new
 
+    # Triton / CUDA kernels the fused step launches per call of each (the kernel census, experiments/kernel_census).
+    step_kernels: ClassVar[dict[tuple[str, str], int]] = {STATE_UPDATE: 1, CONV_UPDATE: 1}
+
     def step(self, x: torch.Tensor, state: Mamba2State, mask: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, Mamba2State]:
-        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one SSM recurrence step (none for a row fed a pad)."""
+        """x [B, 1, D] -> y [B, 1, D]: conv-state shift, one SSM recurrence step (none for a row fed a pad), both
+        IN PLACE in `state` (which is returned) for inference. On CUDA: causal_conv1d's conv update (else the
+        torch one) and mamba_ssm's selective_state_update."""
         Bsz = x.shape[0]
-        self._ran("torch.recurrent")
         z, xBC, dt = self.in_proj(x[:, 0]).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
-        xBC, conv = self.conv1d.step(xBC, state.conv)
-        xs, Bm, Cm = F.silu(xBC).split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
-        acc = state.ssm.dtype
-        xs = xs.view(Bsz, self.n_heads, self.head_dim).to(acc)                 # [B, H, P]
-        dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                      # [B, H]
-        A = -self.A_log.to(acc).exp()
-        y, ssm = ssd_step(xs, dt, A, Bm.to(acc).view(Bsz, self.n_groups, self.d_state),
-                          Cm.to(acc).view(Bsz, self.n_groups, self.d_state), state.ssm)
-        y = (y + xs * self.D.to(acc)[:, None]).to(x.dtype)
-        out = self.out_proj(self.norm(y.reshape(Bsz, 1, self.d_inner), z[:, None]))
-        if mask is not None:
-            real = mask[:, -1]
-            conv, ssm = keep_pads(real, conv, state.conv), keep_pads(real, ssm, state.ssm)
-        return out, Mamba2State(conv=conv, ssm=ssm)
+        real = None if mask is None else mask[:, -1]
+        xBC, conv, conv_path = self.conv1d.step_silu(xBC, state.conv, real)
+        xs, Bm, Cm = xBC.split([self.d_inner, self.n_groups * self.d_state, self.n_groups * self.d_state], -1)
+        Bm, Cm = (t.reshape(Bsz, self.n_groups, self.d_state) for t in (Bm, Cm))
+        xs = xs.reshape(Bsz, self.n_heads, self.head_dim)                      # [B, H, P]
+        fn = step_kernel(*STATE_UPDATE, xs, mask) if self.fast_path is not None and "mamba_ssm" in self.fast_path \
+            else None
+        if fn is not None:
+            self._ran(f"mamba_ssm.selective_state_update+{conv_path}")
+            H, P, N = self.n_heads, self.head_dim, self.d_state
+            # Per-head values broadcast over P (and N) by stride-0 views: the kernel's tied-head form.
+            A = derived(self, "_A", (self.A_log,), lambda: -self.A_log.float().exp())[:, None, None].expand(H, P, N)
+            y = fn(state.ssm, xs, dt[:, :, None].expand(Bsz, H, P), A, Bm, Cm, D=self.D[:, None].expand(H, P),
+                   z=None, dt_bias=self.dt_bias[:, None].expand(H, P), dt_softplus=True)   # state.ssm in place
+            ssm = state.ssm
+        else:
+            self._ran(f"torch.recurrent+{conv_path}")
+            acc = state.ssm.dtype
+            xs = xs.to(acc)
+            dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                  # [B, H]
+            y, ssm = ssd_step(xs, dt, -self.A_log.to(acc).exp(), Bm.to(acc), Cm.to(acc), state.ssm)
+            y = y + xs * self.D.to(acc)[:, None]
+            ssm = ssm if real is None else keep_pads(real, ssm, state.ssm)
+        out = self.out_proj(self.norm(y.to(x.dtype).reshape(Bsz, 1, self.d_inner), z[:, None]))
+        return out, write_state(state, conv=conv, ssm=ssm)
 
     @classmethod
     def decode_cost(cls, genome: Genome, context: int) -> DecodeCost:

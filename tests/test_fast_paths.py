@@ -90,8 +90,8 @@ def test_every_operator_records_its_path(cpu_kernels: bool) -> None:
     with torch.no_grad():
         state = model.init_state(2, 4)
         model.step(ids[:, :1], state)
-    assert paths_run(model) == {**{op: "torch.recurrent" for op in RECURRENT}, "attention": "sdpa", "swa": "sdpa",
-                                "ffn": "torch"}
+    assert paths_run(model) == {**{op: "torch.recurrent+torch.conv" for op in ("mamba2", "deltanet", "gated_deltanet")},
+                                "gla": "torch.recurrent", "attention": "sdpa", "swa": "sdpa", "ffn": "torch"}
 
 
 def test_a_trial_reports_the_paths_its_operators_ran(fresh_kernel_lookup: Any, caplog: Any,
@@ -143,3 +143,108 @@ def test_a_refused_dtype_takes_the_torch_form_and_says_so(name: str, monkeypatch
     assert torch.isfinite(y).all() and not calls
     dtype = str(refused).removeprefix("torch.")
     assert op.last_path.startswith(f"torch.chunked[fused kernel refuses {dtype}]")
+
+
+# ---- 3. the decode step: states in place; the CUDA path's glue -------------------------------------------------
+def state_tensors(state: Any) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in vars(state).items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_step_updates_the_state_in_place_with_the_numbers_of_forward(name: str) -> None:
+    """The step writes its states into the tensors it was given (what a CUDA graph captures) and returns that same
+    state; its output is forward's at that position and its state the prefill's of one token more (fp64)."""
+    torch.manual_seed(0)
+    op = build_operator(name, every_operator_genome()).double().eval()
+    x = torch.randn(2, 21, op.o_proj.out_features if hasattr(op, "o_proj") else op.out_proj.out_features,
+                    dtype=torch.float64)
+    with torch.no_grad():
+        state = op.init_state(2, 21, dtype=torch.float64)
+        _, state = op.prefill(x[:, :20], state)
+        before = {k: (t.data_ptr(), t.clone()) for k, t in state_tensors(state).items()}
+        y, after = op.step(x[:, 20:], state)
+        want_state = op.prefill(x, op.init_state(2, 21, dtype=torch.float64))[1]
+        want_y = op(x)[:, 20:]
+    assert after is state
+    for k, t in state_tensors(state).items():
+        assert t.data_ptr() == before[k][0], f"{k} was replaced, not updated in place"
+        if t.numel() and k not in ("pos",):
+            assert not torch.equal(t, before[k][1]) or name in ("attention", "swa"), f"{k} did not change"
+            torch.testing.assert_close(t, state_tensors(want_state)[k], atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(y, want_y, atol=1e-10, rtol=1e-9)
+
+
+STEP_PATHS = {"deltanet": "fla.fused_recurrent_delta_rule+causal_conv1d_update",
+              "gated_deltanet": "fla.fused_recurrent_gated_delta_rule+causal_conv1d_update",
+              "gla": "fla.fused_recurrent_gla", "mamba2": "mamba_ssm.selective_state_update+causal_conv1d_update"}
+
+
+@pytest.mark.parametrize("name, opts", [("deltanet", {}), ("gated_deltanet", {"expand_v": 1.5}), ("gla", {}),
+                                        ("gla", {"use_short_conv": True}), ("mamba2", {"n_groups": 2})])
+def test_the_cuda_step_hands_the_fused_kernels_what_the_torch_step_computes(name: str, opts: dict) -> None:
+    """On CPU with the CUDA predicate forced and each fused kernel replaced by a reference of its contract
+    (experiments/kernel_census: fla's fused_recurrent_*, mamba_ssm's selective_state_update, causal_conv1d_update),
+    three decode steps equal the torch steps: outputs and the states, written in place."""
+    from experiments.kernel_census.run import cuda_path
+
+    genome = every_operator_genome().with_options(name, **opts)
+    torch.manual_seed(1)
+    ref = build_operator(name, genome).eval()
+    x = torch.randn(3, 12, ref.o_proj.out_features if hasattr(ref, "o_proj") else ref.out_proj.out_features)
+    with torch.no_grad():
+        with cuda_path() as calls:
+            fast = build_operator(name, genome).eval()
+        fast.load_state_dict(ref.state_dict())
+        s_ref = ref.prefill(x[:, :9], ref.init_state(3, 12))[1]
+        with cuda_path(calls):
+            s_fast = fast.prefill(x[:, :9], fast.init_state(3, 12))[1]
+            fast_ys = [fast.step(x[:, t:t + 1], s_fast)[0] for t in range(9, 12)]
+        ref_ys = [ref.step(x[:, t:t + 1], s_ref)[0] for t in range(9, 12)]
+    assert fast.last_path == STEP_PATHS[name] + ("+causal_conv1d_update" if opts.get("use_short_conv") else "")
+    step_calls = {fn: n for (_, fn), n in calls.items()
+                  if not fn.startswith(("chunk", "mamba_chunk", "causal_conv1d_fn"))}
+    assert set(step_calls.values()) == {3}, step_calls
+    torch.testing.assert_close(torch.cat(fast_ys, 1), torch.cat(ref_ys, 1), atol=2e-5, rtol=2e-5)
+    for k, t in state_tensors(s_fast).items():
+        torch.testing.assert_close(t, state_tensors(s_ref)[k], atol=2e-5, rtol=2e-5)
+
+
+def test_the_fused_step_glue_check_can_fail() -> None:
+    """Negative control: a selective_state_update that forgets the D skip is caught by the comparison above."""
+    from experiments.kernel_census.run import STAND_INS, cuda_path, selective_state_update
+
+    key = ("mamba_ssm.ops.triton.selective_state_update", "selective_state_update")
+    broken = {**STAND_INS, key: lambda *a, **kw: selective_state_update(*a, **{**kw, "D": None})}
+    torch.manual_seed(1)
+    ref = build_operator("mamba2", every_operator_genome()).eval()
+    x = torch.randn(2, 1, ref.out_proj.out_features)
+    with torch.no_grad(), cuda_path(stand_ins=broken):
+        fast = build_operator("mamba2", every_operator_genome()).eval()
+        fast.load_state_dict(ref.state_dict())
+        y_fast = fast.step(x, fast.init_state(2, 4))[0]
+    with torch.no_grad():
+        y_ref = ref.step(x, ref.init_state(2, 4))[0]
+    assert not torch.allclose(y_fast, y_ref, atol=1e-3)
+
+
+def test_stacked_projections_are_one_gemm_with_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fused_linear on the CUDA path (no grad): one GEMM over weights stacked once and cached until a weight
+    changes; outside it (training) each Linear runs on its own."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    linears = tuple(nn.Linear(16, n, bias=False).double() for n in (8, 4, 4))
+    x = torch.randn(3, 16, dtype=torch.float64)
+    want = [lin(x) for lin in linears]
+    monkeypatch.setattr(_common, "on_cuda", lambda t: True)
+    with torch.no_grad():
+        got = _common.fused_linear(x, *linears)
+        stacked = linears[0].__dict__["_stacked_weight"][1]
+        assert _common.adjacent(*got) and _common.fused_linear(x, *linears)[0].data_ptr() != 0
+        assert linears[0].__dict__["_stacked_weight"][1] is stacked          # cached
+        linears[1].weight.mul_(2)                                            # a changed weight is seen
+        again = _common.fused_linear(x, *linears)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(again[1], 2 * want[1], atol=1e-12, rtol=1e-12)
+    assert "_stacked_weight" not in linears[0].state_dict()

@@ -6,8 +6,10 @@ preallocated, stepping the real operators (`HybridLM.step`), capturable in CUDA 
   in the static input-id buffer `ids`;
 - `step(kv_len)` runs `HybridLM.step` on `ids`: attention layers write their KV caches in place at their device
   position (`KVCache.pos`) and attend over `kv_len` rows masked to the filled ones (`KVCache.rows`); recurrent
-  states (Mamba2, DeltaNet, GLA, ...) come back as new tensors and are copied into the preallocated ones; the
-  logits go to the static buffer `logits` and their argmax to `ids`, so nothing leaves the device between steps;
+  and conv states (Mamba2, DeltaNet, GLA, ...) are updated in place by the operators' steps (on CUDA by the fused
+  kernels themselves), so nothing is rebuilt or copied back (an operator whose step returns new tensors, e.g. a
+  plugin's, still gets them copied into the preallocated ones); the logits go to the static buffer `logits` and
+  their argmax to `ids`, so nothing leaves the device between steps;
 - `kv_len` is the only shape that varies from step to step: the host picks it from its own counter `pos_host`
   (never synced from the device) as pos + 1 rounded up to a bucket, and `capture` records one CUDA graph per
   bucket reached (sharing one memory pool), so a replay of `graphs[kv_len(bucket)]` is one decode step.
@@ -96,7 +98,8 @@ class StaticDecoder:
             c.rows = kv_len                                                   # capped at each cache's size
         logits, new = self.model.step(self.ids, list(self.state))
         for static, st in zip(self.state, new):
-            _copy_into(static, st)
+            if st is not static:                                              # built-in operators update in place
+                _copy_into(static, st)
         self.logits.copy_(logits)                                             # [B, 1, V]
         self.ids.copy_(self.logits.argmax(-1))                                # greedy feedback, on device
 

@@ -43,7 +43,8 @@ class DeviceProfile:
 
     memory_bandwidth_gbs / peak_tflops: datasheet peaks. memory_efficiency / compute_efficiency: the share of
     those peaks that batch-1 decode kernels reach. launch_overhead_us: fixed cost per kernel under CUDA graphs;
-    eager_launch_overhead_us: the same without graphs.
+    eager_launch_overhead_us: the same without graphs. operator_overhead_us: a fixed cost per operator, fitted to
+    published decode latencies (experiments/roofline_fit); 0 in profiles that predate it.
     """
 
     name: str
@@ -55,6 +56,7 @@ class DeviceProfile:
     launch_overhead_us: float
     eager_launch_overhead_us: float
     sources: tuple[str, ...] = ()
+    operator_overhead_us: float = 0.0     # fixed cost per operator (layer or head) beyond its kernels' launches
 
     def bandwidth(self) -> float:
         """Achievable bytes/s."""
@@ -92,14 +94,17 @@ def _profile_from_dict(data: Any, where: str) -> DeviceProfile:
             launch_overhead_us=float(data["launch_overhead_us"]),
             eager_launch_overhead_us=float(data["eager_launch_overhead_us"]),
             sources=tuple(str(s) for s in data.get("sources", ()) or ()),
+            operator_overhead_us=float(data.get("operator_overhead_us", 0.0)),
         )
     except (TypeError, ValueError) as exc:
         raise FlashsearchError(f"device profile {where}: a number field is not a number ({exc})") from None
     positive = [profile.memory_bandwidth_gbs, *profile.peak_tflops.values(), profile.launch_overhead_us + 1.0,
                 profile.eager_launch_overhead_us + 1.0]
     if not all(math.isfinite(v) and v > 0 for v in positive) or profile.launch_overhead_us < 0 \
-            or profile.eager_launch_overhead_us < 0:
-        raise FlashsearchError(f"device profile {where}: bandwidth/peaks must be > 0 and launch costs >= 0")
+            or profile.eager_launch_overhead_us < 0 or not (math.isfinite(profile.operator_overhead_us)
+                                                            and profile.operator_overhead_us >= 0):
+        raise FlashsearchError(f"device profile {where}: bandwidth/peaks must be > 0 and launch_overhead_us, "
+                               "eager_launch_overhead_us and operator_overhead_us >= 0")
     for eff in ("memory_efficiency", "compute_efficiency"):
         if not 0.0 < getattr(profile, eff) <= 1.0:
             raise FlashsearchError(f"device profile {where}: {eff} must be in (0, 1]")

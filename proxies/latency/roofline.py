@@ -45,16 +45,14 @@ import functools
 import math
 from dataclasses import asdict, dataclass
 from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import yaml
 
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.proxies.base import Workload
-from flashsearch.proxies.latency.devices import (DTYPE_BYTES, DeviceProfile, _shipped_dir, canonical_dtype,
+from flashsearch.proxies.latency.devices import (DTYPE_BYTES, DeviceProfile, canonical_dtype,
                                                  load_device)
 
 if TYPE_CHECKING:
@@ -65,19 +63,6 @@ _FIELDS = ("weight_elems", "state_read_elems", "state_write_elems", "flops", "la
 _GRID_POINTS = 33                         # coarse grid over the context range before bisection refinement
 HEAD = "embedding+lm_head"
 RECURRENT_STATE_DTYPE = "fp32"            # what the recurrent operators' init_state keeps (acc_dtype of bf16/fp16)
-
-
-def operator_overhead_us(device: str) -> float:
-    """The profile's fixed cost per operator (`operator_overhead_us`, default 0: profiles written before it).
-
-    Read from the profile's YAML here because DeviceProfile does not carry the field yet."""
-    key = str(device).strip()
-    shipped = _shipped_dir().joinpath(f"{key.lower()}.yaml")
-    path = Path(key).expanduser() if key.endswith((".yaml", ".yml")) else shipped
-    value = float((yaml.safe_load(path.read_text()) or {}).get("operator_overhead_us", 0.0))
-    if not (math.isfinite(value) and value >= 0):
-        raise FlashsearchError(f"device profile {key}: operator_overhead_us must be >= 0, got {value}")
-    return value
 
 
 def holds_kv_cache(op: str) -> bool:
@@ -191,7 +176,7 @@ class RooflinePredictor:
         self._bw = self.profile.bandwidth()
         self._flops = self.profile.flops(self.dtype)  # also rejects a dtype the device lacks
         self._launch = self.profile.launch_seconds(self.cuda_graphs)
-        self._per_op = operator_overhead_us(device) * 1e-6
+        self._per_op = self.profile.operator_overhead_us * 1e-6
         self.source = f"roofline:{self.device}"
 
     def __repr__(self) -> str:

@@ -371,5 +371,8 @@ def test_cuda_fast_path_matches_torch_form(name, T):
             state = op.init_state(2, T + 1, device="cuda")
             y_pre, state = op.prefill(x[:, :T], state)
         results.append((y, y_pre, state.S, *grads))
+    # On Hopper fla's fp32 dots run in TF32 (10-bit mantissa) while torch's fp32 matmul does not: compare by
+    # relative norm at TF32's precision, not elementwise at fp32's (which fails by up to ~8x on an H100).
     for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+        err = (a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)
+        assert err <= 1e-2, f"relative error {err:.2e}"

@@ -229,3 +229,46 @@ def test_a_killed_worker_retries_from_the_last_rung_checkpoint(tmp_path: Path, l
     assert undisturbed["metrics"]["new_tokens"] == metrics["new_tokens"]
     assert abs(outcome["result"]["loss"] - undisturbed["loss"]) < TOL
     assert step0 > 0
+
+
+SEARCH = """
+name: ddp
+out_dir: {out}
+space: {{kind: staged, widths: [256, 512], max_blocks_per_stage: 1, max_operators: 6, vocab_size: 1024}}
+quality: {{_target_: short_train, seq_len: 32, batch_size: 4, eval_batches: 2, log_every: 2, fast: false}}
+budget: {{tokens: 1536, rungs: [512, 1536], eta: 2}}
+search: {{trials: 3, workers: 1, population: 2, sample_size: 2, fidelity: multi}}
+ray: {{workers_per_trial: 2, num_cpus_per_trial: 2}}
+export_top: 1
+"""
+
+
+@pytest.mark.slow
+def test_a_search_with_two_workers_per_trial_accounts_for_every_trial(tmp_path: Path) -> None:
+    """`flashsearch run` with ray.workers_per_trial=2 on a local Ray (loopback): every trial completes, trained by
+    2 ranks, and the promotion continued from its rung checkpoint."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import pandas as pd
+
+    config = tmp_path / "ddp.yaml"
+    config.write_text(SEARCH.format(out=tmp_path / "run"))
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        done = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", str(config)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+    finally:
+        import shutil
+
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    df = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    assert set(df["state"]) == {"COMPLETE"}, df[["state", "error"]]
+    assert (df["rung"] == 0).sum() == 3 and (df["rung"] == 1).sum() == 1    # 3 screened, the best one promoted
+    assert set(df["metrics.train_workers"]) == {2}
+    promoted = df[df["rung"] == 1].iloc[0]
+    assert promoted["metrics.new_tokens"] < promoted["metrics.train_tokens"]  # continued from the checkpoint

@@ -215,14 +215,24 @@ class DataParallelBackend(RayBackend):
 
 
 def make_backend(evaluator: Evaluator, workers: int, ray_address: str | None, num_cpus_per_trial: float,
-                 num_gpus_per_trial: float, workers_per_trial: int = 1, gpus_per_worker: int = 0,
+                 num_gpus_per_trial: float, workers_per_trial: int | None = None, gpus_per_worker: int | None = None,
                  storage: str | None = None) -> Backend:
     """The backend for a run's ray settings. workers_per_trial > 1: DataParallelBackend; `storage` is where Ray
-    Train keeps its (transient) run folders, on storage every node shares (the run dir; default: a temp dir)."""
+    Train keeps its (transient) run folders and rank 0 leaves the outcome: storage every node shares. Default:
+    next to the evaluator's rung checkpoints (the run dir, shared on a cluster), else a temp dir (one node).
+    workers_per_trial / gpus_per_worker None: the run's ray settings, which a CandidateEvaluator carries (its cfg);
+    1 and 0 for any other evaluator."""
     if ray_address == LOCAL:
         return ThreadBackend(evaluator, workers)
+    ray_cfg = getattr(getattr(evaluator, "cfg", None), "ray", None)
+    if workers_per_trial is None:
+        workers_per_trial = int(getattr(ray_cfg, "workers_per_trial", 1))
+    if gpus_per_worker is None:
+        gpus_per_worker = int(getattr(ray_cfg, "gpus_per_worker", 0))
     if workers_per_trial > 1:
-        storage = storage or os.path.join(tempfile.gettempdir(), "flashsearch-ray-train")
+        checkpoints = getattr(evaluator, "checkpoint_dir", None)
+        storage = storage or (os.path.join(os.path.dirname(os.path.abspath(checkpoints)), "ray_train") if checkpoints
+                              else os.path.join(tempfile.gettempdir(), "flashsearch-ray-train"))
         return DataParallelBackend(evaluator, workers, ray_address, num_cpus_per_trial, workers_per_trial,
                                    gpus_per_worker, os.path.abspath(storage))
     return RayBackend(evaluator, workers, ray_address, num_cpus_per_trial, num_gpus_per_trial)

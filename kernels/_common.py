@@ -245,6 +245,14 @@ def arange_cached(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device)
 
 
+@functools.lru_cache(maxsize=16)
+def rope_table(head_dim: int, theta: float, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[length, 2, head_dim]: per position, [cos, cos] and [-sin, sin] (rope_cos_sin's values), so that a decode
+    step rotates with one gather and three kernels: x * c + cat(x2, x1) * s (vLLM's cos/sin cache). Never modify."""
+    cos, sin = rope_cos_sin(torch.arange(length, device=device), head_dim, theta, dtype)
+    return torch.stack([torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)], dim=1)
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [T, head_dim/2] for integer positions [T] (angles in fp32, then cast)."""

@@ -31,7 +31,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option
 
 from . import cpu
-from ._common import adjacent, apply_rope, arange_cached, fused_linear, joined, layer_cost, real_positions, rope_cos_sin
+from ._common import (adjacent, apply_rope, arange_cached, fused_linear, joined, layer_cost, real_positions,
+                      rope_cos_sin, rope_table)
 from .base import DecodeCost, Operator, ProxyScale
 
 
@@ -56,6 +57,7 @@ class KVCache:
     seen: int = 0
     rows: int | None = None
     lengths: torch.Tensor | None = None
+    max_len: int = 0                                 # positions init_state made room for (the RoPE table's length)
 
 
 class Attention(Operator):
@@ -234,7 +236,7 @@ class Attention(Operator):
                    dtype: torch.dtype = torch.float32) -> KVCache:
         shape = (batch, self.n_kv_heads, self._cache_len(max_len), self.head_dim)
         return KVCache(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype),
-                       torch.zeros((), dtype=torch.long, device=device))
+                       torch.zeros((), dtype=torch.long, device=device), max_len=max_len)
 
     def _check_room(self, state: KVCache, n: int) -> None:
         # A window-sized ring never runs out; a cache shorter than the window (max_len < window) does.
@@ -252,7 +254,7 @@ class Attention(Operator):
         S = state.k.shape[2]
         rows = min(state.seen + 1, S) if state.rows is None else min(state.rows, S)
         pos = state.pos.view(1)                                             # [1], on the device
-        q, k, v = self._qkv_step(x, pos)                                    # q [B, H, 1, hd], k, v [B, Hkv, 1, hd]
+        q, k, v = self._qkv_step(x, pos, state)                             # q [B, H, 1, hd], k, v [B, Hkv, 1, hd]
         slot = pos if self.window is None else pos % S                      # a ring never runs out (_check_room)
         state.k.index_copy_(2, slot, k)
         state.v.index_copy_(2, slot, v)
@@ -263,15 +265,21 @@ class Attention(Operator):
         state.seen += 1
         return self._out(y), state
 
-    def _qkv_step(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv_step(self, x: torch.Tensor, pos: torch.Tensor, state: KVCache
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """_qkv for one token x [B, 1, D] at position pos [1]: the same numbers, fewer kernels. When q and k come
-        out of one stacked GEMM (the CUDA decode step) they are rotated together, as one [B, H + Hkv, hd] view."""
+        out of one stacked GEMM (the CUDA decode step) they are rotated together, as one [B, H + Hkv, hd] view, with
+        cos/sin gathered from a table made once (`rope_table`, while the position is inside init_state's max_len)."""
         B, hd, H, Hkv = x.shape[0], self.head_dim, self.n_heads, self.n_kv_heads
         q, k, v = fused_linear(x, self.q_proj, self.k_proj, self.v_proj)   # [B, 1, H*hd], [B, 1, Hkv*hd] x 2
-        cos, sin = rope_cos_sin(pos, hd, self.rope_theta, q.dtype)          # [1, hd/2]
-        if adjacent(q, k):                                                   # one GEMM's output: rotate once
-            q, k = apply_rope(joined(q, k).view(B, H + Hkv, hd), cos, sin).split([H, Hkv], dim=1)
+        if adjacent(q, k) and state.seen < state.max_len:                   # one GEMM's output: rotate once
+            table = rope_table(hd, float(self.rope_theta), state.max_len, x.device, q.dtype)
+            c, s = table.index_select(0, pos).unbind(1)                      # [1, hd] each
+            qk = joined(q, k).view(B, H + Hkv, hd)
+            qk = torch.addcmul(qk * c, torch.cat([qk[..., hd // 2:], qk[..., :hd // 2]], -1), s)
+            q, k = qk.split([H, Hkv], dim=1)
         else:
+            cos, sin = rope_cos_sin(pos, hd, self.rope_theta, q.dtype)      # [1, hd/2]
             q, k = apply_rope(q.view(B, H, hd), cos, sin), apply_rope(k.view(B, Hkv, hd), cos, sin)
         return q[:, :, None], k[:, :, None], v.view(B, 1, Hkv, hd).transpose(1, 2)
 

@@ -176,15 +176,18 @@ def test_step_updates_the_state_in_place_with_the_numbers_of_forward(name: str) 
 
 STEP_PATHS = {"deltanet": "fla.fused_recurrent_delta_rule+causal_conv1d_update",
               "gated_deltanet": "fla.fused_recurrent_gated_delta_rule+causal_conv1d_update",
-              "gla": "fla.fused_recurrent_gla", "mamba2": "mamba_ssm.selective_state_update+causal_conv1d_update"}
+              "gla": "fla.fused_recurrent_gla", "mamba2": "mamba_ssm.selective_state_update+causal_conv1d_update",
+              "attention": "sdpa", "swa": "sdpa"}          # attention: stacked QKV, RoPE from the table
 
 
 @pytest.mark.parametrize("name, opts", [("deltanet", {}), ("gated_deltanet", {"expand_v": 1.5}), ("gla", {}),
-                                        ("gla", {"use_short_conv": True}), ("mamba2", {"n_groups": 2})])
+                                        ("gla", {"use_short_conv": True}), ("mamba2", {"n_groups": 2}),
+                                        ("attention", {}), ("swa", {})])
 def test_the_cuda_step_hands_the_fused_kernels_what_the_torch_step_computes(name: str, opts: dict) -> None:
     """On CPU with the CUDA predicate forced and each fused kernel replaced by a reference of its contract
     (experiments/kernel_census: fla's fused_recurrent_*, mamba_ssm's selective_state_update, causal_conv1d_update),
-    three decode steps equal the torch steps: outputs and the states, written in place."""
+    three decode steps equal the torch steps: outputs and the states, written in place. Attention's CUDA step (one
+    stacked QKV GEMM, q|k rotated together from the RoPE table) too; swa's ring wraps (window 6)."""
     from experiments.kernel_census.run import cuda_path
 
     genome = every_operator_genome().with_options(name, **opts)
@@ -200,10 +203,11 @@ def test_the_cuda_step_hands_the_fused_kernels_what_the_torch_step_computes(name
             s_fast = fast.prefill(x[:, :9], fast.init_state(3, 12))[1]
             fast_ys = [fast.step(x[:, t:t + 1], s_fast)[0] for t in range(9, 12)]
         ref_ys = [ref.step(x[:, t:t + 1], s_ref)[0] for t in range(9, 12)]
+    assert "_stacked_weight" in (fast.in_proj if name == "mamba2" else fast.q_proj).__dict__ or name == "mamba2"
     assert fast.last_path == STEP_PATHS[name] + ("+causal_conv1d_update" if opts.get("use_short_conv") else "")
     step_calls = {fn: n for (_, fn), n in calls.items()
                   if not fn.startswith(("chunk", "mamba_chunk", "causal_conv1d_fn"))}
-    assert set(step_calls.values()) == {3}, step_calls
+    assert set(step_calls.values()) == ({3} if name in RECURRENT else set()), step_calls
     torch.testing.assert_close(torch.cat(fast_ys, 1), torch.cat(ref_ys, 1), atol=2e-5, rtol=2e-5)
     for k, t in state_tensors(s_fast).items():
         torch.testing.assert_close(t, state_tensors(s_ref)[k], atol=2e-5, rtol=2e-5)

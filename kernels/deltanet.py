@@ -218,7 +218,7 @@ class DeltaNet(Operator):
         fn = step_kernel(*FLA_DELTA_STEP, qkv, mask) if self.use_fast_path else None
         if fn is not None:
             self._ran(f"fla.fused_recurrent_delta_rule+{conv_path}")
-            o, S = fn(q[:, None], k[:, None], v[:, None], torch.sigmoid(b)[:, None], scale=self.head_dim ** -0.5,
+            o, S = fn(q[:, None], k[:, None], v[:, None], beta=torch.sigmoid(b)[:, None], scale=self.head_dim ** -0.5,
                       initial_state=state.S, output_final_state=True, use_qk_l2norm_in_kernel=True)
             return self._out(o, x.dtype), write_state(state, conv=conv, S=S)
         self._ran(f"torch.recurrent+{conv_path}")

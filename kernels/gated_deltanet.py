@@ -276,7 +276,8 @@ class GatedDeltaNet(Operator):
         fn = step_kernel(*FLA_GATED_STEP, qkv, mask) if self.use_fast_path else None
         if fn is not None:
             self._ran(f"fla.fused_recurrent_gated_delta_rule+{conv_path}")
-            o, S = fn(q[:, None], k[:, None], v[:, None], self._gate(a)[:, None], torch.sigmoid(b)[:, None],
+            # Keywords: fla 0.6 put gk, gv between g and beta.
+            o, S = fn(q[:, None], k[:, None], v[:, None], g=self._gate(a)[:, None], beta=torch.sigmoid(b)[:, None],
                       scale=self.head_k_dim ** -0.5, initial_state=state.S, output_final_state=True,
                       use_qk_l2norm_in_kernel=True)
             return self._out(o, gate, x.dtype), write_state(state, conv=conv, S=S)

@@ -325,7 +325,7 @@ class GLA(Operator):
         fn = step_kernel(*FLA_GLA_STEP, v, mask) if self.use_fast_path else None
         if fn is not None:
             self._ran(f"fla.fused_recurrent_gla{path}")
-            o, S = fn(q[:, None], k[:, None], v[:, None], gk[:, None], scale=self.head_k_dim ** -0.5,
+            o, S = fn(q[:, None], k[:, None], v[:, None], gk=gk[:, None], scale=self.head_k_dim ** -0.5,
                       initial_state=state.S, output_final_state=True)
             return self._out(o, gate, x.dtype), write_state(state, conv=conv, S=S)
         self._ran(f"torch.recurrent{path}")

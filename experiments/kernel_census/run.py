@@ -43,11 +43,14 @@ def _l2(x: torch.Tensor) -> torch.Tensor:
 
 
 def fused_recurrent_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor | None = None,
+                                     gk: torch.Tensor | None = None, gv: torch.Tensor | None = None,
                                      beta: torch.Tensor | None = None, scale: float | None = None,
                                      initial_state: torch.Tensor | None = None, output_final_state: bool = False,
                                      use_qk_l2norm_in_kernel: bool = False, **_: Any
                                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """fla's contract: q, k [B, T, H, K]; v [B, T, H, V]; g, beta [B, T, H]; state [B, H, K, V] (fp32 out)."""
+    """fla's contract (0.6: gk, gv come between g and beta; not used by us): q, k [B, T, H, K]; v [B, T, H, V];
+    g, beta [B, T, H]; state [B, H, K, V] (fp32 out)."""
+    assert gk is None and gv is None, "stand-in: per-channel gates are not part of our contract"
     B, T, H, K = q.shape
     qf, kf, vf = q.float(), k.float(), v.float()
     if use_qk_l2norm_in_kernel:
@@ -68,7 +71,7 @@ def fused_recurrent_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.
 def fused_recurrent_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor | None = None,
                                **kw: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     """fla's contract: the gated rule without decay."""
-    return fused_recurrent_gated_delta_rule(q, k, v, None, beta, **kw)
+    return fused_recurrent_gated_delta_rule(q, k, v, beta=beta, **kw)
 
 
 def fused_recurrent_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor | None = None,
@@ -114,6 +117,12 @@ def causal_conv1d_update(x: torch.Tensor, conv_state: torch.Tensor, weight: torc
     return (F.silu(y) if activation in ("silu", "swish") else y).to(x.dtype)
 
 
+def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                           **kw: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """fla's contract of the chunk kernel (g and beta positional, unlike the fused recurrent one)."""
+    return fused_recurrent_gated_delta_rule(q, k, v, g=g, beta=beta, **kw)
+
+
 def mamba_chunk_scan_combined(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                               chunk_size: int, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                               dt_bias: torch.Tensor | None = None, initial_states: torch.Tensor | None = None,
@@ -143,7 +152,7 @@ def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 # token by token: right, and never part of a decode step's census.
 STAND_INS: dict[tuple[str, str], Callable[..., Any]] = {
     ("fla.ops.delta_rule", "chunk_delta_rule"): fused_recurrent_delta_rule,
-    ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"): fused_recurrent_gated_delta_rule,
+    ("fla.ops.gated_delta_rule", "chunk_gated_delta_rule"): chunk_gated_delta_rule,
     ("fla.ops.gla", "chunk_gla"): fused_recurrent_gla,
     ("mamba_ssm.ops.triton.ssd_combined", "mamba_chunk_scan_combined"): mamba_chunk_scan_combined,
     ("causal_conv1d", "causal_conv1d_fn"): causal_conv1d_fn,

@@ -272,3 +272,43 @@ def test_a_search_with_two_workers_per_trial_accounts_for_every_trial(tmp_path: 
     assert set(df["metrics.train_workers"]) == {2}
     promoted = df[df["rung"] == 1].iloc[0]
     assert promoted["metrics.new_tokens"] < promoted["metrics.train_tokens"]  # continued from the checkpoint
+
+
+@pytest.mark.slow
+def test_two_node_cluster_search_with_two_workers_per_trial(tmp_path: Path) -> None:
+    """The issue's acceptance run: a search whose candidates train with ray.workers_per_trial=2 on a 2-node local Ray
+    cluster (loopback) completes with every trial accounted for. Each node offers 1 CPU and each rank asks for 1,
+    so every candidate's 2 ranks run on the 2 nodes, joined by gloo."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from test_ray_cluster import Node, env, free_port, wait_until
+
+    temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"fsddp{os.getpid()}"   # Ray's socket paths must stay short
+    port, node2_port = free_port(), free_port()
+    loopback = "--node-ip-address=127.0.0.1"
+    head = Node(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}", loopback],
+                tmp_path / "head.log")
+    node2 = None
+    try:
+        wait_until(lambda: head.raylet_pid() is not None, 90, "the head node")
+        node2 = Node([f"--address=127.0.0.1:{port}", f"--node-manager-port={node2_port}", loopback],
+                     tmp_path / "node2.log")
+        wait_until(lambda: node2.raylet_pid() is not None, 90, "the second node")
+        config = tmp_path / "ddp.yaml"
+        config.write_text(SEARCH.format(out=tmp_path / "run").replace(
+            "ray: {workers_per_trial: 2, num_cpus_per_trial: 2}",
+            f"ray: {{workers_per_trial: 2, num_cpus_per_trial: 2, address: '127.0.0.1:{port}'}}"))
+        done = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", str(config)], env=env(),
+                              cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        if node2 is not None:
+            node2.stop()
+        head.stop()
+    df = pd.read_parquet(tmp_path / "run" / "trials.parquet")
+    assert set(df["state"]) == {"COMPLETE"}, df[["state", "error"]]
+    assert (df["rung"] == 0).sum() == 3 and (df["rung"] == 1).sum() == 1
+    assert set(df["metrics.train_workers"]) == {2}

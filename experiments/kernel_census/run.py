@@ -174,6 +174,10 @@ def _launching(key: tuple[str, str], fn: Callable[..., Any], launches: dict[tupl
             return fn(*args, **kwargs)
         for _ in range(launches.get(key, 1)):
             mode.add(f"kernel.{key[1]}")
+        if key[0].startswith("fla."):      # fla's input_guard copies every non-contiguous tensor argument first
+            for t in [*args, *kwargs.values()]:
+                if isinstance(t, torch.Tensor) and not t.is_contiguous():
+                    mode.add("aten.clone(fla input_guard)")
         with _disable_current_modes():
             return fn(*args, **kwargs)
     return run

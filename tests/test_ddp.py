@@ -69,6 +69,28 @@ def test_two_ranks_train_like_one_worker(tmp_path: Path) -> None:
     assert abs(ShortTrain(**{**SETTINGS, "seed": 1}).evaluate(GENOME, budget).loss - one.loss) > 10 * TOL
 
 
+def test_two_ranks_on_token_shards_train_like_one_worker(tmp_path: Path) -> None:
+    """On subword shards each rank reads only its rows' windows (ShardSampler's rank/world_size): same score."""
+    import numpy as np
+
+    from flashsearch.data.prepare import PrepareConfig, prepare
+    from flashsearch.data.tokenizer import train_bpe
+
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "then", "slept", "."]
+    with (tmp_path / "text.jsonl").open("w") as fh:
+        for _ in range(200):
+            fh.write(json.dumps({"text": " ".join(rng.choice(words, size=int(rng.integers(5, 60))))}) + "\n")
+    (tmp_path / "tokenizer.json").write_text(train_bpe([" ".join(words) * 20] * 5, vocab_size=300))
+    prepare(str(tmp_path / "text.jsonl"), tmp_path / "shards", str(tmp_path / "tokenizer.json"),
+            PrepareConfig(shard_tokens=61))
+    settings = {**SETTINGS, "shards": str(tmp_path / "shards")}
+    budget = Budget(tokens=STEPS * SETTINGS["batch_size"] * SETTINGS["seq_len"])
+    one = ShortTrain(**settings).evaluate(GENOME, budget)
+    ranks = ddp_run(tmp_path / "ddp", settings, budget)
+    assert abs(ranks[0]["loss"] - one.loss) < TOL and ranks[0]["loss"] == ranks[1]["loss"]
+
+
 def test_rung_checkpoint_from_ranks_continues_like_one_worker(tmp_path: Path) -> None:
     """Rank 0 writes the rung-0 checkpoint; 2 ranks continue it to rung 1 as 1 worker continues its own."""
     ladder = (4 * 128, 8 * 128)

@@ -227,7 +227,7 @@ def test_ray_train_two_workers_give_the_one_worker_score(tmp_path: Path, local_r
 
     cfg = _run_config(tmp_path)
     evaluator = CandidateEvaluator(cfg)
-    backend = make_backend(evaluator, 1, None, 2.0, 0.0, workers_per_trial=2, storage=str(tmp_path / "train"))
+    backend = make_backend(evaluator, 1, RayConfig(num_cpus_per_trial=2.0, workers_per_trial=2), str(tmp_path / "train"))
     assert isinstance(backend, DataParallelBackend)
     outcome = _one(backend, GENOME.to_json(), None)
     assert outcome["ok"], outcome
@@ -250,8 +250,8 @@ def test_a_killed_worker_retries_from_the_last_rung_checkpoint(tmp_path: Path, l
     inner = CandidateEvaluator(cfg, checkpoint_dir=str(ckpts))
     marks = tmp_path / "marks"
     marks.mkdir()
-    backend = make_backend(KillableEvaluator(inner, str(marks)), 1, None, 2.0, 0.0, workers_per_trial=2,
-                           storage=str(tmp_path / "train"))
+    backend = make_backend(KillableEvaluator(inner, str(marks)), 1,
+                           RayConfig(num_cpus_per_trial=2.0, workers_per_trial=2), str(tmp_path / "train"))
     genome = GENOME.to_json()
     (marks / "killed").touch()                    # rung 0 runs undisturbed and leaves its checkpoint
     rung0 = _one(backend, genome, 0)

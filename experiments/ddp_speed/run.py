@@ -117,7 +117,7 @@ def ray_candidate(config: str, overrides: list[str], genome_name: str, workers: 
     from flashsearch.search.backends import make_backend
 
     cfg = load_config(config, [*overrides, f"ray.workers_per_trial={workers}", "ray.num_cpus_per_trial=2"])
-    backend = make_backend(CandidateEvaluator(cfg), 1, None, 2.0, 0.0, workers_per_trial=workers)
+    backend = make_backend(CandidateEvaluator(cfg), 1, cfg.ray)
     t0 = time.perf_counter()
     got = backend.wait_one([backend.submit(_genome(genome_name).to_json())], timeout=3600)
     wall = time.perf_counter() - t0

@@ -20,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any, Hashable, Protocol, Sequence
 
+from flashsearch.config import RayConfig
 from flashsearch.errors import FlashsearchError
 from flashsearch.search.failures import Evaluator, one_line, ray_failure, run_evaluator
 
@@ -214,28 +215,17 @@ class DataParallelBackend(RayBackend):
         return self._fit.remote(self._evaluator_ref, genome_json, rung, *self._args)
 
 
-def make_backend(evaluator: Evaluator, workers: int, ray_address: str | None, num_cpus_per_trial: float,
-                 num_gpus_per_trial: float, workers_per_trial: int | None = None, gpus_per_worker: int | None = None,
-                 storage: str | None = None) -> Backend:
-    """The backend for a run's ray settings. workers_per_trial > 1: DataParallelBackend; `storage` is where Ray
-    Train keeps its (transient) run folders and rank 0 leaves the outcome: storage every node shares. Default:
-    next to the evaluator's rung checkpoints (the run dir, shared on a cluster), else a temp dir (one node).
-    workers_per_trial / gpus_per_worker None: the run's ray settings, which a CandidateEvaluator carries (its cfg);
-    1 and 0 for any other evaluator."""
-    if ray_address == LOCAL:
+def make_backend(evaluator: Evaluator, workers: int, ray: RayConfig, storage: str | None = None) -> Backend:
+    """The backend for a run's `ray:` settings, `workers` trials in flight. ray.workers_per_trial > 1:
+    DataParallelBackend, whose Ray Train run folders (transient; rank 0 leaves the outcome there) go to `storage`:
+    a folder every node sees, e.g. under the run directory on a cluster (default: a temp dir, one node only)."""
+    if ray.address == LOCAL:
         return ThreadBackend(evaluator, workers)
-    ray_cfg = getattr(getattr(evaluator, "cfg", None), "ray", None)
-    if workers_per_trial is None:
-        workers_per_trial = int(getattr(ray_cfg, "workers_per_trial", 1))
-    if gpus_per_worker is None:
-        gpus_per_worker = int(getattr(ray_cfg, "gpus_per_worker", 0))
-    if workers_per_trial > 1:
-        checkpoints = getattr(evaluator, "checkpoint_dir", None)
-        storage = storage or (os.path.join(os.path.dirname(os.path.abspath(checkpoints)), "ray_train") if checkpoints
-                              else os.path.join(tempfile.gettempdir(), "flashsearch-ray-train"))
-        return DataParallelBackend(evaluator, workers, ray_address, num_cpus_per_trial, workers_per_trial,
-                                   gpus_per_worker, os.path.abspath(storage))
-    return RayBackend(evaluator, workers, ray_address, num_cpus_per_trial, num_gpus_per_trial)
+    if ray.workers_per_trial > 1:
+        storage = storage or os.path.join(tempfile.gettempdir(), "flashsearch-ray-train")
+        return DataParallelBackend(evaluator, workers, ray.address, ray.num_cpus_per_trial, ray.workers_per_trial,
+                                   ray.gpus_per_worker, os.path.abspath(storage))
+    return RayBackend(evaluator, workers, ray.address, ray.num_cpus_per_trial, ray.num_gpus_per_trial)
 
 
 __all__ = ["Backend", "ThreadBackend", "RayBackend", "DataParallelBackend", "make_backend", "LOCAL"]

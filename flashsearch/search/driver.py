@@ -21,6 +21,7 @@ with the same params, at most N times per genome; the new trial records `retry_o
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -99,7 +100,8 @@ def run_search(study: optuna.Study, space: SearchSpace, evaluator: Evaluator, co
     if run.complete >= n_trials and not _promotion_due(study, run):
         return run.summarize(summary, "completed")
 
-    backend = make_backend(evaluator, workers, ray.address, ray.num_cpus_per_trial, ray.num_gpus_per_trial)
+    # Data-parallel trials keep Ray Train's run folders under the run directory, which every node of a cluster sees.
+    backend = make_backend(evaluator, workers, ray, os.path.join(os.path.abspath(config.out_dir), "ray_train"))
     dists = space.distributions()
     deadline = None if search.timeout_s is None else run.t0 + float(search.timeout_s)
     in_flight: dict[Hashable, _Pending] = {}

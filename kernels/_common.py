@@ -60,6 +60,8 @@ def on_cuda(x: torch.Tensor) -> bool:
 # The fused kernels the decode steps call on CUDA (what fla's layers, mamba_ssm's Mamba2.step and vLLM call), and
 # the dtypes the fla / mamba_ssm step kernels are handed (they compute in fp32 whatever they get).
 CONV_UPDATE = ("causal_conv1d", "causal_conv1d_update")
+ADD_RMS_NORM = ("fla.modules.norm.layernorm", "rms_norm")          # residual add + RMSNorm in one kernel (prenorm)
+SWIGLU = ("fla.modules.activations", "swiglu")                     # silu(gate) * up in one kernel
 CONV_UPDATE_WIDTHS = (2, 3, 4)                                      # what causal_conv1d_update implements
 STEP_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float32)
 

@@ -11,7 +11,7 @@ from torch import nn
 from flashsearch.genome import Genome
 
 from . import cpu
-from ._common import fused_linear, layer_cost
+from ._common import SWIGLU, fused_linear, layer_cost, step_kernel
 from .base import DecodeCost, Operator
 
 
@@ -43,8 +43,17 @@ class FFN(Operator):
         gate, up = fused_linear(x, self.gate_proj, self.up_proj)       # [B, T, F] each
         return self.down_proj(F.silu(gate) * up)                        # [B, T, D]
 
+    # Triton kernels the fused step launches per call (the kernel census, experiments/kernel_census).
+    step_kernels: ClassVar[dict[tuple[str, str], int]] = {SWIGLU: 1}
+
     def step(self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
-        return self.forward(x), state
+        """forward on one token; on CUDA (inference) silu(gate) * up is fla's one-kernel swiglu."""
+        fn = step_kernel(*SWIGLU, x, None)
+        if fn is None:
+            return self.forward(x), state
+        self._ran("fla.swiglu")
+        gate, up = fused_linear(x, self.gate_proj, self.up_proj)
+        return self.down_proj(fn(gate, up)), state
 
     def prefill(self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         return self.forward(x), state

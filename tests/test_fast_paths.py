@@ -213,6 +213,35 @@ def test_the_cuda_step_hands_the_fused_kernels_what_the_torch_step_computes(name
         torch.testing.assert_close(t, state_tensors(s_ref)[k], atol=2e-5, rtol=2e-5)
 
 
+def test_the_model_cuda_step_fuses_add_and_norm_with_the_torch_steps_numbers() -> None:
+    """HybridLM.step on the CUDA path (stand-ins): residual add + next norm as one fla rms_norm per layer, the FFN's
+    silu * up as fla's swiglu, every operator on its fused step; logits and states equal the torch step's."""
+    from experiments.kernel_census.run import cuda_path
+
+    torch.manual_seed(3)
+    ref = HybridLM(every_operator_genome()).eval()
+    with cuda_path() as calls:
+        fast = HybridLM(every_operator_genome()).eval()
+    fast.load_state_dict(ref.state_dict())
+    ids = torch.randint(0, 50, (2, 9))
+    with torch.no_grad():
+        s_ref, s_fast = ref.init_state(2, 12), fast.init_state(2, 12)
+        ref.prefill(ids[:, :6], s_ref)
+        fast.prefill(ids[:, :6], s_fast)
+        want = torch.cat([ref.step(ids[:, t:t + 1], s_ref)[0] for t in range(6, 9)], 1)
+        with cuda_path(calls):
+            got = torch.cat([fast.step(ids[:, t:t + 1], s_fast)[0] for t in range(6, 9)], 1)
+    n_layers = len(fast.layers)
+    assert calls[("fla.modules.norm.layernorm", "rms_norm")] == 3 * (n_layers + 1)   # every norm, every step
+    assert calls[("fla.modules.activations", "swiglu")] == 3 * sum(op == "ffn" for op in fast.genome.layer_types)
+    assert paths_run(fast)["ffn"] == "fla.swiglu"
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    for a, b in zip(s_fast, s_ref):
+        if a is not None:
+            for k, t in state_tensors(a).items():
+                torch.testing.assert_close(t, state_tensors(b)[k], atol=2e-5, rtol=2e-5)
+
+
 def test_the_fused_step_glue_check_can_fail() -> None:
     """Negative control: a selective_state_update that forgets the D skip is caught by the comparison above."""
     from experiments.kernel_census.run import STAND_INS, cuda_path, selective_state_update
@@ -299,6 +328,25 @@ for name, opts in (("deltanet", {}), ("gated_deltanet", {"expand_v": 1.5}), ("gl
               *(float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
                 for a, b in zip(vars(s_fast).values(), vars(s_ref).values()) if b.numel()))
     out[name] = {"path": fast.last_path, "max_rel_err": err}
+from fla.modules.norm.layernorm import rms_norm
+from fla.modules.activations import swiglu
+from flashsearch.model import HybridLM
+REAL[("fla.modules.norm.layernorm", "rms_norm")] = rms_norm
+REAL[("fla.modules.activations", "swiglu")] = swiglu
+torch.manual_seed(3)
+ref = HybridLM(every_operator_genome(("deltanet", "mamba2", "attention"))).eval()
+with cuda_path(stand_ins=REAL):
+    fast = HybridLM(every_operator_genome(("deltanet", "mamba2", "attention"))).eval()
+fast.load_state_dict(ref.state_dict())
+ids = torch.randint(0, 50, (2, 6))
+with torch.no_grad():
+    s_ref, s_fast = ref.init_state(2, 8), fast.init_state(2, 8)
+    ref.prefill(ids[:, :4], s_ref)
+    fast.prefill(ids[:, :4], s_fast)
+    want = torch.cat([ref.step(ids[:, t:t + 1], s_ref)[0] for t in (4, 5)], 1)
+    with cuda_path(stand_ins=REAL):
+        got = torch.cat([fast.step(ids[:, t:t + 1], s_fast)[0] for t in (4, 5)], 1)
+out["model"] = {"path": fast.layers[1].op.last_path, "max_rel_err": float((got - want).abs().max() / want.abs().max())}
 print(json.dumps(out))
 """
 
@@ -318,6 +366,7 @@ def test_the_cuda_steps_match_the_torch_steps_with_the_real_kernels_under_the_in
                          text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert {name: r["path"] for name, r in result.items()} == {k: STEP_PATHS[k] for k in RECURRENT}
+    assert {name: r["path"] for name, r in result.items()} == {**{k: STEP_PATHS[k] for k in RECURRENT},
+                                                                "model": "fla.swiglu"}
     for name, r in result.items():
         assert r["max_rel_err"] < 1e-5, (name, r)          # fp32: measured 1.5e-7 - 3.8e-7

@@ -148,6 +148,19 @@ def causal_conv1d_fn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return (F.silu(y) if activation in ("silu", "swish") else y).to(x.dtype)
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+             residual: torch.Tensor | None = None, eps: float = 1e-5, prenorm: bool = False, **_: Any) -> Any:
+    """fla's contract (fla.modules.norm.layernorm.rms_norm): RMSNorm(x + residual); with prenorm also the sum."""
+    r = x if residual is None else x + residual
+    out = F.rms_norm(r.float(), (r.shape[-1],), weight.float(), eps).to(x.dtype)
+    return (out, r) if prenorm else out
+
+
+def swiglu(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """fla's contract (fla.modules.activations.swiglu): silu(x) * y, computed in fp32."""
+    return (F.silu(x.float()) * y.float()).to(x.dtype)
+
+
 # What each kernel the operators look up is replaced by. The chunk kernels (a prefill's) run the recurrent contract
 # token by token: right, and never part of a decode step's census.
 STAND_INS: dict[tuple[str, str], Callable[..., Any]] = {
@@ -161,6 +174,8 @@ STAND_INS: dict[tuple[str, str], Callable[..., Any]] = {
     ("fla.ops.gla", "fused_recurrent_gla"): fused_recurrent_gla,
     ("mamba_ssm.ops.triton.selective_state_update", "selective_state_update"): selective_state_update,
     ("causal_conv1d", "causal_conv1d_update"): causal_conv1d_update,
+    ("fla.modules.norm.layernorm", "rms_norm"): rms_norm,
+    ("fla.modules.activations", "swiglu"): swiglu,
 }
 
 
@@ -264,8 +279,9 @@ def census(name: str, context: int) -> list[Any]:
         dec.reset(torch.zeros(1, context, dtype=torch.long, device=dev))
         dec.step(dec.kv_len(1))                                      # warm-up: caches built (stacked weights, ...)
         dec.pos_host += 1
-        for block, op in zip(model.layers, genome.layer_types):
+        for block, op in zip(model.layers, genome.layer_types):      # a layer: its operator, add + next norm
             block.step = _labelled(block.step, counter, op, HEAD)
+            block.step_fused = _labelled(block.step_fused, counter, op, HEAD)
         with counter:
             dec.step(dec.kv_len(1))
     rows = []

@@ -21,7 +21,7 @@ from torch import nn
 from flashsearch.errors import FlashsearchError
 from flashsearch.genome import Genome
 from flashsearch.kernels import Operator, build_operator
-from flashsearch.kernels._common import RMSNorm
+from flashsearch.kernels._common import ADD_RMS_NORM, RMSNorm, step_kernel
 
 INIT_STD = 0.02
 
@@ -60,6 +60,14 @@ class Block(nn.Module):
     def step(self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         y, state = self.op.step(self.norm(x), state, **_mask_kw(self.op, mask))
         return x + y, state
+
+    def step_fused(self, h: torch.Tensor, residual: torch.Tensor, state: Any, next_norm: RMSNorm,
+                   add_norm: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """HybridLM's CUDA step: this block's operator on its normed input h, then its residual add fused with
+        the next norm (add_norm: fla's rms_norm with prenorm) -> (next normed input, residual stream, state)."""
+        y, state = self.op.step(h, state)
+        h, residual = add_norm(y, next_norm.weight, None, residual=residual, eps=next_norm.eps, prenorm=True)
+        return h, residual, state
 
     def prefill(self, x: torch.Tensor, state: Any, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
         op_prefill = getattr(self.op, "prefill", None)
@@ -181,6 +189,9 @@ class HybridLM(nn.Module):
         torch.no_grad()): KV caches are written in place. mask [B, 1]: rows fed a pad keep their state."""
         x = self.embed(input_ids)                                               # [B, 1, D]
         mask = self._mask(mask, meta=False)
+        add_norm = None if hidden_states is not None else step_kernel(*ADD_RMS_NORM, x, mask)
+        if add_norm is not None:
+            return self._step_fused_norms(x, state, add_norm)
         if hidden_states is not None:
             hidden_states.append(x)
         for i, block in enumerate(self.layers):
@@ -188,6 +199,16 @@ class HybridLM(nn.Module):
             if hidden_states is not None:
                 hidden_states.append(x)
         return self._logits(x), state
+
+    def _step_fused_norms(self, x: torch.Tensor, state: list[Any], add_norm: Any) -> tuple[torch.Tensor, list[Any]]:
+        """step on CUDA: each layer's residual add and the next pre-norm (the final norm last) are one kernel,
+        fla's rms_norm with a residual (prenorm=True returns the normed output and the sum), as fla's and vLLM's
+        decoders do and as the roofline charges (one fused add + norm per layer)."""
+        h, residual = add_norm(x, self.layers[0].norm.weight, None, eps=self.layers[0].norm.eps, prenorm=True)
+        for i, block in enumerate(self.layers):
+            norm = self.layers[i + 1].norm if i + 1 < len(self.layers) else self.norm
+            h, residual, state[i] = block.step_fused(h, residual, state[i], norm, add_norm)
+        return F.linear(h, self.embed.weight), state                          # tied LM head: [B, 1, V]
 
 
 # ---- training recipe -------------------------------------------------------------------------------------------

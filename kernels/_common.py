@@ -3,11 +3,12 @@ lookup of the optional CUDA kernels (fast paths)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,8 @@ from torch import nn
 
 from . import cpu
 from .base import DecodeCost
+
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,11 @@ def step_kernel(module: str, fn: str, x: torch.Tensor, mask: torch.Tensor | None
     if mask is not None or not on_cuda(x) or x.dtype not in STEP_DTYPES or torch.is_grad_enabled():
         return None                                                  # (the step kernels have no backward)
     return cuda_kernel(module, fn)
+
+
+def step_refused(x: torch.Tensor) -> str:
+    """The suffix of a torch step's recorded path on CUDA when the step kernels are not handed x's dtype."""
+    return refused(x.dtype, STEP_DTYPES) if on_cuda(x) else ""
 
 
 def write_state(state: Any, **new: torch.Tensor) -> Any:
@@ -341,6 +349,17 @@ def layer_cost(d_model: int, weight_elems: int, state_read: int, state_write: in
     return DecodeCost(weight_elems=int(weight_elems + d_model), state_read_elems=int(state_read),
                       state_write_elems=int(state_write), flops=float(flops + 4 * d_model),
                       launches=int(launches + 1))
+
+
+def outside_autocast(fn: _Fn) -> _Fn:
+    """Run a torch-form scan with autocast off: its caller already cast the inputs to the accumulation dtype, and
+    autocast (bf16 proxy training) would round its matmuls back to bf16 (CPU has no bf16 triangular solve at all)."""
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast("cpu", enabled=False), \
+                (torch.autocast("cuda", enabled=False) if torch.cuda.is_available() else contextlib.nullcontext()):
+            return fn(*args, **kwargs)
+    return run  # type: ignore[return-value]
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:

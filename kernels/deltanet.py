@@ -26,8 +26,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option
 
 from . import cpu
-from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, cuda_kernel, fused_linear, joined, keep_pads, l2norm,
-                      layer_cost, on_cuda, pad_time, refused, step_kernel, write_state, zero_pads)
+from ._common import (outside_autocast, CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, cuda_kernel, fused_linear, joined, keep_pads, l2norm,
+                      layer_cost, on_cuda, pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
 from .base import DecodeCost, Operator
 
 
@@ -39,6 +39,7 @@ FLA_DELTA_STEP = ("fla.ops.delta_rule", "fused_recurrent_delta_rule")
 
 
 # ---- the delta-rule core -----------------------------------------------------------------------------------
+@outside_autocast
 def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, chunk_size: int = 64,
                        scale: float | None = None, initial_state: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,6 +80,7 @@ def delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: 
     return o.transpose(1, 2), S                                               # [b, t, h, dv]
 
 
+@outside_autocast
 def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
                     scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrent step on one time slice of the [b, t, h, d] layout: q, k [b, h, dk]; v [b, h, dv]; beta [b, h];
@@ -221,7 +223,7 @@ class DeltaNet(Operator):
             o, S = fn(q[:, None], k[:, None], v[:, None], beta=torch.sigmoid(b)[:, None], scale=self.head_dim ** -0.5,
                       initial_state=state.S, output_final_state=True, use_qk_l2norm_in_kernel=True)
             return self._out(o, x.dtype), write_state(state, conv=conv, S=S)
-        self._ran(f"torch.recurrent+{conv_path}")
+        self._ran(f"torch.recurrent{step_refused(qkv)}+{conv_path}")
         acc = state.S.dtype
         o, S = delta_rule_step(l2norm(q).to(acc), l2norm(k).to(acc), v.to(acc), torch.sigmoid(b).to(acc), state.S)
         S = S if real is None else keep_pads(real, S, state.S)

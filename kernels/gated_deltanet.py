@@ -32,8 +32,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
 from . import cpu
-from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, l2norm, layer_cost,
-                      on_cuda, pad_time, refused, step_kernel, write_state, zero_pads)
+from ._common import (outside_autocast, CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, l2norm, layer_cost,
+                      on_cuda, pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator
 from .deltanet import delta_rule_step
@@ -57,6 +57,7 @@ def ratio_dim(op: str, key: str, value: float, base: int, base_name: str) -> int
 
 
 # ---- the gated delta-rule core ---------------------------------------------------------------------------------
+@outside_autocast
 def gated_delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                              chunk_size: int = 64, scale: float | None = None,
                              initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,6 +108,7 @@ def gated_delta_rule_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     return o.transpose(1, 2), S                                                # [b, t, h, dv]
 
 
+@outside_autocast
 def gated_delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
                           state: torch.Tensor, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrent step on one time slice of the [b, t, h, d] layout: q, k [b, h, dk]; v [b, h, dv]; g, beta [b, h];
@@ -281,7 +283,7 @@ class GatedDeltaNet(Operator):
                       scale=self.head_k_dim ** -0.5, initial_state=state.S, output_final_state=True,
                       use_qk_l2norm_in_kernel=True)
             return self._out(o, gate, x.dtype), write_state(state, conv=conv, S=S)
-        self._ran(f"torch.recurrent+{conv_path}")
+        self._ran(f"torch.recurrent{step_refused(qkv)}+{conv_path}")
         acc = state.S.dtype
         o, S = gated_delta_rule_step(l2norm(q).to(acc), l2norm(k).to(acc), v.to(acc), self._gate(a).to(acc),
                                      torch.sigmoid(b).to(acc), state.S)

@@ -35,8 +35,8 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
-from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, layer_cost, on_cuda,
-                      pad_time, refused, step_kernel, write_state, zero_pads)
+from ._common import (outside_autocast, CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, layer_cost, on_cuda,
+                      pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
 from .base import DecodeCost, Operator
 from .gated_deltanet import FLA_CHUNK_DTYPES, fla_kernel, ratio_dim
 
@@ -96,6 +96,7 @@ def _intra_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Te
     return diag if o is None else o + diag
 
 
+@outside_autocast
 def gla_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor, chunk_size: int = 64,
                 scale: float | None = None, initial_state: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,6 +132,7 @@ def gla_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Ten
     return o, S
 
 
+@outside_autocast
 def gla_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor, state: torch.Tensor,
              scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrent step on one time slice of the [b, t, h, d] layout: q, k, gk [b, h, dk]; v [b, h, dv];
@@ -328,7 +330,7 @@ class GLA(Operator):
             o, S = fn(q[:, None], k[:, None], v[:, None], gk=gk[:, None], scale=self.head_k_dim ** -0.5,
                       initial_state=state.S, output_final_state=True)
             return self._out(o, gate, x.dtype), write_state(state, conv=conv, S=S)
-        self._ran(f"torch.recurrent{path}")
+        self._ran(f"torch.recurrent{step_refused(v)}{path}")
         acc = state.S.dtype
         o, S = gla_step(q.to(acc), k.to(acc), v.to(acc), gk.to(acc), state.S)
         S = S if mask is None else keep_pads(mask[:, -1], S, state.S)

@@ -27,8 +27,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
 from . import cpu
-from ._common import (CONV_UPDATE, GatedRMSNorm, ShortConv, acc_dtype, cuda_kernel, derived, keep_pads, layer_cost,
-                      on_cuda, over_real_tokens, pad_time, refused, step_kernel, write_state, zero_pads)
+from ._common import (outside_autocast, CONV_UPDATE, GatedRMSNorm, ShortConv, acc_dtype, cuda_kernel, derived, keep_pads, layer_cost,
+                      on_cuda, over_real_tokens, pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
 from .base import DecodeCost, Operator, ProxyScale
 
 
@@ -44,6 +44,7 @@ STATE_UPDATE = ("mamba_ssm.ops.triton.selective_state_update", "selective_state_
 
 
 # ---- the SSD core ------------------------------------------------------------------------------------------
+@outside_autocast
 def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                 chunk_size: int, initial_state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD scan (no D skip). Computes in the inputs' dtype; pass fp32 for accuracy.
@@ -101,6 +102,7 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     return y, final_state
 
 
+@outside_autocast
 def ssd_step(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
              state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrent step (no D skip) on one time slice of the [b, t, h, p] layout: x [b, h, p]; dt [b, h]; A [h];
@@ -340,7 +342,7 @@ class Mamba2(Operator):
                    z=None, dt_bias=self.dt_bias[:, None].expand(H, P), dt_softplus=True)   # state.ssm in place
             ssm = state.ssm
         else:
-            self._ran(f"torch.recurrent+{conv_path}")
+            self._ran(f"torch.recurrent{step_refused(xs)}+{conv_path}")
             acc = state.ssm.dtype
             xs = xs.to(acc)
             dt = F.softplus(dt.to(acc) + self.dt_bias.to(acc))                  # [B, H]

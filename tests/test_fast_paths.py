@@ -145,6 +145,18 @@ def test_a_refused_dtype_takes_the_torch_form_and_says_so(name: str, monkeypatch
     assert op.last_path.startswith(f"torch.chunked[fused kernel refuses {dtype}]")
 
 
+@pytest.mark.parametrize("name", RECURRENT)
+def test_a_refused_dtype_takes_the_torch_step_and_says_so(name: str) -> None:
+    from experiments.kernel_census.run import cuda_path
+
+    with cuda_path() as calls, torch.no_grad():
+        op = build_operator(name, every_operator_genome()).double().eval()
+        width = op.out_proj.out_features if name == "mamba2" else op.o_proj.out_features
+        op.step(torch.randn(2, 1, width, dtype=torch.float64), op.init_state(2, 4, dtype=torch.float64))
+    conv = "" if name == "gla" else "+torch.conv"
+    assert op.last_path == f"torch.recurrent[fused kernel refuses float64]{conv}" and not calls
+
+
 # ---- 3. the decode step: states in place; the CUDA path's glue -------------------------------------------------
 def state_tensors(state: Any) -> dict[str, torch.Tensor]:
     return {k: v for k, v in vars(state).items() if isinstance(v, torch.Tensor)}

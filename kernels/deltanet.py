@@ -26,8 +26,9 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option
 
 from . import cpu
-from ._common import (outside_autocast, CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, cuda_kernel, fused_linear, joined, keep_pads, l2norm,
-                      layer_cost, on_cuda, pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
+from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, cuda_kernel, fused_linear, joined, keep_pads, l2norm,
+                      layer_cost, on_cuda, outside_autocast, pad_time, refused, step_kernel, step_refused, write_state,
+                      zero_pads)
 from .base import DecodeCost, Operator
 
 

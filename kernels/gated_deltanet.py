@@ -32,8 +32,8 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
 from . import cpu
-from ._common import (outside_autocast, CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, l2norm, layer_cost,
-                      on_cuda, pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
+from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, l2norm, layer_cost,
+                      on_cuda, outside_autocast, pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
 from ._common import cuda_kernel as fla_kernel  # fla's Triton kernels (gla.py imports it from here)
 from .base import DecodeCost, Operator
 from .deltanet import delta_rule_step

@@ -35,8 +35,8 @@ from torch import nn
 from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
-from ._common import (outside_autocast, CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, layer_cost, on_cuda,
-                      pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
+from ._common import (CONV_UPDATE, RMSNorm, ShortConv, acc_dtype, fused_linear, joined, keep_pads, layer_cost, on_cuda,
+                      outside_autocast, pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
 from .base import DecodeCost, Operator
 from .gated_deltanet import FLA_CHUNK_DTYPES, fla_kernel, ratio_dim
 

@@ -27,8 +27,9 @@ from flashsearch.genome import Genome
 from flashsearch.operators import option, option_error
 
 from . import cpu
-from ._common import (outside_autocast, CONV_UPDATE, GatedRMSNorm, ShortConv, acc_dtype, cuda_kernel, derived, keep_pads, layer_cost,
-                      on_cuda, over_real_tokens, pad_time, refused, step_kernel, step_refused, write_state, zero_pads)
+from ._common import (CONV_UPDATE, GatedRMSNorm, ShortConv, acc_dtype, cuda_kernel, derived, keep_pads, layer_cost,
+                      on_cuda, outside_autocast, over_real_tokens, pad_time, refused, step_kernel, step_refused,
+                      write_state, zero_pads)
 from .base import DecodeCost, Operator, ProxyScale
 
 

@@ -186,7 +186,8 @@ def test_config_defaults_are_the_proxy_defaults_and_identity_is_every_setting() 
                "warmup_fraction": 0.2, "decay_fraction": 0.5, "weight_decay": 0.0, "weight_norm": True,
                "grad_clip": None, "meta_tokens": 2, "eval_batches": 4, "log_every": 5, "seed": 7, "repeats": 2,
                "data_path": "x.txt", "text_field": "body", "corpus": "pydoc", "val_fraction": 0.2, "threads": None,
-               "device": "cuda", "fast": False, "shards": "prepared/shards", "tokenizer": "bpe"}
+               "device": "cuda", "fast": False, "shards": "prepared/shards", "tokenizer": "bpe",
+               "precision": "fp32", "compile": True}
     assert set(changed) == set(ident)                       # the list below covers every setting
     for key, value in changed.items():
         assert ShortTrain(**{key: value}).identity() != ident, key

@@ -84,6 +84,10 @@ class ShortTrainConfig:
     threads: Optional[int] = 1                      # torch threads while proxies run in this process; None: keep
     device: str = "cpu"                             # cpu or cuda[:N]
     fast: bool = True                               # CPU fast path: compiled kernels, bf16 projections, small chunks
+    # auto: bf16 autocast on CUDA (fp32 master weights and optimizer state; every mixer on its fused kernel, which
+    # takes bf16), fp32 on CPU (whose fast path rounds its projections to bf16 itself); or fp32 / bf16 everywhere.
+    precision: str = "auto"
+    compile: bool = False                           # torch.compile the proxy model (the first steps pay for it)
 
     def __post_init__(self) -> None:
         def put(key: str, value: Any) -> None:      # normalize a value in place (the dataclass is frozen)
@@ -109,6 +113,12 @@ class ShortTrainConfig:
             put("grad_clip", _number("grad_clip", self.grad_clip, 0.0, 1e9))
         _flag("weight_norm", self.weight_norm)
         _flag("fast", self.fast)
+        _flag("compile", self.compile)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise _bad("precision", "auto, fp32 or bf16", self.precision)
+        if self.precision == "bf16" and self.fast_cpu:
+            raise FlashsearchError("quality.precision=bf16 on CPU needs quality.fast=false: the CPU fast path's "
+                                   "compiled kernels take fp32 and round its projections to bf16 themselves")
         if not isinstance(self.text_field, str) or not self.text_field:
             raise _bad("text_field", "a non-empty string", self.text_field)
         if not isinstance(self.device, str) or self.device.split(":")[0] not in ("cpu", "cuda"):
@@ -163,6 +173,14 @@ class ShortTrainConfig:
         from .corpus import DEFAULT_CORPUS
 
         return self.corpus or DEFAULT_CORPUS
+
+    @property
+    def autocast_dtype(self) -> Any:
+        """The dtype training autocasts to (torch.bfloat16), or None for fp32."""
+        import torch
+
+        on_cuda = self.device.split(":")[0] == "cuda"
+        return torch.bfloat16 if self.precision == "bf16" or (self.precision == "auto" and on_cuda) else None
 
     @property
     def fast_cpu(self) -> bool:

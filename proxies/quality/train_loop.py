@@ -153,6 +153,29 @@ def _checkpoints(cfg: ShortTrainConfig, budget: Budget, genome_id: str, seed: in
                            prev_stable_end)
 
 
+def peak_flops(device: str) -> float | None:
+    """The bf16 peak FLOP/s of a CUDA device we have a profile for (proxies/latency/devices), else None."""
+    if device.split(":")[0] != "cuda" or not torch.cuda.is_available():
+        return None
+    from flashsearch.proxies.latency.devices import known_devices, load_device
+
+    name = torch.cuda.get_device_name(torch.device(device)).lower()
+    for known in known_devices():
+        if known in name:
+            return float(load_device(known).peak_tflops.get("bf16", 0.0)) * 1e12 or None
+    return None
+
+
+def _throughput(cfg: ShortTrainConfig, n_params: int, tokens: int, seconds: float, devices: int) -> dict[str, Any]:
+    """Tokens/s of this training (the global batch's tokens, all ranks) and its model FLOPs utilisation: 6 x params
+    FLOPs per token (forward and backward, the attention score term left out) over `devices` x the device's bf16
+    peak; None where the peak is unknown (CPU, an unprofiled GPU)."""
+    tokens_per_s = tokens / seconds if seconds > 0 else float("nan")
+    peak = peak_flops(cfg.device)
+    mfu = 6.0 * n_params * tokens_per_s / (peak * devices) if peak else None
+    return {"tokens_per_s": round(tokens_per_s, 1), "mfu": None if mfu is None else round(mfu, 4)}
+
+
 def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, seed: int,
           corpus: ByteCorpus | TokenShards, val_windows: torch.Tensor, clock_start: float,
           token_bytes: torch.Tensor | None = None) -> QualityResult:
@@ -174,6 +197,10 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
     opt = optimizer(cfg, model)
     dp = current()                   # data parallel (distributed.py): this rank trains on its rows of each batch
     net = model if dp is None else dp.wrap(model)
+    if cfg.compile:
+        net = torch.compile(net)
+    amp = cfg.autocast_dtype         # bf16 autocast: master weights and AdamW state stay fp32
+    device_type = cfg.device.split(":")[0]
     rows = rank_rows(cfg.batch_size, dp)
     sampler: WindowSampler | ShardSampler | RankRows = (
         ShardSampler(corpus.train, cfg.batch_size, cfg.seq_len, seed=seed, rank=dp.rank if dp else 0,
@@ -197,8 +224,9 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
         for group in opt.param_groups:
             group["lr"] = cfg.lr * schedule(step)
         batch = sampler.sample().to(cfg.device)                      # [B, T+1] (B / world_size per rank)
-        logits = net(batch[:, :-1])                                  # [B, T, vocab]
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+        with torch.autocast(device_type=device_type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            logits = net(batch[:, :-1])                              # [B, T, vocab]
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         value = float(loss.detach()) if dp is None else dp.mean(loss)   # all ranks agree on divergence
         if not math.isfinite(value):
             raise TrialFailed(f"loss diverged to {value} at step {step + 1}/{steps} "
@@ -223,6 +251,8 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
             _check_time(dp, clock_start, c_train, step + 1 - start, steps - start, float(budget.time_limit_s),
                         own_seconds(cfg.device))
     train_seconds = time.perf_counter() - t_train
+    throughput = _throughput(cfg, n_params, (steps - start) * tokens_per_step, train_seconds,
+                             dp.world_size if dp else 1)
 
     t_val = time.perf_counter()
     val_bpb = validate(model, val_windows, cfg.batch_size, cfg.device, token_bytes, dp)
@@ -240,7 +270,8 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
                "data": corpus.source, "cpu_kernel_layers": kernels, "workers": dp.world_size if dp else 1,
                "final_train_bpb": curve[-1][1] if curve else float("nan"),
                # per operator, the path its layers ran (fused kernel, CPU kernel or torch form): no silent fallback
-               "fast_path": paths_run(model)},
+               "fast_path": paths_run(model), "precision": "bf16" if amp is not None else "fp32",
+               "compiled": cfg.compile, **throughput},
     )
 
 

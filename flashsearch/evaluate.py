@@ -20,6 +20,10 @@ from flashsearch.user_imports import import_modules
 _WORKER_CACHE: dict[int, tuple[Any, Any]] = {}
 
 
+# What a quality proxy reports about how it trained (QualityResult.extra) that every trial keeps in its metrics.
+TRAINING_FACTS = ("fast_path", "cpu_kernel_layers", "precision", "tokens_per_s", "mfu")
+
+
 @dataclass(frozen=True)
 class CandidateEvaluator:
     cfg: RunConfig
@@ -86,5 +90,7 @@ class CandidateEvaluator:
                 "quality_seconds": round(t_quality, 3),
                 "latency_seconds": round(t_latency, 3),
                 "curve": [[int(s), float(v)] for s, v in result.curve],
+                # how it trained: the path each operator ran (no silent fallback), precision and throughput
+                **{key: result.extra[key] for key in TRAINING_FACTS if key in result.extra},
             },
         }

@@ -4,10 +4,12 @@ next to what the roofline charges (`decode_cost(...).launches`, and 4 for the he
 The step is `StaticDecoder.step` (what measured latency times and captures in CUDA graphs). Every ATen operator it
 dispatches is counted (TorchDispatchMode), except those that launch no kernel: views (`OpOverload.is_view`) and
 bare allocations (empty*). On CUDA, Triton launches (fla, mamba-ssm) are counted too, by wrapping
-`JITFunction.run`. By default the model is built on the `meta` device: no memory, no arithmetic, any size, and
-the ops dispatched are those of the torch forms, which is what the decode steps run on CUDA today as well (no
-`step` calls a fused kernel yet). One ATen op is about one CUDA kernel; a few launch two (e.g. a GEMM with a
-split-K reduction), so the census is a close lower bound.
+`JITFunction.run` (C++ extension kernels such as causal-conv1d's are not seen there). By default the model is built
+on the `meta` device: no memory, no arithmetic, any size, and the ops dispatched are those of the torch step
+forms, i.e. the CPU path. The CUDA step (fused recurrent kernels, fused norms) is counted by the `kernel_census`
+study (experiments/kernel_census), which stands in for each fused kernel with the launches its operator declares.
+One ATen op is about one CUDA kernel; a few launch two (e.g. a GEMM with a split-K reduction), so the census is a
+close lower bound.
 
     python -m flashsearch.proxies.latency.census search_spaces/reference/nemotron_flash_1b.yaml
 """

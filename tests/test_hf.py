@@ -135,7 +135,7 @@ def test_greedy_generate_equals_manual_step_loop(model):
         cache = out.past_key_values
         assert isinstance(cache, FlashsearchCache) and cache.get_seq_length() == 20  # last token not yet fed
         # Generation continues from a returned cache.
-        more = model.generate(out.sequences, past_key_values=cache, max_new_tokens=4, do_sample=False)
+        more = model.generate(out.sequences, cache=cache, max_new_tokens=4, do_sample=False)
     assert torch.equal(more, expected)
 
 

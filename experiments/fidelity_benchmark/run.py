@@ -47,7 +47,7 @@ from flashsearch.pareto import hypervolume
 from flashsearch.search import AgingEvolutionSampler, attrs
 from flashsearch.search.rungs import Ladder, ScreeningOnly, enqueue_promotions, rung_of
 
-from experiments.lib.output import header, pyplot, save_figure, write_text
+from experiments.lib.output import header, plot_band, pyplot, save_figure, write_text
 from experiments.lib.surrogate import (SPACE, FittedSurrogate, RidgeSurrogate, ask_genome, choose_alpha, design,
                                        load_evaluations, observed_front, wilcoxon_line)
 
@@ -272,10 +272,8 @@ def main(args: Settings, meta: dict) -> None:
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.2), dpi=110, squeeze=False)
     for ax, name in zip(axes[0], names):
         for mode, color in (("single", "tab:gray"), ("multi", "tab:red")):
-            c = np.array([curves[(name, mode, s)] for s in range(args.seeds)])
-            ax.plot(grid / budget, c.mean(axis=0), color=color, label=f"{mode} fidelity")
-            ax.fill_between(grid / budget, c.mean(axis=0) - c.std(axis=0), c.mean(axis=0) + c.std(axis=0),
-                            color=color, alpha=0.15)
+            plot_band(ax, grid / budget, [curves[(name, mode, s)] for s in range(args.seeds)], color,
+                      f"{mode} fidelity")
         ax.set_xlabel("CPU spent (fraction of single fidelity's budget)")
         ax.set_ylabel("normalized true hypervolume of the published front")
         ax.set_title(f"{name}, W={args.workers}, {args.seeds} seeds (mean +- std)", fontsize=9)

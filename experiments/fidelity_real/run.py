@@ -32,7 +32,7 @@ from flashsearch.trials import published, trials_frame
 
 from experiments.lib.cachekey import digest, proxy_fingerprint
 from experiments.lib.common import default_proxy
-from experiments.lib.output import header, pyplot, save_figure, write_text
+from experiments.lib.output import header, plot_band, pyplot, save_figure, write_text
 from experiments.lib.surrogate import wilcoxon_line
 
 
@@ -152,9 +152,7 @@ def main(args: Settings, meta: dict) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=110)
     for f, color in (("single", "tab:gray"), ("multi", "tab:red")):
-        c = np.array([curves[(f, s)] for s in range(args.seeds)])
-        ax.plot(grid, c.mean(axis=0), color=color, label=f"{f} fidelity")
-        ax.fill_between(grid, c.mean(axis=0) - c.std(axis=0), c.mean(axis=0) + c.std(axis=0), color=color, alpha=0.15)
+        plot_band(ax, grid, [curves[(f, s)] for s in range(args.seeds)], color, f"{f} fidelity")
     ax.axvline(budget, color="k", ls=":", lw=1)
     ax.set_xlabel("CPU seconds spent on evaluations")
     ax.set_ylabel("normalized hypervolume of the published front")

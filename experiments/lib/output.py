@@ -77,3 +77,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def plot_band(ax: Any, x: Any, runs: Any, color: str, label: str) -> None:
+    """The mean of `runs` [n_runs, len(x)] over x, with a +- one standard deviation band."""
+    import numpy as np
+
+    runs = np.asarray(runs, dtype=float)
+    mean, std = runs.mean(axis=0), runs.std(axis=0)
+    ax.plot(x, mean, color=color, label=label)
+    ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
+

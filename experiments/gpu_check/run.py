@@ -1,7 +1,8 @@
 """Every check that needs a CUDA device, in one run: the GPU tests, the fla / mamba-ssm fast paths against our
 torch forms on the device (bf16 included), the kernel census of each model's CUDA decode step (ATen ops and Triton
 launches) next to the roofline's charge, batch-1 decode latency of the reference models measured next to the
-roofline (and the paper's Table 6), and the int32-capped max-batch throughput; results name the device, driver,
+roofline (and the paper's Table 6), the int32-capped max-batch throughput, and a short bf16 proxy training (tokens/s,
+MFU, the kernel path of each operator); results name the device, driver,
 CUDA, torch and package versions and the git revision.
 
     make gpu-check                          # = python -m experiments run gpu_check
@@ -51,6 +52,8 @@ class Settings:
     throughput: bool
     throughput_tokens: int
     max_batch: int
+    training: bool                # a short proxy training on the device (bf16 autocast): tokens/s, MFU, kernel paths
+    training_tokens: int
     out: str
 
 
@@ -174,6 +177,21 @@ def run_throughput(args: Settings) -> dict[str, Any]:
             "batch_cap": pred.batch_cap, "probe_errors": pred.probe_errors, "source": r.source}
 
 
+def run_training(args: Settings) -> dict[str, Any]:
+    """The quality proxy as a GPU search runs it: the first model's proxy, bf16 autocast, fused kernels."""
+    from flashsearch.builders import load_genome
+    from flashsearch.proxies.base import Budget
+    from flashsearch.proxies.quality.short_train import ShortTrain
+
+    name = args.models[0]
+    r = ShortTrain(device="cuda", precision="auto").evaluate(load_genome(REF / f"{name}.yaml"),
+                                                             Budget(tokens=args.training_tokens))
+    x = r.extra
+    return {"ok": True, "model": name, "summary": f"{name} proxy: {x['tokens_per_s']:.0f} tokens/s, MFU {x['mfu']}, "
+            f"{x['precision']}, val {r.loss:.3f} bits/byte", "tokens_per_s": x["tokens_per_s"], "mfu": x["mfu"],
+            "precision": x["precision"], "fast_path": x["fast_path"], "loss": r.loss}
+
+
 def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -191,7 +209,8 @@ def main(args: Settings, meta: dict) -> None:
              ("fast_paths", args.fast_paths, lambda: run_fast_paths(args.fast_paths_timeout_s)),
              ("census", args.census, lambda: run_census(args)),
              ("latency", True, lambda: run_latency(args, profile)),
-             ("throughput", args.throughput, lambda: run_throughput(args))]
+             ("throughput", args.throughput, lambda: run_throughput(args)),
+             ("training", args.training, lambda: run_training(args))]
     for key, wanted, fn in parts:
         if not wanted:
             continue
@@ -209,7 +228,7 @@ def main(args: Settings, meta: dict) -> None:
     lines = [header(f"GPU check: {env['gpu']}", meta, clock="wall"), "",
              f"- driver {env['driver']}, CUDA {env['cuda']}, {env['gpu_memory_gib']} GiB; packages: "
              + ", ".join(f"{k} {v}" for k, v in env["packages"].items()), ""]
-    for key in ("pytest", "fast_paths", "census", "throughput"):
+    for key in ("pytest", "fast_paths", "census", "throughput", "training"):
         if key in result and isinstance(result[key], dict):
             r = result[key]
             lines.append(f"- {key}: {'ok' if r.get('ok') else 'FAILED'} - "
@@ -227,7 +246,7 @@ def main(args: Settings, meta: dict) -> None:
         lines += ["", f"Kernel census of one CUDA decode step, {name}:", "", table]
     write_text(out / f"gpu_check_{slug}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
-    failed = [k for k in ("pytest", "fast_paths", "census", "throughput") if isinstance(result.get(k), dict)
+    failed = [k for k in ("pytest", "fast_paths", "census", "throughput", "training") if isinstance(result.get(k), dict)
               and not result[k].get("ok")]
     failed += ["latency"] if any(r.get("measured_s") is None for r in result.get("latency", [])) else []
     if failed:

@@ -133,9 +133,10 @@ def main(args: Settings, meta: dict) -> None:
     if args.census:
         from flashsearch.proxies.latency.census import decode_step_census, format_census
 
-        lines += ["", f"## Kernel census of one decode step (context {args.prompt_len})", "",
-                  "Kernels one StaticDecoder.step dispatches (ATen ops, views and allocations excluded; the decode "
-                  "steps run the torch forms today) against the launches the roofline charges.", ""]
+        lines += ["", f"## Kernel census of the torch decode step (context {args.prompt_len})", "",
+                  "Kernels one StaticDecoder.step dispatches on the torch step forms, the CPU path (ATen ops, views "
+                  "and allocations excluded), against the launches the roofline charges. The CUDA step runs fused "
+                  "kernels instead: its census is the kernel_census study.", ""]
         for n in args.points:
             rows = decode_step_census(load_genome(REF / f"{n}.yaml"), context=args.prompt_len)
             lines += [f"### {n}", "", format_census(rows), ""]

@@ -331,15 +331,31 @@ def test_a_search_with_two_workers_per_trial_accounts_for_every_trial(tmp_path: 
 
 @pytest.mark.slow
 def test_two_node_cluster_search_with_two_workers_per_trial(tmp_path: Path) -> None:
-    """The issue's acceptance run: a search whose candidates train with ray.workers_per_trial=2 on a 2-node local Ray
-    cluster (loopback) completes with every trial accounted for. Each node offers 1 CPU and each rank asks for 1,
-    so every candidate's 2 ranks run on the 2 nodes, joined by gloo."""
+    """The issue's acceptance run: a generated corpus prepared into many shards, then a search on them whose
+    candidates train with ray.workers_per_trial=2 on a 2-node local Ray cluster (loopback) completes with every
+    trial accounted for. Each node offers 1 CPU and each rank asks for 1, so every candidate's 2 ranks run on the
+    2 nodes, joined by gloo."""
+    import json
+    import random
     import subprocess
     import sys
 
     import pandas as pd
 
     from test_ray_cluster import Node, env, free_port, wait_until
+
+    rng = random.Random(0)
+    words = [w for w in "the a model state layer token memory attention scan decay gate width depth".split()]
+    corpus = tmp_path / "generated.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(20, 200)))})
+                              + "\n" for _ in range(400)))
+    shards = tmp_path / "shards"
+    prep = subprocess.run([sys.executable, "-m", "flashsearch.cli", "data", "prepare", str(corpus), str(shards),
+                           "--tokenizer", "bytes", "--shard-tokens", "4096"], env=env(), capture_output=True,
+                          text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr[-2000:]
+    assert json.loads((shards / "manifest.json").read_text())["documents"] == 400
+    assert len(list(shards.glob("train-*.bin"))) > 10                    # a multi-shard corpus
 
     temp = Path(os.environ.get("TMPDIR", "/tmp")) / f"fsddp{os.getpid()}"   # Ray's socket paths must stay short
     port, node2_port = free_port(), free_port()
@@ -355,7 +371,8 @@ def test_two_node_cluster_search_with_two_workers_per_trial(tmp_path: Path) -> N
         config = tmp_path / "ddp.yaml"
         config.write_text(SEARCH.format(out=tmp_path / "run").replace(
             "ray: {workers_per_trial: 2, num_cpus_per_trial: 2}",
-            f"ray: {{workers_per_trial: 2, num_cpus_per_trial: 2, address: '127.0.0.1:{port}'}}"))
+            f"ray: {{workers_per_trial: 2, num_cpus_per_trial: 2, address: '127.0.0.1:{port}'}}\n"
+            f"data: {{shards: '{shards}'}}"))
         done = subprocess.run([sys.executable, "-m", "flashsearch.cli", "run", str(config)], env=env(),
                               cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -5,6 +5,7 @@ are written once and continued by every rank; through Ray Train, and with a work
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import socket
@@ -37,15 +38,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank(rank: int, world: int, port: int, out: str, settings: dict, budget: Budget) -> None:
+def _join(rank: int, world: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=300))
+
+
+def _leave() -> None:
+    """Every rank reaches here before any tears its connections down: a rank that leaves while the other is still
+    talking to it aborts the other ('terminate called without an active exception', seen once on a loaded box)."""
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _rank(rank: int, world: int, port: int, out: str, settings: dict, budget: Budget) -> None:
+    _join(rank, world, port)
     try:
         r = ShortTrain(**settings).evaluate(GENOME, budget)
         Path(out, f"rank{rank}.json").write_text(json.dumps({"loss": r.loss, "curve": r.curve, "extra": {
             k: r.extra[k] for k in ("workers", "resumed_at_step", "steps")}}))
     finally:
-        dist.destroy_process_group()
+        _leave()
 
 
 def ddp_run(tmp: Path, settings: dict, budget: Budget, world: int = 2) -> list[dict]:
@@ -113,8 +125,7 @@ def _rank_past_its_limit(rank: int, world: int, port: int, out: str) -> None:
     from flashsearch.errors import TimeLimitExceeded
     from flashsearch.proxies.quality import train_loop
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    _join(rank, world, port)
     if rank == 1:
         train_loop.own_seconds = lambda device: 1e9  # type: ignore[assignment]
     try:
@@ -123,7 +134,7 @@ def _rank_past_its_limit(rank: int, world: int, port: int, out: str) -> None:
     except TimeLimitExceeded as e:
         verdict = e.reason
     finally:
-        dist.destroy_process_group()
+        _leave()
     Path(out, f"rank{rank}.txt").write_text(verdict)
 
 

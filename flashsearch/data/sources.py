@@ -40,6 +40,11 @@ class Document:
     where: str                                    # the file it is in, for error messages
     key: tuple[str, str] | None = None            # (language, title): the hash split of named corpora
 
+    @classmethod
+    def in_memory(cls, data: bytes, where: str, key: tuple[str, str] | None = None) -> "Document":
+        """A document already read (one JSON line, one column value, one article): one chunk."""
+        return cls(len(data), lambda: iter((data,)), where, key)
+
 
 # ---- files -------------------------------------------------------------------------------------------------------
 
@@ -57,10 +62,6 @@ def _txt(path: Path) -> Iterator[Document]:
 
     if size:
         yield Document(size, read, str(path))
-
-
-def _one(data: bytes) -> Callable[[], Iterator[bytes]]:
-    return lambda: iter((data,))
 
 
 def jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
@@ -87,8 +88,7 @@ def jsonl_documents(path: Path, text_field: str) -> Iterator[Document]:
                 raise FlashsearchError(f"{path}:{lineno}: field {text_field!r} must be a string, got "
                                        f"{type(text).__name__}")
             if text:
-                data = text.encode("utf-8")
-                yield Document(len(data), _one(data), f"{path}:{lineno}")
+                yield Document.in_memory(text.encode("utf-8"), f"{path}:{lineno}")
 
 
 def _column_texts(batches: Iterator[Any], names: list[str], where: str, text_field: str) -> Iterator[Document]:
@@ -106,8 +106,7 @@ def _column_texts(batches: Iterator[Any], names: list[str], where: str, text_fie
                 raise FlashsearchError(f"{where} row {row}: column {text_field!r} must hold strings, got "
                                        f"{type(text).__name__}")
             if text:
-                data = text.encode("utf-8")
-                yield Document(len(data), _one(data), f"{where} row {row}")
+                yield Document.in_memory(text.encode("utf-8"), f"{where} row {row}")
 
 
 def _parquet(path: Path, text_field: str) -> Iterator[Document]:
@@ -213,14 +212,14 @@ def _named(name: str) -> Source:
 
         def documents() -> Iterator[Document]:
             for lang, title, doc in byte_corpus.wikipedia_articles(languages):
-                yield Document(len(doc), _one(doc), f"{name}:{lang}/{title}", (lang, title))
+                yield Document.in_memory(doc, f"{name}:{lang}/{title}", (lang, title))
 
         return Source(description, documents, True, {"kind": "corpus", "name": name, "source": description})
 
     def embedded() -> Iterator[Document]:
         for i, doc in enumerate(byte_corpus.embedded_documents()):
             if doc:
-                yield Document(len(doc), _one(doc), f"{name}[{i}]")
+                yield Document.in_memory(doc, f"{name}[{i}]")
 
     return Source(byte_corpus.EMBEDDED_NAME, embedded, False, {"kind": "corpus", "name": name})
 

@@ -147,7 +147,7 @@ def test_a_refused_dtype_takes_the_torch_form_and_says_so(name: str, monkeypatch
 
 @pytest.mark.parametrize("name", RECURRENT)
 def test_a_refused_dtype_takes_the_torch_step_and_says_so(name: str) -> None:
-    from experiments.kernel_census.run import cuda_path
+    from flashsearch.proxies.latency.cuda_stand_ins import cuda_path
 
     with cuda_path() as calls, torch.no_grad():
         op = build_operator(name, every_operator_genome()).double().eval()
@@ -197,10 +197,10 @@ STEP_PATHS = {"deltanet": "fla.fused_recurrent_delta_rule+causal_conv1d_update",
                                         ("attention", {}), ("swa", {})])
 def test_the_cuda_step_hands_the_fused_kernels_what_the_torch_step_computes(name: str, opts: dict) -> None:
     """On CPU with the CUDA predicate forced and each fused kernel replaced by a reference of its contract
-    (experiments/kernel_census: fla's fused_recurrent_*, mamba_ssm's selective_state_update, causal_conv1d_update),
+    (proxies/latency/cuda_stand_ins.py: fla's fused_recurrent_*, mamba_ssm's selective_state_update, causal_conv1d_update),
     three decode steps equal the torch steps: outputs and the states, written in place. Attention's CUDA step (one
     stacked QKV GEMM, q|k rotated together from the RoPE table) too; swa's ring wraps (window 6)."""
-    from experiments.kernel_census.run import cuda_path
+    from flashsearch.proxies.latency.cuda_stand_ins import cuda_path
 
     genome = every_operator_genome().with_options(name, **opts)
     torch.manual_seed(1)
@@ -228,7 +228,7 @@ def test_the_cuda_step_hands_the_fused_kernels_what_the_torch_step_computes(name
 def test_the_model_cuda_step_fuses_add_and_norm_with_the_torch_steps_numbers() -> None:
     """HybridLM.step on the CUDA path (stand-ins): residual add + next norm as one fla rms_norm per layer, the FFN's
     silu * up as fla's swiglu, every operator on its fused step; logits and states equal the torch step's."""
-    from experiments.kernel_census.run import cuda_path
+    from flashsearch.proxies.latency.cuda_stand_ins import cuda_path
 
     torch.manual_seed(3)
     ref = HybridLM(every_operator_genome()).eval()
@@ -256,7 +256,7 @@ def test_the_model_cuda_step_fuses_add_and_norm_with_the_torch_steps_numbers() -
 
 def test_the_fused_step_glue_check_can_fail() -> None:
     """Negative control: a selective_state_update that forgets the D skip is caught by the comparison above."""
-    from experiments.kernel_census.run import STAND_INS, cuda_path, selective_state_update
+    from flashsearch.proxies.latency.cuda_stand_ins import STAND_INS, cuda_path, selective_state_update
 
     key = ("mamba_ssm.ops.triton.selective_state_update", "selective_state_update")
     broken = {**STAND_INS, key: lambda *a, **kw: selective_state_update(*a, **{**kw, "D": None})}
@@ -311,7 +311,7 @@ from fla.ops.delta_rule import fused_recurrent_delta_rule
 from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 from fla.ops.gla import fused_recurrent_gla
 from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-from experiments.kernel_census.run import STAND_INS, cuda_path
+from flashsearch.proxies.latency.cuda_stand_ins import STAND_INS, cuda_path
 from factories import every_operator_genome
 from flashsearch.kernels import build_operator
 

@@ -50,6 +50,8 @@ class OpCensus:
 
 
 class _Counter(TorchDispatchMode):
+    """Counts kernel-launching ATen ops, and the launches stand-ins declare (`add`), per operator label."""
+
     def __init__(self) -> None:
         super().__init__()
         self.label = HEAD
@@ -87,36 +89,46 @@ def _triton_launches(counter: _Counter) -> Iterator[None]:
 
 
 def decode_step_census(genome: Genome, context: int = 64, batch: int = 1, device: str = "meta",
-                       dtype: torch.dtype = torch.bfloat16) -> list[OpCensus]:
+                       dtype: torch.dtype = torch.bfloat16, fused: bool = False, warmup_steps: int = 0,
+                       top: int = 6) -> list[OpCensus]:
     """Kernels per operator type of one decode step after `context` tokens (in order of first appearance, then
-    the head), with the roofline's charge for the same step."""
+    the head), with the roofline's charge for the same step and the `top` most frequent kernels of each.
+
+    fused: count the CUDA path on any device (cuda_stand_ins.cuda_path: each fused kernel counted as the launches
+    its operator declares). warmup_steps: steps taken before the counted one (caches built on a first step, as
+    before a CUDA graph is captured)."""
     from flashsearch import kernels
     from flashsearch.model import HybridLM
 
+    from .cuda_stand_ins import cuda_path
     from .static_decoder import StaticDecoder
 
+    path = cuda_path if fused else contextlib.nullcontext
     dev = torch.device(device)
-    with dev:
+    with path(), dev:                          # operators pick their path when built
         model = HybridLM(genome)
     model = model.to(dtype).eval()
     counter = _Counter()
-    for block, op in zip(model.layers, genome.layer_types):
-        block.step = _labelled(block.step, counter, op)
-    with torch.inference_mode():
-        dec = StaticDecoder(model, batch, context + 2, dev, dtype)
+    with path(), torch.inference_mode():
+        dec = StaticDecoder(model, batch, context + 2 + warmup_steps, dev, dtype)
         dec.reset(torch.zeros(batch, max(1, context), dtype=torch.long, device=dev))
-        kv = dec.kv_len(1)
+        for _ in range(warmup_steps):
+            dec.step(dec.kv_len(1))
+            dec.pos_host += 1
+        for block, op in zip(model.layers, genome.layer_types):   # a layer: its operator, add + next norm
+            block.step = _labelled(block.step, counter, op)
+            block.step_fused = _labelled(block.step_fused, counter, op)
         with counter, _triton_launches(counter):
-            dec.step(kv)
+            dec.step(dec.kv_len(1))
     rows = []
     for op in dict.fromkeys(genome.layer_types):
         n = genome.count(op)
         c = counter.counts.get(op, Counter())
         charged = kernels.decode_cost(genome, op, context).launches * n
-        rows.append(OpCensus(op=op, layers=n, kernels=sum(c.values()), charged=charged, top=tuple(c.most_common(6))))
+        rows.append(OpCensus(op=op, layers=n, kernels=sum(c.values()), charged=charged, top=tuple(c.most_common(top))))
     head = counter.counts.get(HEAD, Counter())
     rows.append(OpCensus(op=HEAD, layers=0, kernels=sum(head.values()), charged=HEAD_CHARGE,
-                         top=tuple(head.most_common(6))))
+                         top=tuple(head.most_common(top))))
     return rows
 
 

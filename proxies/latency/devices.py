@@ -121,6 +121,13 @@ def known_devices() -> tuple[str, ...]:
                         if p.name.endswith(".yaml")))
 
 
+def device_for_gpu(gpu_name: str) -> str | None:
+    """The shipped profile a GPU's name (torch.cuda.get_device_name) is one of, e.g. "NVIDIA H100 80GB HBM3" ->
+    "h100"; None for a GPU without a profile."""
+    name = gpu_name.lower()
+    return next((known for known in known_devices() if known in name), None)
+
+
 @functools.lru_cache(maxsize=None)
 def load_device(name_or_path: str) -> DeviceProfile:
     """A shipped profile by name (case-insensitive), or a profile YAML file by path."""

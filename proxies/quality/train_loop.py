@@ -157,13 +157,10 @@ def peak_flops(device: str) -> float | None:
     """The bf16 peak FLOP/s of a CUDA device we have a profile for (proxies/latency/devices), else None."""
     if device.split(":")[0] != "cuda" or not torch.cuda.is_available():
         return None
-    from flashsearch.proxies.latency.devices import known_devices, load_device
+    from flashsearch.proxies.latency.devices import device_for_gpu, load_device
 
-    name = torch.cuda.get_device_name(torch.device(device)).lower()
-    for known in known_devices():
-        if known in name:
-            return float(load_device(known).peak_tflops.get("bf16", 0.0)) * 1e12 or None
-    return None
+    profile = device_for_gpu(torch.cuda.get_device_name(torch.device(device)))
+    return None if profile is None else float(load_device(profile).peak_tflops.get("bf16", 0.0)) * 1e12 or None
 
 
 def _throughput(cfg: ShortTrainConfig, n_params: int, tokens: int, seconds: float, devices: int) -> dict[str, Any]:

@@ -279,12 +279,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 # ---- misc ------------------------------------------------------------------------------------------------
 def fused_linear(x: torch.Tensor, *linears: nn.Linear) -> list[torch.Tensor]:
-    """Apply several bias-free Linears that read the same input.
+    """Apply several bias-free Linears that read the same input, as one GEMM where that costs no copy per call.
 
-    By default each Linear runs on its own: concatenating fp32 weights would copy them on every call, which a
-    memory-bound GPU decode step pays for in full. A Linear class may offer `shared_input(x, linears)` to run
-    them as one GEMM where its weights are copied anyway (flashsearch.model.fast.Bf16Linear, whose bf16 cast
-    copies them, stacks them into one bf16 GEMM); it returns None when the linears do not qualify.
+    A Linear class may offer `shared_input(x, linears)` to run them as one GEMM where its weights are copied anyway
+    (flashsearch.model.fast.Bf16Linear, whose bf16 cast copies them, stacks them into one bf16 GEMM). Inference on
+    CUDA (a decode step) stacks plain Linears' weights once and caches them (`stacked_linear`). Otherwise each
+    Linear runs on its own: concatenating the weights on every call would be a copy a memory-bound step pays for.
     """
     shared = getattr(type(linears[0]), "shared_input", None) if linears else None  # e.g. the proxy's bf16 GEMM
     fused = shared(x, linears) if shared is not None else None

@@ -187,7 +187,7 @@ def test_config_defaults_are_the_proxy_defaults_and_identity_is_every_setting() 
                "grad_clip": None, "meta_tokens": 2, "eval_batches": 4, "log_every": 5, "seed": 7, "repeats": 2,
                "data_path": "x.txt", "text_field": "body", "corpus": "pydoc", "val_fraction": 0.2, "threads": None,
                "device": "cuda", "fast": False, "shards": "prepared/shards", "tokenizer": "bpe",
-               "precision": "fp32", "compile": True}
+               "precision": "fp32", "compile": True, "warmup_steps": 5, "lr_width_base": 64}
     assert set(changed) == set(ident)                       # the list below covers every setting
     for key, value in changed.items():
         assert ShortTrain(**{key: value}).identity() != ident, key
@@ -199,7 +199,8 @@ def test_config_defaults_are_the_proxy_defaults_and_identity_is_every_setting() 
     ("min_lr_ratio", 1.5), ("warmup_fraction", 1.5), ("decay_fraction", 0.0), ("weight_decay", -0.1),
     ("weight_norm", "yes"), ("grad_clip", 0.0), ("meta_tokens", -1), ("eval_batches", 0), ("log_every", 0),
     ("seed", 1.5), ("repeats", 0), ("data_path", 3), ("text_field", ""), ("corpus", "no_such_corpus"),
-    ("val_fraction", 0.6), ("threads", 0), ("device", "tpu"), ("fast", "yes"),
+    ("val_fraction", 0.6), ("threads", 0), ("device", "tpu"), ("fast", "yes"), ("warmup_steps", 0),
+    ("lr_width_base", 2.5),
 ])
 def test_every_bad_setting_is_one_line_naming_the_key(key: str, value: object) -> None:
     from flashsearch.proxies.quality.config import ShortTrainConfig
@@ -218,8 +219,8 @@ def test_unknown_settings_are_refused_from_python_and_from_yaml() -> None:
 
     with pytest.raises(FlashsearchError, match=r"option\(s\) lrr \(did you mean lr\?\); it takes: width_divisor"):
         ShortTrain(lrr=1e-3)
-    with pytest.raises(FlashsearchError, match=r"does not take option\(s\) warmup_steps"):
-        instantiate({"_target_": "short_train", "warmup_steps": 10}, QUALITY_PROXIES, "quality")
+    with pytest.raises(FlashsearchError, match=r"does not take option\(s\) warmup_tokens"):
+        instantiate({"_target_": "short_train", "warmup_tokens": 10}, QUALITY_PROXIES, "quality")
     built = instantiate({"_target_": "short_train", "lr": 1e-3, "seq_len": 64}, QUALITY_PROXIES, "quality", seed=3)
     assert built.config.lr == 1e-3 and built.config.seq_len == 64 and built.config.seed == 3
     from flashsearch.proxies.quality.config import ShortTrainConfig
@@ -287,6 +288,45 @@ def test_continuing_across_rungs_gives_the_schedule_of_one_run(tokens_per_step: 
     assert rung is None and type(one).__name__ == "WarmupCosine"
     with pytest.raises(FlashsearchError, match="is not a rung"):
         schedule_for(Budget(tokens=ladder[-1] + 1, ladder=ladder), tokens_per_step, warmup_fraction, 0.2, 0.1)
+
+
+def test_a_ladder_warms_up_like_one_run_of_its_top_rung_within_rung_0() -> None:
+    from flashsearch.proxies.quality.schedules import schedule_for
+
+    ladder = (30 * 8, 90 * 8, 270 * 8)
+    single = schedule_for(Budget(tokens=ladder[-1]), 8, 0.1, 0.2, 0.1)[0]
+    rungs = [schedule_for(Budget(tokens=t, ladder=ladder), 8, 0.1, 0.2, 0.1)[0] for t in ladder]
+    assert single.warmup == 27 and {s.warmup for s in rungs} == {single.warmup}
+    short = (10 * 8, 30 * 8, 90 * 8)                 # the top run's warmup (9) does not fit rung 0 with its decay
+    assert {schedule_for(Budget(tokens=t, ladder=short), 8, 0.1, 0.2, 0.1)[0].warmup for t in short} == {8}
+
+
+def test_warmup_steps_replace_the_share_and_stay_inside_rung_0() -> None:
+    from flashsearch.proxies.quality.schedules import schedule_for
+
+    one, _ = schedule_for(Budget(tokens=100 * 8), 8, 0.1, 0.2, 0.1, warmup_steps=25)
+    assert one.warmup == 25 and schedule_for(Budget(tokens=100 * 8), 8, 0.1, 0.2, 0.1)[0].warmup == 10
+    ladder = (10 * 8, 30 * 8, 90 * 8)
+    rungs = [schedule_for(Budget(tokens=t, ladder=ladder), 8, 0.1, 0.2, 0.1, warmup_steps=9)[0] for t in ladder]
+    assert {s.warmup for s in rungs} == {8}        # capped: rung 0 (10 steps) keeps its 2-step decay
+    assert rungs[0].stable_end == 8
+
+
+def test_width_scaled_learning_rate_moves_the_hidden_matrices_only() -> None:
+    from flashsearch.proxies.quality.train_loop import build_model, optimizer
+
+    proxy = small(lr_width_base=32)
+    model, _ = build_model(proxy.config, proxy.proxy_genome(HYBRID), 0)      # proxy width 64
+    scales = {id(p): g["lr_scale"] for g in optimizer(proxy.config, model).param_groups for p in g["params"]}
+    assert scales[id(model.embed.weight)] == 1.0
+    assert scales[id(model.layers[0].norm.weight)] == 1.0
+    hidden = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.startswith("embed.")]
+    assert hidden and {scales[id(p)] for p in hidden} == {0.5}
+    # at its own width the scaled rule is the plain one, bit for bit; at another it trains differently
+    budget = Budget(tokens=6 * 64 * 8)
+    plain = small().evaluate(HYBRID, budget)
+    assert small(lr_width_base=64).evaluate(HYBRID, budget).loss == plain.loss
+    assert small(lr_width_base=32).evaluate(HYBRID, budget).loss != plain.loss
 
 
 # ---- per-operator proxy rules ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ beat one N-threaded training), longest first so the pool does not idle on a stra
 from __future__ import annotations
 
 import csv
+import json
 import math
 import multiprocessing as mp
 import os
@@ -26,7 +27,8 @@ from flashsearch.genome import Genome
 
 RESULT_COLUMNS = ["key", "settings", "genome_id", "tokens", "seed", "loss", "proxy_params", "seconds", "error"]
 # Written to CSVs started since it was added; older CSVs keep their columns (it is then dropped, not an error).
-OPTIONAL_COLUMNS = ["cpu_seconds"]  # the training's process time: its cost, whatever else shares the cores
+OPTIONAL_COLUMNS = ["cpu_seconds",  # the training's process time: its cost, whatever else shares the cores
+                    "curve"]        # its training curve, JSON [[step, bits/byte], ...] (train batches)
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ def _run_one(wired: tuple) -> dict[str, Any]:
     t0, c0 = time.perf_counter(), time.process_time()
     try:
         res = proxy.evaluate(genome, Budget(tokens=tokens))
-        row.update(loss=float(res.loss), proxy_params=int(res.proxy_params), error="")
+        row.update(loss=float(res.loss), proxy_params=int(res.proxy_params), error="",
+                   curve=json.dumps([[int(a), round(float(b), 4)] for a, b in res.curve]))
     except (TrialFailed, FlashsearchError) as e:
         row.update(loss=math.nan, proxy_params=0, error=str(e))
     row["seconds"] = round(time.perf_counter() - t0, 2)

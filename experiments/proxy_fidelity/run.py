@@ -1,28 +1,33 @@
-"""Proxy fidelity: do the search's rungs rank architectures the way 16x longer training does?
+"""Proxy fidelity: does the score the search publishes rank architectures the way 4x longer training does?
 
-Genomes: 24 drawn uniformly from search_spaces/hybrid_1b.yaml's space (seed 0) plus the reference architectures
-(the YAML's 4 seeds, the Flash-1B pattern, Gated DeltaNet + FFN). Each is trained
-- through the YAML's multi-fidelity ladder exactly as the search trains a promoted candidate (proxy seed 0, the
-  search's), and again with proxy seed 1 (the noise ceiling: how well the proxy agrees with itself);
-- once as the reference: 16x the screening rung's tokens, proxy seed 2, one plain (cosine) run, on data the
-  short runs draw from too but without repeating it (the reference reads a few percent of the corpus).
+Genomes: drawn uniformly from search_spaces/hybrid_1b.yaml's space (seed 0; the tuning studies draw with other
+seeds and check they share no genome) plus the reference architectures (the YAML's seeds, the Flash-1B pattern,
+Gated DeltaNet + FFN). Each is trained
+- through the YAML's multi-fidelity ladder exactly as the search trains a promoted candidate (rung k+1 continues
+  from rung k's checkpoint), with proxy seed 0 (the search's) and again with seed 1 (the noise ceiling);
+- once with the top rung's tokens in one plain warmup-cosine run (seed 0): what the ladder is measured against;
+- once as the reference: reference_mult x the top rung's tokens (>= 4x), another proxy seed, warmup-cosine, on
+  random windows of the training split (a few percent of it, so nothing is repeated epoch-wise); the cheapest
+  `ceiling_genomes` get a second reference seed, the reference's own noise ceiling.
 Reports, against the reference, Spearman / Kendall / top-5 overlap with bootstrap 5-95% intervals for every rung,
-for two seeds averaged, and for the zero-cost baselines a user would try first (non-embedding parameter count,
-the LiteTransformerSearch proxy; predicted latency), with each row's CPU cost; a paired bootstrap says whether
-the default beats the best baseline.
+the plain run, the log-budget extrapolation of the last two rungs, the zero-cost baselines (non-embedding
+parameters, predicted latency) and the byte n-gram baselines (unigram to trigram count models of the training
+split, scored on the same validation text); the cost of each; and what a search would publish. Writes the summary
+tools read to `summary` (experiments/results/proxy_fidelity.json).
 
-    python -m experiments run proxy_fidelity            # ~100 CPU-min of trainings; the ladders are shared
-                                                        # with ladder_fidelity's cache
+    python -m experiments run proxy_fidelity            # ~170 CPU-min of trainings on the default ladder
     python -m experiments run proxy_fidelity --quick    # a few-minute smoke run
-    python -m experiments run proxy_fidelity scale=8 device=cuda workers=1   # bigger, where a GPU is lent
+    python -m experiments run proxy_fidelity scale=4 device=cuda workers=1   # bigger, where a GPU is lent
 
-Writes proxy_fidelity.{csv,md,png} to `out` and extends the ladder cache (`ladder_cache`, ladder_fidelity's
-CSV). Every training is cached in those CSVs the moment it finishes: rerunning after an interruption only trains
-what is missing.
+Every training is cached in the CSVs next to the results the moment it finishes: rerunning after an interruption
+only trains what is missing.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,205 +36,280 @@ import numpy as np
 import pandas as pd
 
 from flashsearch.errors import FlashsearchError
-from flashsearch.proxies.quality.short_train import ShortTrain
 
 from experiments.lib.common import default_proxy, describe_proxy, search_ladder
 from experiments.lib.jobs import TrainJob, run_jobs, training_time
-from experiments.lib.ladder import run_ladders, study_genomes, zero_cost_baselines
+from experiments.lib.ladder import replay_promotions, run_ladders, study_genomes, zero_cost_baselines
+from experiments.lib.ngram import ORDERS, Ngram
 from experiments.lib.output import header, pyplot, save_figure, write_text
 from experiments.lib.ranking import rank_agreement, spearman_gap
 
-FIDELITY_BAR = 0.85  # the issue's bar for the default (screening) rung against the >= 16x reference
-
-
-def reference_jobs(genomes, kwargs: dict, tokens: int, seeds: list[int], device: str) -> list[TrainJob]:
-    return [TrainJob(key=f"t{tokens}-w{kwargs.get('width_divisor', 16)}-s{s}-{device}|{g.id}", genome=g,
-                     tokens=tokens, proxy={**kwargs, "seed": s, "device": device},
-                     tags={"layers": g.n_layers, "d_model": g.d_model})
-            for s in seeds for g in genomes]
-
-
-def agreement_row(label: str, tokens: str, values, ref, k: int, cost: float | None, default_cost: float) -> str:
-    ag = rank_agreement(values, ref, k=k)
-    money = "0 (no training)" if cost is None else f"{cost:.0f} ({cost / default_cost:.1f}x)"
-    return (f"| {label} | {tokens} | {ag.spearman:.3f} [{ag.spearman_ci[0]:.2f}, {ag.spearman_ci[1]:.2f}] | "
-            f"{ag.kendall:.3f} [{ag.kendall_ci[0]:.2f}, {ag.kendall_ci[1]:.2f}] | "
-            f"{ag.top_k_overlap * k:.0f}/{k} [{ag.top_k_ci[0] * k:.0f}, {ag.top_k_ci[1] * k:.0f}] | {money} |")
+FIDELITY_BAR = 0.85      # the issue's bar for the published score against the >= 4x reference
+BASELINE_MARGIN = 0.3    # ... and how far above the better zero-cost baseline it must be
+NGRAM_MARGIN = 0.5       # the top rung's median must sit this many bits/byte below the byte trigram
 
 
 @dataclass(frozen=True)
 class Settings:
     config: str                      # space, ladder and proxy
     genomes: int                     # uniform draws (the reference architectures come on top)
-    reference_mult: float            # reference tokens / screening-rung tokens
-    reference_seeds: tuple[int, ...]  # proxy seeds of the reference (two are averaged; their agreement is its
-                                      # own noise ceiling)
-    ceiling_genomes: int             # with one reference seed: this many of the cheapest genomes' references get
-                                     # one more seed, for the reference's noise ceiling on that subset (0 = none)
+    reference_mult: float            # reference tokens / top-rung tokens
+    reference_seed: int              # the reference's proxy seed (the ladders use the search's seed and the next)
+    ceiling_genomes: int             # this many of the cheapest genomes get a second reference seed (0 = none)
     top_k: int
-    ladder_cache: str                # the ladders' CSV, shared with ladder_fidelity
     scale: float                     # multiply every token budget by this
     device: str                      # cpu or cuda (ShortTrain's device)
     workers: int                     # parallel trainings
-    out: str                         # folder for the reference CSV, markdown and figure
+    out: str                         # folder for the CSVs, markdown and figure
+    summary: str                     # the machine-readable summary (JSON; its keys are a contract)
+
+
+def extrapolate(lower: np.ndarray, top: np.ndarray, t_lower: int, t_top: int, t_target: int) -> np.ndarray:
+    """The loss at t_target tokens on the line in log-budget through (t_lower, lower) and (t_top, top)."""
+    return top + (top - lower) * math.log(t_target / t_top) / math.log(t_top / t_lower)
+
+
+def ngram_baselines(kwargs: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """(byte, token) n-gram baselines: bits per byte of count models of the proxy's training split on the exact
+    text of its validation windows (each window's first token is context, as it is for the proxy). The token
+    models use the proxy's own tokenizer (empty for a byte-level proxy): what its vocabulary alone is worth."""
+    from flashsearch.data.shards import TokenShards
+    from flashsearch.proxies.quality.corpus import load_corpus
+    from flashsearch.proxies.quality.short_train import ShortTrain
+
+    proxy = ShortTrain(**{k: v for k, v in kwargs.items() if k != "device"})
+    corpus = proxy.corpus()
+    windows = proxy._val                                   # [N, T+1] the fixed validation windows
+    train = load_corpus(proxy.data_path, proxy.text_field, proxy.val_fraction, proxy.corpus_name).train
+    byte_model = Ngram(train.numpy().tobytes(), order=max(ORDERS.values()))
+    if not isinstance(corpus, TokenShards):
+        texts = [bytes(w.tolist()) for w in windows]
+        return {name: byte_model.bits_per_byte(texts, order, [1] * len(texts)) for name, order in ORDERS.items()}, {}
+    tok, per_id = corpus.tokenizer(), corpus.token_bytes()
+    texts = [tok.decode(w.tolist()) for w in windows]
+    skip = [int(per_id[int(w[0])]) for w in windows]
+    by_bytes = {name: byte_model.bits_per_byte(texts, order, skip) for name, order in ORDERS.items()}
+    orders = {name: o for name, o in ORDERS.items() if corpus.vocab_size ** o < 2 ** 62}
+    token_model = Ngram(corpus.train.read(0, len(corpus.train)), order=max(orders.values()),
+                        alphabet=corpus.vocab_size)
+    n_bytes = int(sum(int(per_id[w[1:]].sum()) for w in windows))
+    by_tokens = {name: token_model.bits_per_byte([w.tolist() for w in windows], order, [1] * len(windows), n_bytes)
+                 for name, order in orders.items()}
+    return by_bytes, by_tokens
 
 
 def main(args: Settings, meta: dict) -> None:
     started = time.perf_counter()
     out = Path(args.out)
-
+    out.mkdir(parents=True, exist_ok=True)
     from flashsearch.config import load_config
+    from flashsearch.proxies.quality.config import ShortTrainConfig
 
     cfg = load_config(args.config)
     base = search_ladder(cfg)
-    ladder = [max(1, int(round(t * args.scale))) for t in (base.tokens if base else (cfg.budget.tokens,))]
+    if base is None:
+        raise FlashsearchError(f"proxy_fidelity: {args.config} is not a multi-fidelity search")
+    if args.reference_mult < 1:
+        raise FlashsearchError("proxy_fidelity: reference_mult must be >= 1 (the reference trains longer)")
     kwargs, _ = default_proxy(args.config)
     kwargs["device"] = args.device
+    per_step = ShortTrainConfig.from_options(**{k: v for k, v in kwargs.items() if k != "device"}).batch_size \
+        * ShortTrainConfig.from_options(**{k: v for k, v in kwargs.items() if k != "device"}).seq_len
+    ladder = [max(2, round(t * args.scale) // per_step) * per_step for t in base.tokens]
+    top = len(ladder) - 1
+    ref_tokens = int(round(args.reference_mult * ladder[-1] / per_step)) * per_step
     genomes = study_genomes(args.config, args.genomes, 0)
     ids = [g.id for g, _ in genomes]
-    k = min(args.top_k, len(genomes))
+    names = {g.id: n for g, n in genomes}
     search_seed = int(kwargs.get("seed", 0))
     ceiling_seed = search_seed + 1
-    ref_seeds = list(args.reference_seeds)
-    if {search_seed, ceiling_seed} & set(ref_seeds):
-        raise FlashsearchError(f"proxy_fidelity: reference_seeds must differ from the ladders' proxy seeds "
+    if args.reference_seed in (search_seed, ceiling_seed):
+        raise FlashsearchError(f"proxy_fidelity: reference_seed must differ from the ladders' proxy seeds "
                                f"{search_seed} and {ceiling_seed}")
-    ref_tokens = int(round(args.reference_mult * ladder[0]))
+    extra_seed = max(args.reference_seed, ceiling_seed) + 1   # the reference's second seed: no other run uses it
 
-    ladders = run_ladders(genomes, kwargs, ladder, [search_seed, ceiling_seed], args.ladder_cache, args.workers)
-    jobs = reference_jobs([g for g, _ in genomes], kwargs, ref_tokens, ref_seeds, args.device)
-    # The reference's own noise, on a subset: the cheapest genomes, with the next seed (a full second seed costs
-    # as much as the first; reference_seeds=[2,3] does that and averages them).
-    subset = [] if len(ref_seeds) > 1 else sorted(jobs, key=TrainJob.cost)[:max(0, args.ceiling_genomes)]
-    extra_seed = max(ref_seeds + [search_seed, ceiling_seed]) + 1  # a seed no other training uses
-    extra = reference_jobs([j.genome for j in subset], kwargs, ref_tokens, [extra_seed], args.device)
-    every_ref = run_jobs(jobs + extra, out / "proxy_fidelity.csv", args.workers, "reference")
-    refs = every_ref[every_ref["seed"].isin(ref_seeds)]
-    failed = set(refs.loc[refs["error"] != "", "genome_id"])
-    keep = [i for i in ids if i not in failed]
-    if failed:
-        print(f"dropping {len(failed)} genomes whose reference training failed", flush=True)
+    def job(kind: str, g, tokens: int, seed: int) -> TrainJob:
+        return TrainJob(key=f"{kind}-t{tokens}-s{seed}-{args.device}|{g.id}", genome=g, tokens=tokens,
+                        proxy={**kwargs, "seed": seed}, tags={"kind": kind, "layers": g.n_layers,
+                                                             "d_model": g.d_model})
 
-    top = len(ladder) - 1
-    s0 = ladders[ladders["seed"] == search_seed].set_index("genome_id").loc[keep]
-    s1 = ladders[ladders["seed"] == ceiling_seed].set_index("genome_id").loc[keep]
-    ref_by_seed = {s: refs[refs["seed"] == s].set_index("genome_id")["loss"].loc[keep].to_numpy() for s in ref_seeds}
-    ref = np.mean(list(ref_by_seed.values()), axis=0)
-    base0 = zero_cost_baselines(args.config, [g for g, _ in genomes]).loc[keep]
-    cum = {r: s0[[f"cpu{j}" for j in range(r + 1)]].sum(axis=1).mean() for r in range(top + 1)}  # rung r pays 0..r
-    default_cost = float(cum[0])
+    refs = [job("reference", g, ref_tokens, args.reference_seed) for g, _ in genomes]
+    subset = sorted(refs, key=TrainJob.cost)[:max(0, args.ceiling_genomes)]
+    jobs = refs + [job("reference", j.genome, ref_tokens, extra_seed) for j in subset] \
+        + [job("single", g, ladder[-1], search_seed) for g, _ in genomes]
+    runs = run_jobs(jobs, out / "runs.csv", args.workers, "runs")
+    ladders = run_ladders(genomes, kwargs, ladder, [search_seed], out / "ladders.csv", args.workers)
+    # the published score's own noise, on the same subset as the reference's
+    in_subset = {j.genome.id for j in subset}
+    reseeded = run_ladders([(g, n) for g, n in genomes if g.id in in_subset], kwargs, ladder, [ceiling_seed],
+                           out / "ladders.csv", args.workers)
+
+    def losses(kind: str, seed: int) -> pd.Series:
+        rows = runs[(runs["kind"] == kind) & (runs["seed"] == seed) & (runs["error"] == "")]
+        return rows.set_index("genome_id")["loss"]
+
+    ref_all = losses("reference", args.reference_seed)
+    s0 = ladders.set_index("genome_id")
+    s1 = reseeded.set_index("genome_id")
+    single = losses("single", search_seed)
+    keep = [i for i in ids if i in ref_all.index and i in s0.index and i in single.index]
+    if len(keep) < len(ids):
+        print(f"proxy_fidelity: {len(ids) - len(keep)} genomes lack a finished training (failed or not yet run); "
+              "they are left out", flush=True)
+    if len(keep) < 4:
+        raise FlashsearchError(f"proxy_fidelity: only {len(keep)} genomes have every training; nothing to rank")
+    ref = ref_all.loc[keep].to_numpy()
+    s0 = s0.loc[keep]
+    rung = {r: s0[f"loss{r}"].to_numpy() for r in range(top + 1)}
+    published = rung[top]                      # the search's front is ranked by the top rung's loss
+    extrapolated = extrapolate(rung[top - 1], rung[top], ladder[top - 1], ladder[top], ref_tokens) if top else None
+    zero = zero_cost_baselines(args.config, [g for g, _ in genomes]).loc[keep]
+    zero_values = {"non-embedding parameters (more = better)": -zero["params"].to_numpy(dtype=float),
+                   "predicted latency (slower = better)": -zero["latency"].to_numpy()}
+    ngram, token_ngram = ngram_baselines(kwargs)
+    k = min(args.top_k, len(keep))
+    ag = {name: rank_agreement(v, ref, k=k) for name, v in
+          [*((f"rung{r}", rung[r]) for r in range(top + 1)), ("single", single.loc[keep].to_numpy()),
+           *([("extrapolated", extrapolated)] if extrapolated is not None else []), *zero_values.items()]}
+
+    # costs, CPU-seconds per genome (a rung pays the rungs below it, which it continues from)
+    cpu_cols = [f"cpu{r}" for r in range(top + 1)]
+    cum = {r: float(s0[cpu_cols[:r + 1]].sum(axis=1).mean()) for r in range(top + 1)}
+    kind_cpu = {kind: training_time(runs[(runs["kind"] == kind) & runs["genome_id"].isin(keep)])[0]
+                for kind in ("reference", "single")}
+    ref_rows = runs[(runs["kind"] == "reference") & (runs["seed"] == args.reference_seed)
+                    & runs["genome_id"].isin(keep)]
+    ref_cost = training_time(ref_rows)[0] / len(keep)
+    single_cost = kind_cpu["single"] / len(keep)
+    total_cpu = float(ladders.loc[ladders["genome_id"].isin(keep), cpu_cols].to_numpy().sum()) \
+        + float(reseeded[cpu_cols].to_numpy().sum()) + kind_cpu["reference"] + kind_cpu["single"]
+    from flashsearch.proxies.quality.short_train import ShortTrain
+
     proxy = ShortTrain(**{key: v for key, v in kwargs.items() if key != "device"})
-    corpus = int(proxy.corpus().train.numel())  # training bytes (one byte = one token)
-    ladder_cpu = float(ladders[ladders["genome_id"].isin(keep)][[f"cpu{j}" for j in range(top + 1)]].to_numpy().sum())
-    # Each genome's CPU per token through the ladder (mean over seeds), for reference rows written before experiments/lib/jobs.py
-    # recorded process time: a genome's reference then costs its own rate times its tokens.
-    cpu_cols = [f"cpu{j}" for j in range(top + 1)]
-    genome_cpu_per_token = (ladders.assign(cpu=ladders[cpu_cols].sum(axis=1)).groupby("genome_id")["cpu"].mean()
-                            / _ladder_tokens_trained(ladder, proxy.decay_fraction))
-    per_token = ladder_cpu / (len(keep) * len(ladders["seed"].unique())
-                              * _ladder_tokens_trained(ladder, proxy.decay_fraction))
+    corpus = proxy.corpus()
+    train_tokens = len(corpus.train)
+    bytes_per_token = corpus.train.bytes / train_tokens if hasattr(corpus.train, "bytes") else 1.0
 
-    def cpu_of(rows: pd.DataFrame) -> float:
-        seconds, clock = training_time(rows)
-        if clock == "CPU":
-            return seconds
-        return float((rows["tokens"] * rows["genome_id"].map(genome_cpu_per_token)).sum())
+    # noise ceilings, on the subset trained twice: each side against itself under another seed
+    twice = runs[(runs["kind"] == "reference") & (runs["seed"] == extra_seed) & (runs["error"] == "")]
+    both = [i for i in keep if i in set(twice["genome_id"]) and i in s1.index]
+    kk = min(k, len(both))
+    enough = len(both) >= 4
+    top_ceiling = rank_agreement(s0.loc[both, f"loss{top}"].to_numpy(), s1.loc[both, f"loss{top}"].to_numpy(),
+                                 k=kk) if enough else None
+    ref_ceiling = rank_agreement(ref_all.loc[both].to_numpy(), twice.set_index("genome_id")["loss"].loc[both]
+                                 .to_numpy(), k=kk) if enough else None
+    top_on_both = rank_agreement(s0.loc[both, f"loss{top}"].to_numpy(), ref_all.loc[both].to_numpy(),
+                                 k=kk) if enough else None
 
-    ref_cost = cpu_of(refs) / len(keep)
-    if training_time(refs)[1] == "CPU":
-        ref_cost_text = f"{ref_cost:.0f} CPU-s per genome"
-    else:
-        ref_cost_text = (f"{training_time(refs)[0] / len(keep):.0f} s per genome of wall time (these rows predate "
-                         "the CSV's CPU column; wall exceeds CPU when trainings outnumber the cores); at each "
-                         f"genome's measured ladder rate (on average {1 / per_token:,.0f} tokens per CPU-second) "
-                         f"that is about {ref_cost:.0f} CPU-s")
-    total_cpu = ladder_cpu + cpu_of(refs) + cpu_of(every_ref[every_ref["seed"] == extra_seed])
-    lines = [header("Proxy fidelity: the search's rungs against 16x longer training", meta, started, total_cpu),
-             f"- from nothing, this study is {total_cpu / 60:.0f} CPU-min of trainings, so about "
-             f"{total_cpu / 60 / args.workers:.0f} min on {args.workers} idle cores ({args.workers} workers); the "
-             "ladders are shared with ladder_fidelity's cache.",
-             f"- **reference: {ref_tokens:,} tokens per genome = {args.reference_mult:g}x the default (screening) "
-             f"rung's {ladder[0]:,}, proxy seed{'s' if len(ref_seeds) > 1 else ''} "
-             f"{', '.join(map(str, ref_seeds))}** (the search trains with seed {search_seed}), one cosine-schedule "
-             f"run{' per seed, averaged' if len(ref_seeds) > 1 else ''}; {ref_cost_text}. "
-             f"It reads {ref_tokens:,} of the corpus's {corpus:,} training bytes ({100 * ref_tokens / corpus:.1f}%) "
-             f"as random windows: about {50 * ref_tokens / corpus:.1f}% of what it reads overlaps an earlier "
-             "window, so no data is repeated epoch-wise.",
-             f"- genomes: {len(keep)} ({args.genomes} drawn uniformly from `{args.config}`'s space with seed 0, "
-             "plus " + ", ".join(n for _, n in genomes if n != "random") + ")",
-             f"- proxy: the YAML's `quality` ({describe_proxy(kwargs)}), byte-level, validation bits/byte on the "
-             f"`{kwargs.get('corpus') or 'wikipedia'}` corpus's fixed validation split; lower is better."
-             + (f" Every budget x scale {args.scale:g}." if args.scale != 1 else ""),
-             f"- ladder: {ladder} tokens (rung 0 screens every candidate; promoted candidates continue to the next "
-             "rung from a checkpoint; the front is ranked at the top rung). Cost: CPU seconds per genome, one core; "
-             "a rung's cost includes the rungs below it, which it continues from.",
+    best_zero = max(zero_values, key=lambda n: ag[n].spearman)
+    gap, (glo, ghi) = spearman_gap(published, zero_values[best_zero], ref)
+    med_top, med_ref = float(np.median(published)), float(np.median(ref))
+    bar = ag[f"rung{top}"].spearman >= FIDELITY_BAR and ag[f"rung{top}"].spearman - ag[best_zero].spearman \
+        >= BASELINE_MARGIN
+    below = ngram["trigram"] - med_top
+
+    def row(label: str, tokens: str, a, cost: float | None) -> str:
+        money = "0 (no training)" if cost is None else f"{cost:.0f} ({cost / cum[0]:.1f}x)"
+        return (f"| {label} | {tokens} | {a.spearman:.3f} [{a.spearman_ci[0]:.2f}, {a.spearman_ci[1]:.2f}] | "
+                f"{a.kendall:.3f} [{a.kendall_ci[0]:.2f}, {a.kendall_ci[1]:.2f}] | "
+                f"{a.top_k_overlap * k:.0f}/{k} [{a.top_k_ci[0] * k:.0f}, {a.top_k_ci[1] * k:.0f}] | {money} |")
+
+    lines = [header(f"Proxy fidelity: the search's published score against {args.reference_mult:g}x longer training",
+                    meta, started, total_cpu),
+             f"- from nothing, this study is {total_cpu / 60:.0f} CPU-min of trainings (about "
+             f"{total_cpu / 60 / args.workers:.0f} min on {args.workers} idle cores).",
+             f"- proxy: the YAML's `quality` and `data` ({describe_proxy(kwargs)}); {bytes_per_token:.2f} bytes of "
+             "text per token on the training split; score: bits per byte of the fixed validation windows' text, "
+             "lower is better." + (f" Every budget x scale {args.scale:g}." if args.scale != 1 else ""),
+             f"- ladder: {ladder} tokens (rung 0 screens every candidate; the best third continue from a checkpoint; "
+             f"the front and the exports are ranked by the top rung's loss, the score the search publishes).",
+             f"- **reference: {ref_tokens:,} tokens per genome = {ref_tokens / ladder[-1]:g}x the top rung, proxy "
+             f"seed {args.reference_seed}** (the search trains with seed {search_seed}), one warmup-cosine run; "
+             f"{ref_cost:.0f} CPU-s per genome. It reads {ref_tokens:,} of the training split's {train_tokens:,} "
+             f"tokens ({100 * ref_tokens / train_tokens:.1f}%) as random windows: about "
+             f"{50 * ref_tokens / train_tokens:.1f}% of what it reads overlaps an earlier window; nothing is "
+             "repeated epoch-wise.",
+             f"- genomes: {len(keep)} ({args.genomes} drawn uniformly from `{args.config}`'s space with seed 0, plus "
+             + ", ".join(n for g, n in genomes if n != "random" and g.id in keep) + "); none is in the tuning "
+             "studies (ladder_diagnosis).",
              "- intervals: bootstrap 5-95% over genomes (2000 resamples).", "",
-             f"| ranking by | tokens | Spearman vs reference | Kendall | top-{k} overlap | CPU-s / genome (x default) |",
+             f"| ranking by | tokens | Spearman vs reference | Kendall | top-{k} overlap | CPU-s / genome (x rung 0) |",
              "|---|---|---|---|---|---|"]
     for r in range(top + 1):
-        role = " = default (screens every candidate)" if r == 0 else (" (the front)" if r == top else "")
-        lines.append(agreement_row(f"rung {r}, seed {search_seed}{role}", f"{ladder[r]:,}",
-                                   s0[f"loss{r}"].to_numpy(), ref, k, float(cum[r]), default_cost))
-    two = (s0["loss0"].to_numpy() + s1["loss0"].to_numpy()) / 2
-    lines.append(agreement_row(f"rung 0, seeds {search_seed} and {ceiling_seed} averaged", f"2 x {ladder[0]:,}",
-                               two, ref, k, 2 * default_cost, default_cost))
-    zero = {"non-embedding parameters (more = better)": -base0["params"].to_numpy(dtype=float),
-            "predicted latency (slower = better)": -base0["latency"].to_numpy()}
-    for name, values in zero.items():
-        lines.append(agreement_row(name, "-", values, ref, k, None, default_cost))
-
-    default = rank_agreement(s0["loss0"].to_numpy(), ref, k=k)
-    best_name, best_values = max(zero.items(), key=lambda kv: rank_agreement(kv[1], ref, k=k).spearman)
-    gap, (glo, ghi) = spearman_gap(s0["loss0"].to_numpy(), best_values, ref)
-    reached = round(default.spearman, 3) >= FIDELITY_BAR
-    lines += ["", f"**Default rung (rung 0, {ladder[0]:,} tokens): Spearman {default.spearman:.3f} "
-              f"[{default.spearman_ci[0]:.2f}, {default.spearman_ci[1]:.2f}] against the {args.reference_mult:g}x "
-              f"reference: the {FIDELITY_BAR} bar is {'reached' if reached else 'NOT reached'}.** "
-              + _versus_baseline(best_name.split(" (")[0], gap, glo, ghi)]
-
-    lines += ["", _front_recall(s0.join(base0), ref, base, names_of=dict((g.id, n) for g, n in genomes))]
-
-    lines += ["", "Noise ceiling: how well each rung agrees with itself under another proxy seed (the most any proxy "
-              "of that training can agree with a reference as noisy).", "",
-              f"| rung | tokens | Spearman seed {search_seed} vs seed {ceiling_seed} | Kendall | top-{k} overlap |",
-              "|---|---|---|---|---|"]
-    for r in range(top + 1):
-        ag = rank_agreement(s0[f"loss{r}"].to_numpy(), s1[f"loss{r}"].to_numpy(), k=k)
-        lines.append(f"| rung {r} | {ladder[r]:,} | {ag.spearman:.3f} [{ag.spearman_ci[0]:.2f}, "
-                     f"{ag.spearman_ci[1]:.2f}] | {ag.kendall:.3f} | {ag.top_k_overlap * k:.0f}/{k} |")
-    if len(ref_seeds) > 1:
-        ag = rank_agreement(ref_by_seed[ref_seeds[0]], ref_by_seed[ref_seeds[1]], k=k)
-        lines.append(f"| reference | {ref_tokens:,} | {ag.spearman:.3f} [{ag.spearman_ci[0]:.2f}, "
-                     f"{ag.spearman_ci[1]:.2f}] | {ag.kendall:.3f} | {ag.top_k_overlap * k:.0f}/{k} |")
-    elif extra:
-        lines += _reference_ceiling(every_ref, ref_seeds[0], extra_seed, [j.genome.id for j in extra], s0, top, k,
-                                    ref_tokens, ref_cost * len(keep) / 60)
-
+        role = " (screens every candidate)" if r == 0 else (" = **published** (the front)" if r == top else "")
+        lines.append(row(f"rung {r}, seed {search_seed}{role}", f"{ladder[r]:,}", ag[f"rung{r}"], cum[r]))
+    lines.append(row(f"one plain run of the top rung's tokens, seed {search_seed}", f"{ladder[-1]:,}",
+                     ag["single"], single_cost))
+    if extrapolated is not None:
+        lines.append(row(f"rungs {top - 1} and {top} extrapolated in log-budget to the reference's tokens "
+                         "(not published)", "-", ag["extrapolated"], cum[top]))
+    for name in zero_values:
+        lines.append(row(name, "-", ag[name], None))
+    lines += ["", f"**Published score (rung {top}, {ladder[-1]:,} tokens): Spearman {ag[f'rung{top}'].spearman:.3f} "
+              f"[{ag[f'rung{top}'].spearman_ci[0]:.2f}, {ag[f'rung{top}'].spearman_ci[1]:.2f}] against the "
+              f"{ref_tokens / ladder[-1]:g}x reference, {ag[f'rung{top}'].spearman - ag[best_zero].spearman:+.3f} "
+              f"over the better zero-cost baseline ({best_zero.split(' (')[0]}; paired bootstrap of the gap "
+              f"[{glo:+.2f}, {ghi:+.2f}]): the bar (>= {FIDELITY_BAR}, >= {BASELINE_MARGIN} above it) is "
+              f"{'reached' if bar else 'NOT reached'}.**",
+              "", f"**Level:** the top rung's median genome scores {med_top:.3f} bits/byte, {abs(below):.3f} "
+              f"{'below' if below >= 0 else 'above'} the byte trigram ({ngram['trigram']:.3f}; bigram {ngram['bigram']:.3f}, unigram "
+              f"{ngram['unigram']:.3f}, count models of the training split on the same validation text); the "
+              f"reference's median is {med_ref:.3f}. The bar ({NGRAM_MARGIN} below the trigram) is "
+              f"{'reached' if below >= NGRAM_MARGIN else 'NOT reached'}."
+              + ("" if not token_ngram else " Count models over the proxy's own tokens, scored in bits per byte of "
+                 "the same text, say what the vocabulary alone is worth: " + ", ".join(
+                     f"token {name} {v:.3f}" for name, v in token_ngram.items()) + ".")]
+    lines += ["", _front_recall(s0.join(zero), ref, dataclasses.replace(base, tokens=tuple(ladder)), names), "",
+              f"Noise ceilings, on the {len(both)} cheapest genomes (trained twice on each side): each side against "
+              "itself under another seed, the most a ranking can agree with a reference as noisy.", ""]
+    if enough:
+        lines += [f"| what | tokens | Spearman | Kendall | top-{kk} overlap |", "|---|---|---|---|---|",
+                  f"| rung {top} (published), seed {search_seed} vs {ceiling_seed} | {ladder[-1]:,} | "
+                  f"{top_ceiling.spearman:.3f} [{top_ceiling.spearman_ci[0]:.2f}, {top_ceiling.spearman_ci[1]:.2f}] | "
+                  f"{top_ceiling.kendall:.3f} | {top_ceiling.top_k_overlap * kk:.0f}/{kk} |",
+                  f"| reference, seed {args.reference_seed} vs {extra_seed} | {ref_tokens:,} | "
+                  f"{ref_ceiling.spearman:.3f} [{ref_ceiling.spearman_ci[0]:.2f}, {ref_ceiling.spearman_ci[1]:.2f}] | "
+                  f"{ref_ceiling.kendall:.3f} | {ref_ceiling.top_k_overlap * kk:.0f}/{kk} |", "",
+                  f"On those {len(both)} genomes the published score ranks the reference at Spearman "
+                  f"{top_on_both.spearman:.3f} [{top_on_both.spearman_ci[0]:.2f}, {top_on_both.spearman_ci[1]:.2f}]."]
+    else:
+        lines.append(f"Only {len(both)} genomes are trained twice so far: no noise ceiling yet.")
     lines += ["", "Per genome (bits/byte; params in millions, latency in seconds as the YAML predicts):", "",
               "| genome | kind | layers | d_model | " + " | ".join(f"rung {r}" for r in range(top + 1))
-              + " | rung 0, seed 1 | reference | non-emb. params | latency |",
-              "|---|---|---|---|" + "---|" * (top + 1) + "---|---|---|---|"]
-    names = dict(zip(ids, (n for _, n in genomes)))
+              + f" | rung {top}, seed {ceiling_seed} | plain run | reference | non-emb. params | latency |",
+              "|---|---|---|---|" + "---|" * (top + 1) + "---|---|---|---|---|"]
     for i, gid in enumerate(keep):
-        row = s0.loc[gid]
-        lines.append(f"| {gid} | {names[gid]} | {row['layers']} | {row['d_model']} | "
-                     + " | ".join(f"{row[f'loss{r}']:.3f}" for r in range(top + 1))
-                     + f" | {s1.loc[gid, 'loss0']:.3f} | {ref[i]:.3f} | {base0.loc[gid, 'params'] / 1e6:.0f} | "
-                       f"{base0.loc[gid, 'latency']:.2f} |")
+        r0 = s0.loc[gid]
+        lines.append(f"| {gid} | {names[gid]} | {r0['layers']} | {r0['d_model']} | "
+                     + " | ".join(f"{r0[f'loss{r}']:.3f}" for r in range(top + 1))
+                     + f" | {s1.loc[gid, f'loss{top}'] if gid in s1.index else float('nan'):.3f} | "
+                       f"{single.loc[gid]:.3f} | {ref[i]:.3f} | "
+                       f"{zero.loc[gid, 'params'] / 1e6:.0f} | {zero.loc[gid, 'latency']:.2f} |")
     lines += ["", "![proxy fidelity](proxy_fidelity.png)"]
-    md = "\n".join(lines) + "\n"
-    plot(out / "proxy_fidelity.png", s0, ref, ladder, cum, default, args.reference_mult)
-    print(write_text(out / "proxy_fidelity.md", md).read_text(), flush=True)
+    plot(out / "proxy_fidelity.png", published, ref, ngram, ag[f"rung{top}"], ladder, ref_tokens)
+    print(write_text(out / "proxy_fidelity.md", "\n".join(lines) + "\n").read_text(), flush=True)
+
+    summary = {"top_rung_tokens": int(ladder[-1]), "reference_tokens": int(ref_tokens),
+               "reference_seed": int(args.reference_seed), "search_seed": search_seed, "n_genomes": len(keep),
+               "spearman": {"rung0": ag["rung0"].spearman, "top": ag[f"rung{top}"].spearman,
+                            "published": ag[f"rung{top}"].spearman,
+                            "params": ag["non-embedding parameters (more = better)"].spearman,
+                            "latency": ag["predicted latency (slower = better)"].spearman},
+               "noise_ceiling": {"top": None if top_ceiling is None else top_ceiling.spearman,
+                                 "reference": None if ref_ceiling is None else ref_ceiling.spearman},
+               "ngram_bpb": {name: round(v, 4) for name, v in ngram.items()},
+               "median_bpb": {"top": round(med_top, 4), "reference": round(med_ref, 4)}}
+    summary["spearman"] = {key: round(float(v), 4) for key, v in summary["spearman"].items()}
+    summary["noise_ceiling"] = {key: None if v is None else round(float(v), 4)
+                                for key, v in summary["noise_ceiling"].items()}
+    write_text(args.summary, json.dumps(summary, indent=2) + "\n")
 
 
-def _front_recall(rows: pd.DataFrame, ref, ladder, names_of: dict) -> str:
+def _front_recall(rows: pd.DataFrame, ref: np.ndarray, ladder, names_of: dict) -> str:
     """What a search on these genomes would publish, next to the reference's own loss-latency front."""
     from flashsearch.pareto import pareto_mask
 
-    from experiments.lib.ladder import replay_promotions
-
-    if ladder is None:
-        return ""
     top = len(ladder.tokens) - 1
     results = replay_promotions(rows, ladder)
     at_top = sorted({r.candidate for r in results if r.rung == top})
@@ -249,62 +329,16 @@ def _front_recall(rows: pd.DataFrame, ref, ladder, names_of: dict) -> str:
                 label(i) + (" [published]" if i in published else "") for i in sorted(ref_front)) + ".")
 
 
-def _reference_ceiling(rows: pd.DataFrame, seed: int, other: int, ids: list[str], s0: pd.DataFrame, top: int,
-                       k: int, tokens: int, full_cost_min: float) -> list[str]:
-    """The reference against itself under another seed, on the subset trained twice, beside the top rung's
-    agreement with it on the same subset (so the two numbers share their genomes)."""
-    ok = rows[rows["error"] == ""]
-    a = ok[ok["seed"] == seed].set_index("genome_id")["loss"]
-    b = ok[ok["seed"] == other].set_index("genome_id")["loss"]
-    ids = [i for i in ids if i in a.index and i in b.index and i in s0.index]
-    if len(ids) < 3:
-        return ["", f"The reference's own seed-to-seed agreement: only {len(ids)} genomes trained twice so far."]
-    kk = min(k, len(ids))
-    self_ag = rank_agreement(a.loc[ids].to_numpy(), b.loc[ids].to_numpy(), k=kk)
-    top_ag = rank_agreement(s0.loc[ids, f"loss{top}"].to_numpy(), a.loc[ids].to_numpy(), k=kk)
-    return [f"| reference, {len(ids)} cheapest genomes (seed {seed} vs {other}) | {tokens:,} | {self_ag.spearman:.3f} "
-            f"[{self_ag.spearman_ci[0]:.2f}, {self_ag.spearman_ci[1]:.2f}] | {self_ag.kendall:.3f} | "
-            f"{self_ag.top_k_overlap * kk:.0f}/{kk} |", "",
-            f"On those {len(ids)} genomes the top rung ranks the seed-{seed} reference at Spearman "
-            f"{top_ag.spearman:.3f} [{top_ag.spearman_ci[0]:.2f}, {top_ag.spearman_ci[1]:.2f}]. A second reference "
-            f"seed for every genome (`reference_seeds=[{seed},{other}]`, averaged) costs another "
-            f"{full_cost_min:.0f} CPU-min."]
-
-
-def _versus_baseline(name: str, gap: float, lo: float, hi: float) -> str:
-    where = f"{gap:+.3f} Spearman (paired bootstrap [{lo:+.2f}, {hi:+.2f}])"
-    if lo > 0:
-        return f"It beats the better zero-cost baseline ({name}) by {where}, an interval clear of zero."
-    if gap > 0:
-        return (f"It is ahead of the better zero-cost baseline ({name}) by {where}, but that interval includes "
-                "zero: not a clear win.")
-    return f"It does NOT beat the better zero-cost baseline ({name}): {where}."
-
-
-def _ladder_tokens_trained(ladder: list[int], decay_fraction: float) -> float:
-    """Tokens one genome trains through the ladder: each rung continues from where the one below began its decay
-    (the last decay_fraction of its steps; proxies/quality/short_train.py), so it retrains that rung's decay."""
-    return ladder[0] + sum(t - (1.0 - decay_fraction) * prev for prev, t in zip(ladder, ladder[1:]))
-
-
-def plot(path: Path, s0: pd.DataFrame, ref, ladder, cum, default, mult: float) -> None:
+def plot(path: Path, published: np.ndarray, ref: np.ndarray, ngram: dict[str, float], agreement, ladder: list[int],
+         ref_tokens: int) -> None:
     plt = pyplot()
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.3))
-    a1.scatter(s0["loss0"], ref, s=22)
-    a1.set_xlabel(f"rung 0 loss, {ladder[0]:,} tokens (bits/byte)")
-    a1.set_ylabel(f"reference loss, {mult:g}x tokens (bits/byte)")
-    a1.set_title(f"default vs reference: Spearman {default.spearman:.2f}, Kendall {default.kendall:.2f}")
-    for r in range(len(ladder)):
-        ag = rank_agreement(s0[f"loss{r}"].to_numpy(), ref)
-        lo, hi = ag.spearman_ci
-        a2.errorbar([cum[r]], [ag.spearman], yerr=[[max(0.0, ag.spearman - lo)], [max(0.0, hi - ag.spearman)]],
-                    fmt="o", capsize=3)
-        a2.annotate(f"rung {r} ({ladder[r]:,})", (cum[r], ag.spearman), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
-    a2.axhline(FIDELITY_BAR, color="grey", ls="--", lw=1)
-    a2.set_xscale("log")
-    a2.set_xlabel("CPU seconds per genome (rungs below included)")
-    a2.set_ylabel("Spearman vs reference")
-    a2.set_title("the ladder: fidelity vs cost")
+    fig, ax = plt.subplots(figsize=(6.2, 4.8))
+    ax.scatter(published, ref, s=24)
+    for name, value in ngram.items():
+        if value < max(published.max(), ref.max()) + 0.3:
+            ax.axvline(value, color="0.6", lw=0.8, ls="--")
+            ax.text(value, ref.min(), f" byte {name}", rotation=90, va="bottom", fontsize=8, color="0.4")
+    ax.set_xlabel(f"published score: top rung, {ladder[-1]:,} tokens (bits/byte)")
+    ax.set_ylabel(f"reference, {ref_tokens:,} tokens (bits/byte)")
+    ax.set_title(f"Spearman {agreement.spearman:.2f}, Kendall {agreement.kendall:.2f} ({len(ref)} genomes)")
     save_figure(fig, path)
-

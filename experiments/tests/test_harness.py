@@ -4,6 +4,8 @@ themselves are not tests). Run with `python -m pytest experiments/tests` or `pyt
 
 from __future__ import annotations
 
+import json
+
 import itertools
 
 import numpy as np
@@ -136,6 +138,9 @@ def test_run_jobs_writes_rows_and_resumes(tmp_path, capsys):
     assert (rows["error"] == "").all() and np.isfinite(rows["loss"]).all()
     assert set(rows["note"]) == {"x"}
     assert (rows["cpu_seconds"] > 0).all()  # process time: the cost, whatever else shares the cores
+    for tokens, curve in zip(rows["tokens"], rows["curve"]):   # every training keeps its curve, to its last step
+        points = json.loads(curve)
+        assert points[-1][0] == tokens // (4 * 128) and all(np.isfinite(v) for _, v in points)
     before = pd.read_csv(path)
     capsys.readouterr()
     again = run_jobs(jobs, path, workers=2)  # everything cached: nothing retrained, same numbers
@@ -215,6 +220,9 @@ def test_run_ladders_continues_rungs_caches_and_keys_by_ladder(tmp_path, capsys)
     assert np.isfinite(rows[["loss0", "loss1"]].to_numpy()).all()
     assert (rows["loss1"] < rows["loss0"]).all()  # the second rung continued training: lower loss
     assert (rows["cpu1"] > 0).all()
+    for curve in rows["curve"]:  # the top rung's curve holds the whole run, rung 0's steps included
+        points = json.loads(curve)
+        assert points[-1][0] == 2048 // (4 * 128) and all(np.isfinite(v) for _, v in points)
     capsys.readouterr()
     again = run_ladders([(TINY, "tiny")], proxy, (1024, 2048), [0, 1], path, workers=2)
     assert "0 to train" in capsys.readouterr().err
@@ -223,3 +231,14 @@ def test_run_ladders_continues_rungs_caches_and_keys_by_ladder(tmp_path, capsys)
     assert other.empty  # another ladder's rows are not mistaken for this one's
     changed = run_ladders([(TINY, "tiny")], {"eval_batches": 2}, (1024, 2048), [0], path, workers=1, train=False)
     assert changed.empty  # nor another proxy setting's
+
+
+def test_run_ladders_extends_a_cache_from_before_curves(tmp_path):
+    from experiments.lib.ladder import CURVE, run_ladders
+
+    path = tmp_path / "ladders.csv"
+    run_ladders([(TINY, "tiny")], {"eval_batches": 1}, (1024, 2048), [0], path, workers=1)
+    old = pd.read_csv(path).drop(columns=[CURVE])
+    old.to_csv(path, index=False)
+    rows = run_ladders([(TINY, "tiny")], {"eval_batches": 1}, (1024, 2048), [0, 1], path, workers=1)
+    assert sorted(rows["seed"]) == [0, 1] and list(pd.read_csv(path).columns) == list(old.columns)

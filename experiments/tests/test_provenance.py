@@ -6,12 +6,13 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
 from experiments.lib.cachekey import digest, proxy_digest, proxy_fingerprint
 from experiments.lib.provenance import (git_revision, header_lines, provenance, sidecar_path, write_sidecars)
-from experiments.lib.studies import EXPERIMENTS, missing_provenance, result_files, study_names
+from experiments.lib.studies import EXPERIMENTS, missing_provenance, result_files, settings_of, study_names
 
 
 def test_revision_is_a_commit_marked_dirty_when_the_tree_is():
@@ -56,10 +57,18 @@ def test_every_committed_result_names_its_revision(name):
 
 
 def test_every_results_folder_belongs_to_a_study():
-    """A result can only live beside the script and settings that produce it."""
-    folders = {p.parent.name for p in EXPERIMENTS.glob("**/results") if p.is_dir()}
-    assert folders <= set(study_names())
+    """A result can only live beside the script and settings that produce it; experiments/results holds only the
+    summaries a study's `summary` setting writes for tools (e.g. proxy_fidelity.json), each naming its revision."""
+    folders = {p.parent for p in EXPERIMENTS.glob("**/results") if p.is_dir()}
+    assert {f.name for f in folders - {EXPERIMENTS}} <= set(study_names())
     assert sum(len(result_files(name)) for name in study_names()) >= 30
+    summaries = {Path(str(getattr(settings_of(n), "summary", ""))).name for n in study_names()} - {""}
+    for path in (EXPERIMENTS / "results").glob("*"):
+        if path.name.endswith(".meta.json"):
+            continue
+        assert path.name in summaries, f"{path} is no study's summary"
+        side = json.loads(sidecar_path(path).read_text())
+        assert str(side["files"][path.name]).strip(), f"{path} does not name its revision"
 
 
 # ---- cache keys --------------------------------------------------------------------------------------------

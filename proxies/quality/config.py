@@ -60,8 +60,13 @@ class ShortTrainConfig:
     seq_len: int = 128
     batch_size: int = 4
     lr: float = 3e-3
+    # muP-style width scaling: the hidden matrices train at lr x lr_width_base / proxy d_model (Adam's update size
+    # is set per entry, so a wider matrix moves its outputs more at one lr); embeddings keep lr. None: one lr.
+    lr_width_base: Optional[int] = None
     min_lr_ratio: float = 0.1                       # the schedule ends at min_lr_ratio x lr
-    warmup_fraction: float = 0.1                    # share of the steps (of the first rung on a ladder)
+    warmup_fraction: float = 0.1                    # share of the steps (of the top rung's on a ladder, capped
+                                                    # inside the first rung)
+    warmup_steps: Optional[int] = None              # the warmup in steps instead (a ladder caps it inside rung 0)
     decay_fraction: float = 0.2                     # warmup-stable-decay: share of each rung's steps that decays
     weight_decay: Optional[float] = None            # None: 0.1, or 0 with weight_norm (it fixes the norms)
     weight_norm: bool = False                       # normalize the weight matrices after every step
@@ -99,7 +104,7 @@ class ShortTrainConfig:
         _int("seq_len", self.seq_len, 2)
         _int("meta_tokens", self.meta_tokens, 0)
         _int("seed", self.seed, None)
-        for key in ("swa_reference_context", "threads"):
+        for key in ("swa_reference_context", "threads", "warmup_steps", "lr_width_base"):
             if getattr(self, key) is not None:
                 _int(key, getattr(self, key))
         put("lr", _number("lr", self.lr, 0.0, 1e38))

@@ -1,7 +1,7 @@
 """Learning-rate schedules of the short-training proxy, as multipliers of the peak LR per step (0-based).
 
 One budget trains under warmup + cosine. A multi-fidelity ladder (budget.ladder) trains every rung under
-warmup-stable-decay sharing the warmup and the stable phase, so rung k+1 can continue from the checkpoint taken
+warmup-stable-decay sharing the warmup (sized to the top rung) and the stable phase, so rung k+1 can continue from the checkpoint taken
 where rung k's decay began and end exactly where an uninterrupted run to rung k+1 would (a cosine depends on the
 total length from the first step, so it cannot be continued).
 """
@@ -55,14 +55,20 @@ class WarmupStableDecay:
 
 
 def schedule_for(budget: Budget, tokens_per_step: int, warmup_fraction: float, decay_fraction: float,
-                 min_ratio: float) -> tuple[WarmupCosine | WarmupStableDecay, int | None]:
+                 min_ratio: float, warmup_steps: int | None = None
+                 ) -> tuple[WarmupCosine | WarmupStableDecay, int | None]:
     """The schedule of a training of budget.tokens, and its rung index on budget.ladder (None without a ladder).
 
-    On a ladder the warmup is a share of the FIRST rung (capped so that rung still has a decay), so every rung
-    warms up and holds the peak identically; each rung decays over decay_fraction of its own steps."""
+    On a ladder every rung warms up and holds the peak identically, and each decays over decay_fraction of its own
+    steps. The warmup is warmup_fraction of the TOP rung's steps, as long as one plain run of the top rung's
+    tokens would warm up, capped so that the first rung still has its decay: with a warmup sized to the first rung
+    instead (a tenth of the top run's), the ladder's top rung ranked genomes less like the plain run than a
+    reseeded plain run does (Spearman 0.76 against 0.93 with the long warmup, ladder_diagnosis).
+    warmup_steps, when given, replaces the share (still capped on a ladder)."""
     steps = int(budget.tokens) // tokens_per_step
     if not budget.ladder:
-        return WarmupCosine(steps, max(1, round(warmup_fraction * steps)), min_ratio), None
+        warmup = round(warmup_fraction * steps) if warmup_steps is None else min(warmup_steps, steps)
+        return WarmupCosine(steps, max(1, warmup), min_ratio), None
     ladder = tuple(int(t) for t in budget.ladder)
     if int(budget.tokens) not in ladder:
         raise FlashsearchError(f"budget.tokens={budget.tokens} is not a rung of budget.rungs={list(ladder)}")
@@ -71,7 +77,9 @@ def schedule_for(budget: Budget, tokens_per_step: int, warmup_fraction: float, d
         raise FlashsearchError(f"budget.rungs[0]={ladder[0]} is less than two steps of short_train "
                                f"(batch_size x seq_len = {tokens_per_step}); raise the first rung")
     decay = max(1, round(decay_fraction * steps))
-    warmup = max(1, min(round(warmup_fraction * first), first - max(1, round(decay_fraction * first))))
+    top = ladder[-1] // tokens_per_step
+    wanted = round(warmup_fraction * top) if warmup_steps is None else warmup_steps
+    warmup = max(1, min(wanted, first - max(1, round(decay_fraction * first))))
     return WarmupStableDecay(steps, warmup, decay, min_ratio), ladder.index(int(budget.tokens))
 
 

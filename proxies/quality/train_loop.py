@@ -89,11 +89,19 @@ def build_model(cfg: ShortTrainConfig, pg: Genome, seed: int) -> tuple[torch.nn.
 
 
 def optimizer(cfg: ShortTrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW with weight decay on the matrices only."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    """AdamW with weight decay on the matrices only. Each group's `lr_scale` multiplies the scheduled LR: with
+    cfg.lr_width_base the hidden matrices (every matrix but the tied embedding) get lr_width_base / d_model."""
+    embed = {id(p) for name, p in model.named_parameters() if name.startswith(("embed.", "meta"))}
+    matrices = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    hidden = [p for p in matrices if id(p) not in embed]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.effective_weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    d_model = model.genome.d_model if hasattr(model, "genome") else None
+    width_scale = cfg.lr_width_base / d_model if cfg.lr_width_base and d_model else 1.0
+    wd = cfg.effective_weight_decay
+    groups = [{"params": [p for p in matrices if id(p) in embed], "weight_decay": wd, "lr_scale": 1.0},
+              {"params": hidden, "weight_decay": wd, "lr_scale": width_scale},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    groups = [g for g in groups if g["params"]]
     try:  # the fused kernel is much cheaper than the per-tensor loop for a few hundred small tensors
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=True)
     except (RuntimeError, TypeError):
@@ -140,7 +148,7 @@ def _check_time(dp: DataParallel | None, *args: float) -> None:
 def rung_schedule(cfg: ShortTrainConfig, budget: Budget) -> tuple[WarmupCosine | WarmupStableDecay, int | None]:
     """The LR schedule of a training of budget.tokens under cfg, and its rung index (None: one budget)."""
     return schedule_for(budget, cfg.batch_size * cfg.seq_len, cfg.warmup_fraction, cfg.decay_fraction,
-                        cfg.min_lr_ratio)
+                        cfg.min_lr_ratio, cfg.warmup_steps)
 
 
 def _checkpoints(cfg: ShortTrainConfig, budget: Budget, genome_id: str, seed: int, rung: int | None
@@ -219,7 +227,7 @@ def train(cfg: ShortTrainConfig, genome_id: str, pg: Genome, budget: Budget, see
     t_train, c_train = time.perf_counter(), own_seconds(cfg.device)
     for step in range(start, steps):
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * schedule(step)
+            group["lr"] = cfg.lr * group.get("lr_scale", 1.0) * schedule(step)
         batch = sampler.sample().to(cfg.device)                      # [B, T+1] (B / world_size per rank)
         with torch.autocast(device_type=device_type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             logits = net(batch[:, :-1])                              # [B, T, vocab]

@@ -10,6 +10,7 @@ one cache, an interrupted study trains only what is missing, and a changed proxy
 from __future__ import annotations
 
 import csv
+import json
 import multiprocessing as mp
 import sys
 import tempfile
@@ -26,6 +27,7 @@ from flashsearch.genome import Genome
 REFERENCE_ARCHITECTURES = ("search_spaces/reference/nemotron_flash_1b.yaml",
                            "search_spaces/reference/gated_deltanet_ffn_1b.yaml")
 KEY_COLUMNS = ["genome_id", "seed", "ladder", "settings"]
+CURVE = "curve"  # JSON [[step, bits/byte], ...]; caches written before it have no such column
 
 
 def study_genomes(config_path: str, n_random: int, seed: int = 0,
@@ -78,6 +80,8 @@ def _train_ladder(wired: tuple) -> dict[str, Any]:
             t0 = time.process_time()
             r = proxy.evaluate(g, Budget(tokens=t, ladder=tuple(tokens), checkpoint_dir=ckpt))
             row[f"loss{k}"], row[f"cpu{k}"] = float(r.loss), round(time.process_time() - t0, 2)
+    # the top rung's curve holds the whole run (a continued rung carries the curve of the rungs below)
+    row[CURVE] = json.dumps([[int(a), round(float(b), 4)] for a, b in r.curve])
     return row
 
 
@@ -90,7 +94,10 @@ def run_ladders(genomes: Sequence[tuple[Genome, str]], proxy: Mapping[str, Any],
     key = ladder_key(tokens, device)
     fields = KEY_COLUMNS + ["name", "layers", "d_model"] + [f"{p}{k}" for k in range(len(tokens))
                                                           for p in ("loss", "cpu")]
+    fields.append(CURVE)
     done = _read(path) if path.exists() else pd.DataFrame(columns=fields)
+    if len(done) and list(done.columns) == fields[:-1]:
+        fields = fields[:-1]  # a cache from before curves were kept: append in its own columns
     if list(done.columns) != fields and len(done):
         why = ("predates settings hashes in cache keys, so its rows cannot be matched to the settings that made "
                "them" if "settings" not in done.columns else f"holds another ladder's columns ({list(done.columns)})")
@@ -105,7 +112,7 @@ def run_ladders(genomes: Sequence[tuple[Genome, str]], proxy: Mapping[str, Any],
         started = time.perf_counter()
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", newline="") as f, mp.get_context("spawn").Pool(workers) as pool:
-            w = csv.DictWriter(f, fieldnames=fields)
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if f.tell() == 0:
                 w.writeheader()
             for i, row in enumerate(pool.imap_unordered(_train_ladder, todo), start=1):

@@ -90,6 +90,8 @@ def run_study(name: str, overrides: Sequence[str] = (), quick: bool = False) -> 
     out = Path(settings.out)
     candidates = list(out.glob("*")) if out.is_dir() else []
     # caches a study extends outside its out folder (proxy_fidelity's ladder_cache) get their revision too
-    candidates += [Path(v) for v in as_dict(settings).values() if isinstance(v, str) and v and Path(v).is_file()]
+    # (not the YAML configs a study reads: one edited while it ran is an input, not a result)
+    candidates += [Path(v) for v in as_dict(settings).values() if isinstance(v, str) and v and Path(v).is_file()
+                   and Path(v).suffix not in (".yaml", ".yml")]
     fresh = {p for p in candidates if p.is_file() and not p.name.startswith(".") and p.stat().st_mtime >= started}
     return write_sidecars(sorted(fresh), meta)

@@ -222,7 +222,8 @@ class DataConfig:
         given = [k for k in ("path", "corpus", "tokenizer") if getattr(self, k) is not None]
         _need(self.shards is None or not given,
               f"data.shards and data.{given[0] if given else ''} are both set; the shards already fix the text and "
-              "its tokenizer: keep data.shards alone, or drop it to tokenize data.path / data.corpus")
+              f"its tokenizer: keep data.shards alone (add data.{given[0] if given else ''}=null to a command line "
+              "that sets data.shards), or drop it to tokenize data.path / data.corpus")
 
 
 @dataclass(frozen=True)

@@ -186,10 +186,12 @@ def test_a_run_config_passes_the_shards_to_the_proxy(data: dict[str, Path]) -> N
     from flashsearch.builders import build_quality
     from flashsearch.config import load_config
 
-    proxy = build_quality(load_config(HYBRID_YAML, [f"data.shards={data['bpe']}"]))
+    with pytest.raises(FlashsearchError, match=r"data.shards and data.tokenizer are both set.*data.tokenizer=null"):
+        load_config(HYBRID_YAML, [f"data.shards={data['bpe']}"])     # the shipped YAML names our BPE
+    proxy = build_quality(load_config(HYBRID_YAML, [f"data.shards={data['bpe']}", "data.tokenizer=null"]))
     assert proxy.config.shards == str(data["bpe"]) and proxy.vocab_size == TokenShards(data["bpe"]).vocab_size
     with pytest.raises(FlashsearchError, match="data.shards and data.corpus are both set"):
-        load_config(HYBRID_YAML, [f"data.shards={data['bpe']}", "data.corpus=pydoc"])
+        load_config(HYBRID_YAML, [f"data.shards={data['bpe']}", "data.tokenizer=null", "data.corpus=pydoc"])
     with pytest.raises(FlashsearchError, match="quality.shards is set, and so is quality.tokenizer"):
         ShortTrain(shards=str(data["bpe"]), tokenizer="bpe")
 
@@ -197,7 +199,8 @@ def test_a_run_config_passes_the_shards_to_the_proxy(data: dict[str, Path]) -> N
 def test_a_run_on_missing_shards_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from flashsearch.cli import main
 
-    code = main(["run", HYBRID_YAML, f"data.shards={tmp_path / 'nowhere'}", f"out_dir={tmp_path / 'run'}"])
+    code = main(["run", HYBRID_YAML, f"data.shards={tmp_path / 'nowhere'}", "data.tokenizer=null",
+                 f"out_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: shards folder") and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()

@@ -293,12 +293,13 @@ def test_continuing_across_rungs_gives_the_schedule_of_one_run(tokens_per_step: 
 def test_a_ladder_warms_up_like_one_run_of_its_top_rung_within_rung_0() -> None:
     from flashsearch.proxies.quality.schedules import schedule_for
 
-    ladder = (30 * 8, 90 * 8, 270 * 8)
+    ladder = (30 * 8, 90 * 8)
     single = schedule_for(Budget(tokens=ladder[-1]), 8, 0.1, 0.2, 0.1)[0]
     rungs = [schedule_for(Budget(tokens=t, ladder=ladder), 8, 0.1, 0.2, 0.1)[0] for t in ladder]
-    assert single.warmup == 27 and {s.warmup for s in rungs} == {single.warmup}
-    short = (10 * 8, 30 * 8, 90 * 8)                 # the top run's warmup (9) does not fit rung 0 with its decay
-    assert {schedule_for(Budget(tokens=t, ladder=short), 8, 0.1, 0.2, 0.1)[0].warmup for t in short} == {8}
+    assert single.warmup == 9 and {s.warmup for s in rungs} == {single.warmup}
+    # eta 3, three rungs (the shipped ladder): the top run's 27 warmup steps do not fit rung 0 with its 6-step decay
+    shipped = (30 * 8, 90 * 8, 270 * 8)
+    assert {schedule_for(Budget(tokens=t, ladder=shipped), 8, 0.1, 0.2, 0.1)[0].warmup for t in shipped} == {24}
 
 
 def test_warmup_steps_replace_the_share_and_stay_inside_rung_0() -> None:

@@ -387,7 +387,8 @@ def cached_shards(input_spec: str, tokenizer: str, text_field: str = "text", val
     request = _request(open_source(input_spec, text_field), tok, config)
     key = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
     out = cache_dir() / "shards" / f"{tok.name.rsplit('/', 1)[-1]}-{key}"
-    prepare(input_spec, out, tok, config, progress)
+    if _up_to_date(out, request) is None:  # a cache hit says nothing (every run and worker reads it)
+        prepare(input_spec, out, tok, config, progress)
     return out
 
 

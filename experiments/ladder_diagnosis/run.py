@@ -12,7 +12,7 @@ target, one plain warmup-cosine run (what ranked 4x longer training at Spearman 
 Reported per arm: its agreement with the target (Spearman, Kendall, with bootstrap intervals), the mean and spread
 of its loss minus the target's, and the target's own agreement with itself under another seed (the noise
 ceiling: an arm that agrees with the target as well as a reseed does ranks as well as the target). The ladder arms
-also report how their rung 0 and rung 1 rank the top rung, and the log-budget extrapolation of rungs 1 and 2.
+also report how their lower rungs rank their own top rung.
 
     python -m experiments run ladder_diagnosis           # ~50 CPU-min on the default ladder
     python -m experiments run ladder_diagnosis --quick   # smoke run
@@ -20,7 +20,6 @@ also report how their rung 0 and rung 1 rank the top rung, and the log-budget ex
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from flashsearch.errors import FlashsearchError
-
-from experiments.lib.common import default_proxy, describe_proxy, sample_genomes, search_ladder
+from experiments.lib.common import describe_proxy, sample_genomes, study_ladder
 from experiments.lib.jobs import TrainJob, run_jobs
 from experiments.lib.ladder import run_ladders, study_genomes
 from experiments.lib.output import header, write_text
@@ -94,18 +91,7 @@ def main(args: Settings, meta: dict) -> None:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from flashsearch.config import load_config
-    from flashsearch.proxies.quality.config import ShortTrainConfig
-
-    cfg = load_config(args.config)
-    ladder = search_ladder(cfg)
-    if ladder is None:
-        raise FlashsearchError(f"ladder_diagnosis: {args.config} is not a multi-fidelity search")
-    tokens = [max(1, round(t * args.scale)) for t in ladder.tokens]
-    base, _ = default_proxy(args.config)
-    proxy_cfg = ShortTrainConfig.from_options(**base)
-    per_step = proxy_cfg.batch_size * proxy_cfg.seq_len
-    tokens = [max(2, t // per_step) * per_step for t in tokens]
+    _, tokens, base, per_step = study_ladder(args.config, args.scale, "ladder_diagnosis")
     fidelity = {g.id for g, _ in study_genomes(args.config, 24, 0)}
     genomes = [g for g in sample_genomes(args.config, args.genomes + 8, args.draw_seed) if g.id not in fidelity]
     genomes = sorted(genomes[:args.genomes], key=lambda g: (g.n_layers, g.d_model))
@@ -156,6 +142,15 @@ def main(args: Settings, meta: dict) -> None:
         d = v[ok] - target[ok]
         lines.append(f"| {a.name} | {a.why} | {ag_text} | {kt} | {np.nanmean(v):.3f} | "
                      f"{d.mean():+.3f}, {d.std():.3f} |")
+    ladders = [a for a in every if a.kind == "ladder"]
+    lines += ["", "How each ladder's lower rungs rank its own top rung (Spearman):", "",
+              "| arm | " + " | ".join(f"rung {k} ({tokens[k]:,})" for k in range(len(tokens) - 1)) + " |",
+              "|---|" + "---|" * (len(tokens) - 1)]
+    for a in ladders:
+        top = losses[a.name]["top"].to_numpy()
+        lines.append(f"| {a.name} | " + " | ".join(
+            f"{rank_agreement(losses[a.name][f'rung{k}'].to_numpy(), top).spearman:.3f}"
+            for k in range(len(tokens) - 1)) + " |")
     lines += ["", "Per genome (bits/byte at the top rung's tokens):", "",
               "| genome | layers | d_model | " + " | ".join(a.name for a in every) + " |",
               "|---|---|---|" + "---|" * len(every)]

@@ -52,3 +52,20 @@ def describe_proxy(kwargs: dict[str, Any]) -> str:
 def search_ladder(cfg):
     """The multi-fidelity Ladder a search with this config trains (None for single fidelity)."""
     return cfg.ladder()
+
+
+def study_ladder(config_path: str, scale: float, study: str) -> tuple[Any, list[int], dict[str, Any], int]:
+    """(the search's Ladder, its rungs x scale in whole proxy steps, the proxy's keyword arguments, tokens per
+    step) for a study that trains the YAML's ladder; a single-fidelity YAML is a one-line error naming `study`."""
+    from flashsearch.config import load_config
+    from flashsearch.errors import FlashsearchError
+    from flashsearch.proxies.quality.config import ShortTrainConfig
+
+    ladder = search_ladder(load_config(config_path))
+    if ladder is None:
+        raise FlashsearchError(f"{study}: {config_path} is not a multi-fidelity search")
+    kwargs, _ = default_proxy(config_path)
+    proxy = ShortTrainConfig.from_options(**kwargs)
+    per_step = proxy.batch_size * proxy.seq_len
+    tokens = [max(2, round(t * scale) // per_step) * per_step for t in ladder.tokens]
+    return ladder, tokens, kwargs, per_step

@@ -37,7 +37,7 @@ import pandas as pd
 
 from flashsearch.errors import FlashsearchError
 
-from experiments.lib.common import default_proxy, describe_proxy, search_ladder
+from experiments.lib.common import describe_proxy, study_ladder
 from experiments.lib.jobs import TrainJob, run_jobs, training_time
 from experiments.lib.ladder import replay_promotions, run_ladders, study_genomes, zero_cost_baselines
 from experiments.lib.ngram import ORDERS, Ngram
@@ -102,20 +102,10 @@ def main(args: Settings, meta: dict) -> None:
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    from flashsearch.config import load_config
-    from flashsearch.proxies.quality.config import ShortTrainConfig
-
-    cfg = load_config(args.config)
-    base = search_ladder(cfg)
-    if base is None:
-        raise FlashsearchError(f"proxy_fidelity: {args.config} is not a multi-fidelity search")
     if args.reference_mult < 1:
         raise FlashsearchError("proxy_fidelity: reference_mult must be >= 1 (the reference trains longer)")
-    kwargs, _ = default_proxy(args.config)
+    base, ladder, kwargs, per_step = study_ladder(args.config, args.scale, "proxy_fidelity")
     kwargs["device"] = args.device
-    per_step = ShortTrainConfig.from_options(**{k: v for k, v in kwargs.items() if k != "device"}).batch_size \
-        * ShortTrainConfig.from_options(**{k: v for k, v in kwargs.items() if k != "device"}).seq_len
-    ladder = [max(2, round(t * args.scale) // per_step) * per_step for t in base.tokens]
     top = len(ladder) - 1
     ref_tokens = int(round(args.reference_mult * ladder[-1] / per_step)) * per_step
     genomes = study_genomes(args.config, args.genomes, 0)

@@ -88,3 +88,19 @@ def test_digest_ignores_speed_only_settings_and_sees_the_rest():
     assert proxy_digest({"seed": 0}, 2048) != base
     assert proxy_digest({"seed": 0, "fast": False}, 1024) != base
     assert digest({"a": 1, "b": 2}) == digest({"b": 2, "a": 1})
+
+
+def test_the_fidelity_summary_has_exactly_the_keys_tools_read():
+    """experiments/results/proxy_fidelity.json is a contract (issue 25): these keys, numbers where they are."""
+    summary = json.loads((EXPERIMENTS / "results" / "proxy_fidelity.json").read_text())
+    assert set(summary) == {"top_rung_tokens", "reference_tokens", "reference_seed", "search_seed", "n_genomes",
+                            "spearman", "noise_ceiling", "ngram_bpb", "median_bpb"}
+    assert set(summary["spearman"]) == {"rung0", "top", "published", "params", "latency"}
+    assert set(summary["noise_ceiling"]) == {"top", "reference"}
+    assert set(summary["ngram_bpb"]) == {"unigram", "bigram", "trigram"}
+    assert set(summary["median_bpb"]) == {"top", "reference"}
+    assert summary["reference_tokens"] >= 4 * summary["top_rung_tokens"] > 0
+    assert summary["reference_seed"] != summary["search_seed"] and summary["n_genomes"] >= 24
+    for group in ("spearman", "ngram_bpb", "median_bpb"):
+        assert all(isinstance(v, float) for v in summary[group].values()), group
+    assert summary["ngram_bpb"]["unigram"] > summary["ngram_bpb"]["bigram"] > summary["ngram_bpb"]["trigram"]

@@ -174,6 +174,30 @@ def test_driver_runs_the_ladder_with_every_sampler(name) -> None:
     assert df["rung"].notna().all()
 
 
+def test_baseline_samplers_see_one_entry_per_trial_number_and_no_promotion() -> None:
+    """Optuna's GA samplers index the unfiltered trial list by trial number: the screening view must keep every
+    position (a promotion as a FAILed copy), or NSGA-II fails with an IndexError once a promotion runs."""
+    from flashsearch.search import attrs
+    from flashsearch.search.rungs import _ScreeningStudy
+
+    study = make_study(optuna.samplers.RandomSampler(seed=0))
+    for i in range(3):
+        study.tell(study.ask(), [float(i), 1.0])
+    promo = study.ask()
+    promo.set_user_attr(attrs.RUNG, 1)
+    promo.set_user_attr(attrs.CANDIDATE, 0)                  # still running, as while its longer training runs
+    study.tell(study.ask(), [5.0, 1.0])
+    view = _ScreeningStudy(study)
+    every = view._get_trials(deepcopy=False, use_cache=True)
+    assert [t.number for t in every] == list(range(5))
+    assert every[3].state == TrialState.FAIL and study.trials[3].state == TrialState.RUNNING  # a copy
+    done = view.get_trials(states=(TrialState.COMPLETE,))
+    assert [t.number for t in done] == [0, 1, 2, 4]
+    nsga = ScreeningOnly(optuna.samplers.NSGAIISampler(population_size=2, seed=0))
+    study.sampler = nsga
+    study.tell(study.ask(), [0.5, 0.5])                      # samples with the promotion still running
+
+
 def test_aging_population_has_one_member_per_candidate_compared_at_equal_rungs() -> None:
     study = make_study(AgingEvolutionSampler(SPACE, population=6, sample_size=3, seed=0))
     run_search(study, SPACE, RungEval(), run_config(12, 2, ladder=LADDER))
@@ -200,7 +224,10 @@ def test_baselines_see_screening_trials_only() -> None:
     from flashsearch.search.rungs import _ScreeningStudy
 
     view = _ScreeningStudy(study)
-    assert len(view._get_trials(deepcopy=False)) == 9 < len(study.get_trials(deepcopy=False))
+    every = view._get_trials(deepcopy=False)
+    assert len(every) == len(study.get_trials(deepcopy=False)) > 9            # one entry per trial number
+    assert sum(t.state == TrialState.COMPLETE for t in every) == 9            # of which the screenings count
+    assert len(view.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) == 9
 
 
 def test_single_fidelity_is_unchanged() -> None:

@@ -21,6 +21,7 @@ Pareto front, exports and hypervolume use the top rung alone (flashsearch/pareto
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -179,12 +180,26 @@ class _ScreeningStudy:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
+    @staticmethod
+    def _screening(trials: list[FrozenTrial], states: Any) -> list[FrozenTrial]:
+        """Without a state filter the list keeps one entry per trial NUMBER (Optuna's GA samplers index it by
+        trial number): a promotion appears as a FAILed copy, which no sampler learns from. With one, promotions
+        are left out."""
+        if states is not None:
+            return [t for t in trials if not is_promotion(t)]
+        out = []
+        for t in trials:
+            if is_promotion(t):
+                t = copy.copy(t)
+                t.state = TrialState.FAIL
+            out.append(t)
+        return out
+
     def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        return [t for t in trials if not is_promotion(t)]
+        return self._screening(self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache), states)
 
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if not is_promotion(t)]
+        return self._screening(self._study.get_trials(deepcopy=deepcopy, states=states), states)
 
     @property
     def trials(self) -> list[FrozenTrial]:

@@ -44,11 +44,11 @@ class Arm:
     seed: int = 0
 
 
-def arms(top_steps: int, first_steps: int) -> list[Arm]:
+def arms(top_steps: int, first_steps: int, warmup_fraction: float) -> list[Arm]:
     """The arms, each one change away from the target (warmups in steps, so the arms mean the same whatever the
     code's defaults)."""
-    long_warmup = max(1, round(0.1 * top_steps))          # the target's: 10% of its steps
-    short_warmup = max(1, round(0.1 * first_steps))       # the ladder's before this study: 10% of rung 0
+    long_warmup = max(1, round(warmup_fraction * top_steps))     # the target's: its share of its steps
+    short_warmup = max(1, round(warmup_fraction * first_steps))  # the ladder's before this study: of rung 0
     return [
         Arm("target", "single", f"warmup-cosine, warmup {long_warmup} steps", {"warmup_steps": long_warmup}),
         Arm("target, seed 1", "single", "the target under another seed: the noise ceiling",
@@ -81,9 +81,11 @@ class Settings:
 
 
 def _proxy_options(base: dict[str, Any], arm: Arm) -> dict[str, Any]:
+    from flashsearch.proxies.quality.config import ShortTrainConfig
+
     options = {**base, **arm.options, "seed": arm.seed}
     if "lr_scale" in options:
-        options["lr"] = float(base.get("lr", 3e-3)) * options.pop("lr_scale")
+        options["lr"] = ShortTrainConfig.from_options(**base).lr * options.pop("lr_scale")
     return options
 
 
@@ -96,7 +98,9 @@ def main(args: Settings, meta: dict) -> None:
     genomes = [g for g in sample_genomes(args.config, args.genomes + 8, args.draw_seed) if g.id not in fidelity]
     genomes = sorted(genomes[:args.genomes], key=lambda g: (g.n_layers, g.d_model))
     ids = [g.id for g in genomes]
-    every = arms(tokens[-1] // per_step, tokens[0] // per_step)
+    from flashsearch.proxies.quality.config import ShortTrainConfig
+
+    every = arms(tokens[-1] // per_step, tokens[0] // per_step, ShortTrainConfig.from_options(**base).warmup_fraction)
 
     losses: dict[str, pd.DataFrame] = {}
     cpu = 0.0

@@ -31,6 +31,11 @@ OPTIONAL_COLUMNS = ["cpu_seconds",  # the training's process time: its cost, wha
                     "curve"]        # its training curve, JSON [[step, bits/byte], ...] (train batches)
 
 
+def curve_json(curve: Any) -> str:
+    """A training curve [(step, bits/byte), ...] as the JSON the study CSVs keep."""
+    return json.dumps([[int(step), round(float(value), 4)] for step, value in curve])
+
+
 @dataclass(frozen=True)
 class TrainJob:
     key: str                                   # unique within a study's CSV, e.g. "ref|3f2a...|s0"
@@ -88,7 +93,7 @@ def _run_one(wired: tuple) -> dict[str, Any]:
     try:
         res = proxy.evaluate(genome, Budget(tokens=tokens))
         row.update(loss=float(res.loss), proxy_params=int(res.proxy_params), error="",
-                   curve=json.dumps([[int(a), round(float(b), 4)] for a, b in res.curve]))
+                   curve=curve_json(res.curve))
     except (TrialFailed, FlashsearchError) as e:
         row.update(loss=math.nan, proxy_params=0, error=str(e))
     row["seconds"] = round(time.perf_counter() - t0, 2)

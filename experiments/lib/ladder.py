@@ -10,7 +10,6 @@ one cache, an interrupted study trains only what is missing, and a changed proxy
 from __future__ import annotations
 
 import csv
-import json
 import multiprocessing as mp
 import sys
 import tempfile
@@ -21,6 +20,8 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from flashsearch.genome import Genome
+
+from experiments.lib.jobs import curve_json
 
 # The reference architectures a fidelity study adds to its random draws (besides the YAML's own seeds): the
 # genomes the issue and the paper compare, so the study says how they rank, not only how random draws do.
@@ -81,7 +82,7 @@ def _train_ladder(wired: tuple) -> dict[str, Any]:
             r = proxy.evaluate(g, Budget(tokens=t, ladder=tuple(tokens), checkpoint_dir=ckpt))
             row[f"loss{k}"], row[f"cpu{k}"] = float(r.loss), round(time.process_time() - t0, 2)
     # the top rung's curve holds the whole run (a continued rung carries the curve of the rungs below)
-    row[CURVE] = json.dumps([[int(a), round(float(b), 4)] for a, b in r.curve])
+    row[CURVE] = curve_json(r.curve)
     return row
 
 

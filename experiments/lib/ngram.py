@@ -80,6 +80,4 @@ class Ngram:
         return bits / max(n_bytes if n_bytes is not None else count, 1)
 
 
-ByteNgram = Ngram  # over bytes: the default alphabet
-
-__all__ = ["Ngram", "ByteNgram", "ORDERS", "DISCOUNT"]
+__all__ = ["Ngram", "ORDERS", "DISCOUNT"]

@@ -31,6 +31,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -69,17 +70,15 @@ def extrapolate(lower: np.ndarray, top: np.ndarray, t_lower: int, t_top: int, t_
     return top + (top - lower) * math.log(t_target / t_top) / math.log(t_top / t_lower)
 
 
-def ngram_baselines(kwargs: dict) -> tuple[dict[str, float], dict[str, float]]:
+def ngram_baselines(proxy: Any) -> tuple[dict[str, float], dict[str, float]]:
     """(byte, token) n-gram baselines: bits per byte of count models of the proxy's training split on the exact
     text of its validation windows (each window's first token is context, as it is for the proxy). The token
     models use the proxy's own tokenizer (empty for a byte-level proxy): what its vocabulary alone is worth."""
     from flashsearch.data.shards import TokenShards
     from flashsearch.proxies.quality.corpus import load_corpus
-    from flashsearch.proxies.quality.short_train import ShortTrain
 
-    proxy = ShortTrain(**{k: v for k, v in kwargs.items() if k != "device"})
     corpus = proxy.corpus()
-    windows = proxy._val                                   # [N, T+1] the fixed validation windows
+    windows = proxy.validation_windows()                   # [N, T+1] the fixed validation windows
     train = load_corpus(proxy.data_path, proxy.text_field, proxy.val_fraction, proxy.corpus_name).train
     byte_model = Ngram(train.numpy().tobytes(), order=max(ORDERS.values()))
     if not isinstance(corpus, TokenShards):
@@ -156,7 +155,10 @@ def main(args: Settings, meta: dict) -> None:
     zero = zero_cost_baselines(args.config, [g for g, _ in genomes]).loc[keep]
     zero_values = {"non-embedding parameters (more = better)": -zero["params"].to_numpy(dtype=float),
                    "predicted latency (slower = better)": -zero["latency"].to_numpy()}
-    ngram, token_ngram = ngram_baselines(kwargs)
+    from flashsearch.proxies.quality.short_train import ShortTrain
+
+    proxy = ShortTrain(**{key: v for key, v in kwargs.items() if key != "device"})
+    ngram, token_ngram = ngram_baselines(proxy)
     k = min(args.top_k, len(keep))
     ag = {name: rank_agreement(v, ref, k=k) for name, v in
           [*((f"rung{r}", rung[r]) for r in range(top + 1)), ("single", single.loc[keep].to_numpy()),
@@ -173,9 +175,6 @@ def main(args: Settings, meta: dict) -> None:
     single_cost = kind_cpu["single"] / len(keep)
     total_cpu = float(ladders.loc[ladders["genome_id"].isin(keep), cpu_cols].to_numpy().sum()) \
         + float(reseeded[cpu_cols].to_numpy().sum()) + kind_cpu["reference"] + kind_cpu["single"]
-    from flashsearch.proxies.quality.short_train import ShortTrain
-
-    proxy = ShortTrain(**{key: v for key, v in kwargs.items() if key != "device"})
     corpus = proxy.corpus()
     train_tokens = len(corpus.train)
     bytes_per_token = corpus.train.bytes / train_tokens if hasattr(corpus.train, "bytes") else 1.0
@@ -243,8 +242,8 @@ def main(args: Settings, meta: dict) -> None:
               f"[{glo:+.2f}, {ghi:+.2f}]): the bar (>= {FIDELITY_BAR}, >= {BASELINE_MARGIN} above it) is "
               f"{'reached' if bar else 'NOT reached'}.**",
               "", f"**Level:** the top rung's median genome scores {med_top:.3f} bits/byte, {abs(below):.3f} "
-              f"{'below' if below >= 0 else 'above'} the byte trigram ({ngram['trigram']:.3f}; bigram {ngram['bigram']:.3f}, unigram "
-              f"{ngram['unigram']:.3f}, count models of the training split on the same validation text); the "
+              f"{'below' if below >= 0 else 'above'} the byte trigram ({ngram['trigram']:.3f}; bigram "
+              f"{ngram['bigram']:.3f}, unigram {ngram['unigram']:.3f}, count models of the training split on the same validation text); the "
               f"reference's median is {med_ref:.3f}. The bar ({NGRAM_MARGIN} below the trigram) is "
               f"{'reached' if below >= NGRAM_MARGIN else 'NOT reached'}."
               + ("" if not token_ngram else " Count models over the proxy's own tokens, scored in bits per byte of "

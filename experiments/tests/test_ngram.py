@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from experiments.lib.ngram import ByteNgram
+from experiments.lib.ngram import Ngram
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +21,21 @@ def text() -> bytes:
 @pytest.mark.parametrize("history", [b"", b"t", b"th", b"zq", b" c", b"\xff\x00"])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_every_context_gives_a_distribution_over_the_256_bytes(text: bytes, history: bytes, order: int) -> None:
-    model = ByteNgram(text, order=3)
+    model = Ngram(text, order=3)
     probs = [model.prob(history, b, order) for b in range(256)]
     assert min(probs) > 0                                   # nothing is impossible, unseen bytes included
     assert sum(probs) == pytest.approx(1.0, abs=1e-9)
 
 
 def test_unigram_is_the_byte_frequency_up_to_the_discount(text: bytes) -> None:
-    model = ByteNgram(text, order=1)
+    model = Ngram(text, order=1)
     n, distinct = len(text), len(set(text))
     c = text.count(b"t")
     assert model.prob(b"", ord("t"), 1) == pytest.approx((c - 0.75) / n + 0.75 * distinct / n / 256)
 
 
 def test_longer_contexts_predict_structured_text_better(text: bytes) -> None:
-    model = ByteNgram(text, order=3)
+    model = Ngram(text, order=3)
     held_out = [text[:400], text[1000:1500]]
     bpb = [model.bits_per_byte(held_out, order) for order in (1, 2, 3)]
     assert bpb[0] > bpb[1] > bpb[2] > 0
@@ -43,7 +43,7 @@ def test_longer_contexts_predict_structured_text_better(text: bytes) -> None:
 
 
 def test_skipped_bytes_are_context_not_targets(text: bytes) -> None:
-    model = ByteNgram(text, order=3)
+    model = Ngram(text, order=3)
     window = text[:50]
     full = model.bits_per_byte([window], 3)
     tail = model.bits_per_byte([window], 3, skip=[5])

@@ -1,9 +1,9 @@
 """Learning-rate schedules of the short-training proxy, as multipliers of the peak LR per step (0-based).
 
 One budget trains under warmup + cosine. A multi-fidelity ladder (budget.ladder) trains every rung under
-warmup-stable-decay sharing the warmup (sized to the top rung) and the stable phase, so rung k+1 can continue from the checkpoint taken
-where rung k's decay began and end exactly where an uninterrupted run to rung k+1 would (a cosine depends on the
-total length from the first step, so it cannot be continued).
+warmup-stable-decay sharing the warmup (sized to the top rung) and the stable phase, so rung k+1 can continue from
+the checkpoint taken where rung k's decay began and end exactly where an uninterrupted run to rung k+1 would (a
+cosine depends on the total length from the first step, so it cannot be continued).
 """
 
 from __future__ import annotations

@@ -108,6 +108,11 @@ class ShortTrain:
                 self._corpus = corpus
         return self._corpus
 
+    def validation_windows(self) -> Any:
+        """The fixed validation windows every candidate is scored on: [N, seq_len + 1] ids (loads the data)."""
+        self.corpus()
+        return self._val
+
     def _cached_shards(self) -> Any:
         """`tokenizer` without `shards`: the text tokenized once per machine (flashsearch/data/prepare.py)."""
         from flashsearch.data.prepare import cached_shards
